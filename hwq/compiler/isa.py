@@ -1,0 +1,282 @@
+"""The hwq instruction set, as data (DESIGN.md rule 1).
+
+This table is the only place a field, a width or an opcode is written. The encoder,
+the decoder the ISS uses, the Amaranth decoder (hwq/rtl/decode.py), the disassembler
+and docs/isa.md are all generated from it.
+
+Machine model. DRAM is an array of words of `bus_bytes` bytes (the hardware config's
+memory port); every DRAM address and stride below counts words. On chip there are five
+buffers, each an array of entries:
+
+    ibuf  entry = rows x int8    one input vector (`rows` channels of one pixel)
+    wbuf  entry = cols x int8    one weight-tile row (input channel r, `cols` outputs)
+    bbuf  entry = cols x int32   one bias vector
+    abuf  entry = cols x int32   one accumulator vector
+    obuf  entry = cols x int8    one requantized output vector
+
+A buffer entry in DRAM is `entry_bytes / bus_bytes` consecutive words, lanes in order,
+little-endian. Every address wraps modulo the size of its memory. Instructions are
+128-bit words, little-endian, fetched from DRAM from the start address onward; fields
+are packed from bit 0 upward in table order, the opcode first.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ISA_VERSION = 1
+INSTR_BITS = 128
+OPCODE_BITS = 4
+SRAM_ADDR_BITS = 14
+DRAM_ADDR_BITS = 24
+BUFFERS = ("ibuf", "wbuf", "bbuf", "abuf", "obuf")
+ADDR_BITS = {buf: SRAM_ADDR_BITS for buf in BUFFERS}
+LOAD_TARGETS = ("ibuf", "wbuf", "bbuf", "obuf")  # LOAD's `buf` field indexes this
+
+# Status codes the accelerator reports when it stops.
+STATUS = {"ok": 0, "illegal_opcode": 1}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    bits: int
+    doc: str
+    signed: bool = False
+
+    @property
+    def lo(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    opcode: int
+    summary: str
+    fields: tuple[Field, ...]
+    semantics: str
+
+    def offsets(self) -> dict[str, int]:
+        """Bit offset of each field (the opcode sits at 0)."""
+        out, pos = {}, OPCODE_BITS
+        for f in self.fields:
+            out[f.name] = pos
+            pos += f.bits
+        return out
+
+
+F = Field
+_SRAM = SRAM_ADDR_BITS
+_DRAM = DRAM_ADDR_BITS
+
+OPS: tuple[Op, ...] = (
+    Op("LOAD", 1, "DMA a 2-D block of entries from DRAM into a buffer, with zero padding", (
+        F("buf", 2, "target buffer: 0 ibuf, 1 wbuf, 2 bbuf, 3 obuf"),
+        F("sram", _SRAM, "first buffer entry written"),
+        F("dram", _DRAM, "DRAM word address of element (0, 0)"),
+        F("y_size", 10, "rows of elements read"),
+        F("x_size", 12, "elements per row read"),
+        F("y_stride", 20, "DRAM words between rows"),
+        F("x_stride", 16, "DRAM words between elements of a row (0 repeats one)"),
+        F("pad_top", 3, "zero rows written before the first row"),
+        F("pad_bottom", 3, "zero rows written after the last row"),
+        F("pad_left", 3, "zero entries written before each row"),
+        F("pad_right", 3, "zero entries written after each row"),
+    ), """\
+W = pad_left + x_size + pad_right
+for y in range(pad_top + y_size + pad_bottom):
+    for x in range(W):
+        inside = pad_top <= y < pad_top + y_size and pad_left <= x < pad_left + x_size
+        e = dram[dram + (y - pad_top) * y_stride + (x - pad_left) * x_stride] if inside else 0
+        buf[sram + y * W + x] = e      # e: one entry, entry_words consecutive DRAM words"""),
+    Op("STORE", 2, "DMA a 2-D block of obuf entries out to DRAM", (
+        F("sram", _SRAM, "first obuf entry read"),
+        F("dram", _DRAM, "DRAM word address of element (0, 0)"),
+        F("y_size", 10, "rows of elements"),
+        F("x_size", 12, "elements per row"),
+        F("y_stride", 20, "DRAM words between rows"),
+        F("x_stride", 16, "DRAM words between elements of a row"),
+    ), """\
+for y in range(y_size):
+    for x in range(x_size):
+        dram[dram + y * y_stride + x * x_stride] = obuf[sram + y * x_size + x]"""),
+    Op("GEMM", 3, "stream input vectors through the weight-stationary array", (
+        F("wgt", _SRAM, "wbuf entry of tile row 0; the tile is rows consecutive entries"),
+        F("inp", _SRAM, "ibuf entry of vector (0, 0)"),
+        F("acc", _SRAM, "abuf entry of result (0, 0)"),
+        F("reset", 1, "1: overwrite the accumulators, 0: add to them"),
+        F("n_outer", 10, "outer loop count"),
+        F("n_inner", 10, "inner loop count"),
+        F("inp_so", _SRAM, "ibuf step of the outer loop"),
+        F("inp_si", 6, "ibuf step of the inner loop"),
+        F("acc_so", _SRAM, "abuf step of the outer loop"),
+        F("acc_si", 6, "abuf step of the inner loop"),
+    ), """\
+Wt = wbuf[wgt : wgt + rows]            # rows x cols int8, row r = input channel r
+for o in range(n_outer):
+    for i in range(n_inner):
+        x = ibuf[inp + o * inp_so + i * inp_si]                 # rows int8
+        a = acc + o * acc_so + i * acc_si
+        abuf[a] = (0 if reset else abuf[a]) + x @ Wt            # cols int32, wraps
+# the n_outer * n_inner entries `a` must be distinct (the compiler guarantees it)"""),
+    Op("POST", 4, "bias, shift with rounding, clamp: accumulators to int8 outputs", (
+        F("acc", _SRAM, "first abuf entry read"),
+        F("out", _SRAM, "first obuf entry written"),
+        F("bias", _SRAM, "bbuf entry added to every accumulator"),
+        F("n", _SRAM, "entries processed"),
+        F("shift", 6, "right shift s (negative: left shift)", signed=True),
+        F("round", 2, "rounding of the shift: 0 half_up, 1 half_even, 2 half_down, 3 std_round"),
+        F("lo", 8, "clamp floor (-128 none, 0 ReLU)", signed=True),
+        F("hi", 8, "clamp ceiling (127 none, 6*2^f ReLU6)", signed=True),
+    ), """\
+for j in range(n):
+    obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias], shift, round, lo, hi)
+# requantize is hwq.compiler.quant.requant.requantize, lane by lane"""),
+    Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
+        F("src", _SRAM, "obuf entry of input pixel (0, 0); rows are in_w entries"),
+        F("dst", _SRAM, "obuf entry of output pixel (0, 0); rows are out_w entries"),
+        F("out_h", 8, "output rows"),
+        F("out_w", 8, "output columns"),
+        F("in_w", 10, "input row length in entries"),
+        F("k_h", 4, "window height"),
+        F("k_w", 4, "window width"),
+        F("stride", 4, "window step, both directions"),
+    ), """\
+for oy in range(out_h):
+    for ox in range(out_w):         # in this order: a later read sees an earlier write
+        obuf[dst + oy * out_w + ox] = max(obuf[src + (oy * stride + ky) * in_w + ox * stride + kx]
+                                          for ky in range(k_h) for kx in range(k_w))  # lane-wise"""),
+    Op("END", 6, "stop; the status becomes ok and `done` rises", (), "halt()"),
+)
+
+BY_NAME = {op.name: op for op in OPS}
+BY_OPCODE = {op.opcode: op for op in OPS}
+for _op in OPS:
+    assert OPCODE_BITS + sum(f.bits for f in _op.fields) <= INSTR_BITS, _op.name
+
+
+class IsaError(ValueError):
+    """A word that is no instruction, or a field value that does not fit."""
+
+
+@dataclass(frozen=True)
+class Instr:
+    op: str
+    args: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def make(cls, op: str, **args: int) -> "Instr":
+        spec = BY_NAME[op]
+        names = [f.name for f in spec.fields]
+        if set(args) != set(names):
+            raise IsaError(f"{op} takes {', '.join(names)}; got {', '.join(sorted(args))}")
+        for f in spec.fields:
+            v = args[f.name]
+            if not f.lo <= v <= f.hi:
+                raise IsaError(f"{op}.{f.name}={v} does not fit {f.bits} bits "
+                               f"({'signed' if f.signed else 'unsigned'})")
+        return cls(op, tuple((n, int(args[n])) for n in names))
+
+    def __getitem__(self, name: str) -> int:
+        return dict(self.args)[name]
+
+    @property
+    def fields(self) -> dict[str, int]:
+        return dict(self.args)
+
+
+def encode(instr: Instr) -> int:
+    spec = BY_NAME[instr.op]
+    word = spec.opcode
+    for f, (name, v) in zip(spec.fields, instr.args):
+        word |= (v & ((1 << f.bits) - 1)) << spec.offsets()[name]
+    return word
+
+
+def decode(word: int) -> Instr:
+    opcode = word & ((1 << OPCODE_BITS) - 1)
+    spec = BY_OPCODE.get(opcode)
+    if spec is None:
+        raise IsaError(f"illegal opcode {opcode}")
+    args = {}
+    for f, off in zip(spec.fields, spec.offsets().values()):
+        v = (word >> off) & ((1 << f.bits) - 1)
+        if f.signed and v >> (f.bits - 1):
+            v -= 1 << f.bits
+        args[f.name] = v
+    return Instr.make(spec.name, **args)
+
+
+INSTR_BYTES = INSTR_BITS // 8
+
+
+def to_bytes(program: list[Instr]) -> bytes:
+    return b"".join(encode(i).to_bytes(INSTR_BYTES, "little") for i in program)
+
+
+def from_bytes(blob: bytes) -> list[Instr]:
+    if len(blob) % INSTR_BYTES:
+        raise IsaError(f"program is {len(blob)} bytes, not a multiple of {INSTR_BYTES}")
+    return [decode(int.from_bytes(blob[k:k + INSTR_BYTES], "little"))
+            for k in range(0, len(blob), INSTR_BYTES)]
+
+
+def format_instr(instr: Instr) -> str:
+    return " ".join([f"{instr.op:<7}"] + [f"{n}={v}" for n, v in instr.args]).rstrip()
+
+
+def disassemble(blob: bytes, comments: dict[int, str] | None = None) -> str:
+    """One line per instruction: index, hex word, mnemonic and fields; `comments` maps an
+    instruction index to a note (the compiler passes layer and tile)."""
+    lines = []
+    for k in range(0, len(blob), INSTR_BYTES):
+        word = int.from_bytes(blob[k:k + INSTR_BYTES], "little")
+        idx = k // INSTR_BYTES
+        try:
+            text = format_instr(decode(word))
+        except IsaError as e:
+            text = f".word   0x{word:032x}  ; {e}"
+        note = f"  ; {comments[idx]}" if comments and idx in comments else ""
+        lines.append(f"{idx:6d}: {word:032x}  {text}{note}")
+    return "\n".join(lines) + "\n"
+
+
+def assemble(text: str) -> list[Instr]:
+    """Inverse of format_instr, one instruction a line; `;` starts a comment and a
+    leading `N: hexword` (disassembler output) is skipped."""
+    program = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = re.sub(r"^\s*\d+:\s*[0-9a-f]{32}\s*", "", line.split(";")[0]).strip()
+        if not line:
+            continue
+        op, *pairs = line.split()
+        try:
+            program.append(Instr.make(op.upper(), **{k: int(v, 0) for k, v in
+                                                     (p.split("=", 1) for p in pairs)}))
+        except (KeyError, ValueError) as e:
+            raise IsaError(f"line {lineno}: cannot assemble {line!r} ({e})") from None
+    return program
+
+
+def reference_markdown() -> str:
+    """docs/isa.md, generated: the table above as a page (a test keeps the file fresh)."""
+    out = [f"# hwq ISA, version {ISA_VERSION}", "",
+           "Generated from `hwq/compiler/isa.py` by `hwq isa-doc`; do not edit by hand.", "",
+           __doc__.split("\n\n", 2)[2].strip(), "",
+           f"Opcodes not listed are illegal: the accelerator stops with status "
+           f"`illegal_opcode` ({STATUS['illegal_opcode']}). Status codes: "
+           + ", ".join(f"`{k}` = {v}" for k, v in STATUS.items()) + ".", ""]
+    for op in OPS:
+        out += [f"## {op.name} (opcode {op.opcode})", "", op.summary + ".", "",
+                "| bits | field | meaning |", "| --- | --- | --- |",
+                f"| {OPCODE_BITS - 1}:0 | opcode | {op.opcode} |"]
+        for f, off in zip(op.fields, op.offsets().values()):
+            kind = " (signed)" if f.signed else ""
+            out.append(f"| {off + f.bits - 1}:{off} | `{f.name}` | {f.doc}{kind} |")
+        out += ["", "```python", op.semantics, "```", ""]
+    return "\n".join(out)

@@ -1,0 +1,104 @@
+"""Where tensors live in DRAM, and how their bytes are arranged.
+
+An activation is stored pixel-major: (H, W, Cs) int8 with the channels padded to
+Cs = a multiple of the config's channel block, so one pixel splits into whole
+`rows`-wide input loads and whole `cols`-wide output stores. A flattened tensor is the
+same bytes read as one pixel of H*W*Cs channels; `channel_index` records where each
+logical (torch-order) channel sits, so the next layer's weights are permuted to match
+instead of moving any data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwq.config import HwConfig
+from hwq.errors import HwqError
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    kind: str        # weights | bias | activation | input | output | program
+    word: int        # first DRAM word
+    words: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "word": self.word, "words": self.words}
+
+
+@dataclass
+class TensorLayout:
+    region: Region
+    h: int
+    w: int
+    stored_channels: int          # Cs: bytes per pixel
+    channel_index: np.ndarray     # logical channel -> byte offset within the pixel
+
+    def pixel_words(self, cfg: HwConfig) -> int:
+        return self.stored_channels // cfg.bus_bytes
+
+    def pack(self, x: np.ndarray) -> bytes:
+        """(N, C, H, W) int8 -> N images of stored bytes, concatenated."""
+        n = x.shape[0]
+        out = np.zeros((n, self.nbytes), np.int8)
+        pixels = x.reshape(n, x.shape[1], -1).transpose(0, 2, 1)        # (N, HW, C)
+        out.reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
+        return out.tobytes()
+
+    def unpack(self, blob: bytes, n: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """Inverse of pack: stored bytes of n images -> (N, C, H, W) int8."""
+        raw = np.frombuffer(blob, np.int8).reshape(n, self.h * self.w, self.stored_channels)
+        return raw[:, :, self.channel_index].transpose(0, 2, 1).reshape(n, *shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.h * self.w * self.stored_channels
+
+    def to_dict(self) -> dict:
+        index = self.channel_index
+        identity = np.array_equal(index, np.arange(index.size))
+        return {"region": self.region.to_dict(), "h": self.h, "w": self.w,
+                "stored_channels": self.stored_channels,
+                "channels": int(index.size) if identity else index.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorLayout":
+        ch = d["channels"]
+        index = np.arange(ch) if isinstance(ch, int) else np.asarray(ch, np.int64)
+        return cls(Region(**d["region"]), d["h"], d["w"], d["stored_channels"], index)
+
+
+def padded_channels(c: int, cfg: HwConfig) -> int:
+    b = cfg.channel_block
+    return -(-c // b) * b
+
+
+@dataclass
+class MemoryMap:
+    """Bump allocator over DRAM words; regions never overlap (activation reuse by
+    liveness is a later refinement, tracked in the compiler issue)."""
+
+    cfg: HwConfig
+    regions: list[Region] = field(default_factory=list)
+    next_word: int = 0
+
+    def allocate(self, name: str, kind: str, n_bytes: int) -> Region:
+        words = -(-n_bytes // self.cfg.bus_bytes)
+        region = Region(name, kind, self.next_word, words)
+        self.next_word += words
+        if self.next_word > self.cfg.dram_words:
+            raise HwqError(f"the model needs more than dram_words={self.cfg.dram_words} words of "
+                           f"DRAM (at '{name}'); use a hardware config with a larger dram_words")
+        self.regions.append(region)
+        return region
+
+    def activation(self, name: str, kind: str, shape: tuple[int, int, int]) -> TensorLayout:
+        c, h, w = shape
+        cs = padded_channels(c, self.cfg)
+        region = self.allocate(name, kind, h * w * cs)
+        return TensorLayout(region, h, w, cs, np.arange(c))
+
+    def by_name(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)

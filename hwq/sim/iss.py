@@ -1,0 +1,156 @@
+"""Instruction-set simulator: a NumPy interpreter of the binary program over the DRAM
+image, instruction by instruction, with the cycle model of hwq/sim/cycles.py.
+
+It executes exactly the semantics written in hwq/compiler/isa.py; each method below is
+that pseudo-code, vectorised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwq.compiler import isa
+from hwq.compiler.quant.requant import ROUND_MODES, requantize
+from hwq.config import HwConfig
+from hwq.sim import cycles as cycle_model
+
+_LANE_DTYPE = {"ibuf": np.int8, "wbuf": np.int8, "bbuf": np.int32, "abuf": np.int32,
+               "obuf": np.int8}
+
+
+class IssError(Exception):
+    """The program broke a rule the ISA states (the compiler should never emit this)."""
+
+
+@dataclass
+class RunResult:
+    status: str
+    pc: int                      # word address of the instruction that stopped the run
+    instructions: int
+    cycles: int
+    cycles_by_op: dict[str, int] = field(default_factory=dict)
+    array_macs: int = 0          # rows*cols per streamed vector, padding lanes included
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Machine:
+    def __init__(self, cfg: HwConfig, dram: bytes | np.ndarray):
+        self.cfg = cfg
+        self.dram = np.zeros(cfg.dram_words * cfg.bus_bytes, dtype=np.uint8)
+        image = np.frombuffer(bytes(dram), dtype=np.uint8)
+        if image.size > self.dram.size:
+            raise IssError(f"DRAM image of {image.size} bytes exceeds the configured "
+                           f"{self.dram.size} bytes (dram_words={cfg.dram_words})")
+        self.dram[:image.size] = image
+        self.buf = {b: np.zeros((getattr(cfg, f"{b}_depth"), self._lanes(b)), _LANE_DTYPE[b])
+                    for b in isa.BUFFERS}
+
+    def _lanes(self, buf: str) -> int:
+        return self.cfg.rows if buf == "ibuf" else self.cfg.cols
+
+    # ---- DRAM entries: `entry_words` consecutive words, addresses wrapping ----
+    def _entry_bytes_index(self, buf: str, word_addr: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        words = (word_addr[..., None] + np.arange(c.entry_words(buf))) % c.dram_words
+        return (words[..., None] * c.bus_bytes + np.arange(c.bus_bytes)).reshape(
+            *word_addr.shape, c.entry_bytes(buf))
+
+    def _dram_read(self, buf: str, word_addr: np.ndarray) -> np.ndarray:
+        raw = self.dram[self._entry_bytes_index(buf, word_addr)]
+        return raw.view(_LANE_DTYPE[buf]).reshape(*word_addr.shape, self._lanes(buf))
+
+    def _dram_write(self, buf: str, word_addr: np.ndarray, entries: np.ndarray) -> None:
+        raw = np.ascontiguousarray(entries.astype(_LANE_DTYPE[buf])).view(np.uint8)
+        self.dram[self._entry_bytes_index(buf, word_addr)] = raw.reshape(
+            *word_addr.shape, self.cfg.entry_bytes(buf))
+
+    def _index(self, buf: str, addr) -> np.ndarray:
+        return np.asarray(addr) % self.buf[buf].shape[0]
+
+    # ---- the instructions ----
+    def LOAD(self, buf, sram, dram, y_size, x_size, y_stride, x_stride,
+             pad_top, pad_bottom, pad_left, pad_right):
+        name = isa.LOAD_TARGETS[buf]
+        h, w = pad_top + y_size + pad_bottom, pad_left + x_size + pad_right
+        region = np.zeros((h, w, self._lanes(name)), _LANE_DTYPE[name])
+        addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
+        region[pad_top:pad_top + y_size, pad_left:pad_left + x_size] = self._dram_read(name, addr)
+        self.buf[name][self._index(name, sram + np.arange(h * w))] = region.reshape(h * w, -1)
+
+    def STORE(self, sram, dram, y_size, x_size, y_stride, x_stride):
+        entries = self.buf["obuf"][self._index("obuf", sram + np.arange(y_size * x_size))]
+        addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
+        self._dram_write("obuf", addr, entries.reshape(y_size, x_size, -1))
+
+    def GEMM(self, wgt, inp, acc, reset, n_outer, n_inner, inp_so, inp_si, acc_so, acc_si):
+        weights = self.buf["wbuf"][self._index("wbuf", wgt + np.arange(self.cfg.rows))]
+        o, i = np.arange(n_outer)[:, None], np.arange(n_inner)[None, :]
+        x = self.buf["ibuf"][self._index("ibuf", inp + o * inp_so + i * inp_si).ravel()]
+        a = self._index("abuf", acc + o * acc_so + i * acc_si).ravel()
+        if np.unique(a).size != a.size:
+            raise IssError("GEMM writes one accumulator entry twice (the ISA requires distinct entries)")
+        product = x.astype(np.int64) @ weights.astype(np.int64)
+        if not reset:
+            product += self.buf["abuf"][a]
+        self.buf["abuf"][a] = product.astype(np.int32)  # two's-complement wrap, as the adders
+        return a.size
+
+    def POST(self, acc, out, bias, n, shift, round, lo, hi):
+        mode = _MODE_OF_CODE[round]
+        accs = self.buf["abuf"][self._index("abuf", acc + np.arange(n))]
+        total = (accs.astype(np.int64) + self.buf["bbuf"][self._index("bbuf", bias)]).astype(np.int32)
+        self.buf["obuf"][self._index("obuf", out + np.arange(n))] = requantize(total, shift, mode, lo, hi)
+
+    def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
+        obuf = self.buf["obuf"]
+        window = (np.arange(k_h)[:, None] * in_w + np.arange(k_w)[None, :]).ravel()
+        for oy in range(out_h):
+            for ox in range(out_w):
+                base = src + oy * stride * in_w + ox * stride
+                obuf[self._index("obuf", dst + oy * out_w + ox)] = \
+                    obuf[self._index("obuf", base + window)].max(axis=0)
+
+    # ---- fetch / decode / execute ----
+    def fetch(self, pc: int) -> int:
+        c = self.cfg
+        words = (pc + np.arange(c.instr_words)) % c.dram_words
+        raw = self.dram[(words[:, None] * c.bus_bytes + np.arange(c.bus_bytes)).ravel()]
+        return int.from_bytes(raw.tobytes(), "little")
+
+    def step(self, pc: int) -> tuple[isa.Instr | None, int]:
+        """Execute the instruction at `pc`; return it (None if illegal) and its array MACs."""
+        try:
+            instr = isa.decode(self.fetch(pc))
+        except isa.IsaError:
+            return None, 0
+        if instr.op == "END":
+            return instr, 0
+        vectors = getattr(self, instr.op)(**instr.fields)
+        return instr, (vectors or 0) * self.cfg.rows * self.cfg.cols if instr.op == "GEMM" else 0
+
+    def run(self, start_pc: int = 0, max_instructions: int = 1_000_000) -> RunResult:
+        pc, count, total, by_op, macs = start_pc, 0, 0, {}, 0
+        while count < max_instructions:
+            instr, m = self.step(pc)
+            count += 1
+            if instr is None:
+                return RunResult("illegal_opcode", pc, count, total, by_op, macs)
+            n = cycle_model.instr_cycles(instr, self.cfg)
+            total += n
+            by_op[instr.op] = by_op.get(instr.op, 0) + n
+            macs += m
+            if instr.op == "END":
+                return RunResult("ok", pc, count, total, by_op, macs)
+            pc += self.cfg.instr_words
+        raise IssError(f"no END after {max_instructions} instructions (pc={pc})")
+
+    def read_dram(self, word_addr: int, n_bytes: int) -> bytes:
+        start = word_addr * self.cfg.bus_bytes
+        return self.dram[start:start + n_bytes].tobytes()
+
+
+_MODE_OF_CODE = {code: name for name, code in ROUND_MODES.items()}

@@ -1,0 +1,78 @@
+"""Run a compiled network on a simulator -- the ISS or the RTL -- for a batch of images,
+and read every layer's activations back out of DRAM."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.compiler.layout import TensorLayout
+from hwq.config import HwConfig
+from hwq.errors import HwqError
+from hwq.sim.iss import Machine
+
+SIMULATORS = ("iss", "verilator", "icarus")
+
+
+@dataclass
+class SimResult:
+    sim: str
+    status: list[str]
+    cycles: list[int]
+    activations: dict[str, np.ndarray]    # layer name -> (N, C, H, W) int8
+
+    @property
+    def ok(self) -> bool:
+        return all(s == "ok" for s in self.status)
+
+
+def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, TensorLayout],
+             shapes: dict[str, tuple[int, int, int]], x: np.ndarray, sim: str = "iss",
+             progress: bool = False) -> SimResult:
+    """`tensors` maps every stored activation (the input included) to its layout; the
+    input slot is written with each image of `x` (N, C, H, W int8) in turn."""
+    if sim not in SIMULATORS:
+        raise HwqError(f"unknown simulator '{sim}'; choose one of {', '.join(SIMULATORS)}")
+    inp = tensors["input"]
+    n = x.shape[0]
+    blobs = np.frombuffer(inp.pack(x), np.uint8).reshape(n, -1)
+    bus = cfg.bus_bytes
+    reads = [(t.region.word, t.nbytes) for t in tensors.values()]
+    jobs = [{"writes": [(inp.region.word, blobs[i].tobytes())], "reads": reads} for i in range(n)]
+    if sim == "iss":
+        runs = []
+        for i, job in enumerate(jobs):
+            m = Machine(cfg, image)
+            for word, blob in job["writes"]:
+                m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
+            r = m.run(start_pc)
+            runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads]))
+            if progress:
+                print(f"\r  iss  image {i + 1}/{n}", end="", file=sys.stderr, flush=True)
+        if progress:
+            print(file=sys.stderr)
+    else:
+        from hwq.sim.rtl_sim import run_rtl
+        runs = [(r.status, r.cycles, r.reads)
+                for r in run_rtl(cfg, image, jobs, sim=sim, start_pc=start_pc, progress=progress)]
+    activations = {}
+    for k, name in enumerate(tensors):
+        activations[name] = np.concatenate(
+            [tensors[name].unpack(run[2][k], 1, shapes[name]) for run in runs]) if runs else None
+    return SimResult(sim, [r[0] for r in runs], [r[1] for r in runs], activations)
+
+
+def first_mismatch(result: SimResult, golden: dict[str, np.ndarray], order: list[str],
+                   cols: int) -> str | None:
+    """Where the simulator first departs from the golden model, in execution order:
+    layer, image, element and the output-channel block (tile) that computed it."""
+    for name in order:
+        got, want = result.activations[name], golden[name]
+        bad = np.argwhere(got != want)
+        if bad.size:
+            i, c, y, x = (int(v) for v in bad[0])
+            return (f"layer '{name}' image {i} element (c={c}, y={y}, x={x}) in output block "
+                    f"{c // cols}: {result.sim}={int(got[i, c, y, x])} golden={int(want[i, c, y, x])} "
+                    f"({len(bad)} of {got.size} elements differ)")
+    return None
