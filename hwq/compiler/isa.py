@@ -61,6 +61,9 @@ class Op:
     fields: tuple[Field, ...]
     semantics: str
 
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
     def offsets(self) -> dict[str, int]:
         """Bit offset of each field (the opcode sits at 0)."""
         out, pos = {}, OPCODE_BITS

@@ -84,6 +84,17 @@ class _Image:
         return out
 
 
+def _load_run(emit: _Emitter, note: str, buf: int, sram: int, dram: int, entries: int,
+              entry_words: int) -> None:
+    """LOAD `entries` consecutive entries, in as many instructions as x_size needs."""
+    most = isa.BY_NAME["LOAD"].field("x_size").hi
+    for first in range(0, entries, most):
+        n = min(most, entries - first)
+        emit("LOAD", note, buf=buf, sram=sram + first, dram=dram + first * entry_words,
+             y_size=1, x_size=n, y_stride=0, x_stride=entry_words, pad_top=0,
+             pad_bottom=0, pad_left=0, pad_right=0)
+
+
 def _band_rows(layer: QLayer, out_h: int, fits) -> int:
     """Largest number of output rows per band for which `fits(rows)` holds."""
     best = 0
@@ -110,9 +121,9 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
     w = np.zeros((n_co * c, src.stored_channels, k, k), np.int8)
     w[np.arange(cout)[:, None], src.channel_index[None, :]] = layer.weight
     tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 4, 5, 2, 3, 1)  # co ky kx ci r c
-    per_co = k * k * n_ci * r
-    _need(per_co <= cfg.wbuf_depth, layer,
-          f"one output block needs {per_co} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
+    taps = k * k * n_ci                       # weight tiles per output block
+    per_co = taps * r
+    _need(r <= cfg.wbuf_depth, layer, f"a weight tile needs {r} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
     w_region = image.put(f"{layer.name}.weight", "weights", np.ascontiguousarray(tiles))
     bias = np.zeros(n_co * c, np.int32)
     bias[:cout] = layer.bias
@@ -120,13 +131,10 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
     b_region = image.put(f"{layer.name}.bias", "bias", bias)
 
     ew = c // bus  # words per wbuf entry, and per output block of a pixel
-    emit("LOAD", "bias", buf=2, sram=0, dram=b_region.word, y_size=1, x_size=n_co,
-         y_stride=0, x_stride=4 * ew, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+    _load_run(emit, "bias", 2, 0, b_region.word, n_co, 4 * ew)
     weights_resident = n_co * per_co <= cfg.wbuf_depth
     if weights_resident:
-        emit("LOAD", "weights", buf=1, sram=0, dram=w_region.word, y_size=1,
-             x_size=n_co * per_co, y_stride=0, x_stride=ew, pad_top=0, pad_bottom=0,
-             pad_left=0, pad_right=0)
+        _load_run(emit, "weights", 1, 0, w_region.word, n_co * per_co, ew)
 
     def in_rows(rows: int) -> int:
         return (rows - 1) * s + k
@@ -138,9 +146,14 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
     for r0 in range(0, out_h, band):
         rows = min(band, out_h - r0)
         top = r0 * s - p                       # first input row the band reads (may be < 0)
-        y0, y1 = max(top, 0), min(top + in_rows(rows), src.h)
-        pad_top, pad_bottom = y0 - top, top + in_rows(rows) - y1
-        span = in_rows(rows) * wp
+        n = in_rows(rows)
+        y0, y1 = max(top, 0), min(top + n, src.h)
+        if y1 <= y0:                           # the band reads padding only (k <= padding)
+            y0 = y1 = 0
+            pad_top, pad_bottom = n, 0
+        else:
+            pad_top, pad_bottom = y0 - top, top + n - y1
+        span = n * wp
         for ci in range(n_ci):
             emit("LOAD", f"rows {r0}..{r0 + rows - 1} input block {ci}", buf=0, sram=ci * span,
                  dram=src.region.word + y0 * src.w * pin + ci * (r // bus),
@@ -148,16 +161,20 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
                  pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
         for co in range(n_co):
             tile = f"rows {r0}..{r0 + rows - 1} output block {co}"
-            if not weights_resident:
-                emit("LOAD", f"{tile} weights", buf=1, sram=0, dram=w_region.word + co * per_co * ew,
-                     y_size=1, x_size=per_co, y_stride=0, x_stride=ew, pad_top=0,
-                     pad_bottom=0, pad_left=0, pad_right=0)
-            wgt = co * per_co if weights_resident else 0
-            for t, (ky, kx, ci) in enumerate(np.ndindex(k, k, n_ci)):
-                emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
-                     wgt=wgt + t * r, inp=ci * span + ky * wp + kx, acc=0,
-                     reset=int(t == 0), n_outer=rows, n_inner=out_w, inp_so=s * wp, inp_si=s,
-                     acc_so=out_w, acc_si=1)
+            # weights not resident: reload them in groups of tiles that fit wbuf
+            group = taps if weights_resident else cfg.wbuf_depth // r
+            for g0 in range(0, taps, group):
+                if not weights_resident:
+                    n_tiles = min(group, taps - g0)
+                    _load_run(emit, f"{tile} weights {g0}..{g0 + n_tiles - 1}", 1, 0,
+                              w_region.word + (co * taps + g0) * r * ew, n_tiles * r, ew)
+                for t in range(g0, min(g0 + group, taps)):
+                    ky, kx, ci = np.unravel_index(t, (k, k, n_ci))
+                    wgt = (co * taps + t) * r if weights_resident else (t - g0) * r
+                    emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
+                         wgt=wgt, inp=ci * span + ky * wp + kx, acc=0, reset=int(t == 0),
+                         n_outer=rows, n_inner=out_w, inp_so=s * wp, inp_si=s,
+                         acc_so=out_w, acc_si=1)
             emit("POST", tile, acc=0, out=0, bias=co, n=rows * out_w, shift=layer.shift,
                  round=ROUND_MODES[layer.round_mode], lo=layer.lo, hi=layer.hi)
             emit("STORE", tile, sram=0, dram=dst.region.word + r0 * out_w * pout + co * ew,

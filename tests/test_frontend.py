@@ -1,0 +1,209 @@
+"""Front end: tracing LeNet, BatchNorm folding, and refusing what the hardware lacks."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hwq.compiler.frontend import trace
+from hwq.compiler.quant.calibrate import run_float
+from hwq.errors import HwqError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("lenet_digits", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lenet = load_example()
+
+
+def randomized_lenet(seed=0):
+    """An untrained LeNet whose BatchNorm has non-trivial statistics and affine terms."""
+    torch.manual_seed(seed)
+    model = lenet.LeNet()
+    with torch.no_grad():
+        bn = model.bn1
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.2, 3.0)
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_lenet_layers():
+    graph = trace(randomized_lenet(), (1, 8, 8), "lenet")
+    got = [(l.name, l.kind, l.input, l.in_shape, l.out_shape, l.act) for l in graph.layers]
+    assert got == [
+        ("conv1", "conv", "input", (1, 8, 8), (8, 8, 8), "relu"),
+        ("pool1", "maxpool", "conv1", (8, 8, 8), (8, 4, 4), "none"),
+        ("conv2", "conv", "pool1", (8, 4, 4), (16, 4, 4), "relu"),
+        ("pool2", "maxpool", "conv2", (16, 4, 4), (16, 2, 2), "none"),
+        ("flatten", "flatten", "pool2", (16, 2, 2), (64, 1, 1), "none"),
+        ("fc1", "conv", "flatten", (64, 1, 1), (32, 1, 1), "relu"),
+        ("fc2", "conv", "fc1", (32, 1, 1), (10, 1, 1), "none"),
+    ]
+    conv1, pool1, fc1 = graph.layers[0], graph.layers[1], graph.layers[5]
+    assert (conv1.weight.shape, conv1.bias.shape, conv1.padding, conv1.stride) == ((8, 1, 3, 3), (8,), 1, 1)
+    assert (pool1.kernel, pool1.stride) == (2, 2)
+    assert fc1.weight.shape == (32, 64, 1, 1) and fc1.weight.dtype == np.float32
+    assert conv1.source.startswith("forward line ")
+
+
+def test_bn_folding_preserves_float_output():
+    model = randomized_lenet()
+    graph = trace(model, (1, 8, 8), "lenet")
+    x = np.random.default_rng(0).uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    outs = run_float(graph, x)
+    assert np.abs(outs["fc2"].reshape(64, 10) - want).max() < 1e-5
+    with torch.no_grad():  # and the folded conv alone matches conv -> bn -> relu
+        want1 = F.relu(model.bn1(model.conv1(torch.from_numpy(x)))).numpy()
+    assert np.abs(outs["conv1"] - want1).max() < 1e-5
+
+
+class Sequential(nn.Module):
+    """A model from a list of callables, applied in order."""
+
+    def __init__(self, *steps):
+        super().__init__()
+        self.steps = nn.ModuleList(s for s in steps if isinstance(s, nn.Module))
+        self.fns = steps
+
+    def forward(self, x):
+        for f in self.fns:
+            x = f(x)
+        return x
+
+
+def test_flatten_spellings_and_noops():
+    class ViewNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=(1, 1))
+            self.act = nn.ReLU6()
+            self.drop = nn.Dropout(0.5)
+            self.ident = nn.Identity()
+            self.fc = nn.Linear(4 * 3 * 3, 5, bias=False)
+
+        def forward(self, x):
+            x = self.ident(self.drop(self.act(self.conv(x))))
+            x = x.view(x.size(0), -1)
+            return torch.relu(self.fc(x))
+
+    graph = trace(ViewNet(), (2, 6, 6), "viewnet")
+    assert [(l.kind, l.act) for l in graph.layers] == [("conv", "relu6"), ("flatten", "none"),
+                                                      ("conv", "relu")]
+    assert graph.layers[0].out_shape == (4, 3, 3) and graph.layers[2].bias is None
+
+    for flat in (nn.Flatten(), lambda x: x.reshape(x.shape[0], -1), lambda x: x.flatten(1)):
+        graph = trace(Sequential(nn.Conv2d(1, 2, 3), flat, nn.Linear(8, 3)), (1, 4, 4), "m")
+        assert [l.kind for l in graph.layers] == ["conv", "flatten", "conv"]
+
+
+def expect_error(model, *fragments, shape=(1, 8, 8)):
+    with pytest.raises(HwqError) as info:
+        trace(model, shape, "m")
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_unsupported_op_gelu():
+    class Gelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return F.gelu(self.conv(x))
+
+    message = expect_error(Gelu(), "unsupported op gelu at node 'gelu' (forward line ",
+                           "; supported: Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, MaxPool2d, "
+                           "flatten, Dropout, Identity")
+    line = int(message.split("forward line ")[1].split(")")[0])
+    assert "F.gelu" in Path(__file__).read_text().splitlines()[line - 1]
+
+
+def test_unsupported_modules():
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), "unsupported op Sigmoid at node ")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2)), "unsupported op AvgPool2d")
+
+
+def test_residual_add():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+            self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv1(x)
+            return self.conv2(y) + y
+
+    expect_error(Residual(), "unsupported op add at node 'add' (forward line ")
+
+
+def test_tensor_used_twice():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+            self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+            self.conv3 = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv1(x)
+            self.conv2(y)
+            return self.conv3(y)
+
+    expect_error(Branch(), "node 'conv2'", "'conv1' is used by 'conv2', 'conv3'", "straight-line")
+
+
+@pytest.mark.parametrize("layer, fragments", [
+    (nn.Conv2d(2, 2, 3, groups=2), ["node 'steps_1'", "groups=2"]),
+    (nn.Conv2d(2, 2, 3, dilation=2), ["node 'steps_1'", "dilation=(2, 2)"]),
+    (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ["padding_mode='reflect'"]),
+    (nn.Conv2d(2, 2, (3, 1)), ["kernel_size=(3, 1) is not square"]),
+    (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=1"]),
+    (nn.MaxPool2d(2, ceil_mode=True), ["ceil_mode=True"]),
+])
+def test_unsupported_parameters(layer, fragments):
+    expect_error(Sequential(nn.Conv2d(1, 2, 1), layer), *fragments)
+
+
+def test_misplaced_activation_and_batchnorm():
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()),
+                 "ReLU at node 'steps_2'", "must directly follow a Conv2d or Linear")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)),
+                 "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 3)),
+                 "node 'steps_1'", "Linear needs a flattened")
+
+
+def test_trace_failures():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    expect_error(Branchy(), "model m: torch.fx cannot trace its forward", "control flow")
+    expect_error(Sequential(nn.Conv2d(3, 2, 3)),
+                 "model m: node 'steps_0' (forward line ", "fails on an input of shape (1, 8, 8)")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: x.reshape(1, -1)),
+                 "must flatten (N, C, H, W) to (N, C*H*W)")
