@@ -56,7 +56,10 @@ class HwConfig:
             need(depth >= 1 and depth & (depth - 1) == 0, f"{buf}_depth={depth} must be a power of two")
             need(depth <= 1 << isa.ADDR_BITS[buf], f"{buf}_depth={depth} exceeds the ISA's "
                  f"{isa.ADDR_BITS[buf]}-bit {buf} address")
-        need(self.dram_words <= 1 << isa.DRAM_ADDR_BITS, "dram_words exceeds the ISA's DRAM address")
+        need(self.dram_words & (self.dram_words - 1) == 0 and
+             self.dram_words <= 1 << isa.DRAM_ADDR_BITS,
+             f"dram_words={self.dram_words} must be a power of two within the ISA's "
+             f"{isa.DRAM_ADDR_BITS}-bit DRAM address")
 
     # ---- derived views: the software's picture of the hardware ----
     def entry_bytes(self, buf: str) -> int:

@@ -146,8 +146,8 @@ for j in range(n):
         F("out_h", 8, "output rows"),
         F("out_w", 8, "output columns"),
         F("in_w", 10, "input row length in entries"),
-        F("k_h", 4, "window height"),
-        F("k_w", 4, "window width"),
+        F("k_h", 4, "window height (0 writes nothing)"),
+        F("k_w", 4, "window width (0 writes nothing)"),
         F("stride", 4, "window step, both directions"),
     ), """\
 for oy in range(out_h):

@@ -79,12 +79,12 @@ class Machine:
         region = np.zeros((h, w, self._lanes(name)), _LANE_DTYPE[name])
         addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
         region[pad_top:pad_top + y_size, pad_left:pad_left + x_size] = self._dram_read(name, addr)
-        self.buf[name][self._index(name, sram + np.arange(h * w))] = region.reshape(h * w, -1)
+        self.buf[name][self._index(name, sram + np.arange(h * w))] = region.reshape(h * w, self._lanes(name))
 
     def STORE(self, sram, dram, y_size, x_size, y_stride, x_stride):
         entries = self.buf["obuf"][self._index("obuf", sram + np.arange(y_size * x_size))]
         addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
-        self._dram_write("obuf", addr, entries.reshape(y_size, x_size, -1))
+        self._dram_write("obuf", addr, entries.reshape(y_size, x_size, self.cfg.cols))
 
     def GEMM(self, wgt, inp, acc, reset, n_outer, n_inner, inp_so, inp_si, acc_so, acc_si):
         weights = self.buf["wbuf"][self._index("wbuf", wgt + np.arange(self.cfg.rows))]
@@ -106,6 +106,8 @@ class Machine:
         self.buf["obuf"][self._index("obuf", out + np.arange(n))] = requantize(total, shift, mode, lo, hi)
 
     def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
+        if k_h == 0 or k_w == 0:
+            return
         obuf = self.buf["obuf"]
         window = (np.arange(k_h)[:, None] * in_w + np.arange(k_w)[None, :]).ravel()
         for oy in range(out_h):

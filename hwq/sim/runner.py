@@ -41,9 +41,9 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
     reads = [(t.region.word, t.nbytes) for t in tensors.values()]
     jobs = [{"writes": [(inp.region.word, blobs[i].tobytes())], "reads": reads} for i in range(n)]
     if sim == "iss":
-        runs = []
+        # One machine for the batch, as the RTL keeps its buffers and DRAM between jobs.
+        runs, m = [], Machine(cfg, image)
         for i, job in enumerate(jobs):
-            m = Machine(cfg, image)
             for word, blob in job["writes"]:
                 m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
             r = m.run(start_pc)

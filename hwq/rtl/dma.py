@@ -1,0 +1,181 @@
+"""LOAD and STORE: the DMA engines between the DRAM port and the on-chip buffers.
+
+A buffer entry is `entry_words` consecutive DRAM words (lanes in order, little endian),
+so both engines move one bus word per cycle. All DRAM address arithmetic is modulo
+`dram_words` (a power of two: plain truncation); buffer addresses are ISA-wide
+(SRAM_ADDR_BITS) and the top truncates them to each buffer's depth.
+
+LoadUnit timeline (cycle 0 = start): cycles 1..I issue one item each -- a DRAM word read
+of an element inside the block, or a zero entry for a padding position -- and each item
+is written into the buffer one cycle later (the read latency), so cycle I + 1 writes the
+last one and raises done. I = y_size * x_size * entry_words + padding entries.
+
+StoreUnit timeline: cycle 1 reads obuf entry 0; cycles 2..n*E+1 write the words, each
+element's last word overlapping the obuf read of the next element; done with the last
+write. Both stall (hold) while the DRAM port is not ready.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+from amaranth.utils import ceil_log2
+
+from hwq.compiler import isa
+from hwq.config import HwConfig
+from hwq.errors import HwqError
+from hwq.rtl.decode import args_layout
+from hwq.rtl.ports import DramPort, SramRead, SramWrite, unit_members
+
+
+def dram_addr_bits(cfg: HwConfig) -> int:
+    if cfg.dram_words & (cfg.dram_words - 1):
+        raise HwqError(f"hardware config '{cfg.name}': the RTL needs dram_words to be a power "
+                       f"of two (got {cfg.dram_words}); DRAM addresses wrap by truncation")
+    return max(1, ceil_log2(cfg.dram_words))
+
+
+class LoadUnit(wiring.Component):
+    def __init__(self, cfg: HwConfig):
+        self.cfg = cfg
+        self.A = dram_addr_bits(cfg)
+        self.B = 8 * cfg.bus_bytes
+        self.E = {t: cfg.entry_words(t) for t in isa.LOAD_TARGETS}
+        self.lanes = max(self.E.values())
+        super().__init__({
+            **unit_members(args_layout("LOAD")),
+            "dram": Out(DramPort(self.A, self.B)),
+            "wr": Out(SramWrite(isa.SRAM_ADDR_BITS, self.lanes * self.B, self.lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.args
+        H = Signal(range(2 * 8 + (1 << len(a.y_size))), name="H")
+        W = Signal(range(2 * 8 + (1 << len(a.x_size))), name="W")
+        m.d.comb += [H.eq(a.pad_top + a.y_size + a.pad_bottom),
+                     W.eq(a.pad_left + a.x_size + a.pad_right)]
+        y, x = Signal.like(H, name="y"), Signal.like(W, name="x")
+        k = Signal(range(max(2, self.lanes)), name="k")
+        row = Signal(self.A, name="row")
+        elem = Signal(self.A, name="elem")
+        ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
+        k_last = Signal.like(k, name="k_last")
+        with m.Switch(a.buf):
+            for code, t in enumerate(isa.LOAD_TARGETS):
+                with m.Case(code):
+                    m.d.comb += k_last.eq(self.E[t] - 1)
+        inside_y = Signal()
+        inside = Signal()
+        m.d.comb += [
+            inside_y.eq((y >= a.pad_top) & (y < a.pad_top + a.y_size)),
+            inside.eq(inside_y & (x >= a.pad_left) & (x < a.pad_left + a.x_size)),
+        ]
+        # write stage: the item issued last cycle
+        s_valid, s_pad = Signal(), Signal()
+        s_ptr = Signal(isa.SRAM_ADDR_BITS)
+        s_k = Signal.like(k)
+        m.d.sync += s_valid.eq(0)
+        m.d.comb += [
+            self.wr.addr.eq(s_ptr),
+            self.wr.en.eq(Mux(s_valid, Mux(s_pad, (1 << self.lanes) - 1, 1 << s_k), 0)),
+            self.wr.data.eq(Mux(s_pad, 0, Cat([self.dram.rdata] * self.lanes))),
+        ]
+
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
+                                 ptr.eq(a.sram)]
+                    with m.If((H == 0) | (W == 0)):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "RUN"
+            with m.State("RUN"):
+                accepted = Signal()
+                with m.If(inside):
+                    m.d.comb += [self.dram.re.eq(1), self.dram.addr.eq(elem + k),
+                                 accepted.eq(self.dram.ready)]
+                with m.Else():
+                    m.d.comb += accepted.eq(1)
+                m.d.sync += [s_valid.eq(accepted), s_pad.eq(~inside), s_ptr.eq(ptr), s_k.eq(k)]
+                with m.If(accepted):
+                    with m.If(inside & (k != k_last)):
+                        m.d.sync += k.eq(k + 1)
+                    with m.Else():
+                        m.d.sync += [k.eq(0), ptr.eq(ptr + 1)]
+                        with m.If(x == W - 1):
+                            m.d.sync += [x.eq(0), y.eq(y + 1)]
+                            with m.If(inside_y):
+                                m.d.sync += [row.eq(row + a.y_stride), elem.eq(row + a.y_stride)]
+                            with m.Else():
+                                m.d.sync += elem.eq(row)
+                            with m.If(y == H - 1):
+                                m.next = "DRAIN"
+                        with m.Else():
+                            m.d.sync += x.eq(x + 1)
+                            with m.If(inside):
+                                m.d.sync += elem.eq(elem + a.x_stride)
+            with m.State("DRAIN"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        return m
+
+
+class StoreUnit(wiring.Component):
+    def __init__(self, cfg: HwConfig):
+        self.cfg = cfg
+        self.A = dram_addr_bits(cfg)
+        self.B = 8 * cfg.bus_bytes
+        self.E = cfg.entry_words("obuf")
+        super().__init__({
+            **unit_members(args_layout("STORE")),
+            "dram": Out(DramPort(self.A, self.B)),
+            "rd": Out(SramRead(isa.SRAM_ADDR_BITS, 8 * cfg.entry_bytes("obuf"))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.args
+        y, x = Signal.like(a.y_size, name="y"), Signal.like(a.x_size, name="x")
+        k = Signal(range(max(2, self.E)), name="k")
+        row = Signal(self.A, name="row")
+        elem = Signal(self.A, name="elem")
+        ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
+        m.d.comb += self.rd.addr.eq(ptr)
+        with m.FSM(name="store"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
+                                 ptr.eq(a.sram)]
+                    with m.If((a.y_size == 0) | (a.x_size == 0)):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "FIRST"
+            with m.State("FIRST"):
+                m.d.comb += self.rd.en.eq(1)
+                m.d.sync += ptr.eq(ptr + 1)
+                m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += [self.dram.we.eq(1), self.dram.addr.eq(elem + k),
+                             self.dram.wdata.eq(self.rd.data.word_select(k, self.B))]
+                with m.If(self.dram.ready):
+                    with m.If(k != self.E - 1):
+                        m.d.sync += k.eq(k + 1)
+                    with m.Else():
+                        m.d.sync += k.eq(0)
+                        with m.If(x == a.x_size - 1):
+                            m.d.sync += [x.eq(0), y.eq(y + 1), row.eq(row + a.y_stride),
+                                         elem.eq(row + a.y_stride)]
+                        with m.Else():
+                            m.d.sync += [x.eq(x + 1), elem.eq(elem + a.x_stride)]
+                        with m.If((x == a.x_size - 1) & (y == a.y_size - 1)):
+                            m.d.comb += self.done.eq(1)
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.d.comb += self.rd.en.eq(1)
+                            m.d.sync += ptr.eq(ptr + 1)
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        return m

@@ -1,0 +1,87 @@
+"""MAXPOOL: sequential window reads from obuf, lane-parallel int8 max.
+
+Timeline (cycle 0 = start, P = out_h * out_w, K = k_h * k_w): cycles 1..P*K read one
+window element each (output pixels in order, each window row by row); the element's data
+arrives a cycle later and is folded into the running max; the last element of a window
+writes obuf[dst + p] in that same cycle, while the next read goes out -- the obuf read
+port is transparent for its write port, so a later read sees an earlier write, as the
+ISA requires. Done in cycle P*K + 1 (with the last write).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+
+from hwq.compiler import isa
+from hwq.config import HwConfig
+from hwq.rtl.decode import args_layout
+from hwq.rtl.ports import SramRead, SramWrite, unit_members
+
+
+class PoolUnit(wiring.Component):
+    def __init__(self, cfg: HwConfig):
+        self.cfg = cfg
+        A = isa.SRAM_ADDR_BITS
+        super().__init__({
+            **unit_members(args_layout("MAXPOOL")),
+            "rd": wiring.Out(SramRead(A, 8 * cfg.cols)),
+            "wr": wiring.Out(SramWrite(A, 8 * cfg.cols)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a, C = self.args, self.cfg.cols
+        A = isa.SRAM_ADDR_BITS
+        oy, ox = Signal.like(a.out_h), Signal.like(a.out_w)
+        ky, kx = Signal.like(a.k_h), Signal.like(a.k_w)
+        rowb, pixb, winr, dptr = (Signal(A, name=n) for n in ("rowb", "pixb", "winr", "dptr"))
+        row_step = Signal(A)
+        m.d.comb += row_step.eq(a.stride * a.in_w)
+
+        s_valid, s_first, s_last = Signal(), Signal(), Signal()
+        s_dst = Signal(A)
+        m.d.sync += s_valid.eq(0)
+        lay = data.ArrayLayout(signed(8), C)
+        din = lay(self.rd.data)
+        mreg = Signal(lay)
+        mx = Signal(lay)
+        for c in range(C):
+            m.d.comb += mx[c].eq(Mux(s_first | (din[c] > mreg[c]), din[c], mreg[c]))
+        with m.If(s_valid):
+            m.d.sync += mreg.eq(mx)
+        m.d.comb += [self.wr.en.eq(s_valid & s_last), self.wr.addr.eq(s_dst),
+                     self.wr.data.eq(mx)]
+
+        with m.FSM(name="pool"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [oy.eq(0), ox.eq(0), ky.eq(0), kx.eq(0), rowb.eq(a.src),
+                                 pixb.eq(a.src), winr.eq(a.src), dptr.eq(a.dst)]
+                    with m.If((a.out_h == 0) | (a.out_w == 0) | (a.k_h == 0) | (a.k_w == 0)):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.rd.en.eq(1), self.rd.addr.eq(winr + kx)]
+                m.d.sync += [s_valid.eq(1), s_first.eq((ky == 0) & (kx == 0)),
+                             s_last.eq((ky == a.k_h - 1) & (kx == a.k_w - 1)), s_dst.eq(dptr)]
+                with m.If(kx != a.k_w - 1):
+                    m.d.sync += kx.eq(kx + 1)
+                with m.Else():
+                    m.d.sync += kx.eq(0)
+                    with m.If(ky != a.k_h - 1):
+                        m.d.sync += [ky.eq(ky + 1), winr.eq(winr + a.in_w)]
+                    with m.Else():
+                        m.d.sync += [ky.eq(0), dptr.eq(dptr + 1)]
+                        with m.If(ox != a.out_w - 1):
+                            m.d.sync += [ox.eq(ox + 1), pixb.eq(pixb + a.stride),
+                                         winr.eq(pixb + a.stride)]
+                        with m.Else():
+                            m.d.sync += [ox.eq(0), oy.eq(oy + 1), rowb.eq(rowb + row_step),
+                                         pixb.eq(rowb + row_step), winr.eq(rowb + row_step)]
+                            with m.If(oy == a.out_h - 1):
+                                m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        return m

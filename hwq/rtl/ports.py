@@ -1,0 +1,57 @@
+"""Interface signatures shared by the accelerator's blocks.
+
+DRAM port protocol (`DramPort`, the accelerator is the initiator):
+  * one request per cycle at most: `re` (read) or `we` (write) with `addr` (a word
+    address) and, for writes, `wdata`;
+  * the request is accepted at a rising edge where `ready` is high; while `ready` is low
+    the initiator holds the request unchanged (back-pressure);
+  * read data is returned on `rdata` in the cycle right after the acceptance (fixed
+    latency 1) -- the memory must drive it then, and the initiator samples it only then.
+A memory that never stalls ties `ready` high; the cycle model (hwq/sim/cycles.py)
+assumes it does.
+
+Buffer ports follow amaranth.lib.memory: synchronous reads (data the cycle after `en`,
+held while `en` is low), writes with one enable bit per `granularity` chunk.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+
+class DramPort(wiring.Signature):
+    def __init__(self, addr_bits: int, data_bits: int):
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        super().__init__({
+            "addr": Out(unsigned(addr_bits)),
+            "re": Out(1),
+            "we": Out(1),
+            "wdata": Out(unsigned(data_bits)),
+            "rdata": In(unsigned(data_bits)),
+            "ready": In(1),
+        })
+
+
+class SramRead(wiring.Signature):
+    def __init__(self, addr_bits: int, data_bits: int):
+        super().__init__({
+            "addr": Out(unsigned(addr_bits)),
+            "en": Out(1),
+            "data": In(unsigned(data_bits)),
+        })
+
+
+class SramWrite(wiring.Signature):
+    def __init__(self, addr_bits: int, data_bits: int, lanes: int = 1):
+        super().__init__({
+            "addr": Out(unsigned(addr_bits)),
+            "en": Out(unsigned(lanes)),
+            "data": Out(unsigned(data_bits)),
+        })
+
+
+def unit_members(args_layout) -> dict:
+    """What every execution unit has: a start pulse, the decoded fields of its
+    instruction (held stable while it runs) and a done pulse in its last cycle."""
+    return {"start": In(1), "args": In(args_layout), "done": Out(1)}

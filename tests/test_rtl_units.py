@@ -1,0 +1,214 @@
+"""Unit tests of the RTL blocks on Amaranth's own simulator (fast start-up)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwq.compiler import isa
+from hwq.compiler.quant.requant import ROUND_MODES, requantize
+from hwq.rtl import decode
+from hwq.rtl.array import SystolicArray, array_latency
+from hwq.rtl.post import RequantLanes
+
+
+def _run(dut, bench, clock=False):
+    sim = Simulator(dut)
+    if clock:
+        sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _wrap(v, bits):
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+# ---------------- post-processing vs requant.requantize ----------------
+
+NARROW = 10
+LANES = 64
+
+
+def _pack(vals, bits):
+    out = 0
+    for k, v in enumerate(vals):
+        out |= (v & ((1 << bits) - 1)) << (k * bits)
+    return out
+
+
+def _unpack(word, bits, n):
+    return [_wrap(word >> (k * bits), bits) for k in range(n)]
+
+
+@pytest.mark.slow
+def test_post_exhaustive_narrow():
+    """Every 10-bit accumulator value x every shift (-32..31) x every rounding mode, with
+    clamps drawn at random; bias adds wrap at the accumulator width."""
+    dut = RequantLanes(LANES, acc_bits=NARROW)
+    rng = random.Random(1)
+    values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
+    clamps = [(-128, 127), (0, 127), (0, 6), (-127, 127), (-5, 17), (3, -3), (0, 0)]
+    failures = []
+
+    async def bench(ctx):
+        for mode, code in ROUND_MODES.items():
+            ctx.set(dut.round, code)
+            for shift in range(-32, 32):
+                ctx.set(dut.shift, shift)
+                for base in range(0, len(values), LANES):
+                    lo, hi = clamps[rng.randrange(len(clamps))]
+                    ctx.set(dut.lo, lo)
+                    ctx.set(dut.hi, hi)
+                    chunk = values[base:base + LANES]
+                    bias = [rng.randrange(-(1 << (NARROW - 1)), 1 << (NARROW - 1)) for _ in chunk]
+                    acc = [_wrap(v - b, NARROW) for v, b in zip(chunk, bias)]
+                    ctx.set(dut.acc.as_value(), _pack(acc, NARROW))
+                    ctx.set(dut.bias.as_value(), _pack(bias, NARROW))
+                    got = _unpack(ctx.get(dut.y.as_value()), 8, LANES)
+                    want = requantize(np.array(chunk, np.int64), shift, mode, lo, hi).tolist()
+                    if got != want:
+                        failures.extend((mode, shift, x, lo, hi, g, w)
+                                        for x, g, w in zip(chunk, got, want) if g != w)
+    _run(dut, bench)
+    assert not failures, failures[:10]
+
+
+_full = RequantLanes(4, acc_bits=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(acc=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
+       bias=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
+       shift=st.integers(-32, 31), mode=st.sampled_from(sorted(ROUND_MODES)),
+       lo=st.integers(-128, 127), hi=st.integers(-128, 127))
+def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
+    dut = _full
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.round, ROUND_MODES[mode])
+        ctx.set(dut.lo, lo)
+        ctx.set(dut.hi, hi)
+        for k in range(4):
+            ctx.set(dut.acc[k], acc[k])
+            ctx.set(dut.bias[k], bias[k])
+        got.extend(ctx.get(dut.y[k]) for k in range(4))
+    _run(dut, bench)
+    total = (np.array(acc, np.int64) + np.array(bias, np.int64)).astype(np.int32)  # int32 wrap
+    assert got == requantize(total, shift, mode, lo, hi).tolist()
+
+
+def test_post_ties_and_extremes():
+    """Hand-picked: exact ties in every mode, int32 extremes, shifts 0/31/-32."""
+    dut = RequantLanes(8, acc_bits=32)
+    xs = [-(1 << 31), (1 << 31) - 1, -3 << 4, 3 << 4, -(1 << 4) - 8, (1 << 4) + 8, 1, -1]
+    failures = []
+
+    async def bench(ctx):
+        for k, v in enumerate(xs):
+            ctx.set(dut.acc[k], v)
+            ctx.set(dut.bias[k], 0)
+        for mode, code in ROUND_MODES.items():
+            ctx.set(dut.round, code)
+            for shift in (-32, -31, -8, -7, -1, 0, 1, 4, 5, 30, 31):
+                ctx.set(dut.shift, shift)
+                for lo, hi in ((-128, 127), (0, 127), (-127, 6)):
+                    ctx.set(dut.lo, lo)
+                    ctx.set(dut.hi, hi)
+                    want = requantize(np.array(xs, np.int64), shift, mode, lo, hi)
+                    got = [ctx.get(dut.y[k]) for k in range(8)]
+                    if got != want.tolist():
+                        failures.append((mode, shift, lo, hi, got, want.tolist()))
+    _run(dut, bench)
+    assert not failures, failures[:5]
+
+
+# ---------------- systolic array ----------------
+
+@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 4), (3, 5)])
+def test_systolic_array(rows, cols):
+    rng = np.random.default_rng(rows * 10 + cols)
+    W = rng.integers(-128, 128, (rows, cols))
+    X = rng.integers(-128, 128, (12, rows))
+    X[0] = -128
+    W[0] = -128                      # extreme products
+    dut = SystolicArray(rows, cols)
+    L = array_latency(rows, cols)
+    outs = {}
+
+    async def bench(ctx):
+        for r in range(rows):       # preload one row a cycle
+            ctx.set(dut.w_row, 1 << r)
+            for c in range(cols):
+                ctx.set(dut.w_data[c], int(W[r, c]))
+            await ctx.tick()
+        ctx.set(dut.w_row, 0)
+        for t in range(len(X) + L + 1):
+            if t < len(X):
+                for r in range(rows):
+                    ctx.set(dut.x[r], int(X[t, r]))
+            if t - L >= 0 and t - L < len(X):
+                outs[t - L] = [ctx.get(dut.y[c]) for c in range(cols)]
+            await ctx.tick()
+    _run(dut, bench, clock=True)
+    want = X @ W
+    for v in range(len(X)):
+        assert outs[v] == want[v].tolist(), v
+
+
+# ---------------- decoder ----------------
+
+def test_layout_offsets_match_isa():
+    for op in isa.OPS:
+        assert decode.field_offsets(op.name) == op.offsets()
+        assert decode.op_layout(op.name).size <= isa.INSTR_BITS
+    assert decode.instr_layout().size == isa.INSTR_BITS
+
+
+def _random_instr(op, rng):
+    return isa.Instr.make(op.name, **{f.name: rng.randint(f.lo, f.hi) for f in op.fields})
+
+
+def test_decoder_fields():
+    dut = decode.Decoder()
+    rng = random.Random(7)
+    cases = []
+    for op in isa.OPS:
+        cases.append(isa.Instr.make(op.name, **{f.name: f.hi for f in op.fields}))
+        cases.append(isa.Instr.make(op.name, **{f.name: f.lo for f in op.fields}))
+        cases += [_random_instr(op, rng) for _ in range(20)]
+    bad = []
+
+    async def bench(ctx):
+        for ins in cases:
+            word = isa.encode(ins)
+            ctx.set(dut.word, word)
+            assert ctx.get(dut.legal) == 1
+            k = [op.name for op in isa.OPS].index(ins.op)
+            assert ctx.get(dut.op) == 1 << k
+            ref = isa.decode(word)
+            view = dut.fields[ins.op]
+            for name, v in ref.args:
+                if ctx.get(getattr(view, name)) != v:
+                    bad.append((ins, name, ctx.get(getattr(view, name)), v))
+            args = decode.args_of(dut.fields, ins.op)
+            for name, v in ref.args:
+                if ctx.get(getattr(args, name)) != v:
+                    bad.append((ins, "args." + name))
+        for opcode in range(1 << isa.OPCODE_BITS):
+            word = opcode | (random.Random(opcode).getrandbits(isa.INSTR_BITS) >> isa.OPCODE_BITS
+                             << isa.OPCODE_BITS)
+            ctx.set(dut.word, word)
+            legal = opcode in isa.BY_OPCODE
+            assert ctx.get(dut.legal) == legal, opcode
+            if not legal:
+                assert ctx.get(dut.op) == 0
+    _run(dut, bench)
+    assert not bad, bad[:5]
