@@ -86,9 +86,9 @@ def test_linear_on_a_vector_input_with_wide_k():
 
 def test_layer_too_big_for_the_buffers_is_a_clear_error():
     rng = np.random.default_rng(0)
-    layer = conv(rng, "huge", "input", 64, 8, 3, 40, 40, 1, 1, "none")
-    with pytest.raises(HwqError, match="layer 'huge' does not fit the hardware"):
-        compile_model(QModel("m", (64, 40, 40), 4, [layer]), CONFIGS["small"])
+    layer = conv(rng, "huge", "input", 4, 4, 3, 3, 600, 1, 1, "none")
+    with pytest.raises(HwqError, match="layer 'huge' does not fit the hardware: one input row"):
+        compile_model(QModel("m", (4, 3, 600), 4, [layer]), CONFIGS["small"])
 
 
 def test_program_ends_and_data_precedes_it():
@@ -106,3 +106,14 @@ def test_config_rejects_what_the_isa_cannot_address():
         HwConfig(ibuf_depth=1 << 15)
     with pytest.raises(HwqError, match="bus_bytes"):
         HwConfig(rows=4, cols=4, bus_bytes=8)
+
+
+def test_linear_wider_than_ibuf_is_split_into_input_groups():
+    """784 -> 300 on an array whose ibuf holds a quarter of the input vector."""
+    rng = np.random.default_rng(4)
+    cfg = dataclasses.replace(CONFIGS["default"], name="narrow-ibuf", ibuf_depth=32, wbuf_depth=64,
+                              bbuf_depth=16)
+    layers = [conv(rng, "fc", "input", 784, 300, 1, 1, 1, 1, 0, "relu")]
+    compiled, _ = check(QModel("wide", (784, 1, 1), 4, layers), cfg, n=1)
+    loads = [i for i in compiled.program if i.op == "LOAD" and i["buf"] == 0]
+    assert len(loads) == 98 * 38  # every input block, once per output block

@@ -117,29 +117,35 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
     out_h, out_w = dst.h, dst.w
     wp = src.w + 2 * p
 
-    # Weights in stored-channel order: tile (co, ky, kx, ci) is `rows` wbuf entries.
+    # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
+    # the taps of any run of input blocks are contiguous in DRAM.
     w = np.zeros((n_co * c, src.stored_channels, k, k), np.int8)
     w[np.arange(cout)[:, None], src.channel_index[None, :]] = layer.weight
-    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 4, 5, 2, 3, 1)  # co ky kx ci r c
-    taps = k * k * n_ci                       # weight tiles per output block
-    per_co = taps * r
+    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
+    taps = n_ci * k * k                       # weight tiles per output block
     _need(r <= cfg.wbuf_depth, layer, f"a weight tile needs {r} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
     w_region = image.put(f"{layer.name}.weight", "weights", np.ascontiguousarray(tiles))
     bias = np.zeros(n_co * c, np.int32)
     bias[:cout] = layer.bias
-    _need(n_co <= cfg.bbuf_depth, layer, f"{n_co} bias entries exceed bbuf_depth={cfg.bbuf_depth}")
     b_region = image.put(f"{layer.name}.bias", "bias", bias)
 
     ew = c // bus  # words per wbuf entry, and per output block of a pixel
-    _load_run(emit, "bias", 2, 0, b_region.word, n_co, 4 * ew)
-    weights_resident = n_co * per_co <= cfg.wbuf_depth
+    bias_resident = n_co <= cfg.bbuf_depth
+    if bias_resident:
+        _load_run(emit, "bias", 2, 0, b_region.word, n_co, 4 * ew)
+    weights_resident = n_co * taps * r <= cfg.wbuf_depth
     if weights_resident:
-        _load_run(emit, "weights", 1, 0, w_region.word, n_co * per_co, ew)
+        _load_run(emit, "weights", 1, 0, w_region.word, n_co * taps * r, ew)
+    chunk = taps if weights_resident else cfg.wbuf_depth // r   # tiles per weight load
 
     def in_rows(rows: int) -> int:
         return (rows - 1) * s + k
 
-    band = _band_rows(layer, out_h, lambda rows: n_ci * in_rows(rows) * wp <= cfg.ibuf_depth
+    # Input blocks held in ibuf at once: all of them when one output row allows it (each
+    # band's input is then loaded once), else as many as fit, reloaded per output block.
+    group = max((g for g in range(1, n_ci + 1) if g * in_rows(1) * wp <= cfg.ibuf_depth), default=0)
+    _need(group > 0, layer, f"one input row of {wp} pixels does not fit ibuf_depth={cfg.ibuf_depth}")
+    band = _band_rows(layer, out_h, lambda rows: group * in_rows(rows) * wp <= cfg.ibuf_depth
                       and rows * out_w <= min(cfg.abuf_depth, cfg.obuf_depth)
                       and rows <= 1023)
     pin, pout = src.pixel_words(cfg), dst.pixel_words(cfg)
@@ -154,28 +160,38 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
         else:
             pad_top, pad_bottom = y0 - top, top + n - y1
         span = n * wp
-        for ci in range(n_ci):
-            emit("LOAD", f"rows {r0}..{r0 + rows - 1} input block {ci}", buf=0, sram=ci * span,
-                 dram=src.region.word + y0 * src.w * pin + ci * (r // bus),
-                 y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
-                 pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+
+        def load_inputs(ci0: int, ci1: int) -> None:
+            for ci in range(ci0, ci1):
+                emit("LOAD", f"rows {r0}..{r0 + rows - 1} input block {ci}", buf=0,
+                     sram=(ci - ci0) * span, dram=src.region.word + y0 * src.w * pin + ci * (r // bus),
+                     y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
+                     pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+
+        if group == n_ci:
+            load_inputs(0, n_ci)
         for co in range(n_co):
             tile = f"rows {r0}..{r0 + rows - 1} output block {co}"
-            # weights not resident: reload them in groups of tiles that fit wbuf
-            group = taps if weights_resident else cfg.wbuf_depth // r
-            for g0 in range(0, taps, group):
-                if not weights_resident:
-                    n_tiles = min(group, taps - g0)
-                    _load_run(emit, f"{tile} weights {g0}..{g0 + n_tiles - 1}", 1, 0,
-                              w_region.word + (co * taps + g0) * r * ew, n_tiles * r, ew)
-                for t in range(g0, min(g0 + group, taps)):
-                    ky, kx, ci = np.unravel_index(t, (k, k, n_ci))
-                    wgt = (co * taps + t) * r if weights_resident else (t - g0) * r
-                    emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
-                         wgt=wgt, inp=ci * span + ky * wp + kx, acc=0, reset=int(t == 0),
-                         n_outer=rows, n_inner=out_w, inp_so=s * wp, inp_si=s,
-                         acc_so=out_w, acc_si=1)
-            emit("POST", tile, acc=0, out=0, bias=co, n=rows * out_w, shift=layer.shift,
+            for ci0 in range(0, n_ci, group):
+                ci1 = min(ci0 + group, n_ci)
+                if group < n_ci:
+                    load_inputs(ci0, ci1)
+                for t0 in range(ci0 * k * k, ci1 * k * k, chunk):
+                    t1 = min(t0 + chunk, ci1 * k * k)
+                    if not weights_resident:
+                        _load_run(emit, f"{tile} weights {t0}..{t1 - 1}", 1, 0,
+                                  w_region.word + (co * taps + t0) * r * ew, (t1 - t0) * r, ew)
+                    for t in range(t0, t1):
+                        ci, ky, kx = np.unravel_index(t, (n_ci, k, k))
+                        wgt = (co * taps + t) * r if weights_resident else (t - t0) * r
+                        emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
+                             wgt=wgt, inp=(ci - ci0) * span + ky * wp + kx, acc=0,
+                             reset=int(t == 0), n_outer=rows, n_inner=out_w, inp_so=s * wp,
+                             inp_si=s, acc_so=out_w, acc_si=1)
+            if not bias_resident:
+                _load_run(emit, f"{tile} bias", 2, 0, b_region.word + co * 4 * ew, 1, 4 * ew)
+            emit("POST", tile, acc=0, out=0, bias=co if bias_resident else 0, n=rows * out_w,
+                 shift=layer.shift,
                  round=ROUND_MODES[layer.round_mode], lo=layer.lo, hi=layer.hi)
             emit("STORE", tile, sram=0, dram=dst.region.word + r0 * out_w * pout + co * ew,
                  y_size=rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout)

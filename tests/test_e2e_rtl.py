@@ -1,0 +1,52 @@
+"""Whole compiled networks on the RTL: golden == ISS == RTL, bit for bit."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwq.cli import main
+from hwq.compiler.ir import QLayer, QModel
+from hwq.compiler.lower import compile_model
+from hwq.sim.golden import run_golden
+from hwq.sim.runner import first_mismatch, simulate
+from test_lower import CONFIGS, conv, pool
+
+pytestmark = pytest.mark.slow
+LENET = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+
+
+def every_kind(seed=1):
+    rng = np.random.default_rng(seed)
+    return QModel("net", (3, 9, 7), 4, [
+        conv(rng, "c1", "input", 3, 5, 3, 9, 7, 1, 1, "relu", "half_even"),
+        pool("p1", "c1", 5, 9, 7, 2, 2),
+        conv(rng, "c2", "p1", 5, 9, 3, 4, 3, 2, 1, "none", "std_round"),
+        QLayer("flat", "flatten", "c2", (9, 2, 2), (36, 1, 1), 3, 3),
+        conv(rng, "fc", "flat", 36, 7, 1, 1, 1, 1, 0, "none", "half_down")])
+
+
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+@pytest.mark.parametrize("name", ["default", "small", "tall"])
+def test_every_layer_kind_on_rtl(name, sim):
+    cfg, qmodel = CONFIGS[name], every_kind()
+    x = np.random.default_rng(7).integers(-128, 128, (3, *qmodel.input_shape)).astype(np.int8)
+    compiled = compile_model(qmodel, cfg)
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    golden = run_golden(qmodel, x)
+    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
+    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, sim)
+    assert rtl.ok and iss.ok
+    assert first_mismatch(rtl, golden, list(golden), cfg.cols) is None
+    assert rtl.cycles == iss.cycles
+
+
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_lenet_cli_on_rtl(tmp_path, capsys, sim):
+    pkg = tmp_path / "lenet.hwq"
+    assert main(["compile", f"{LENET}:LeNet", "--input-shape", "1x8x8",
+                 "--calib", "digits", "-o", str(pkg), "-q"]) == 0
+    assert main(["simulate", str(pkg), "--sim", sim, "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(pkg)]) == 0
+    out = capsys.readouterr().out
+    assert f"{sim}: 32/32 images bit-exact" in out
