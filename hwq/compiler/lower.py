@@ -33,7 +33,11 @@ class Compiled:
     memmap: MemoryMap
     layouts: dict[str, TensorLayout]      # "input" and every layer's output
     start_pc: int
-    useful_macs: int                      # real MACs of one inference (no padding lanes)
+    layer_macs: dict[str, int]            # real MACs of one inference (no padding lanes)
+
+    @property
+    def useful_macs(self) -> int:
+        return sum(self.layer_macs.values())
 
     @property
     def program_bytes(self) -> bytes:
@@ -242,7 +246,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
     image = _Image(memmap)
     emit = _Emitter(cfg)
     layouts = {"input": memmap.activation("input", "input", qmodel.input_shape)}
-    useful = 0
+    macs = {}
     last = qmodel.layers[-1].name
     for layer in qmodel.layers:
         emit.layer = layer.name
@@ -255,7 +259,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
         dst = memmap.activation(layer.name, "output" if layer.name == last else "activation",
                                 layer.out_shape)
         layouts[layer.name] = dst
-        useful += LOWERINGS[layer.kind](layer, src, dst, cfg, image, emit)
+        macs[layer.name] = LOWERINGS[layer.kind](layer, src, dst, cfg, image, emit)
     emit.layer = "end"
     emit("END")
     program = isa.to_bytes(emit.program)
@@ -263,4 +267,4 @@ def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
     data = image.assemble(memmap.next_word)
     data[code.word * cfg.bus_bytes:] = program
     return Compiled(cfg, emit.program, emit.notes, emit.layer_of, bytes(data), memmap, layouts,
-                    code.word, useful)
+                    code.word, macs)

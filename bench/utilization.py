@@ -1,0 +1,148 @@
+"""MAC utilization per layer and per model on an 8x8 array: measured on the RTL
+(Verilator), with the ISS cycle model's prediction beside it.
+
+    .venv/bin/python bench/utilization.py [--sim verilator|icarus] [--skip-resnet]
+
+Utilization = useful MACs / (rows * cols * cycles); the physical limit is 100%. Per-layer
+RTL cycles are measured, not modelled: the program runs once per layer boundary with an
+END written over the first instruction of the next layer, and consecutive totals are
+subtracted. The loss columns split the modelled cycles of each layer into what the
+array streams (`stream`), its fill and drain per GEMM, instruction fetch and dispatch,
+DMA (LOAD/STORE) and POST/MAXPOOL, none of which overlap in this version of the RTL,
+and `pad`, streamed lanes that carry channel padding.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nets import PlainResNet18, lenet  # noqa: E402
+
+from hwq.compiler import isa  # noqa: E402
+from hwq.compiler.datasets import calibration_set  # noqa: E402
+from hwq.compiler.frontend import trace  # noqa: E402
+from hwq.compiler.lower import compile_model  # noqa: E402
+from hwq.compiler.quant.calibrate import quantize  # noqa: E402
+from hwq.compiler.quant.config import load_quant_config  # noqa: E402
+from hwq.config import load_hw_config  # noqa: E402
+from hwq.sim.cycles import instr_cycles  # noqa: E402
+from hwq.sim.golden import quantize_input  # noqa: E402
+from hwq.sim.rtl_sim import run_rtl  # noqa: E402
+
+TARGET = 0.85
+
+
+def compiled_nets(skip_resnet: bool):
+    cfg = load_hw_config("default")
+    model = lenet()
+    q = quantize(trace(model, (1, 8, 8), "LeNet"), calibration_set("digits", (1, 8, 8)),
+                 load_quant_config(), progress=False)
+    yield "digits LeNet", q, compile_model(q, cfg), calibration_set("digits", (1, 8, 8), n=1)
+    if skip_resnet:
+        return
+    big = dataclasses.replace(cfg, name="default-16MiB", dram_words=1 << 22)
+    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    q = quantize(trace(PlainResNet18(), (3, 32, 32), "ResNet18-plain"), x, load_quant_config(),
+                 progress=False)
+    yield "ResNet-18-style, 32x32", q, compile_model(q, big), x[:1]
+
+
+def boundaries(compiled) -> list[tuple[str, int]]:
+    """(layer, index of its first instruction) in program order, then ('end', END)."""
+    out = []
+    for i, layer in enumerate(compiled.layer_of):
+        if not out or out[-1][0] != layer:
+            out.append((layer, i))
+    return out
+
+
+def rtl_layer_cycles(compiled, x_q, sim: str) -> dict[str, int]:
+    cfg, bus = compiled.cfg, compiled.cfg.bus_bytes
+    end_word = isa.to_bytes([isa.Instr.make("END")])
+    prog = compiled.program_bytes
+    at = lambda i: compiled.start_pc + i * cfg.instr_words  # noqa: E731
+    inp = compiled.layouts["input"]
+    marks = boundaries(compiled)
+    jobs, prev = [], None
+    for _, first in marks:
+        writes = [(inp.region.word, inp.pack(x_q))]
+        if prev is not None:  # put back the instruction the last job replaced
+            writes.append((at(prev), prog[prev * isa.INSTR_BYTES:(prev + 1) * isa.INSTR_BYTES]))
+        writes.append((at(first), end_word))
+        jobs.append({"writes": writes, "reads": []})
+        prev = first
+    runs = run_rtl(cfg, compiled.image, jobs, sim=sim, start_pc=compiled.start_pc)
+    assert all(r.status == "ok" for r in runs), [r.status for r in runs]
+    totals = [r.cycles for r in runs]  # totals[0]: END alone, which every total includes
+    return {layer: totals[k + 1] - totals[k] for k, (layer, _) in enumerate(marks[:-1])}
+
+
+def model_breakdown(compiled) -> dict[str, dict[str, int]]:
+    cfg = compiled.cfg
+    base = isa.INSTR_BITS // (8 * cfg.bus_bytes) + 2
+    out = defaultdict(lambda: defaultdict(int))
+    for layer, instr in zip(compiled.layer_of, compiled.program):
+        n = instr_cycles(instr, cfg)
+        row = out[layer]
+        row["total"] += n
+        row["fetch"] += base
+        if instr.op == "GEMM":
+            stream = instr["n_outer"] * instr["n_inner"]
+            row["stream"] += stream
+            row["fill"] += n - base - stream
+        elif instr.op in ("LOAD", "STORE"):
+            row["dma"] += n - base
+        elif instr.op in ("POST", "MAXPOOL"):
+            row["post"] += n - base
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
+    ap.add_argument("--skip-resnet", action="store_true")
+    args = ap.parse_args()
+    for name, q, compiled, x in compiled_nets(args.skip_resnet):
+        cfg = compiled.cfg
+        peak = cfg.rows * cfg.cols
+        t = time.perf_counter()
+        rtl = rtl_layer_cycles(compiled, quantize_input(q, x), args.sim)
+        seconds = time.perf_counter() - t
+        model = model_breakdown(compiled)
+        print(f"\n{name} on {cfg.rows}x{cfg.cols} ({len(compiled.program)} instructions; "
+              f"RTL per-layer runs took {seconds:.1f} s on {args.sim})")
+        print(f"{'layer':<10}{'MACs':>12}{'RTL cyc':>11}{'RTL util':>9}{'ISS cyc':>11}{'ISS util':>9}"
+              f"   loss: {'fetch':>6}{'fill':>6}{'dma':>6}{'post':>6}{'pad':>6}   target")
+        for layer in rtl:
+            macs = compiled.layer_macs.get(layer, 0)
+            m = model[layer]
+            ru, mu = macs / (peak * rtl[layer]), macs / (peak * m["total"])
+            pad = (m["stream"] * peak - macs) / peak  # cycles spent on padding lanes
+            share = lambda c: f"{100 * c / m['total']:5.0f}%"  # noqa: E731
+            fills = next((l for l in q.layers if l.name == layer), None)
+            verdict = ""
+            if fills is not None and fills.kind == "conv" and fills.in_shape[1:] == (1, 1):
+                verdict = "(linear: one vector per weight tile at batch 1)"
+            elif fills is not None and fills.kind == "conv":
+                full = fills.in_shape[0] >= cfg.rows and fills.out_shape[0] >= cfg.cols
+                verdict = ("met" if ru >= TARGET else "MISSED") if full else "(does not fill the array)"
+            print(f"{layer:<10}{macs:>12}{rtl[layer]:>11}{100 * ru:>8.1f}%{m['total']:>11}{100 * mu:>8.1f}%"
+                  f"   {share(m['fetch'])}{share(m['fill'])}{share(m['dma'])}{share(m['post'])}"
+                  f"{share(pad)}   {verdict}")
+        total_rtl = sum(rtl.values())
+        total_model = sum(model[layer]["total"] for layer in rtl)
+        print(f"{'model':<10}{compiled.useful_macs:>12}{total_rtl:>11}"
+              f"{100 * compiled.useful_macs / (peak * total_rtl):>8.1f}%{total_model:>11}"
+              f"{100 * compiled.useful_macs / (peak * total_model):>8.1f}%   (physical limit 100%; "
+              f"target {100 * TARGET:.0f}% on conv layers that fill the array)")
+
+
+if __name__ == "__main__":
+    main()
