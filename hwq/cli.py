@@ -13,10 +13,22 @@ SIMS = ("verilator", "icarus", "iss")
 def _compile(a) -> None:
     from hwq.flow import compile_package, parse_shape
 
-    out = compile_package(a.model, parse_shape(a.input_shape), a.calib, a.output, hw=a.hw,
-                          quant=a.quant_config, weights=a.weights, n_ref=a.ref_images,
-                          zip_too=a.zip, progress=not a.quiet)
+    if a.board and a.hw:
+        raise HwqError("give --board or --hw, not both (a board file carries its hardware config)")
+    out = compile_package(a.model, parse_shape(a.input_shape), a.calib, a.output,
+                          hw=a.hw or "default", quant=a.quant_config, weights=a.weights,
+                          n_ref=a.ref_images, zip_too=a.zip, progress=not a.quiet, board=a.board)
     print(f"wrote {out}")
+
+
+def _quantize(a) -> None:
+    from hwq.compiler.quant.report import quantize_to_report
+    from hwq.flow import parse_shape
+
+    text, _ = quantize_to_report(a.model, parse_shape(a.input_shape), a.calib, a.output,
+                                 quant=a.quant_config, weights=a.weights, progress=not a.quiet)
+    print(text)
+    print(f"wrote {Path(a.output) / 'summary.md'} and {Path(a.output) / 'calibration.png'}")
 
 
 def _simulate(a) -> None:
@@ -29,11 +41,45 @@ def _simulate(a) -> None:
           f"check them with 'hwq compare {a.package}'")
 
 
+def _run(a) -> None:
+    from hwq.board import load_board
+    from hwq.errors import MismatchError
+    from hwq.host import Link, SerialTransport, run_package
+    from hwq.package import check_hardware, open_package
+
+    pkg = open_package(a.package)
+    name = a.board or pkg.manifest.get("board", {}).get("name")
+    if name is None:
+        raise HwqError(f"{pkg.path} was compiled without --board; name the board with --board")
+    board = load_board(name)
+    check_hardware(pkg, board.cfg)
+    baud = a.baud or board.baud
+    run = run_package(pkg, Link(SerialTransport(a.port, baud), pkg.cfg.bus_bytes),
+                      progress=not a.quiet)
+    n = len(run.cycles)
+    if run.mismatches:
+        raise MismatchError(f"{len(run.mismatches)}/{n} images differ from the golden outputs "
+                            f"on {board.name} (first: image {run.mismatches[0]})")
+    print(f"{board.name}: {n}/{n} images bit-exact with the golden outputs; "
+          f"{sum(run.cycles) / n:.0f} cycles/inference")
+
+
 def _compare(a) -> None:
     from hwq.flow import compare_package
 
     for line in compare_package(a.package):
         print(line)
+
+
+def _debug(a) -> None:
+    from hwq.flow import debug_package
+
+    d = debug_package(a.package, a.sim, a.image, waves=not a.no_waves)
+    if d is None:
+        print(f"{a.sim}: image {a.image}: the RTL and the ISS agree after every instruction")
+        return
+    from hwq.errors import MismatchError
+    raise MismatchError(f"{a.sim}: image {a.image}: first divergence at {d}")
 
 
 def _disasm(a) -> None:
@@ -67,13 +113,26 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
     c.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
     c.add_argument("-o", "--output", required=True, help="package directory to write")
-    c.add_argument("--hw", default="default", help="hardware config name in configs/ or a YAML path")
+    c.add_argument("--hw", help="hardware config name in configs/ or a YAML path (default: default)")
+    c.add_argument("--board", help="board in boards/ (or a board YAML): its hardware config, "
+                   "and a bitstream in the package")
     c.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
     c.add_argument("--weights", help="state_dict file to load into the model")
     c.add_argument("--ref-images", type=int, default=32, help="sample inputs carried in the package")
     c.add_argument("--zip", action="store_true", help="also write PACKAGE.zip")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(run=_compile)
+
+    qz = sub.add_parser("quantize", help="quantize a model in software and report fix positions, "
+                        "thresholds, SQNR and accuracy (no hardware limits)")
+    qz.add_argument("model", help="path/to/file.py:ClassName")
+    qz.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
+    qz.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
+    qz.add_argument("-o", "--output", default="build/quant", help="report directory")
+    qz.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
+    qz.add_argument("--weights", help="state_dict file to load into the model")
+    qz.add_argument("-q", "--quiet", action="store_true")
+    qz.set_defaults(run=_quantize)
 
     s = sub.add_parser("simulate", help="run a package's reference inputs on a simulator")
     s.add_argument("package")
@@ -82,9 +141,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(run=_simulate)
 
+    r = sub.add_parser("run", help="run a package's reference inputs on a board over its UART")
+    r.add_argument("package")
+    r.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    r.add_argument("--board", help="board in boards/ (default: the one the package was built for)")
+    r.add_argument("--baud", type=int, help="override the board file's baud rate")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(run=_run)
+
     m = sub.add_parser("compare", help="check simulation runs against the golden model (exit 1 on mismatch)")
     m.add_argument("package")
     m.set_defaults(run=_compare)
+
+    g = sub.add_parser("debug", help="step the ISS and the RTL together; report the first "
+                       "instruction after which their buffers or DRAM differ (exit 1)")
+    g.add_argument("package")
+    g.add_argument("--sim", choices=SIMS[:2], default="verilator")
+    g.add_argument("--image", type=int, default=0, help="reference image to run (default 0)")
+    g.add_argument("--no-waves", action="store_true", help="skip the waveform of the diverging instruction")
+    g.set_defaults(run=_debug)
 
     d = sub.add_parser("disasm", help="print a package's program")
     d.add_argument("package")

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from hwq.package import Package, check_hardware, open_package, write_package
 from hwq.reports import compile_report
 from hwq.sim.golden import dequantize_output, quantize_input, run_golden
 from hwq.sim.runner import SimResult, first_mismatch, simulate
+
+if TYPE_CHECKING:
+    from hwq.board import Board
 
 REFERENCE_IMAGES = 32
 
@@ -122,11 +126,16 @@ class Build:
     reference: dict[str, np.ndarray]
     meta: dict
     iss: SimResult
+    board: Board | None = None         # with a board: a bitstream goes into the package
 
 
 def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | None = None,
-          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True) -> Build:
-    cfg = load_hw_config(hw)
+          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
+          board: str | None = None) -> Build:
+    """With `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
+    from hwq.board import load_board
+    brd = load_board(board) if board is not None else None
+    cfg = brd.cfg if brd is not None else load_hw_config(hw)
     qcfg = load_quant_config(quant)
     model, name, model_hash = load_model(spec, weights)
     graph = trace(model, input_shape, name)
@@ -144,7 +153,7 @@ def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | 
            **({"labels": labels} if labels is not None else {}),
            **{f"golden/{k}": v for k, v in golden.items()}}
     meta = {"name": name, "source": spec, "sha256": model_hash}
-    return Build(model, graph, qmodel, compiled, ref, meta, iss)
+    return Build(model, graph, qmodel, compiled, ref, meta, iss, brd)
 
 
 def run_compiled(compiled: Compiled, qmodel: QModel, x_q: np.ndarray, sim: str,
@@ -177,7 +186,7 @@ def manifest_of(qmodel: QModel, compiled: Compiled, meta: dict, iss: SimResult) 
     }
 
 
-def write(b: Build, out: str | Path, zip_too: bool = False) -> Path:
+def write(b: Build, out: str | Path, zip_too: bool = False, progress: bool = True) -> Path:
     from hwq.rtl.export import generate_verilog
 
     buf = io.BytesIO()
@@ -191,14 +200,25 @@ def write(b: Build, out: str | Path, zip_too: bool = False) -> Path:
         "rtl/hwq_accelerator.v": generate_verilog(b.compiled.cfg).encode(),
         **compile_report(b),
     }
-    return write_package(Path(out), manifest_of(b.qmodel, b.compiled, b.meta, b.iss), files, zip_too)
+    manifest = manifest_of(b.qmodel, b.compiled, b.meta, b.iss)
+    if b.board is not None:
+        from hwq.board import board_manifest, build_bitstream, hardware_report, tool_versions
+        bs = build_bitstream(b.board, progress=progress)
+        if progress:
+            print(f"  {bs.message}", file=sys.stderr)
+        files.update(bs.files)
+        files["reports/hardware.md"] = hardware_report(b.board, bs, manifest).encode()
+        manifest["board"] = board_manifest(b.board, bs)
+        manifest["tools"].update(tool_versions())
+    return write_package(Path(out), manifest, files, zip_too)
 
 
 def compile_package(spec: str, input_shape, calib: str, out: str | Path, hw: str = "default",
                     quant: str | None = None, weights: str | None = None,
                     n_ref: int = REFERENCE_IMAGES, zip_too: bool = False,
-                    progress: bool = True) -> Path:
-    return write(build(spec, input_shape, calib, hw, quant, weights, n_ref, progress), out, zip_too)
+                    progress: bool = True, board: str | None = None) -> Path:
+    return write(build(spec, input_shape, calib, hw, quant, weights, n_ref, progress, board),
+                 out, zip_too, progress)
 
 
 def simulate_package(path, sim: str = "verilator", hw: str | None = None,
@@ -220,7 +240,10 @@ def simulate_package(path, sim: str = "verilator", hw: str | None = None,
     cycles = float(np.mean(result.cycles))
     meta = {"sim": sim, "status": result.status, "cycles": [int(c) for c in result.cycles],
             "images": len(result.status),
-            "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0}
+            "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0,
+            # performance counters (hwq/rtl/perf.py), summed over the images
+            "counters": {k: int(sum(c[k] for c in result.counters)) for k in
+                         (result.counters[0] if result.counters else {})}}
     pkg.save_run(sim, result.activations, meta)
     return pkg, result
 
@@ -242,7 +265,10 @@ def compare_package(path) -> list[str]:
         result = SimResult(sim, meta["status"], meta["cycles"], acts)
         where = first_mismatch(result, golden, pkg.layer_order(), pkg.cfg.cols)
         if where:
-            failures.append(f"{sim}: mismatch at {where}")
+            image = where.split(" image ")[1].split()[0]
+            hint = (f"; find the first diverging instruction with 'hwq debug {pkg.path} --sim "
+                    f"{sim} --image {image}'" if sim != "iss" else "")
+            failures.append(f"{sim}: mismatch at {where}{hint}")
         else:
             n = meta["images"]
             lines.append(f"{sim}: {n}/{n} images bit-exact with the golden model on all "
@@ -251,6 +277,35 @@ def compare_package(path) -> list[str]:
     if failures:
         raise MismatchError("; ".join(failures))
     return lines
+
+
+def debug_package(path, sim: str = "verilator", image: int = 0, waves: bool = True):
+    """Run reference image `image` of a package on the ISS and the RTL side by side,
+    comparing every buffer and DRAM after each instruction; the first divergence (a
+    hwq.sim.difftest.Divergence, with a waveform of that instruction) or None."""
+    from hwq.sim.difftest import first_divergence
+
+    if sim == "iss":
+        raise HwqError("debug compares the ISS with an RTL simulator; choose --sim verilator or icarus")
+    pkg = open_package(path)
+    x = pkg.reference()["input_int8"]
+    if not 0 <= image < len(x):
+        raise HwqError(f"{pkg.path} carries {len(x)} reference images; --image {image} is not one")
+    inp = pkg.tensors()["input"]
+    notes = _asm_notes((pkg.path / "program.asm").read_text())
+    return first_divergence(pkg.cfg, pkg.image(), pkg.start_pc,
+                            [(inp.region.word, inp.pack(x[image:image + 1]))], sim=sim,
+                            notes=notes, waves=waves)
+
+
+def _asm_notes(asm: str) -> dict[int, str]:
+    """instruction index -> the compiler's note, from program.asm (isa.disassemble)."""
+    notes = {}
+    for line in asm.splitlines():
+        head, sep, note = line.partition(";")
+        if sep and ":" in head and not head.split(":")[1].strip().startswith(".word"):
+            notes[int(head.split(":")[0])] = note.strip()
+    return notes
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

@@ -178,4 +178,4 @@ def check_hardware(pkg: Package, cfg: HwConfig) -> None:
     if cfg.fingerprint != want:
         raise HwqError(f"package {pkg.path} was compiled for hardware {want} "
                        f"({pkg.manifest['hardware']['config']['name']}), but the RTL asked for is "
-                       f"{cfg.fingerprint} ({cfg.name}); recompile for that hardware or drop --hw")
+                       f"{cfg.fingerprint} ({cfg.name}); recompile the package for that hardware")

@@ -8,13 +8,8 @@ from collections import Counter
 import numpy as np
 
 from hwq.compiler.quant.calibrate import run_float
+from hwq.compiler.quant.report import histogram_png, sqnr_db
 from hwq.sim.cycles import instr_cycles
-
-
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
 
 
 def layer_sqnr(b) -> dict[str, float]:
@@ -68,6 +63,8 @@ def compile_report(b) -> dict[str, bytes]:
                      f"{l.f_out} | {l.shift if conv else ''} | {l.act if conv else ''} | "
                      f"{l.round_mode if conv else ''} | {instrs[l.name]} | {cycles[l.name]} | "
                      f"{sqnr[l.name]:.1f} |")
-    lines += ["", "![per-layer error](layer_error.png)", ""]
+    lines += ["", "![per-layer error](layer_error.png)", "",
+              "![calibration histograms and thresholds](calibration.png)", ""]
     return {"reports/summary.md": "\n".join(lines).encode(),
-            "reports/layer_error.png": _error_plot(sqnr)}
+            "reports/layer_error.png": _error_plot(sqnr),
+            "reports/calibration.png": histogram_png(q)}

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from hwq.cli import main
+from hwq.compiler import isa
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +70,7 @@ def test_package_has_what_the_design_lists(package):
               "reports/summary.md", "reports/layer_error.png"):
         assert f in manifest["files"]
     assert manifest["hardware"]["fingerprint"]
-    assert manifest["isa_version"] == 1
+    assert manifest["isa_version"] == isa.ISA_VERSION
     assert manifest["output"]["shape"] == [5, 1, 1]
     assert not list(package.parent.glob(".tiny.hwq*")), "temporary directory left behind"
 

@@ -129,33 +129,68 @@ def test_unsupported_op_gelu():
             return F.gelu(self.conv(x))
 
     message = expect_error(Gelu(), "unsupported op gelu at node 'gelu' (forward line ",
-                           "; supported: Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, MaxPool2d, "
-                           "flatten, Dropout, Identity")
+                           "; supported: Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, "
+                           "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
     line = int(message.split("forward line ")[1].split(")")[0])
     assert "F.gelu" in Path(__file__).read_text().splitlines()[line - 1]
 
 
 def test_unsupported_modules():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), "unsupported op Sigmoid at node ")
-    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2)), "unsupported op AvgPool2d")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2)),
+                 "AdaptiveAvgPool2d output_size=2 is not supported (use 1")
 
 
-def test_residual_add():
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
-            self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+class Block(nn.Module):
+    """Residual, depthwise, concat and every pooling kind in one DAG."""
 
-        def forward(self, x):
-            y = self.conv1(x)
-            return self.conv2(y) + y
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
 
-    expect_error(Residual(), "unsupported op add at node 'add' (forward line ")
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        z = self.pw(F.relu6(self.dw(y)))
+        y = F.relu(y + z)
+        y = torch.cat([self.pool(self.a(y)), F.leaky_relu(self.b(y), 0.1)], 1)
+        return self.fc(torch.flatten(self.gap(y), 1))
 
 
-def test_tensor_used_twice():
-    class Branch(nn.Module):
+def test_dag_layers():
+    torch.manual_seed(0)
+    graph = trace(Block(), (3, 8, 8), "net")
+    got = [(l.name, l.kind, l.sources, l.out_shape, l.act, l.groups) for l in graph.layers]
+    assert got == [
+        ("conv1", "conv", ["input"], (8, 8, 8), "relu", 1),
+        ("dw", "conv", ["conv1"], (8, 8, 8), "relu6", 8),
+        ("pw", "conv", ["dw"], (8, 8, 8), "none", 1),
+        ("add", "add", ["conv1", "pw"], (8, 8, 8), "relu", 1),
+        ("a", "conv", ["add"], (4, 8, 8), "none", 1),
+        ("pool", "avgpool", ["a"], (4, 4, 4), "none", 1),
+        ("b", "conv", ["add"], (4, 4, 4), "leaky_relu", 1),
+        ("cat", "concat", ["pool", "b"], (8, 4, 4), "none", 1),
+        ("gap", "avgpool", ["cat"], (8, 1, 1), "none", 1),
+        ("flatten", "flatten", ["gap"], (8, 1, 1), "none", 1),
+        ("fc", "conv", ["flatten"], (5, 1, 1), "none", 1),
+    ]
+    assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == 4
+    assert graph.layers[0].bn["weight"].shape == (8, 3, 3, 3)
+    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = graph.module(torch.from_numpy(x)).numpy()
+    assert np.abs(run_float(graph, x)["fc"].reshape(16, 5) - want).max() < 1e-5
+
+
+def test_dag_refusals():
+    class Dead(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
@@ -167,11 +202,35 @@ def test_tensor_used_twice():
             self.conv2(y)
             return self.conv3(y)
 
-    expect_error(Branch(), "node 'conv2'", "'conv1' is used by 'conv2', 'conv3'", "straight-line")
+    expect_error(Dead(), "node 'conv2'", "its output is never used; remove it")
+
+    class SharedPreActivation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.relu(y) + y
+
+    expect_error(SharedPreActivation(), "ReLU at node 'relu'", "the output of 'conv' it would be "
+                 "folded into is also used by 'add'")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: x + 1.0), "add must sum two tensors")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: torch.cat([x, x], dim=2)),
+                 "cat along dim=2 is not supported")
+
+    class Broadcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    expect_error(Broadcast(), "add of shapes (2, 6, 6) and (1, 6, 6) broadcasts")
 
 
 @pytest.mark.parametrize("layer, fragments", [
-    (nn.Conv2d(2, 2, 3, groups=2), ["node 'steps_1'", "groups=2"]),
     (nn.Conv2d(2, 2, 3, dilation=2), ["node 'steps_1'", "dilation=(2, 2)"]),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ["padding_mode='reflect'"]),
     (nn.Conv2d(2, 2, (3, 1)), ["kernel_size=(3, 1) is not square"]),
@@ -184,7 +243,7 @@ def test_unsupported_parameters(layer, fragments):
 
 def test_misplaced_activation_and_batchnorm():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()),
-                 "ReLU at node 'steps_2'", "must directly follow a Conv2d or Linear")
+                 "ReLU at node 'steps_2'", "must directly follow a Conv2d, Linear or add")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)),
                  "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 3)),

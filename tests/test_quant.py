@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from hwq.compiler.datasets import calibration_set, digits_split
 from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, Layer, QLayer, QModel
-from hwq.compiler.quant.calibrate import (ZERO_RANGE_FIX, check_accumulator_bounds,
-                                          fix_position, quantize)
+from hwq.compiler.quant.calibrate import check_accumulator_bounds, quantize
+from hwq.compiler.quant.methods import ZERO_RANGE_FIX, fix_position
 from hwq.compiler.quant.config import DEFAULT_PATH, load_quant_config, parse_quant_config
 from hwq.compiler.quant.requant import ROUND_MODES, requantize
 from hwq.errors import HwqError
@@ -66,16 +66,37 @@ def set_key(*keys_value):
      ["tensor_quantize_config.activation.round_mode: 'half_away' is not one of "
       "half_up, half_even, half_down, std_round"]),
     (set_key("overall_quantize_config", "per_channel", True),
-     ["overall_quantize_config.per_channel: true is not supported yet; use false"]),
-    (set_key("tensor_quantize_config", "activation", "method", "entropy"),
-     ["tensor_quantize_config.activation.method: entropy is not supported yet; use maxmin"]),
+     ["tensor_quantize_config.input.per_channel: true is not supported: hwq quantizes weights "
+      "per channel only; set it false for input"]),
+    (set_key("tensor_quantize_config", "activation", "method", "kmeans"),
+     ["tensor_quantize_config.activation.method: 'kmeans' is not one of maxmin, percentile, "
+      "entropy, mse, diffs"]),
+    (set_key("tensor_quantize_config", "activation", "calib_statistic_method", "min"),
+     ["calib_statistic_method: 'min' is not one of modal, max, mean, median"]),
+    (set_key("tensor_quantize_config", "activation", "percentage", 101),
+     ["tensor_quantize_config.activation.percentage: 101.0 must be in (0, 100]"]),
     (set_key("overall_quantize_config", "bit_width", "8"), ["bit_width: '8' must be int"]),
     (set_key("overall_quantize_config", "bit_width", 4),
      ["bit_width: 4 is not supported by the int8 power-of-two hardware; use 8"]),
     (set_key("overall_quantize_config", "symmetry", "yes please"), ["symmetry: 'yes please' must be true or false"]),
-    (set_key("overall_quantize_config", "scale_type", "float"),
-     ["scale_type: float is not supported by the int8 power-of-two hardware; use poweroftwo"]),
-    (set_key("include_cle", True), ["include_cle: true is not supported yet; use false"]),
+    (set_key("overall_quantize_config", "scale_type", "log"), ["scale_type: 'log' is not one of float, poweroftwo"]),
+    (set_key("keep_first_last_layer_accuracy", True),
+     ["keep_first_last_layer_accuracy: true is not supported: the array is int8-only"]),
+    (set_key("keep_add_layer_accuracy", True), ["keep_add_layer_accuracy: true is not supported: the array is int8-only"]),
+    (set_key("include_cle", "yes"), ["include_cle: 'yes' must be true or false"]),
+    (set_key("layer_quantize_config", {"layer_name": "x"}), ["layer_quantize_config: must be a list, got dict"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "layer_type": "Conv2d"}]),
+     ["layer_quantize_config[0]: give exactly one of layer_type and layer_name"]),
+    (set_key("layer_quantize_config", [{"layer_type": "torch.nn.Conv3d"}]),
+     ["layer_quantize_config[0].layer_type: 'torch.nn.Conv3d' is not a layer hwq compiles"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "quantize": 1}]),
+     ["layer_quantize_config[0].quantize: unknown key; allowed: layer_type, layer_name"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "tensor_quantize_config": {"input": {}}}]),
+     ["layer_quantize_config[0].tensor_quantize_config.input: unknown key; allowed: weights, bias, activation"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"method": "avg"}}]),
+     ["layer_quantize_config[0].overall_quantize_config.method: 'avg' is not one of maxmin"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"per_channel": True}}]),
+     ["layer_quantize_config[0]: per_channel true would apply to the activation"]),
     (set_key("target_device", "CPU"), ["target_device: 'CPU' is not supported"]),
     (lambda d: d["overall_quantize_config"].pop("signed"), ["overall_quantize_config: missing signed"]),
     (set_key("tensor_quantize_config", "bias", 3), ["tensor_quantize_config.bias: must be a mapping"]),

@@ -1,17 +1,18 @@
 """Front end: a PyTorch nn.Module -> the float Graph IR.
 
-torch.fx traces the forward into nodes; each node becomes an `Op`; a short list of
-graph passes (hls4ml-style `match` / `transform`) folds BatchNorm into its conv, fuses
-activations into their conv/linear and drops inference no-ops, until only Graph layers
-are left. Anything the accelerator cannot run is refused here, once, with the node and
-the forward line that introduced it.
+torch.fx traces the forward into nodes; each node becomes an `Op` naming the ops it reads;
+a short list of graph passes (hls4ml-style `match` / `transform`) drops inference no-ops,
+folds BatchNorm into its conv and fuses activations into the conv, linear or add that
+feeds them, until only Graph layers are left. The model may branch and join (residual
+adds, channel concatenation); anything the accelerator cannot run is refused here, once,
+with the node and the forward line that introduced it.
 """
 from __future__ import annotations
 
 import operator
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,21 +20,26 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwq.compiler.ir import Graph, Layer
+from hwq.compiler.ir import REQUANTIZING, Graph, Layer
 from hwq.errors import HwqError
 
-SUPPORTED = "Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, MaxPool2d, flatten, Dropout, Identity"
+SUPPORTED = ("Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
+             "AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
 
 # Op kinds before the passes: the Graph's layer kinds plus those the passes absorb.
 _MODULE_KINDS = {
     nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "flatten",
-    nn.BatchNorm2d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6",
+    nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "avgpool",
+    nn.BatchNorm2d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
-_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6",
-                   torch.flatten: "flatten", F.max_pool2d: "maxpool"}
+_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
+                   torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
+                   F.adaptive_avg_pool2d: "avgpool", torch.add: "add", operator.add: "add",
+                   operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
 _METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten",
-                 "size": "shape", "dim": "shape"}
+                 "add": "add", "size": "shape", "dim": "shape"}
+_ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
 _OPERATORS = {f for f in vars(operator).values() if callable(f)}
 
@@ -52,34 +58,70 @@ class Op:
     kind: str
     name: str
     source: str
+    inputs: list[str] = field(default_factory=list)  # producing ops' names, or "input"
     layer: Layer | None = None          # for the Graph's layer kinds
     module: nn.Module | None = None     # for batchnorm
+    alpha: float = 0.0                  # for leaky_relu
+
+
+@dataclass
+class Net:
+    """The ops of a traced forward and the name of the one it returns."""
+
+    ops: list[Op]
+    output: str
+
+    def op(self, name: str) -> Op | None:
+        return next((o for o in self.ops if o.name == name), None)
+
+    def consumers(self, name: str) -> list[str]:
+        users = [o.name for o in self.ops if name in o.inputs]
+        return users + (["output"] if self.output == name else [])
+
+    def bypass(self, op: Op, by: str) -> None:
+        """Remove `op`; whatever read it reads `by` instead."""
+        for o in self.ops:
+            o.inputs = [by if i == op.name else i for i in o.inputs]
+        if self.output == op.name:
+            self.output = by
+        self.ops.remove(op)
 
 
 def trace(module: nn.Module, input_shape: tuple[int, int, int], name: str) -> Graph:
     """Trace `module` (put in eval mode: hwq compiles inference) for inputs of shape
-    (N, *input_shape) into a straight-line float Graph."""
+    (N, *input_shape) into a float Graph."""
     if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
         raise HwqError(f"model {name}: input shape {tuple(input_shape)} must be three positive "
                        "ints (C, H, W)")
     module.eval()
     gm = _symbolic_trace(module, name)
     _propagate_shapes(gm, input_shape, name)
-    ops = _ops_of(gm, name)
-    run_passes(ops)
-    if not ops:
+    net = _net_of(gm, name)
+    run_passes(net)
+    if not net.ops:
         raise HwqError(f"model {name}: forward has no layer to compile")
-    layers = [op.layer for op in ops]
-    for prev, layer in zip([None] + layers, layers):
-        layer.input = prev.name if prev else "input"
+    layers = []
+    for op in net.ops:
+        op.layer.inputs = list(op.inputs)
+        op.layer.input = op.inputs[0]
+        layers.append(op.layer)
     return Graph(name=name, input_shape=tuple(input_shape), layers=layers, module=module)
 
 
 # --- graph passes -------------------------------------------------------------------
 
-def _producer(ops: list[Op], op: Op) -> Op | None:
-    i = ops.index(op)
-    return ops[i - 1] if i else None
+def _absorbing_producer(net: Net, op: Op, kinds, what: str, needs: str) -> Op:
+    """The op that `op` is folded into: of one of `kinds`, with no activation yet, and
+    read by `op` alone (else the unfolded value is still needed)."""
+    producer = net.op(op.inputs[0])
+    if producer is None or producer.kind not in kinds or producer.layer.act != "none":
+        raise HwqError(f"{what} at {_where(op)} must directly follow {needs}")
+    others = [u for u in net.consumers(producer.name) if u != op.name]
+    if others:
+        raise HwqError(f"{what} at {_where(op)}: the output of '{producer.name}' it would be "
+                       f"folded into is also used by {', '.join(map(repr, others))}; apply "
+                       f"{what} to one tensor that only it reads")
+    return producer
 
 
 class RemoveNoOps:
@@ -88,58 +130,64 @@ class RemoveNoOps:
     def match(self, op: Op) -> bool:
         return op.kind == "noop"
 
-    def transform(self, ops: list[Op], op: Op) -> None:
-        ops.remove(op)
+    def transform(self, net: Net, op: Op) -> None:
+        net.bypass(op, op.inputs[0])
 
 
 class FoldBatchNorm:
-    """conv -> BatchNorm2d is one conv: BN at inference is a per-channel affine map."""
+    """conv -> BatchNorm2d is one conv: BN at inference is a per-channel affine map. The
+    unfolded parameters stay on the layer for QAT, which trains through the BN."""
 
     def match(self, op: Op) -> bool:
         return op.kind == "batchnorm"
 
-    def transform(self, ops: list[Op], op: Op) -> None:
-        conv = _producer(ops, op)
-        if conv is None or conv.kind != "conv" or conv.layer.act != "none":
-            raise HwqError(f"BatchNorm2d at {_where(op)} must directly follow a Conv2d to be "
-                           "folded into it; move it after the conv")
+    def transform(self, net: Net, op: Op) -> None:
+        conv = _absorbing_producer(net, op, ("conv",), "BatchNorm2d", "a Conv2d to be folded "
+                                   "into it; move it after the conv")
         bn, layer = op.module, conv.layer
 
         def f64(t):
             return t.detach().double().numpy()
 
-        gamma, beta = (f64(bn.weight), f64(bn.bias)) if bn.affine else (1.0, 0.0)
+        cout = layer.weight.shape[0]
+        gamma, beta = (f64(bn.weight), f64(bn.bias)) if bn.affine else (np.ones(cout), np.zeros(cout))
         scale = gamma / np.sqrt(f64(bn.running_var) + bn.eps)
-        bias = layer.bias.astype(np.float64) if layer.bias is not None else 0.0
+        bias = layer.bias.astype(np.float64) if layer.bias is not None else np.zeros(cout)
+        layer.bn = {"weight": layer.weight.copy(), "bias": bias.astype(np.float32),
+                    "gamma": gamma.astype(np.float32), "beta": beta.astype(np.float32),
+                    "mean": f64(bn.running_mean).astype(np.float32),
+                    "var": f64(bn.running_var).astype(np.float32), "eps": float(bn.eps)}
         layer.weight = (layer.weight * scale[:, None, None, None]).astype(np.float32)
         layer.bias = ((bias - f64(bn.running_mean)) * scale + beta).astype(np.float32)
-        ops.remove(op)
+        net.bypass(op, conv.name)
 
 
 class FuseActivation:
-    """ReLU / ReLU6 become the clamp of the conv (or linear) that feeds them."""
+    """ReLU / ReLU6 / LeakyReLU become the clamp (or slope) of the conv, linear or add
+    that feeds them: the hardware applies them while requantizing."""
+
+    _NAMES = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU"}
 
     def match(self, op: Op) -> bool:
-        return op.kind in ("relu", "relu6")
+        return op.kind in _ACTIVATIONS
 
-    def transform(self, ops: list[Op], op: Op) -> None:
-        conv = _producer(ops, op)
-        what = "ReLU" if op.kind == "relu" else "ReLU6"
-        if conv is None or conv.kind != "conv" or conv.layer.act != "none":
-            raise HwqError(f"{what} at {_where(op)} must directly follow a Conv2d or Linear "
-                           "(without an activation already) to be fused into it")
-        conv.layer.act = op.kind
-        ops.remove(op)
+    def transform(self, net: Net, op: Op) -> None:
+        producer = _absorbing_producer(net, op, REQUANTIZING, self._NAMES[op.kind],
+                                       "a Conv2d, Linear or add (without an activation "
+                                       "already) to be fused into it")
+        producer.layer.act = op.kind
+        producer.layer.alpha = op.alpha
+        net.bypass(op, producer.name)
 
 
 PASSES = (RemoveNoOps(), FoldBatchNorm(), FuseActivation())
 
 
-def run_passes(ops: list[Op], passes=PASSES) -> None:
+def run_passes(net: Net, passes=PASSES) -> None:
     """Apply each pass, in order, to every op it matches."""
     for p in passes:
-        for op in [op for op in ops if p.match(op)]:
-            p.transform(ops, op)
+        for op in [op for op in net.ops if p.match(op)]:
+            p.transform(net, op)
 
 
 # --- tracing ------------------------------------------------------------------------
@@ -225,13 +273,33 @@ def _kind(node: fx.Node, gm: fx.GraphModule, shape_nodes: set) -> str | None:
     return _FUNCTION_KINDS.get(node.target)
 
 
-def _ops_of(gm: fx.GraphModule, name: str) -> list[Op]:
-    """Check the traced graph is a supported straight line and turn it into Ops."""
+def _data_args(node: fx.Node, kind: str, op: Op) -> list[fx.Node]:
+    """The tensors `node` reads, in order. add reads two, concat a list, the rest one
+    (their other arguments are parameters or sizes)."""
+    if kind == "concat":
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        rank = len(_shape(tensors[0])) if tensors and "hwq_shape" in tensors[0].meta else 4
+        _need(dim in (1, 1 - rank), op, f"cat along dim={dim} is not supported; hwq "
+              "concatenates channels only (dim=1)")
+        return list(tensors)
+    if kind == "add":
+        args = list(node.args[:2])
+        _need(len(args) == 2 and all(isinstance(a, fx.Node) for a in args)
+              and not node.kwargs.get("alpha", 1) != 1, op,
+              "add must sum two tensors (no scalar operand, no alpha)")
+        return args
+    return [node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else []
+
+
+def _net_of(gm: fx.GraphModule, name: str) -> Net:
+    """Check the traced graph uses supported ops only and turn it into a Net of Ops."""
     nodes = list(gm.graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise HwqError(f"model {name}: forward must take exactly one tensor; it takes {len(inputs)}")
-    shape_nodes, data_nodes = set(), []
+    shape_nodes, data = set(), {inputs[0]: "input"}
+    ops = []
     for node in nodes:
         if not node.op.startswith("call_"):
             continue
@@ -242,32 +310,26 @@ def _ops_of(gm: fx.GraphModule, name: str) -> list[Op]:
                            + (f" ({src})" if src else "") + f"; supported: {SUPPORTED}")
         if kind == "shape":
             shape_nodes.add(node)
-        else:
-            data_nodes.append((node, kind))
-
-    def data_users(node):
-        return [u for u in node.users if u not in shape_nodes]
-
-    prev, ops = inputs[0], []
-    for node, kind in data_nodes:
+            continue
         op = Op(kind=kind, name=node.name, source=_source(node))
-        if not node.args or node.args[0] is not prev:
-            raise HwqError(f"{_where(op)} does not consume the output of '{prev.name}'; hwq "
-                           "compiles straight-line models only (each layer feeds the next)")
-        extra = [n for n in node.all_input_nodes if n is not prev and n not in shape_nodes]
-        users = data_users(prev)
-        if extra or len(users) != 1:
-            raise HwqError(f"{_where(op)}: the output of '{prev.name}' is used by "
-                           f"{', '.join(repr(u.name) for u in users + extra)}; hwq compiles "
-                           "straight-line models only (each tensor is used once)")
-        _build(op, node, gm, prev)
+        args = _data_args(node, kind, op)
+        extra = [n for n in node.all_input_nodes if n not in args and n not in shape_nodes]
+        _need(args and not extra and all(a in data for a in args), op,
+              f"{_op_name(node, gm)} must read the model input or layer outputs as its tensor "
+              "argument(s) only")
+        op.inputs = [data[a] for a in args]
+        _build(op, node, gm, args)
+        data[node] = op.name
         ops.append(op)
-        prev = node
     output = next(n for n in nodes if n.op == "output")
-    if output.args[0] is not prev or data_users(prev) != [output]:
-        raise HwqError(f"model {name}: forward must return the last layer's output as one "
-                       f"tensor (the output of '{prev.name}')")
-    return ops
+    if not isinstance(output.args[0], fx.Node) or output.args[0] not in data:
+        raise HwqError(f"model {name}: forward must return one tensor computed by its layers")
+    net = Net(ops, data[output.args[0]])
+    for op in ops:
+        if not net.consumers(op.name):
+            raise HwqError(f"{_where(op)}: its output is never used; remove it from the "
+                           "forward (hwq compiles what reaches the output only)")
+    return net
 
 
 # --- one op's parameters ------------------------------------------------------------
@@ -298,52 +360,101 @@ def _need(cond: bool, op: Op, what: str) -> None:
         raise HwqError(f"{_where(op)}: {what}")
 
 
-def _build(op: Op, node: fx.Node, gm: fx.GraphModule, prev: fx.Node) -> None:
+def _module(node: fx.Node, gm: fx.GraphModule, cls):
+    """The nn.Module of a call_module node, or the equivalent one for a functional call."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    return cls(*node.args[1:], **node.kwargs)
+
+
+def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> None:
     """Fill `op` with its layer (or module), refusing parameters the hardware lacks."""
-    if op.kind in ("relu", "relu6", "noop"):
+    if op.kind == "leaky_relu":
+        op.alpha = float(_module(node, gm, nn.LeakyReLU).negative_slope)
+    if op.kind in ("relu", "relu6", "leaky_relu", "noop"):
         return
-    in_shape, out_shape = _chw(prev, op), _chw(node, op)
+    in_shape, out_shape = _chw(args[0], op), _chw(node, op)
     if op.kind == "batchnorm":
         op.module = gm.get_submodule(node.target)
         _need(op.module.running_mean is not None, op,
               "BatchNorm2d without running stats cannot be folded; use track_running_stats=True")
         return
     layer = Layer(name=op.name, kind=op.kind, input="", in_shape=in_shape, out_shape=out_shape,
-                  source=op.source)
+                  source=op.source, op=_op_name(node, gm))
     op.layer = layer
+    if op.kind == "add":
+        _need(_chw(args[1], op) == in_shape == out_shape, op,
+              f"add of shapes {in_shape} and {_chw(args[1], op)} broadcasts; hwq adds "
+              "tensors of equal shape only")
+        return
+    if op.kind == "concat":
+        _need(len({_chw(a, op)[1:] for a in args}) == 1, op, "cat inputs differ in height or width")
+        return
     if op.kind == "flatten":
-        in_dims = len(_shape(prev))
+        in_dims = len(_shape(args[0]))
         out_dims = _shape(node)
         _need(in_dims == 4 and out_dims == (_PROBE_BATCH, int(np.prod(in_shape))), op,
               f"{_op_name(node, gm)} must flatten (N, C, H, W) to (N, C*H*W); it makes "
               f"(N, {', '.join(map(str, out_dims[1:]))}) from {in_dims}-D input")
         return
     if op.kind == "maxpool":
-        pool = gm.get_submodule(node.target) if node.op == "call_module" \
-            else nn.MaxPool2d(*node.args[1:], **node.kwargs)
-        _need(_square(pool.padding, "padding", op) == 0, op,
-              f"MaxPool2d padding={pool.padding} is not supported (use padding=0)")
-        _need(_square(pool.dilation, "dilation", op) == 1, op,
-              f"MaxPool2d dilation={pool.dilation} is not supported (use dilation=1)")
-        _need(not pool.ceil_mode, op, "MaxPool2d ceil_mode=True is not supported")
-        _need(not pool.return_indices, op, "MaxPool2d return_indices=True is not supported")
-        layer.kernel = _square(pool.kernel_size, "kernel_size", op)
-        layer.stride = _square(pool.stride, "stride", op)
+        _build_maxpool(op, _module(node, gm, nn.MaxPool2d))
+        return
+    if op.kind == "avgpool":
+        if _op_name(node, gm) in ("adaptive_avg_pool2d", "AdaptiveAvgPool2d"):
+            _build_global_pool(op, _module(node, gm, nn.AdaptiveAvgPool2d))
+        else:
+            _build_avgpool(op, _module(node, gm, nn.AvgPool2d))
         return
     mod = gm.get_submodule(node.target)
     layer.bias = mod.bias.detach().numpy().astype(np.float32).copy() if mod.bias is not None else None
     if isinstance(mod, nn.Linear):
-        _need(len(_shape(prev)) == 2, op,
+        _need(len(_shape(args[0])) == 2, op,
               "Linear needs a flattened (N, features) input; add torch.flatten(x, 1) before it")
         layer.weight = mod.weight.detach().numpy().astype(np.float32)[:, :, None, None].copy()
         return
-    _need(mod.groups == 1, op, f"Conv2d groups={mod.groups} is not supported (use groups=1)")
+    _build_conv(op, mod)
+
+
+def _build_maxpool(op: Op, pool: nn.MaxPool2d) -> None:
+    _need(_square(pool.padding, "padding", op) == 0, op,
+          f"MaxPool2d padding={pool.padding} is not supported (use padding=0)")
+    _need(_square(pool.dilation, "dilation", op) == 1, op,
+          f"MaxPool2d dilation={pool.dilation} is not supported (use dilation=1)")
+    _need(not pool.ceil_mode, op, "MaxPool2d ceil_mode=True is not supported")
+    _need(not pool.return_indices, op, "MaxPool2d return_indices=True is not supported")
+    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
+    op.layer.stride = _square(pool.stride, "stride", op)
+
+
+def _build_avgpool(op: Op, pool: nn.AvgPool2d) -> None:
+    _need(not pool.ceil_mode, op, "AvgPool2d ceil_mode=True is not supported")
+    _need(pool.divisor_override is None, op, "AvgPool2d divisor_override is not supported")
+    op.layer.padding = _square(pool.padding, "padding", op)
+    _need(op.layer.padding == 0 or pool.count_include_pad, op,
+          "AvgPool2d count_include_pad=False with padding is not supported (the divisor "
+          "must be the window size)")
+    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
+    op.layer.stride = _square(pool.stride, "stride", op)
+
+
+def _build_global_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
+    _, h, w = op.layer.in_shape
+    _need(pool.output_size in (1, (1, 1)), op, f"AdaptiveAvgPool2d output_size="
+          f"{pool.output_size} is not supported (use 1: global average pooling)")
+    _need(h == w, op, f"global average pooling of a {h}x{w} map: hwq pools square windows only")
+    op.layer.kernel = op.layer.stride = h
+
+
+def _build_conv(op: Op, mod: nn.Conv2d) -> None:
+    layer = op.layer
     _need(_square(mod.dilation, "dilation", op) == 1, op,
           f"Conv2d dilation={mod.dilation} is not supported (use dilation=1)")
     _need(mod.padding_mode == "zeros", op,
           f"Conv2d padding_mode='{mod.padding_mode}' is not supported (use 'zeros')")
     kernel = _square(mod.kernel_size, "kernel_size", op)
     layer.weight = mod.weight.detach().numpy().astype(np.float32).copy()
+    layer.groups = mod.groups
     layer.stride = _square(mod.stride, "stride", op)
     if mod.padding == "valid":
         layer.padding = 0

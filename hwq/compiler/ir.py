@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LAYER_KINDS = ("conv", "maxpool", "flatten")
-ACTIVATIONS = ("none", "relu", "relu6")
+LAYER_KINDS = ("conv", "maxpool", "avgpool", "add", "concat", "flatten")
+ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
+# Layers that requantize their result and so can carry a fused activation.
+REQUANTIZING = ("conv", "add")
+# LeakyReLU's slope is applied on the int accumulator as alpha_q / 2**ALPHA_BITS (the DPU
+# uses 26/256 for 0.1).
+ALPHA_BITS = 8
 
 
 @dataclass
@@ -33,12 +38,23 @@ class Layer:
     stride: int = 1
     padding: int = 0
     kernel: int = 1                 # maxpool window (conv takes it from the weight)
-    act: str = "none"               # fused activation after conv
+    act: str = "none"               # fused activation after conv or add
+    # Added with the DAG front end; defaults keep single-input hand-built layers valid.
+    inputs: list[str] = field(default_factory=list)  # every input, `input` first (add, concat)
+    groups: int = 1                 # conv: grouped / depthwise when > 1
+    alpha: float = 0.0              # leaky_relu slope
+    op: str = ""                    # the torch op it came from (Conv2d, Linear, add, ...)
+    bn: dict | None = None          # conv: the unfolded conv + BatchNorm, for QAT
+
+    @property
+    def sources(self) -> list[str]:
+        return self.inputs or [self.input]
 
 
 @dataclass
 class Graph:
-    """A straight-line float model: layers in execution order; the last is the output."""
+    """A float model as a DAG: layers in a topological (execution) order; each reads the
+    model input or earlier layers; the last is the output."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -51,8 +67,12 @@ class QLayer:
     """One quantized layer.
 
     conv: y = requantize(conv(x, weight) + bias, shift, round_mode, lo, hi) with
-    shift = f_in + f_w - f_out; weight int8 (Cout, Cin, KH, KW); bias int32 at
-    fix f_in + f_w. maxpool and flatten keep the fix position of their input.
+    shift = f_in + f_w - f_out; weight int8 (Cout, Cin/groups, KH, KW); bias int32 at
+    fix f_in + f_w. With per-channel weights `f_wc` holds one f_w per output channel
+    and the shift is a vector. maxpool and flatten keep the fix position of their input.
+    avgpool: window sum x `multiplier` (the reciprocal of the window at fix f_w), then
+    requantize. add: inputs aligned to the finest of `f_ins`, summed, requantized.
+    concat: each input requantized from its `f_ins` entry to f_out.
     """
 
     name: str
@@ -74,10 +94,26 @@ class QLayer:
     lo: int = -128
     hi: int = 127
     stats: dict = field(default_factory=dict)  # calibration record, for reports only
+    inputs: list[str] = field(default_factory=list)
+    f_ins: list[int] = field(default_factory=list)   # fix position of every input
+    groups: int = 1
+    f_wc: np.ndarray | None = None     # per-channel weight fix positions (Cout,)
+    alpha_q: int = 0                   # leaky_relu slope, over 2**ALPHA_BITS
+    multiplier: int = 1                # avgpool reciprocal at fix f_w
 
     @property
     def shift(self) -> int:
         return self.f_in + self.f_w - self.f_out
+
+    @property
+    def shifts(self) -> np.ndarray:
+        """The shift of every output channel (Cout,), per-channel weights or not."""
+        f_w = self.f_wc if self.f_wc is not None else np.full(self.out_shape[0], self.f_w)
+        return self.f_in + np.asarray(f_w, np.int64) - self.f_out
+
+    @property
+    def sources(self) -> list[str]:
+        return self.inputs or [self.input]
 
 
 @dataclass

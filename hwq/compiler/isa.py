@@ -15,16 +15,22 @@ buffers, each an array of entries:
     obuf  entry = cols x int8    one requantized output vector
 
 A buffer entry in DRAM is `entry_bytes / bus_bytes` consecutive words, lanes in order,
-little-endian. Every address wraps modulo the size of its memory. Instructions are
-128-bit words, little-endian, fetched from DRAM from the start address onward; fields
-are packed from bit 0 upward in table order, the opcode first.
+little-endian. Instructions are 128-bit words, little-endian, fetched from DRAM from the
+start address onward (the program counter wraps modulo `dram_words`); fields are packed
+from bit 0 upward in table order, the opcode first.
+
+Addresses do not wrap. Before an instruction runs, every buffer entry and DRAM word its
+pseudo-code touches is checked against the size of its memory (each op's table of
+extents below); if any lies outside, the accelerator stops with status `address_range`
+at that instruction's pc, having changed nothing.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Callable
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 INSTR_BITS = 128
 OPCODE_BITS = 4
 SRAM_ADDR_BITS = 14
@@ -34,7 +40,7 @@ ADDR_BITS = {buf: SRAM_ADDR_BITS for buf in BUFFERS}
 LOAD_TARGETS = ("ibuf", "wbuf", "bbuf", "obuf")  # LOAD's `buf` field indexes this
 
 # Status codes the accelerator reports when it stops.
-STATUS = {"ok": 0, "illegal_opcode": 1}
+STATUS = {"ok": 0, "illegal_opcode": 1, "address_range": 2}
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,26 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Extent:
+    """One memory range an instruction touches: addresses first..last of `memory` (a
+    buffer name or "dram"), accessed only `when` its loops are not empty. The values are
+    ints in the ISS, Amaranth values in the RTL, text in docs/isa.md."""
+    memory: str
+    first: Any
+    last: Any
+    when: Any
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     opcode: int
     summary: str
     fields: tuple[Field, ...]
     semantics: str
+    # (fields, hw) -> [Extent]: written with + - * > == & only, so that ints, Amaranth
+    # values and doc text all evaluate it; hw has `rows` and `entry_words(buf)`
+    extents: Callable[[Any, Any], list[Extent]] = lambda f, hw: []
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
@@ -71,6 +91,59 @@ class Op:
             out[f.name] = pos
             pos += f.bits
         return out
+
+
+
+def _span(first, counts_strides, tail):
+    """Last address of first + sum_k i_k * stride_k (i_k < count_k) + j (j < tail), and
+    whether it is accessed at all (every count non-zero)."""
+    last, when = first, True
+    for count, stride in counts_strides:
+        last = last + (count - 1) * stride
+        when = when & (count > 0)
+    return (last if isinstance(tail, int) and tail == 1 else last + tail - 1), when
+
+
+def _load_extents(f, hw):
+    h = f["pad_top"] + f["y_size"] + f["pad_bottom"]
+    w = f["pad_left"] + f["x_size"] + f["pad_right"]
+    out = []
+    for code, target in enumerate(LOAD_TARGETS):
+        sel = f["buf"] == code
+        out.append(Extent(target, f["sram"], f["sram"] + h * w - 1, sel & (h > 0) & (w > 0)))
+        last, when = _span(f["dram"], [(f["y_size"], f["y_stride"]), (f["x_size"], f["x_stride"])],
+                           hw.entry_words(target))
+        out.append(Extent("dram", f["dram"], last, sel & when))
+    return out
+
+
+def _store_extents(f, hw):
+    last, when = _span(f["dram"], [(f["y_size"], f["y_stride"]), (f["x_size"], f["x_stride"])],
+                       hw.entry_words("obuf"))
+    return [Extent("obuf", f["sram"], f["sram"] + f["y_size"] * f["x_size"] - 1, when),
+            Extent("dram", f["dram"], last, when)]
+
+
+def _gemm_extents(f, hw):
+    loops = [(f["n_outer"], f["inp_so"]), (f["n_inner"], f["inp_si"])]
+    last_i, when = _span(f["inp"], loops, 1)
+    last_a, _ = _span(f["acc"], [(f["n_outer"], f["acc_so"]), (f["n_inner"], f["acc_si"])], 1)
+    return [Extent("wbuf", f["wgt"], f["wgt"] + hw.rows - 1, True),
+            Extent("ibuf", f["inp"], last_i, when), Extent("abuf", f["acc"], last_a, when)]
+
+
+def _post_extents(f, hw):
+    when = f["n"] > 0
+    return [Extent("abuf", f["acc"], f["acc"] + f["n"] - 1, when),
+            Extent("bbuf", f["bias"], f["bias"], when),
+            Extent("obuf", f["out"], f["out"] + f["n"] - 1, when)]
+
+
+def _maxpool_extents(f, hw):
+    last_s, when = _span(f["src"], [(f["out_h"], f["stride"] * f["in_w"]), (f["k_h"], f["in_w"]),
+                                    (f["out_w"], f["stride"]), (f["k_w"], 1)], 1)
+    return [Extent("obuf", f["src"], last_s, when),
+            Extent("obuf", f["dst"], f["dst"] + f["out_h"] * f["out_w"] - 1, when)]
 
 
 F = Field
@@ -96,7 +169,8 @@ for y in range(pad_top + y_size + pad_bottom):
     for x in range(W):
         inside = pad_top <= y < pad_top + y_size and pad_left <= x < pad_left + x_size
         e = dram[dram + (y - pad_top) * y_stride + (x - pad_left) * x_stride] if inside else 0
-        buf[sram + y * W + x] = e      # e: one entry, entry_words consecutive DRAM words"""),
+        buf[sram + y * W + x] = e      # e: one entry, entry_words consecutive DRAM words""",
+       _load_extents),
     Op("STORE", 2, "DMA a 2-D block of obuf entries out to DRAM", (
         F("sram", _SRAM, "first obuf entry read"),
         F("dram", _DRAM, "DRAM word address of element (0, 0)"),
@@ -107,7 +181,8 @@ for y in range(pad_top + y_size + pad_bottom):
     ), """\
 for y in range(y_size):
     for x in range(x_size):
-        dram[dram + y * y_stride + x * x_stride] = obuf[sram + y * x_size + x]"""),
+        dram[dram + y * y_stride + x * x_stride] = obuf[sram + y * x_size + x]""",
+       _store_extents),
     Op("GEMM", 3, "stream input vectors through the weight-stationary array", (
         F("wgt", _SRAM, "wbuf entry of tile row 0; the tile is rows consecutive entries"),
         F("inp", _SRAM, "ibuf entry of vector (0, 0)"),
@@ -126,7 +201,8 @@ for o in range(n_outer):
         x = ibuf[inp + o * inp_so + i * inp_si]                 # rows int8
         a = acc + o * acc_so + i * acc_si
         abuf[a] = (0 if reset else abuf[a]) + x @ Wt            # cols int32, wraps
-# the n_outer * n_inner entries `a` must be distinct (the compiler guarantees it)"""),
+# the n_outer * n_inner entries `a` must be distinct (the compiler guarantees it)""",
+       _gemm_extents),
     Op("POST", 4, "bias, shift with rounding, clamp: accumulators to int8 outputs", (
         F("acc", _SRAM, "first abuf entry read"),
         F("out", _SRAM, "first obuf entry written"),
@@ -139,7 +215,8 @@ for o in range(n_outer):
     ), """\
 for j in range(n):
     obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias], shift, round, lo, hi)
-# requantize is hwq.compiler.quant.requant.requantize, lane by lane"""),
+# requantize is hwq.compiler.quant.requant.requantize, lane by lane""",
+       _post_extents),
     Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
         F("src", _SRAM, "obuf entry of input pixel (0, 0); rows are in_w entries"),
         F("dst", _SRAM, "obuf entry of output pixel (0, 0); rows are out_w entries"),
@@ -153,7 +230,8 @@ for j in range(n):
 for oy in range(out_h):
     for ox in range(out_w):         # in this order: a later read sees an earlier write
         obuf[dst + oy * out_w + ox] = max(obuf[src + (oy * stride + ky) * in_w + ox * stride + kx]
-                                          for ky in range(k_h) for kx in range(k_w))  # lane-wise"""),
+                                          for ky in range(k_h) for kx in range(k_w))  # lane-wise""",
+       _maxpool_extents),
     Op("END", 6, "stop; the status becomes ok and `done` rises", (), "halt()"),
 )
 
@@ -218,6 +296,20 @@ def decode(word: int) -> Instr:
 INSTR_BYTES = INSTR_BITS // 8
 
 
+def memory_words(cfg, memory: str) -> int:
+    """Entries of a buffer, or words of DRAM, in hardware config `cfg`."""
+    return cfg.dram_words if memory == "dram" else getattr(cfg, f"{memory}_depth")
+
+
+def range_violation(instr: Instr, cfg) -> Extent | None:
+    """The first extent of `instr` that leaves its memory (status `address_range`), or
+    None when every access is in range."""
+    for e in BY_NAME[instr.op].extents(instr.fields, cfg):
+        if e.when and e.last >= memory_words(cfg, e.memory):
+            return e
+    return None
+
+
 def to_bytes(program: list[Instr]) -> bytes:
     return b"".join(encode(i).to_bytes(INSTR_BYTES, "little") for i in program)
 
@@ -266,6 +358,55 @@ def assemble(text: str) -> list[Instr]:
     return program
 
 
+class _Sym:
+    """An expression as text, for printing the extents: the same functions the ISS and the
+    RTL evaluate, evaluated over names."""
+
+    def __init__(self, text, prec=9):
+        self.text, self.prec = str(text), prec
+
+    @staticmethod
+    def of(v):
+        return v if isinstance(v, _Sym) else _Sym(v)
+
+    def _bin(self, other, op, prec, swap=False):
+        a, b = (_Sym.of(other), self) if swap else (self, _Sym.of(other))
+        if op == "&" and a.text == "True":
+            return b
+        if op == "*" and "1" in (a.text, b.text):
+            return b if a.text == "1" else a
+        wrap = lambda x, p: f"({x.text})" if x.prec < p else x.text
+        return _Sym(f"{wrap(a, prec)} {op} {wrap(b, prec + (op == '-'))}", prec)
+
+    def __add__(self, o): return self._bin(o, "+", 4)
+    def __radd__(self, o): return self._bin(o, "+", 4, True)
+    def __sub__(self, o): return self._bin(o, "-", 4)
+    def __mul__(self, o): return self._bin(o, "*", 5)
+    def __rmul__(self, o): return self._bin(o, "*", 5, True)
+    def __gt__(self, o): return self._bin(o, ">", 3)
+    def __eq__(self, o): return self._bin(o, "==", 3)
+    def __and__(self, o): return self._bin(o, "&", 2)
+    def __rand__(self, o): return self._bin(o, "&", 2, True)
+    __hash__ = object.__hash__
+
+
+class _SymHw:
+    rows = _Sym("rows")
+
+    @staticmethod
+    def entry_words(buf):
+        return _Sym(f"entry_words({buf})")
+
+
+def extent_rows(op: Op) -> list[str]:
+    """The markdown table rows of `op`'s extents."""
+    rows = []
+    for e in op.extents({f.name: _Sym(f.name) for f in op.fields}, _SymHw()):
+        when = "always" if _Sym.of(e.when).text == "True" else f"`{_Sym.of(e.when).text}`"
+        rows.append(f"| {e.memory} | `{_Sym.of(e.first).text}` | `{_Sym.of(e.last).text}` | {when} |")
+    return rows
+
+
 def reference_markdown() -> str:
     """docs/isa.md, generated: the table above as a page (a test keeps the file fresh)."""
     out = [f"# hwq ISA, version {ISA_VERSION}", "",
@@ -274,6 +415,8 @@ def reference_markdown() -> str:
            f"Opcodes not listed are illegal: the accelerator stops with status "
            f"`illegal_opcode` ({STATUS['illegal_opcode']}). Status codes: "
            + ", ".join(f"`{k}` = {v}" for k, v in STATUS.items()) + ".", ""]
+    sizes = ", ".join(f"{b}: `{b}_depth` entries" for b in BUFFERS)
+    out += [f"Memory sizes: {sizes}; dram: `dram_words` words (the hardware config).", ""]
     for op in OPS:
         out += [f"## {op.name} (opcode {op.opcode})", "", op.summary + ".", "",
                 "| bits | field | meaning |", "| --- | --- | --- |",
@@ -282,4 +425,9 @@ def reference_markdown() -> str:
             kind = " (signed)" if f.signed else ""
             out.append(f"| {off + f.bits - 1}:{off} | `{f.name}` | {f.doc}{kind} |")
         out += ["", "```python", op.semantics, "```", ""]
+        ext = extent_rows(op)
+        if ext:
+            out += ["Extents (`address_range` unless `last` < the memory's size wherever "
+                    "`when` holds):", "", "| memory | first | last | when |",
+                    "| --- | --- | --- | --- |", *ext, ""]
     return "\n".join(out)

@@ -2,8 +2,9 @@
 
 `generate_verilog(cfg)` is the accelerator alone (module `hwq_accel`, ports as in
 hwq/rtl/top.py). `generate_tb_top(cfg)` is a Verilog top `hwq_tb_top` for cocotb:
-  * `clk` is driven by the cocotb test (a GPI clock, 10 ns); reset is a power-on reset
-    (the first 3 cycles) OR `tb_rst`;
+  * `clk` toggles inside the top (`always #5`): the simulator runs the clock without a
+    call into Python per edge (Verilator needs --timing for it); reset is a power-on
+    reset (the first 3 cycles) OR `tb_rst`;
   * `dram`: `reg [W-1:0] dram [0:dram_words-1]`, zeroed, then `$readmemh` of the
     `+HWQ_IMAGE=<file>` plusarg at time 0;
   * the DRAM port model: `ready` always high (or, with `+HWQ_STALL=1`, low on a
@@ -13,7 +14,16 @@ hwq/rtl/top.py). `generate_tb_top(cfg)` is a Verilog top `hwq_tb_top` for cocotb
     (only the `@addr` lines it holds are written), 2 = `$writememh` words
     `tb_lo..tb_hi` to `<HWQ_DIR>/dump.hex`;
   * `tb_start` / `tb_start_pc` drive the accelerator; `done`, `busy`, `status`, `pc`,
-    `cycles`, `macs` are its outputs.
+    `cycles`, `macs`, `perf` are its outputs.
+With trace=True (the differential-checking build) the top also writes, under
+`+HWQ_TRACE`, every buffer write, DRAM write and instruction retire to
+`<HWQ_DIR>/trace.txt`, one line each:
+    w <buf index> <addr> <enable mask> <data>     (hex; buf index in isa.BUFFERS order)
+    d <addr> <data>                               (a DRAM word written)
+    r <pc>                                        (an instruction retired)
+and dumps a waveform of instructions `+HWQ_WAVE_FROM=a` .. `+HWQ_WAVE_TO=b` only (counted
+from 0 at each start) to `<HWQ_DIR>/window.vcd`, raising `wave_done` after the last one
+(the test then ends the simulation).
 """
 from __future__ import annotations
 
@@ -21,10 +31,13 @@ import hashlib
 from functools import lru_cache
 
 from amaranth.back import verilog
+from amaranth.hdl import Shape
 
 from hwq.config import HwConfig
 from hwq.rtl.dma import dram_addr_bits
-from hwq.rtl.top import COUNTER_BITS, PC_BITS, STATUS_BITS, Accelerator
+from hwq.compiler import isa
+from hwq.rtl.perf import COUNTER_BITS, COUNTERS
+from hwq.rtl.top import PC_BITS, STATUS_BITS, Accelerator, TraceSignature
 
 ACCEL_MODULE = "hwq_accel"
 TB_MODULE = "hwq_tb_top"
@@ -32,24 +45,74 @@ CLOCK_PERIOD_NS = 10
 
 
 @lru_cache(maxsize=16)
-def generate_verilog(cfg: HwConfig) -> str:
-    """Verilog of `Accelerator(cfg)` as module `hwq_accel`."""
-    return verilog.convert(Accelerator(cfg), name=ACCEL_MODULE, emit_src=False)
+def generate_verilog(cfg: HwConfig, fault: str | None = None) -> str:
+    """Verilog of `Accelerator(cfg, fault)` as module `hwq_accel`."""
+    return verilog.convert(Accelerator(cfg, fault), name=ACCEL_MODULE, emit_src=False)
 
 
 def verilog_hash(cfg: HwConfig) -> str:
     return hashlib.sha256(generate_verilog(cfg).encode()).hexdigest()[:16]
 
 
-def generate_tb_top(cfg: HwConfig) -> str:
+def _trace_logic(cfg: HwConfig) -> tuple[str, str]:
+    """(declarations + always block, port connections) of the trace top."""
+    sig = TraceSignature(cfg)
+    widths = {n: Shape.cast(sig.members[n].shape).width for n in sig.members}
+    decl = [f"  wire [{w - 1}:0] tr_{n};" for n, w in widths.items()]
+    conns = ", ".join(f".trace__{n}(tr_{n})" for n in sig.members)
+    writes = "\n".join(
+        f"      if (|tr_{b}_en) $fwrite(trace_fd, \"w {k} %h %h %h\\n\", tr_{b}_addr, tr_{b}_en, tr_{b}_data);"
+        for k, b in enumerate(isa.BUFFERS))
+    logic = "\n".join(decl) + f"""
+  integer trace_fd = 0;
+  integer n_retired = 0;
+  integer wave_from = -1, wave_to = -1;
+  reg dumping = 1'b0;
+  reg wave_done /*verilator public_flat_rw*/ = 1'b0;
+  string trace_file, wave_file;
+  initial begin
+    if ($test$plusargs("HWQ_TRACE")) begin
+      trace_file = {{dir, "/trace.txt"}};
+      trace_fd = $fopen(trace_file, "w");
+    end
+    if (!$value$plusargs("HWQ_WAVE_FROM=%d", wave_from)) wave_from = -1;
+    if (!$value$plusargs("HWQ_WAVE_TO=%d", wave_to)) wave_to = -1;
+  end
+  always @(posedge clk) begin
+    if (tb_start) n_retired <= 0;
+    if (trace_fd != 0) begin
+{writes}
+      if (mem_ready && mem_we) $fwrite(trace_fd, "d %h %h\\n", mem_addr, mem_wdata);
+      if (tr_retire) $fwrite(trace_fd, "r %h\\n", pc);
+      if (tr_retire) $fflush(trace_fd);
+    end
+    if (tr_retire) n_retired <= n_retired + 1;
+    if (wave_from >= 0 && !dumping && busy && n_retired == wave_from) begin
+      wave_file = {{dir, "/window.vcd"}};
+      $dumpfile(wave_file);
+      $dumpvars(0, dut);
+      dumping <= 1'b1;
+    end
+    // $dumpoff does nothing on the Verilator build: wave_done also ends the test
+    if (dumping && !wave_done && n_retired > wave_to) begin
+      $dumpoff;
+      wave_done <= 1'b1;
+    end
+  end"""
+    return logic, ", " + conns
+
+
+def generate_tb_top(cfg: HwConfig, trace: bool = False) -> str:
     W = 8 * cfg.bus_bytes
     A = dram_addr_bits(cfg)
     N = cfg.dram_words
+    trace_logic, trace_conns = _trace_logic(cfg) if trace else ("", "")
     return f"""\
 `timescale 1ns/1ps
 // generated by hwq.rtl.export.generate_tb_top for config '{cfg.name}' ({cfg.fingerprint})
 module {TB_MODULE};
   reg clk /*verilator public_flat_rw*/ = 1'b0;
+  always #{CLOCK_PERIOD_NS // 2} clk = !clk;
   reg [1:0] por_count = 2'd0;
   wire por = por_count != 2'd3;
   reg tb_rst /*verilator public_flat_rw*/ = 1'b0;
@@ -68,6 +131,7 @@ module {TB_MODULE};
   wire [{PC_BITS - 1}:0] pc /*verilator public_flat_rw*/;
   wire [{COUNTER_BITS - 1}:0] cycles /*verilator public_flat_rw*/;
   wire [{COUNTER_BITS - 1}:0] macs /*verilator public_flat_rw*/;
+  wire [{COUNTER_BITS * len(COUNTERS) - 1}:0] perf /*verilator public_flat_rw*/;
   wire [{A - 1}:0] mem_addr;
   wire mem_re, mem_we;
   wire [{W - 1}:0] mem_wdata;
@@ -94,11 +158,13 @@ module {TB_MODULE};
     if (tb_cmd == 2'd1) $readmemh(load_file, dram);
     if (tb_cmd == 2'd2) $writememh(dump_file, dram, tb_lo, tb_hi);
   end
+{trace_logic}
 
   {ACCEL_MODULE} dut (
     .clk(clk), .rst(por | tb_rst),
     .start(tb_start), .start_pc(tb_start_pc),
     .done(done), .busy(busy), .status(status), .pc(pc), .cycles(cycles), .macs(macs),
+    .perf(perf){trace_conns},
     .mem__addr(mem_addr), .mem__re(mem_re), .mem__we(mem_we), .mem__wdata(mem_wdata),
     .mem__rdata(mem_rdata), .mem__ready(mem_ready)
   );

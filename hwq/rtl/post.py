@@ -42,10 +42,12 @@ class RequantLanes(wiring.Component):
     """`lanes` combinational requantizers sharing shift/round/lo/hi.
 
     y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift, round, lo, hi)
+
+    fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
 
-    def __init__(self, lanes: int, acc_bits: int = ACC_BITS):
-        self.lanes, self.acc_bits = lanes, acc_bits
+    def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None):
+        self.lanes, self.acc_bits, self.fault = lanes, acc_bits, fault
         super().__init__({
             "acc": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(acc_bits), lanes)),
@@ -88,7 +90,7 @@ class RequantLanes(wiring.Component):
             ]
             with m.Switch(mode):
                 with m.Case(ROUND_MODES["half_up"]):
-                    m.d.comb += up.eq(rbit)
+                    m.d.comb += up.eq(0 if self.fault == "post_round" else rbit)
                 with m.Case(ROUND_MODES["half_down"]):
                     m.d.comb += up.eq(rbit & sticky)
                 with m.Case(ROUND_MODES["half_even"]):
@@ -116,8 +118,8 @@ class PostUnit(wiring.Component):
     later; done in cycle n + 1 (with the last write).
     """
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, fault: str | None = None):
+        self.cfg, self.fault = cfg, fault
         A, C = isa.SRAM_ADDR_BITS, cfg.cols
         super().__init__({
             **unit_members(args_layout("POST")),
@@ -129,7 +131,7 @@ class PostUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a, C = self.args, self.cfg.cols
-        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS)
+        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault)
         j = Signal.like(a.n)
         aptr = Signal(isa.SRAM_ADDR_BITS)
         optr = Signal(isa.SRAM_ADDR_BITS)

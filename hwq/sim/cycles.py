@@ -6,11 +6,14 @@ The RTL (hwq/rtl/top.py) runs one instruction at a time, and the memory is assum
 never to stall (`ready` high; a read answers the next cycle):
 
   fetch     instr_words cycles issuing one DRAM read each, 1 cycle taking the last word
-  dispatch  1 cycle decoding and starting the unit (the unit's cycle 0, set-up)
+  check     1 cycle computing the instruction's extents against the memory sizes
+            (isa.range_violation), registered for dispatch
+  dispatch  1 cycle decoding and starting the unit (the unit's cycle 0, set-up); an
+            illegal opcode, an address out of range and END stop here
   unit      the unit's own cycles up to and including the one that raises done
   (the next fetch starts the cycle after done)
 
-so every instruction costs fetch + 1 + (unit cycles after its start cycle):
+so every instruction costs fetch + 2 + (unit cycles after its start cycle):
 
   LOAD     items + 1   items = y_size*x_size*entry_words (DRAM reads) + padding entries
                        (one zero-entry write each); +1: the last item's buffer write
@@ -19,7 +22,7 @@ so every instruction costs fetch + 1 + (unit cycles after its start cycle):
                                R + C: array latency R + C - 1 plus the abuf write
   POST     n + 1       one abuf read a cycle, the write a cycle later
   MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w)
-  END      0           stops in dispatch
+  END      0           stops in dispatch (as do illegal and out-of-range instructions)
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from hwq.config import HwConfig
 
 
 def fetch_cycles(cfg: HwConfig) -> int:
-    """Fetch and dispatch of any instruction (an illegal one stops after these)."""
-    return cfg.instr_words + 1 + 1
+    """Fetch, check and dispatch of any instruction (one that stops the run costs just
+    these)."""
+    return cfg.instr_words + 1 + 1 + 1
 
 
 def instr_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
@@ -53,8 +57,3 @@ def instr_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
         return base + f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1
     return base  # END
 
-
-def illegal_cycles(cfg: HwConfig) -> int:
-    """What the RTL's counter adds for the illegal instruction that stops a run (the ISS
-    total leaves it out)."""
-    return fetch_cycles(cfg)

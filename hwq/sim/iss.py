@@ -13,6 +13,7 @@ import numpy as np
 from hwq.compiler import isa
 from hwq.compiler.quant.requant import ROUND_MODES, requantize
 from hwq.config import HwConfig
+from hwq.rtl.perf import COUNTERS, UNIT_OF_OP
 from hwq.sim import cycles as cycle_model
 
 _LANE_DTYPE = {"ibuf": np.int8, "wbuf": np.int8, "bbuf": np.int32, "abuf": np.int32,
@@ -27,14 +28,24 @@ class IssError(Exception):
 class RunResult:
     status: str
     pc: int                      # word address of the instruction that stopped the run
-    instructions: int
-    cycles: int
+    instructions: int            # executed, the stopping one included
+    cycles: int                  # the RTL's cycle counter, exactly (memory never stalling)
     cycles_by_op: dict[str, int] = field(default_factory=dict)
     array_macs: int = 0          # rows*cols per streamed vector, padding lanes included
+    counters: dict[str, int] = field(default_factory=dict)   # the RTL's performance counters
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@dataclass
+class Step:
+    """One executed instruction: the decoded instruction (None: illegal opcode), the
+    status it stops with (None: it does not stop the run) and its array MACs."""
+    instr: isa.Instr | None
+    status: str | None
+    macs: int = 0
 
 
 class Machine:
@@ -52,10 +63,10 @@ class Machine:
     def _lanes(self, buf: str) -> int:
         return self.cfg.rows if buf == "ibuf" else self.cfg.cols
 
-    # ---- DRAM entries: `entry_words` consecutive words, addresses wrapping ----
+    # ---- DRAM entries: `entry_words` consecutive words (range-checked before use) ----
     def _entry_bytes_index(self, buf: str, word_addr: np.ndarray) -> np.ndarray:
         c = self.cfg
-        words = (word_addr[..., None] + np.arange(c.entry_words(buf))) % c.dram_words
+        words = word_addr[..., None] + np.arange(c.entry_words(buf))
         return (words[..., None] * c.bus_bytes + np.arange(c.bus_bytes)).reshape(
             *word_addr.shape, c.entry_bytes(buf))
 
@@ -68,9 +79,6 @@ class Machine:
         self.dram[self._entry_bytes_index(buf, word_addr)] = raw.reshape(
             *word_addr.shape, self.cfg.entry_bytes(buf))
 
-    def _index(self, buf: str, addr) -> np.ndarray:
-        return np.asarray(addr) % self.buf[buf].shape[0]
-
     # ---- the instructions ----
     def LOAD(self, buf, sram, dram, y_size, x_size, y_stride, x_stride,
              pad_top, pad_bottom, pad_left, pad_right):
@@ -79,18 +87,18 @@ class Machine:
         region = np.zeros((h, w, self._lanes(name)), _LANE_DTYPE[name])
         addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
         region[pad_top:pad_top + y_size, pad_left:pad_left + x_size] = self._dram_read(name, addr)
-        self.buf[name][self._index(name, sram + np.arange(h * w))] = region.reshape(h * w, self._lanes(name))
+        self.buf[name][sram + np.arange(h * w)] = region.reshape(h * w, self._lanes(name))
 
     def STORE(self, sram, dram, y_size, x_size, y_stride, x_stride):
-        entries = self.buf["obuf"][self._index("obuf", sram + np.arange(y_size * x_size))]
+        entries = self.buf["obuf"][sram + np.arange(y_size * x_size)]
         addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
         self._dram_write("obuf", addr, entries.reshape(y_size, x_size, self.cfg.cols))
 
     def GEMM(self, wgt, inp, acc, reset, n_outer, n_inner, inp_so, inp_si, acc_so, acc_si):
-        weights = self.buf["wbuf"][self._index("wbuf", wgt + np.arange(self.cfg.rows))]
+        weights = self.buf["wbuf"][wgt + np.arange(self.cfg.rows)]
         o, i = np.arange(n_outer)[:, None], np.arange(n_inner)[None, :]
-        x = self.buf["ibuf"][self._index("ibuf", inp + o * inp_so + i * inp_si).ravel()]
-        a = self._index("abuf", acc + o * acc_so + i * acc_si).ravel()
+        x = self.buf["ibuf"][(inp + o * inp_so + i * inp_si).ravel()]
+        a = (acc + o * acc_so + i * acc_si).ravel()
         if np.unique(a).size != a.size:
             raise IssError("GEMM writes one accumulator entry twice (the ISA requires distinct entries)")
         product = x.astype(np.int64) @ weights.astype(np.int64)
@@ -100,10 +108,12 @@ class Machine:
         return a.size
 
     def POST(self, acc, out, bias, n, shift, round, lo, hi):
+        if n == 0:                      # touches nothing, bbuf[bias] included (isa extents)
+            return
         mode = _MODE_OF_CODE[round]
-        accs = self.buf["abuf"][self._index("abuf", acc + np.arange(n))]
-        total = (accs.astype(np.int64) + self.buf["bbuf"][self._index("bbuf", bias)]).astype(np.int32)
-        self.buf["obuf"][self._index("obuf", out + np.arange(n))] = requantize(total, shift, mode, lo, hi)
+        accs = self.buf["abuf"][acc + np.arange(n)]
+        total = (accs.astype(np.int64) + self.buf["bbuf"][bias]).astype(np.int32)
+        self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi)
 
     def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
         if k_h == 0 or k_w == 0:
@@ -113,8 +123,7 @@ class Machine:
         for oy in range(out_h):
             for ox in range(out_w):
                 base = src + oy * stride * in_w + ox * stride
-                obuf[self._index("obuf", dst + oy * out_w + ox)] = \
-                    obuf[self._index("obuf", base + window)].max(axis=0)
+                obuf[dst + oy * out_w + ox] = obuf[base + window].max(axis=0)
 
     # ---- fetch / decode / execute ----
     def fetch(self, pc: int) -> int:
@@ -123,31 +132,39 @@ class Machine:
         raw = self.dram[(words[:, None] * c.bus_bytes + np.arange(c.bus_bytes)).ravel()]
         return int.from_bytes(raw.tobytes(), "little")
 
-    def step(self, pc: int) -> tuple[isa.Instr | None, int]:
-        """Execute the instruction at `pc`; return it (None if illegal) and its array MACs."""
+    def step(self, pc: int) -> Step:
+        """Execute the instruction at `pc` (or stop on it, changing nothing)."""
         try:
             instr = isa.decode(self.fetch(pc))
         except isa.IsaError:
-            return None, 0
+            return Step(None, "illegal_opcode")
+        if isa.range_violation(instr, self.cfg) is not None:
+            return Step(instr, "address_range")
         if instr.op == "END":
-            return instr, 0
+            return Step(instr, "ok")
         vectors = getattr(self, instr.op)(**instr.fields)
-        return instr, (vectors or 0) * self.cfg.rows * self.cfg.cols if instr.op == "GEMM" else 0
+        return Step(instr, None, vectors * self.cfg.rows * self.cfg.cols if instr.op == "GEMM" else 0)
 
     def run(self, start_pc: int = 0, max_instructions: int = 1_000_000) -> RunResult:
-        pc, count, total, by_op, macs = start_pc, 0, 0, {}, 0
-        while count < max_instructions:
-            instr, m = self.step(pc)
-            count += 1
-            if instr is None:
-                return RunResult("illegal_opcode", pc, count, total, by_op, macs)
-            n = cycle_model.instr_cycles(instr, self.cfg)
-            total += n
-            by_op[instr.op] = by_op.get(instr.op, 0) + n
-            macs += m
-            if instr.op == "END":
-                return RunResult("ok", pc, count, total, by_op, macs)
-            pc += self.cfg.instr_words
+        cfg = self.cfg
+        pc, by_op = start_pc, {}
+        counters = dict.fromkeys(COUNTERS, 0)
+        while counters["instructions"] < max_instructions:
+            st = self.step(pc)
+            counters["instructions"] += 1
+            counters["macs"] += st.macs
+            fetch = cycle_model.fetch_cycles(cfg)
+            n = fetch if st.status is not None else cycle_model.instr_cycles(st.instr, cfg)
+            counters["cycles"] += n
+            counters["fetch"] += fetch
+            if n > fetch:
+                counters[UNIT_OF_OP[st.instr.op]] += n - fetch
+            if st.instr is not None:
+                by_op[st.instr.op] = by_op.get(st.instr.op, 0) + n
+            if st.status is not None:
+                return RunResult(st.status, pc, counters["instructions"], counters["cycles"],
+                                 by_op, counters["macs"], counters)
+            pc = (pc + cfg.instr_words) % cfg.dram_words
         raise IssError(f"no END after {max_instructions} instructions (pc={pc})")
 
     def read_dram(self, word_addr: int, n_bytes: int) -> bytes:

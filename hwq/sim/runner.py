@@ -3,7 +3,7 @@ and read every layer's activations back out of DRAM."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,7 @@ class SimResult:
     status: list[str]
     cycles: list[int]
     activations: dict[str, np.ndarray]    # layer name -> (N, C, H, W) int8
+    counters: list[dict[str, int]] = field(default_factory=list)   # per image (hwq/rtl/perf.py)
 
     @property
     def ok(self) -> bool:
@@ -47,20 +48,21 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
             for word, blob in job["writes"]:
                 m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
             r = m.run(start_pc)
-            runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads]))
+            runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads], r.counters))
             if progress:
                 print(f"\r  iss  image {i + 1}/{n}", end="", file=sys.stderr, flush=True)
         if progress:
             print(file=sys.stderr)
     else:
         from hwq.sim.rtl_sim import run_rtl
-        runs = [(r.status, r.cycles, r.reads)
+        runs = [(r.status, r.cycles, r.reads, r.counters)
                 for r in run_rtl(cfg, image, jobs, sim=sim, start_pc=start_pc, progress=progress)]
     activations = {}
     for k, name in enumerate(tensors):
         activations[name] = np.concatenate(
             [tensors[name].unpack(run[2][k], 1, shapes[name]) for run in runs]) if runs else None
-    return SimResult(sim, [r[0] for r in runs], [r[1] for r in runs], activations)
+    return SimResult(sim, [r[0] for r in runs], [r[1] for r in runs], activations,
+                     [r[3] for r in runs])
 
 
 def first_mismatch(result: SimResult, golden: dict[str, np.ndarray], order: list[str],

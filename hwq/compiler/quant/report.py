@@ -1,0 +1,125 @@
+"""What `hwq quantize` shows: per-layer fix positions, thresholds and SQNR against float,
+a calibration histogram per layer with its threshold marked, and an accuracy ledger
+(float, fake-quant, integer golden)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from hwq.compiler.ir import Graph, QModel
+from hwq.compiler.quant.calibrate import run_float
+from hwq.compiler.quant.qat import FakeQuantNet
+from hwq.sim.golden import quantize_input, run_golden
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+def layer_sqnr(graph: Graph, qmodel: QModel, x: np.ndarray) -> dict[str, float]:
+    """SQNR (dB) of every layer's int8 golden output against the float model's on x."""
+    floats = run_float(graph, x)
+    golden = run_golden(qmodel, quantize_input(qmodel, x))
+    return {l.name: sqnr_db(floats[l.name], np.ldexp(golden[l.name].astype(np.float64), -l.f_out))
+            for l in qmodel.layers}
+
+
+def ledger(graph: Graph, qmodel: QModel, config, x: np.ndarray, labels=None) -> dict[str, float]:
+    """Top-1 of float, fake-quant (torch) and integer golden on x: accuracy if labels are
+    given, and agreement with float; logits SQNR of the golden output."""
+    top = lambda v: v.reshape(len(v), -1).argmax(axis=1)  # noqa: E731
+    out = graph.layers[-1].name
+    f = run_float(graph, x)[out]
+    with torch.no_grad():
+        fake = FakeQuantNet(graph, qmodel, config).eval()(torch.from_numpy(x)).numpy()
+    golden = np.ldexp(run_golden(qmodel, quantize_input(qmodel, x))[out].astype(np.float64), -qmodel.f_output)
+    row = {"images": len(x), "agreement": float((top(f) == top(golden)).mean()),
+           "fake_quant_agreement": float((top(f) == top(fake)).mean()),
+           "logits_sqnr_db": sqnr_db(f, golden)}
+    if labels is not None:
+        row.update({"float": float((top(f) == labels).mean()), "fake_quant": float((top(fake) == labels).mean()),
+                    "int8": float((top(golden) == labels).mean())})
+    return row
+
+
+def histogram_png(qmodel: QModel) -> bytes:
+    """One panel per calibrated tensor: the |activation| histogram (log counts) with the
+    chosen threshold 127 * 2**-f as a red line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [l for l in qmodel.layers if "hist" in l.stats]
+    cols = min(4, max(len(layers), 1))
+    rows = max(1, -(-len(layers) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), dpi=90, squeeze=False)
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    for ax, l in zip(axes.ravel(), layers):
+        lo, hi = l.stats["hist_edges"]
+        counts = np.asarray(l.stats["hist"])
+        edges = np.linspace(lo, hi, len(counts) + 1)
+        ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4c72b0", log=True)
+        ax.axvline(l.stats["threshold"], color="red", lw=1.2)
+        ax.set_title(f"{l.name}: {l.stats['method']} f={l.f_out}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle("|activation| on the calibration set; red: threshold 127*2^-f", fontsize=9)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return out.getvalue()
+
+
+def summary_markdown(qmodel: QModel, sqnr: dict[str, float], row: dict | None = None) -> str:
+    lines = [f"# {qmodel.name}: quantization", "",
+             f"- input fix position {qmodel.f_input}, output fix position {qmodel.f_output}", "",
+             "| layer | kind | method | f_in | f_w | f_out | threshold | absmax | SQNR dB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for l in qmodel.layers:
+        f_w = "" if l.weight is None else (f"{l.f_wc.min()}..{l.f_wc.max()} ({len(l.f_wc)} ch)"
+                                           if l.f_wc is not None else str(l.f_w))
+        lines.append(f"| {l.name} | {l.kind} | {l.stats.get('method', '')} | {l.f_in} | {f_w} | "
+                     f"{l.f_out} | {l.stats.get('threshold', 127 * 2.0 ** -l.f_out):.4g} | "
+                     f"{l.stats.get('absmax', float('nan')):.4g} | {sqnr[l.name]:.1f} |")
+    if row:
+        lines += ["", "| ledger | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in row.items()]
+    lines += ["", "![calibration histograms](calibration.png)", ""]
+    return "\n".join(lines)
+
+
+def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | None = None,
+                       weights: str | None = None, progress: bool = True) -> tuple[str, dict]:
+    """`hwq quantize`: post-training quantization of a model file in software (no hardware
+    limits), with its report written to `out`/summary.md and `out`/calibration.png.
+    Returns the summary and the ledger."""
+    from pathlib import Path
+
+    from hwq.compiler.datasets import calibration_set, digits_split
+    from hwq.compiler.frontend import trace
+    from hwq.compiler.quant.calibrate import quantize
+    from hwq.compiler.quant.config import load_quant_config
+    from hwq.flow import load_model
+
+    config = load_quant_config(quant)
+    model, name, _ = load_model(spec, weights)
+    graph = trace(model, input_shape, name)
+    x_calib = calibration_set(calib, input_shape)
+    qmodel = quantize(graph, x_calib, config, progress=progress, hardware=False)
+    if calib == "digits":   # held-out labelled images
+        _, _, x, labels = digits_split()
+        x = x.reshape(-1, *input_shape)
+    else:
+        x, labels = x_calib, None
+    row = ledger(graph, qmodel, config, x, labels)
+    text = summary_markdown(qmodel, layer_sqnr(graph, qmodel, x), row)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(text)
+    (out / "calibration.png").write_bytes(histogram_png(qmodel))
+    return text, row

@@ -1,0 +1,182 @@
+"""The host driver: run a package on a board through the SoC's UART protocol
+(hwq/rtl/soc.py documents it).
+
+The driver talks to a `Transport` (write bytes, read exactly n bytes): a serial port
+(`SerialTransport`, pyserial) for a real board, or the simulated UART of the system test
+(hwq/host_tb.py), so the same code runs against both.
+
+`run_package` checks the bitstream's identity (protocol version and hardware-config
+fingerprint) against the package, loads the DRAM image (data, then program), and for
+each of the package's reference inputs: writes the input slot, starts the accelerator,
+polls its status until done, reads the output tensor back and compares it with the
+package's golden output.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from hwq.errors import HwqError
+from hwq.package import Package
+from hwq.rtl.soc import (ACK, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS, CMD_WRITE,
+                         IDENT_BYTES, IDENT_MAGIC, STATUS_BYTES, ident_bytes)
+
+CHUNK_WORDS = 1024          # words per 'W' / 'R' command: a lost byte costs one chunk
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def read(self, n: int) -> bytes: ...      # exactly n bytes, or HwqError on timeout
+
+
+class SerialTransport:
+    def __init__(self, port: str, baud: int, timeout: float = 2.0):
+        try:
+            import serial
+        except ImportError:
+            raise HwqError("pyserial is not installed (pip install pyserial)") from None
+        try:
+            self.ser = serial.Serial(port, baud, timeout=timeout)
+        except (serial.SerialException, OSError) as e:
+            raise HwqError(f"cannot open serial port {port}: {e}") from None
+        self.port = port
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(data)
+
+    def read(self, n: int) -> bytes:
+        data = self.ser.read(n)
+        if len(data) < n:
+            raise HwqError(f"the board on {self.port} did not answer ({len(data)}/{n} bytes); "
+                           "is the hwq bitstream loaded and the baud rate right?")
+        return data
+
+
+@dataclass
+class Status:
+    done: bool
+    busy: bool
+    status: int
+    pc: int
+    cycles: int
+    macs: int
+
+
+class Link:
+    """The SoC's commands, for DRAM words of `bus_bytes` bytes."""
+
+    def __init__(self, transport: Transport, bus_bytes: int):
+        self.t = transport
+        self.bus = bus_bytes
+
+    def _ack(self, what: str) -> None:
+        got = self.t.read(1)
+        if got != ACK:
+            raise HwqError(f"the board answered {got!r} to {what}, not {ACK!r}")
+
+    def ident(self) -> bytes:
+        self.t.write(CMD_IDENT)
+        return self.t.read(IDENT_BYTES)
+
+    def write(self, word: int, blob: bytes) -> None:
+        """Write `blob` from DRAM word `word`; a partial last word is zero-filled (hwq's
+        regions are whole words)."""
+        blob = bytes(blob) + bytes(-len(blob) % self.bus)
+        step = CHUNK_WORDS * self.bus
+        for k in range(0, len(blob), step):
+            part = blob[k:k + step]
+            n = len(part) // self.bus
+            self.t.write(CMD_WRITE + (word + k // self.bus).to_bytes(4, "little")
+                         + n.to_bytes(4, "little") + part)
+            self._ack("a memory write")
+
+    def read(self, word: int, nbytes: int) -> bytes:
+        nwords = -(-nbytes // self.bus)
+        out = bytearray()
+        for k in range(0, nwords, CHUNK_WORDS):
+            n = min(CHUNK_WORDS, nwords - k)
+            self.t.write(CMD_READ + (word + k).to_bytes(4, "little") + n.to_bytes(4, "little"))
+            out += self.t.read(n * self.bus)
+        return bytes(out[:nbytes])
+
+    def start(self, pc: int) -> None:
+        self.t.write(CMD_START + pc.to_bytes(4, "little"))
+        self._ack("start")
+
+    def status(self) -> Status:
+        self.t.write(CMD_STATUS)
+        r = self.t.read(STATUS_BYTES)
+        return Status(done=bool(r[0] & 1), busy=bool(r[0] & 2), status=r[1],
+                      pc=int.from_bytes(r[2:6], "little"),
+                      cycles=int.from_bytes(r[6:14], "little"),
+                      macs=int.from_bytes(r[14:22], "little"))
+
+    def run(self, pc: int, timeout: float) -> Status:
+        self.start(pc)
+        t0 = time.monotonic()
+        while True:
+            st = self.status()
+            if st.done and not st.busy:
+                return st
+            if time.monotonic() - t0 > timeout:
+                raise HwqError(f"the accelerator did not finish within {timeout:g} s "
+                               f"(pc {st.pc}, {st.cycles} cycles)")
+
+
+def check_ident(pkg: Package, got: bytes) -> None:
+    """Refuse a bitstream that is not hwq's, or not the hardware the package targets."""
+    want = ident_bytes(pkg.cfg)
+    if got[:len(IDENT_MAGIC)] != IDENT_MAGIC:
+        raise HwqError(f"the board did not identify as an hwq SoC (answered {got[:8]!r}); "
+                       "load the package's bitstream first")
+    if got[:4] != want[:4]:
+        raise HwqError(f"the board speaks hwq protocol v{got[3]}, this hwq v{want[3]}; "
+                       "rebuild the bitstream with this hwq")
+    if got != want:
+        raise HwqError(f"the board's bitstream is hardware {got[4:12].hex()}, the package "
+                       f"{pkg.path} was compiled for {pkg.cfg.fingerprint} "
+                       f"({pkg.cfg.name}); load the package's bitstream")
+
+
+@dataclass
+class HostRun:
+    outputs: np.ndarray          # (N, C, H, W) int8, read back from the board
+    cycles: list[int]
+    mismatches: list[int]        # indices of the images whose output differs from golden
+
+
+def run_package(pkg: Package, link: Link, progress: bool = False,
+                timeout: float = 10.0) -> HostRun:
+    check_ident(pkg, link.ident())
+    tensors, shapes = pkg.tensors(), pkg.shapes()
+    inp = tensors["input"]
+    out_name = pkg.manifest["output"]["tensor"]
+    out = tensors[out_name]
+    ref = pkg.reference()
+    x = ref["input_int8"]
+    golden = pkg.golden()[out_name]
+    if progress:
+        print(f"  loading {len(pkg.image())} bytes of DRAM image", file=sys.stderr, flush=True)
+    link.write(0, pkg.image())
+    outputs, cycles, bad = [], [], []
+    for i in range(len(x)):
+        link.write(inp.region.word, inp.pack(x[i:i + 1]))
+        st = link.run(pkg.start_pc, timeout)
+        if st.status != 0:
+            raise HwqError(f"image {i}: the accelerator stopped with status {st.status} "
+                           f"at pc {st.pc}")
+        y = out.unpack(link.read(out.region.word, out.nbytes), 1, shapes[out_name])
+        outputs.append(y)
+        cycles.append(st.cycles)
+        if not np.array_equal(y, golden[i:i + 1]):
+            bad.append(i)
+        if progress:
+            print(f"\r  image {i + 1}/{len(x)}: {st.cycles} cycles, "
+                  f"{'ok' if i not in bad else 'MISMATCH'}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return HostRun(np.concatenate(outputs), cycles, bad)

@@ -1,0 +1,73 @@
+"""Run the host driver against the SoC's RTL on Verilator (the system test of the board
+flow without a board): hwq/host_tb.py is the testbench.
+
+The SoC (hwq/rtl/soc.py) is built for the package's hardware config with a UART of
+`divisor` clocks per bit; builds are cached under build/rtl-cache/ keyed by its Verilog.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hwq.config import REPO_ROOT
+from hwq.errors import HwqError
+from hwq.package import open_package
+
+SOC_MODULE = "hwq_soc"
+
+
+def run_host_sim(package: str | Path, divisor: int = 4) -> dict:
+    """The driver's results ({outputs, cycles, mismatches} or {error})."""
+    from amaranth.back import verilog
+    from cocotb_tools import runner as cocotb_runner
+
+    from hwq.rtl.soc import Soc
+    from hwq.sim.rtl_sim import VERILATOR_ARGS, VERILATOR_MAKE_VARS, _check_sim, cache_root
+
+    pkg = open_package(package)
+    _check_sim("verilator")
+    text = verilog.convert(Soc(pkg.cfg, divisor), name=SOC_MODULE, emit_src=False)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    build = cache_root() / f"soc-{pkg.cfg.name}-{key}"
+    if str(REPO_ROOT) not in sys.path:         # the simulator's Python imports hwq.host_tb
+        sys.path.append(str(REPO_ROOT))
+    runner = cocotb_runner.get_runner("verilator")
+    saved = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join([saved or ""] + [f"{k}={v}" for k, v in
+                                                         VERILATOR_MAKE_VARS.items()]).strip()
+    try:
+        if not (build / "BUILD_OK").exists():
+            shutil.rmtree(build, ignore_errors=True)
+            (build / "src").mkdir(parents=True)
+            src = build / "src" / f"{SOC_MODULE}.v"
+            src.write_text(text)
+            runner.build(sources=[src], hdl_toplevel=SOC_MODULE, build_dir=build / "sim",
+                         build_args=VERILATOR_ARGS, timescale=("1ns", "1ps"), always=True,
+                         log_file=build / "build.log")
+            (build / "BUILD_OK").write_text("ok\n")
+        work = Path(tempfile.mkdtemp(prefix="soc-run-", dir=build))
+        spec = {"package": str(Path(package).resolve()), "divisor": divisor,
+                "results": str(work / "results.json")}
+        (work / "spec.json").write_text(json.dumps(spec))
+        runner.test(test_module="hwq.host_tb", hdl_toplevel=SOC_MODULE,
+                    hdl_toplevel_lang="verilog", build_dir=build / "sim", test_dir=work,
+                    extra_env={"HWQ_SOC_SPEC": str(work / "spec.json")},
+                    results_xml=str(work / "results.xml"), log_file=work / "sim.log")
+    except (RuntimeError, SystemExit, OSError) as e:
+        raise HwqError(f"SoC simulation failed ({e}); see {build}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
+    results = work / "results.json"
+    if not results.exists():
+        raise HwqError(f"SoC simulation wrote no results; see {work / 'sim.log'}")
+    out = json.loads(results.read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    return out

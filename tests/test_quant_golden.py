@@ -1,0 +1,95 @@
+"""The golden model's new layer kinds -- grouped conv, per-channel shifts, LeakyReLU,
+avgpool, add, concat -- against slow references written from the definitions."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
+from hwq.compiler.quant.requant import ROUND_MODES, requantize
+from hwq.sim.golden import run_golden
+
+MODES = st.sampled_from(list(ROUND_MODES))
+
+
+def requant_ref(acc: int, shift: int, mode: str, lo: int, hi: int) -> int:
+    return int(requantize(np.array([acc]), shift, mode, lo, hi)[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(groups=st.sampled_from([1, 2, 4]), per_group_in=st.integers(1, 3), per_group_out=st.integers(1, 3),
+       k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       h=st.integers(3, 6), mode=MODES, act=st.sampled_from(["none", "relu", "leaky_relu"]),
+       per_channel=st.booleans(), seed=st.integers(0, 10**6))
+def test_grouped_conv_per_channel_leaky(groups, per_group_in, per_group_out, k, stride, padding,
+                                        h, mode, act, per_channel, seed):
+    rng = np.random.default_rng(seed)
+    cin, cout = groups * per_group_in, groups * per_group_out
+    oh = (h + 2 * padding - k) // stride + 1
+    w = rng.integers(-128, 128, (cout, per_group_in, k, k)).astype(np.int8)
+    b = rng.integers(-3000, 3000, cout).astype(np.int32)
+    f_wc = rng.integers(5, 9, cout) if per_channel else None
+    layer = QLayer("c", "conv", "input", (cin, h, h), (cout, oh, oh), 4, 3, weight=w, bias=b, f_w=7,
+                   stride=stride, padding=padding, act=act, round_mode=mode, groups=groups,
+                   f_wc=f_wc, alpha_q=26, lo=0 if act == "relu" else -128)
+    x = rng.integers(-128, 128, (2, cin, h, h)).astype(np.int8)
+    got = run_golden(QModel("m", (cin, h, h), 4, [layer]), x)["c"]
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    for n in range(2):
+        for o in range(cout):
+            g = o // per_group_out
+            shift = 4 + (int(f_wc[o]) if per_channel else 7) - 3
+            for i in range(oh):
+                for j in range(oh):
+                    acc = int(b[o])
+                    for c in range(per_group_in):
+                        for ky in range(k):
+                            for kx in range(k):
+                                acc += int(w[o, c, ky, kx]) * int(xp[n, g * per_group_in + c, i * stride + ky, j * stride + kx])
+                    if act == "leaky_relu":   # slope 26/256 on negative accumulators
+                        acc, s = (acc * 26 if acc < 0 else acc << ALPHA_BITS), shift + ALPHA_BITS
+                    else:
+                        s = shift
+                    assert got[n, o, i, j] == requant_ref(acc, s, mode, layer.lo, 127)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.sampled_from([2, 3]), stride=st.integers(1, 3), padding=st.integers(0, 1),
+       h=st.integers(3, 7), mode=MODES, f_out=st.integers(-1, 3), seed=st.integers(0, 10**6))
+def test_avgpool(k, stride, padding, h, mode, f_out, seed):
+    rng = np.random.default_rng(seed)
+    oh = (h + 2 * padding - k) // stride + 1
+    mult, f_w = (64, 8) if k == 2 else (114, 10)     # 1/4 = 64/256; 1/9 ~ 114/1024
+    layer = QLayer("p", "avgpool", "input", (3, h, h), (3, oh, oh), 2, f_out, kernel=k, stride=stride,
+                   padding=padding, round_mode=mode, f_w=f_w, multiplier=mult)
+    x = rng.integers(-128, 128, (2, 3, h, h)).astype(np.int8)
+    got = run_golden(QModel("m", (3, h, h), 2, [layer]), x)["p"]
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    for idx in np.ndindex(got.shape):
+        n, c, i, j = idx
+        total = int(xp[n, c, i * stride:i * stride + k, j * stride:j * stride + k].sum())
+        assert got[idx] == requant_ref(total * mult, 2 + f_w - f_out, mode, -128, 127)
+
+
+@settings(max_examples=25, deadline=None)
+@given(fa=st.integers(0, 6), fb=st.integers(0, 6), f_out=st.integers(-1, 6), mode=MODES,
+       act=st.sampled_from(["none", "relu"]), seed=st.integers(0, 10**6))
+def test_add_and_concat(fa, fb, f_out, mode, act, seed):
+    rng = np.random.default_rng(seed)
+    shape = (3, 2, 2)
+    a_layer = QLayer("a", "conv", "input", shape, shape, 0, fa, weight=np.eye(3, dtype=np.int8)[:, :, None, None],
+                     bias=np.zeros(3, np.int32), f_w=fa, round_mode=mode)   # a = x at fix fa
+    b_layer = QLayer("b", "conv", "input", shape, shape, 0, fb, weight=-np.eye(3, dtype=np.int8)[:, :, None, None],
+                     bias=np.zeros(3, np.int32), f_w=fb, round_mode=mode)   # b = -x at fix fb
+    add = QLayer("add", "add", "a", shape, shape, fa, f_out, inputs=["a", "b"], f_ins=[fa, fb], act=act,
+                 round_mode=mode, lo=0 if act == "relu" else -128)
+    cat = QLayer("cat", "concat", "a", shape, (6, 2, 2), fa, f_out, inputs=["b", "a"], f_ins=[fb, fa],
+                 round_mode=mode)
+    x = rng.integers(-128, 128, (2, *shape)).astype(np.int8)
+    out = run_golden(QModel("m", shape, 0, [a_layer, b_layer, add, cat]), x)
+    a, b = out["a"].astype(int), out["b"].astype(int)
+    top = max(fa, fb)
+    for idx in np.ndindex(a.shape):
+        total = (a[idx] << (top - fa)) + (b[idx] << (top - fb))
+        assert out["add"][idx] == requant_ref(total, top - f_out, mode, add.lo, 127)
+        n, c, i, j = idx
+        assert out["cat"][n, c, i, j] == requant_ref(b[idx], fb - f_out, mode, -128, 127)
+        assert out["cat"][n, c + 3, i, j] == requant_ref(a[idx], fa - f_out, mode, -128, 127)

@@ -1,0 +1,185 @@
+"""Calibration methods, statistic methods, per-channel weights, layered configs and the
+float rewrites (CLE, bias correction), each against a case worked by hand."""
+import numpy as np
+import pytest
+import torch.nn as nn
+
+from hwq.compiler.frontend import trace
+from hwq.compiler.ir import Graph, Layer
+from hwq.compiler.quant.calibrate import quantize, run_float
+from hwq.compiler.quant.config import load_quant_config, parse_quant_config
+from hwq.compiler.quant.methods import choose_fix, combine, kl_threshold
+from hwq.compiler.quant.report import sqnr_db
+from hwq.compiler.quant.rewrite import equalize
+from hwq.errors import HwqError
+from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+
+DEFAULT = load_quant_config()
+
+
+def config_with(**edits):
+    """The default config with dotted-path edits, e.g. {"tensor_quantize_config.weights.method": "mse"}."""
+    data = DEFAULT.as_dict()
+    for path, value in edits.items():
+        *keys, last = path.split("/")
+        d = data
+        for k in keys:
+            d = d.setdefault(k, {})
+        d[last] = value
+    return parse_quant_config(data, "test")
+
+
+# 99 values of 0.3 and one 2.0: max-min keeps 2.0 (f=5, step 1/32); f=6 clips 2.0 to
+# 127/64 but rounds the 0.3s 4x finer, which wins in both squared and absolute error.
+SKEWED = np.array([0.3] * 99 + [2.0], np.float32)
+TQ = DEFAULT.activation
+
+
+@pytest.mark.parametrize("method, x, f", [
+    ("maxmin", np.array([0.5, -3.0], np.float32), 5),          # 3 * 2**5 = 96 <= 127 < 192
+    ("maxmin", SKEWED, 5),
+    ("mse", SKEWED, 6),    # f=5: 99 * 0.0125**2 = 0.0155; f=6: 99 * 0.003125**2 + 0.015625**2 = 0.0012
+    ("diffs", SKEWED, 6),  # f=5: 99 * 0.0125 = 1.24; f=6: 99 * 0.003125 + 0.015625 = 0.33
+    ("percentile", np.arange(1, 101, dtype=np.float32) / 10, 4),   # 50th: 5.05 * 16 = 80.8
+])
+def test_methods_by_hand(method, x, f):
+    tq = TQ if method != "percentile" else config_with(**{"tensor_quantize_config/activation/percentage": 50.0}).activation
+    assert choose_fix(method, x, tq, -128) == f
+
+
+def test_diffs_compares_the_layer_output():
+    # the output is the sum: f=5 misses by 99 * 0.0125 = 1.24, f=6 by |-0.309 - 0.016| = 0.33,
+    # f=7 by |-0.309 - 1.008| = 1.32
+    assert choose_fix("diffs", SKEWED, TQ, -128, respond=lambda v: np.sum(v, keepdims=True)) == 6
+
+
+def test_entropy_threshold_by_hand():
+    # |x| histogram over 8 bins of [0, 1]: 600 in bin 0, 399 in bin 2, one outlier in bin 7.
+    # Clipping after bin 3 folds the outlier into bin 2, and the 2-level quantization of
+    # [600, 0, 399] (levels {0, 1} | {2}) reproduces it up to that one sample: the least KL.
+    # i=2 leaves bin 2 unrepresented (only smoothing mass); wider i smear mass over empty bins.
+    a = np.array([0.05] * 600 + [0.3] * 399 + [1.0])
+    assert kl_threshold(a, bins=8, levels=2, stride=1) == 0.375
+    gauss = np.random.default_rng(0).normal(size=20000)
+    gauss[0] = 1000.0
+    assert choose_fix("maxmin", gauss, TQ, -128) == -3
+    # 2048 bins of 1000/2048: the smallest candidate, 128 bins (62.5), already beats
+    # smearing the Gaussian over 16-bin levels; 62.5 * 2 <= 127
+    assert choose_fix("entropy", gauss, TQ, -128) == 1
+
+
+@pytest.mark.parametrize("how, fixes, f", [
+    ("modal", [3, 4, 4, 5], 4), ("modal", [3, 3, 5, 5], 3), ("max", [3, 4, 6], 3),
+    ("mean", [3, 4], 4), ("mean", [3, 3, 4], 3), ("median", [3, 4, 6], 4), ("median", [3, 4], 3),
+])
+def test_statistic_methods(how, fixes, f):
+    assert combine(fixes, how) == f
+
+
+def conv_graph(weight, bias=None, act="none", name="c", op="Conv2d"):
+    w = np.asarray(weight, np.float32).reshape(-1, 1, 1, 1)
+    layer = Layer(name=name, kind="conv", input="input", in_shape=(1, 1, 1),
+                  out_shape=(len(w), 1, 1), weight=w, op=op,
+                  bias=np.zeros(len(w), np.float32) if bias is None else np.asarray(bias, np.float32))
+    return Graph(name="g", input_shape=(1, 1, 1), layers=[layer])
+
+
+@pytest.mark.parametrize("how, f_input", [("max", 5), ("modal", 5), ("mean", 6), ("median", 5)])
+def test_statistic_over_calibration_batches(how, f_input):
+    # batches of 2: absmax 1 (f=6), 3 (f=5), 1 (f=6)... then a last 3 (f=5): [6, 5, 6, 5]
+    calib = np.array([1, -1, 3, 0, 1, 0, -3, 1], np.float32).reshape(-1, 1, 1, 1)
+    config = config_with(**{"tensor_quantize_config/input/calib_statistic_method": how})
+    q = quantize(conv_graph([1.0]), calib, config, progress=False, batch_size=2)
+    assert q.f_input == f_input   # mean 5.5 rounds half up to 6; median 5.5 down to 5
+
+
+def test_per_channel_weights():
+    calib = np.linspace(-1, 1, 16, dtype=np.float32).reshape(-1, 1, 1, 1)
+    graph = conv_graph([0.5, 2.0, -8.0], bias=[0.1, 0.2, 0.3])
+    config = config_with(**{"tensor_quantize_config/weights/per_channel": True})
+    q = quantize(graph, calib, config, progress=False, hardware=False).layers[0]
+    assert len(q.f_wc) == 3 and q.f_wc.tolist() == [7, 5, 3]   # 0.5*2**7, 2*2**5, 8*2**3 = 64
+    assert q.weight.ravel().tolist() == [64, 64, -64]
+    assert q.shifts.tolist() == [q.f_in + 7 - q.f_out, q.f_in + 5 - q.f_out, q.f_in + 3 - q.f_out]
+    assert q.bias.tolist() == [round(0.1 * 2 ** (q.f_in + 7)), round(0.2 * 2 ** (q.f_in + 5)),
+                               round(0.3 * 2 ** (q.f_in + 3))]
+    qmodel = quantize(graph, calib, config, progress=False, hardware=False)
+    got = dequantize_output(qmodel, run_golden(qmodel, quantize_input(qmodel, calib))["c"])
+    assert sqnr_db(run_float(graph, calib)["c"], got) > 30
+    with pytest.raises(HwqError, match="layer 'c': per-channel weights need per-lane shifts in "
+                       "the POST unit, not in this ISA version"):
+        quantize(graph, calib, config, progress=False)
+
+
+def test_float_scale_refused_for_the_integer_model():
+    config = config_with(**{"tensor_quantize_config/activation/scale_type": "float"})
+    with pytest.raises(HwqError, match="layer 'c' activation has scale_type float: the integer "
+                       "model and the array use power-of-two scales only"):
+        quantize(conv_graph([1.0]), np.ones((2, 1, 1, 1), np.float32), config, progress=False)
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                         nn.Linear(16, 3))
+
+
+def test_layered_config_global_type_name():
+    graph = trace(small_net(), (1, 6, 6), "net")
+    assert [l.name for l in graph.layers] == ["_0", "_2", "_3", "_4"]
+    config = config_with(**{"layer_quantize_config": [
+        {"layer_name": "_2", "tensor_quantize_config": {"activation": {"method": "mse"}}},
+        {"layer_type": "torch.nn.Conv2d", "overall_quantize_config": {"round_mode": "half_even"},
+         "tensor_quantize_config": {"activation": {"method": "entropy"}}},
+    ]})
+    by_layer = {l.name: config.for_layer(l) for l in graph.layers}
+    assert by_layer["_0"]["activation"].method == "entropy"      # type rule
+    assert by_layer["_2"]["activation"].method == "mse"          # name rule beats type rule
+    assert by_layer["_2"]["weights"].round_mode == "half_even"   # type rule's overall part
+    assert by_layer["_4"]["activation"].method == "maxmin"       # global
+    assert parse_quant_config(config.as_dict(), "again").layer_rules == config.layer_rules
+    calib = np.random.default_rng(0).normal(size=(8, 1, 6, 6)).astype(np.float32)
+    q = quantize(graph, calib, config, progress=False)
+    assert [l.stats.get("method") for l in q.layers] == ["entropy", "mse", None, "maxmin"]
+    assert q.layers[0].round_mode == "half_even"
+
+
+@pytest.mark.parametrize("rule, fragment", [
+    ({"layer_name": "conv9"}, "layer_quantize_config[0]: layer_name 'conv9' matches no layer of "
+                              "model net; it has _0, _2, _3, _4"),
+    ({"layer_type": "AvgPool2d"}, "layer_quantize_config[0]: layer_type AvgPool2d matches no layer"),
+])
+def test_layer_rules_must_match(rule, fragment):
+    graph = trace(small_net(), (1, 6, 6), "net")
+    with pytest.raises(HwqError) as info:
+        quantize(graph, np.zeros((2, 1, 6, 6), np.float32),
+                 config_with(**{"layer_quantize_config": [rule]}), progress=False)
+    assert fragment in str(info.value)
+
+
+def test_equalization_is_exact_and_balances_ranges():
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 2, 3, 3)).astype(np.float32) * np.array([8, 1, 0.25, 2], np.float32)[:, None, None, None]
+    first = Layer("a", "conv", "input", (2, 5, 5), (4, 3, 3), weight=w1, bias=rng.normal(size=4).astype(np.float32), act="relu")
+    second = Layer("b", "conv", "a", (4, 3, 3), (3, 1, 1), weight=rng.normal(size=(3, 4, 3, 3)).astype(np.float32),
+                   bias=np.zeros(3, np.float32))
+    graph = Graph("g", (2, 5, 5), [first, second])
+    x = rng.normal(size=(4, 2, 5, 5)).astype(np.float32)
+    before = run_float(graph, x)["b"]
+    r_before = np.abs(first.weight).reshape(4, -1).max(1)
+    equalize(graph.layers)
+    r_after = np.abs(first.weight).reshape(4, -1).max(1)
+    assert np.allclose(run_float(graph, x)["b"], before, atol=1e-5)   # power-of-two scales: exact
+    assert r_after.max() / r_after.min() < r_before.max() / r_before.min()
+
+
+def test_bias_correction_by_hand():
+    # x = 1; weights 0.3 and 1.9 at f_w = 6 become 19/64 = 0.296875 and 122/64 = 1.90625:
+    # the outputs move by -0.003125 and +0.00625, so the biases (at fix 6 + 6 = 12) get
+    # +0.003125 * 4096 = 12.8 -> 13 and -0.00625 * 4096 = -25.6 -> -26
+    calib = np.ones((16, 1, 1, 1), np.float32)
+    graph = conv_graph([0.3, 1.9])
+    plain = quantize(graph, calib, DEFAULT, progress=False).layers[0]
+    fixed = quantize(graph, calib, config_with(include_bias_corr=True), progress=False).layers[0]
+    assert (plain.f_in, plain.f_w, plain.bias.tolist()) == (6, 6, [0, 0])
+    assert fixed.bias.tolist() == [13, -26]
+    assert fixed.stats["bias_correction"] == pytest.approx(0.00625, rel=1e-3)
