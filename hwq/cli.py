@@ -103,35 +103,35 @@ def _demo(a) -> None:
     run_demo(sim=a.sim, out=Path(a.output))
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """What `compile` and `quantize` both need to load and calibrate a model."""
+    p.add_argument("model", help="path/to/file.py:ClassName")
+    p.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
+    p.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
+    p.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
+    p.add_argument("--weights", help="state_dict file to load into the model")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="PyTorch model -> power-of-two int8 "
                                 "systolic accelerator, proven bit-exact in RTL simulation")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="quantize and compile a model into a package")
-    c.add_argument("model", help="path/to/file.py:ClassName")
-    c.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
-    c.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
+    _model_arguments(c)
     c.add_argument("-o", "--output", required=True, help="package directory to write")
     c.add_argument("--hw", help="hardware config name in configs/ or a YAML path (default: default)")
     c.add_argument("--board", help="board in boards/ (or a board YAML): its hardware config, "
                    "and a bitstream in the package")
-    c.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
-    c.add_argument("--weights", help="state_dict file to load into the model")
     c.add_argument("--ref-images", type=int, default=32, help="sample inputs carried in the package")
     c.add_argument("--zip", action="store_true", help="also write PACKAGE.zip")
-    c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(run=_compile)
 
     qz = sub.add_parser("quantize", help="quantize a model in software and report fix positions, "
                         "thresholds, SQNR and accuracy (no hardware limits)")
-    qz.add_argument("model", help="path/to/file.py:ClassName")
-    qz.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
-    qz.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
+    _model_arguments(qz)
     qz.add_argument("-o", "--output", default="build/quant", help="report directory")
-    qz.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
-    qz.add_argument("--weights", help="state_dict file to load into the model")
-    qz.add_argument("-q", "--quiet", action="store_true")
     qz.set_defaults(run=_quantize)
 
     s = sub.add_parser("simulate", help="run a package's reference inputs on a simulator")

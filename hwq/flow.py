@@ -265,9 +265,8 @@ def compare_package(path) -> list[str]:
         result = SimResult(sim, meta["status"], meta["cycles"], acts)
         where = first_mismatch(result, golden, pkg.layer_order(), pkg.cfg.cols)
         if where:
-            image = where.split(" image ")[1].split()[0]
             hint = (f"; find the first diverging instruction with 'hwq debug {pkg.path} --sim "
-                    f"{sim} --image {image}'" if sim != "iss" else "")
+                    f"{sim} --image {where.image}'" if sim != "iss" else "")
             failures.append(f"{sim}: mismatch at {where}{hint}")
         else:
             n = meta["images"]

@@ -50,3 +50,15 @@ def test_lenet_cli_on_rtl(tmp_path, capsys, sim):
     assert main(["compare", str(pkg)]) == 0
     out = capsys.readouterr().out
     assert f"{sim}: 32/32 images bit-exact" in out
+
+
+def test_debug_steps_a_package_on_rtl(tmp_path, capsys):
+    """`hwq debug` compares ISS and RTL state after every instruction of a real package."""
+    pkg = tmp_path / "lenet.hwq"
+    assert main(["compile", f"{LENET}:LeNet", "--input-shape", "1x8x8", "--calib", "digits",
+                 "--ref-images", "2", "-o", str(pkg), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["debug", str(pkg), "--sim", "verilator", "--image", "1", "--no-waves"]) == 0
+    assert "agree after every instruction" in capsys.readouterr().out
+    assert main(["debug", str(pkg), "--image", "5"]) == 2
+    assert "carries 2 reference images" in capsys.readouterr().err

@@ -65,16 +65,35 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
                      [r[3] for r in runs])
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """The first element where a simulator departs from the golden model."""
+
+    sim: str
+    layer: str
+    image: int
+    element: tuple[int, int, int]     # (c, y, x)
+    block: int                        # the output-channel block (tile) that computed it
+    got: int
+    want: int
+    differing: int
+    total: int
+
+    def __str__(self) -> str:
+        c, y, x = self.element
+        return (f"layer '{self.layer}' image {self.image} element (c={c}, y={y}, x={x}) in output "
+                f"block {self.block}: {self.sim}={self.got} golden={self.want} "
+                f"({self.differing} of {self.total} elements differ)")
+
+
 def first_mismatch(result: SimResult, golden: dict[str, np.ndarray], order: list[str],
-                   cols: int) -> str | None:
-    """Where the simulator first departs from the golden model, in execution order:
-    layer, image, element and the output-channel block (tile) that computed it."""
+                   cols: int) -> Mismatch | None:
+    """Where the simulator first departs from the golden model, in execution order."""
     for name in order:
         got, want = result.activations[name], golden[name]
         bad = np.argwhere(got != want)
         if bad.size:
             i, c, y, x = (int(v) for v in bad[0])
-            return (f"layer '{name}' image {i} element (c={c}, y={y}, x={x}) in output block "
-                    f"{c // cols}: {result.sim}={int(got[i, c, y, x])} golden={int(want[i, c, y, x])} "
-                    f"({len(bad)} of {got.size} elements differ)")
+            return Mismatch(result.sim, name, i, (c, y, x), c // cols, int(got[i, c, y, x]),
+                            int(want[i, c, y, x]), len(bad), got.size)
     return None
