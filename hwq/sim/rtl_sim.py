@@ -32,6 +32,7 @@ from pathlib import Path
 from hwq.compiler import isa
 from hwq.config import REPO_ROOT, HwConfig
 from hwq.errors import HwqError
+from hwq.progress import Progress
 from hwq.rtl.perf import COUNTER_BITS, COUNTERS
 
 SIMULATORS = ("verilator", "icarus")
@@ -297,15 +298,17 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
 
     stop = threading.Event()
 
+    bar = Progress(f"rtl {sim}", len(jobs), "images")
+
     def tail():
-        seen = 0
-        while not stop.is_set():
-            stop.wait(0.3)
+        seen, stopping = 0, False
+        while not stopping:
+            stopping = stop.wait(0.3)  # one more read after the run, for the last jobs
             if progress_path.exists():
                 lines = progress_path.read_text().splitlines()
-                for line in lines[seen:]:
-                    print(f"  rtl[{sim}] {line}", file=sys.stderr, flush=True)
-                seen = len(lines)
+                if len(lines) > seen:
+                    seen = len(lines)
+                    bar.update(seen, lines[-1].split(": ", 1)[-1])
 
     watcher = threading.Thread(target=tail, daemon=True) if progress else None
     if watcher:

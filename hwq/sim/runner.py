@@ -2,7 +2,6 @@
 and read every layer's activations back out of DRAM."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from hwq.compiler.layout import TensorLayout
 from hwq.config import HwConfig
 from hwq.errors import HwqError
+from hwq.progress import Progress
 from hwq.sim.iss import Machine
 
 SIMULATORS = ("iss", "verilator", "icarus")
@@ -44,15 +44,13 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
     if sim == "iss":
         # One machine for the batch, as the RTL keeps its buffers and DRAM between jobs.
         runs, m = [], Machine(cfg, image)
+        bar = Progress("iss", n, "images", enabled=progress)
         for i, job in enumerate(jobs):
             for word, blob in job["writes"]:
                 m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
             r = m.run(start_pc)
             runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads], r.counters))
-            if progress:
-                print(f"\r  iss  image {i + 1}/{n}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+            bar.update(i + 1)
     else:
         from hwq.sim.rtl_sim import run_rtl
         runs = [(r.status, r.cycles, r.reads, r.counters)

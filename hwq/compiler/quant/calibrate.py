@@ -9,7 +9,6 @@ proved not to overflow its int32 accumulator.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from hwq.compiler.quant.methods import choose_fix, combine, fake_quant, fix_posi
 from hwq.compiler.quant.requant import INT8_MAX, quantize_float, relu_clamp
 from hwq.compiler.quant.rewrite import prepare
 from hwq.errors import HwqError
+from hwq.progress import Progress
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _CHUNK = 256        # samples per float op, to bound memory on large calibration sets
@@ -105,13 +105,13 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
     _check_finite(floats["input"], "the calibration input", graph.name)
     fixes = {"input": _activation_fix(floats["input"], config.input, batch_size)[0]}
     layers = []
+    bar = Progress("calibrating", len(graph.layers), "layers", enabled=progress)
     for i, layer in enumerate(graph.layers):
         _check_finite(floats[layer.name], f"layer '{layer.name}'", graph.name)
         q = _quantize_layer(layer, fixes, floats, config, batch_size)
         layers.append(q)
         fixes[layer.name] = q.f_out
-        if progress:
-            _show_progress(i + 1, len(graph.layers))
+        bar.update(i + 1, layer.name)
     qmodel = QModel(name=graph.name, input_shape=tuple(graph.input_shape), f_input=fixes["input"],
                     layers=layers, quant_config=config.as_dict())
     check_accumulator_bounds(qmodel)
@@ -275,10 +275,3 @@ def check_accumulator_bounds(qmodel: QModel) -> None:
             where = f" ({q.source})" if q.source else ""
             raise HwqError(f"layer '{q.name}'{where}: its int32 accumulator can overflow: worst "
                            f"case |acc| = {worst:,} > 2**31-1 {cure}")
-
-
-def _show_progress(done: int, total: int, width: int = 20) -> None:
-    filled = width * done // total
-    end = "\n" if done == total else ""
-    sys.stderr.write(f"\rcalibrating  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} layers{end}")
-    sys.stderr.flush()
