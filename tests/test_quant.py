@@ -173,7 +173,8 @@ def test_calibration_data_checked():
 def test_progress(capsys):
     calib = np.ones((2, 1, 1, 1), np.float32)
     quantize(one_conv_graph(1.0, 0.0), calib, load_quant_config(), progress=True)
-    assert "calibrating  [####################] 1/1 layers\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibrating  [####################] 1/1 layers" in err and err.endswith("\n")
     quantize(one_conv_graph(1.0, 0.0), calib, load_quant_config(), progress=False)
     assert capsys.readouterr().err == ""
 
