@@ -1,10 +1,13 @@
-"""The golden model's new layer kinds -- grouped conv, per-channel shifts, LeakyReLU,
-avgpool, add, concat -- against slow references written from the definitions."""
+"""The golden model's layer kinds -- conv of any shape (grouped too), per-channel shifts,
+LeakyReLU, avgpool, add, concat -- and its fast requantization path against slow
+references written from the definitions."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
-from hwq.compiler.quant.requant import ROUND_MODES, requantize
+from hwq.compiler.quant.requant import (ROUND_MODES, requantize, requantize_fast, round_shift,
+                                        round_shift_fast)
+from hwq.sim import golden
 from hwq.sim.golden import run_golden
 
 MODES = st.sampled_from(list(ROUND_MODES))
@@ -93,3 +96,85 @@ def test_add_and_concat(fa, fb, f_out, mode, act, seed):
         n, c, i, j = idx
         assert out["cat"][n, c, i, j] == requant_ref(b[idx], fb - f_out, mode, -128, 127)
         assert out["cat"][n, c + 3, i, j] == requant_ref(a[idx], fa - f_out, mode, -128, 127)
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=st.lists(st.integers(-(2 ** 31), 2 ** 31 - 1), min_size=1, max_size=8),
+       shifts=st.lists(st.integers(-32, 31), min_size=1, max_size=8), mode=MODES)
+def test_round_shift_fast_equals_round_shift(x, shifts, mode):
+    """The golden model's requantization path is the rule itself, for one shift or one per
+    channel (last axis), including ties: x also runs through exact multiples +- half."""
+    s = np.array(shifts)
+    xs = np.array(x, np.int64)[:, None] + np.zeros(len(s), np.int64)
+    ties = (xs >> np.maximum(s, 1)) << np.maximum(s, 1) | (1 << np.maximum(s - 1, 0))
+    for v in (xs, np.clip(ties, -(2 ** 31), 2 ** 31 - 1)):
+        want = np.stack([round_shift(v[:, c], int(sh), mode) for c, sh in enumerate(s)], axis=1)
+        assert np.array_equal(round_shift_fast(v, s, mode), want)
+        assert np.array_equal(round_shift_fast(v[:, 0], int(s[0]), mode), want[:, 0])
+        assert np.array_equal(requantize_fast(v, s, mode, -100, 90),
+                              np.clip(want, -100, 90).astype(np.int8))
+        offset = v[::-1, 0] // 3 + 7            # bias folded in: the rule on v + offset
+        v32 = np.clip(v - offset[:, None], -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        want = np.stack([requantize(v32[:, c].astype(np.int64) + offset, int(sh), mode, -100, 90)
+                         for c, sh in enumerate(s)], axis=1)
+        assert np.array_equal(requantize_fast(v32, s, mode, -100, 90, offset[:, None]), want)
+
+
+def direct_conv(x, w, b, stride, padding, groups):
+    """conv + bias by definition, in int64, one kernel tap at a time (no BLAS)."""
+    n, cin, h, wd = x.shape
+    cout, cin_g, k, _ = w.shape
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+    acc = np.zeros((n, cout, oh, ow), np.int64) + b.astype(np.int64)[None, :, None, None]
+    cout_g = cout // groups
+    for o in range(cout):
+        g = o // cout_g
+        for ky in range(k):
+            for kx in range(k):
+                patch = xp[:, g * cin_g:(g + 1) * cin_g, ky:ky + stride * oh:stride, kx:kx + stride * ow:stride]
+                acc[:, o] += np.einsum("nchw,c->nhw", patch, w[o, :, ky, kx].astype(np.int64))
+    return acc
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2, 3]),
+       cin_g=st.integers(1, 6), cout_g=st.integers(1, 6), k=st.sampled_from([1, 3, 5, 7]),
+       stride=st.integers(1, 3), padding=st.integers(0, 3), mode=MODES,
+       act=st.sampled_from(["none", "relu", "leaky_relu"]), per_channel=st.booleans(),
+       block=st.sampled_from([1, 50, 1 << 22]), k_chunk=st.sampled_from([5, (1 << 17) - 1]),
+       seed=st.integers(0, 10**6))
+def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k, stride, padding,
+                                              mode, act, per_channel, block, k_chunk, seed):
+    """Any shape, stride, padding and grouping, cut into matmul blocks and K chunks of any
+    size, gives the direct convolution's result."""
+    h = data.draw(st.integers(max(1, k - 2 * padding), 9))
+    w = data.draw(st.integers(max(1, k - 2 * padding), 9))
+    rng = np.random.default_rng(seed)
+    cin, cout = groups * cin_g, groups * cout_g
+    weight = rng.integers(-128, 128, (cout, cin_g, k, k)).astype(np.int8)
+    if seed % 3 == 0:   # the extremes: every product 2**14
+        weight[:] = -128
+    bias = rng.integers(-(2 ** 20), 2 ** 20, cout).astype(np.int32)
+    f_wc = rng.integers(5, 12, cout) if per_channel else None
+    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    layer = QLayer("c", "conv", "input", (cin, h, w), (cout, oh, ow), 4, 3, weight=weight, bias=bias,
+                   f_w=7, stride=stride, padding=padding, act=act, round_mode=mode, groups=groups,
+                   f_wc=f_wc, alpha_q=26, lo=0 if act == "relu" else -128)
+    x = rng.integers(-128, 128, (n, cin, h, w)).astype(np.int8)
+    if seed % 3 == 0:
+        x[:] = -128
+    saved = golden._MATMUL_ELEMENTS, golden._K_CHUNK
+    golden._MATMUL_ELEMENTS, golden._K_CHUNK = block, k_chunk
+    try:
+        acc = golden.conv_accumulators(layer, x)
+        got = run_golden(QModel("m", (cin, h, w), 4, [layer]), x)["c"]
+    finally:
+        golden._MATMUL_ELEMENTS, golden._K_CHUNK = saved
+    want = direct_conv(x, weight, bias, stride, padding, groups)
+    assert np.array_equal(acc, want)
+    shifts = layer.shifts
+    if act == "leaky_relu":
+        want, shifts = np.where(want < 0, want * 26, want << ALPHA_BITS), shifts + ALPHA_BITS
+    for o in range(cout):
+        assert np.array_equal(got[:, o], requantize(want[:, o], int(shifts[o]), mode, layer.lo, 127))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 ISA_VERSION = 2
@@ -86,11 +87,21 @@ class Op:
 
     def offsets(self) -> dict[str, int]:
         """Bit offset of each field (the opcode sits at 0)."""
-        out, pos = {}, OPCODE_BITS
+        return {name: off for name, off, _, _, _ in self.plan}
+
+    @cached_property
+    def plan(self) -> tuple[tuple[str, int, int, int, int], ...]:
+        """(name, bit offset, mask, lo, hi) of each field in table order: what the encoder
+        and the field check use per instruction, derived once from `fields`."""
+        out, pos = [], OPCODE_BITS
         for f in self.fields:
-            out[f.name] = pos
+            out.append((f.name, pos, (1 << f.bits) - 1, f.lo, f.hi))
             pos += f.bits
-        return out
+        return tuple(out)
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields)
 
 
 
@@ -253,15 +264,18 @@ class Instr:
     @classmethod
     def make(cls, op: str, **args: int) -> "Instr":
         spec = BY_NAME[op]
-        names = [f.name for f in spec.fields]
-        if set(args) != set(names):
-            raise IsaError(f"{op} takes {', '.join(names)}; got {', '.join(sorted(args))}")
-        for f in spec.fields:
-            v = args[f.name]
-            if not f.lo <= v <= f.hi:
-                raise IsaError(f"{op}.{f.name}={v} does not fit {f.bits} bits "
+        if args.keys() != spec.names:
+            raise IsaError(f"{op} takes {', '.join(f.name for f in spec.fields)}; "
+                           f"got {', '.join(sorted(args))}")
+        values = []
+        for name, _, _, lo, hi in spec.plan:
+            v = args[name]
+            if not lo <= v <= hi:
+                f = spec.field(name)
+                raise IsaError(f"{op}.{name}={v} does not fit {f.bits} bits "
                                f"({'signed' if f.signed else 'unsigned'})")
-        return cls(op, tuple((n, int(args[n])) for n in names))
+            values.append((name, int(v)))
+        return cls(op, tuple(values))
 
     def __getitem__(self, name: str) -> int:
         return dict(self.args)[name]
@@ -274,8 +288,8 @@ class Instr:
 def encode(instr: Instr) -> int:
     spec = BY_NAME[instr.op]
     word = spec.opcode
-    for f, (name, v) in zip(spec.fields, instr.args):
-        word |= (v & ((1 << f.bits) - 1)) << spec.offsets()[name]
+    for (_, off, mask, _, _), (_, v) in zip(spec.plan, instr.args):
+        word |= (v & mask) << off
     return word
 
 
@@ -285,11 +299,11 @@ def decode(word: int) -> Instr:
     if spec is None:
         raise IsaError(f"illegal opcode {opcode}")
     args = {}
-    for f, off in zip(spec.fields, spec.offsets().values()):
-        v = (word >> off) & ((1 << f.bits) - 1)
-        if f.signed and v >> (f.bits - 1):
-            v -= 1 << f.bits
-        args[f.name] = v
+    for name, off, mask, lo, _ in spec.plan:
+        v = (word >> off) & mask
+        if lo < 0 and v > mask >> 1:      # signed: the top bit set is negative
+            v -= mask + 1
+        args[name] = v
     return Instr.make(spec.name, **args)
 
 

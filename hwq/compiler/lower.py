@@ -186,7 +186,8 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
                         _load_run(emit, f"{tile} weights {t0}..{t1 - 1}", 1, 0,
                                   w_region.word + (co * taps + t0) * r * ew, (t1 - t0) * r, ew)
                     for t in range(t0, t1):
-                        ci, ky, kx = np.unravel_index(t, (n_ci, k, k))
+                        ci, tap = divmod(t, k * k)
+                        ky, kx = divmod(tap, k)
                         wgt = (co * taps + t) * r if weights_resident else (t - t0) * r
                         emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
                              wgt=wgt, inp=(ci - ci0) * span + ky * wp + kx, acc=0,

@@ -1,0 +1,58 @@
+"""Wall time of hwq's compiler front to back -- trace, quantize (calibration included),
+lower to the program and DRAM image -- for the digits LeNet and the ResNet-18-style
+32x32 net, against the targets (3 s and 20 s).
+
+    .venv/bin/python bench/compile_time.py
+
+Each stage is timed once, cold, in one process (trained LeNet weights come from the
+example's cache, built first so training is not counted). The ResNet-style net needs
+more DRAM than the default config's 512 KiB, so it is lowered for the default array with
+16 MiB, as bench/utilization.py does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nets import PlainResNet18, lenet  # noqa: E402
+
+from hwq.compiler.datasets import calibration_set  # noqa: E402
+from hwq.compiler.frontend import trace  # noqa: E402
+from hwq.compiler.lower import compile_model  # noqa: E402
+from hwq.compiler.quant.calibrate import quantize  # noqa: E402
+from hwq.compiler.quant.config import load_quant_config  # noqa: E402
+from hwq.config import load_hw_config  # noqa: E402
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    cfg = load_hw_config("default")
+    big = dataclasses.replace(cfg, name="default-16MiB", dram_words=1 << 22)
+    rng = np.random.default_rng(0)
+    cases = [("digits LeNet", lenet(), (1, 8, 8), calibration_set("digits", (1, 8, 8)), cfg, 3.0),
+             ("ResNet-18-style 32x32", PlainResNet18(), (3, 32, 32),
+              rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0)]
+    print(f"{'model':<24}{'trace s':>9}{'quantize s':>12}{'lower s':>9}{'instrs':>9}"
+          f"{'total s':>9}{'target s':>10}{'ratio':>7}")
+    for name, model, shape, calib, hw, target in cases:
+        graph, t_trace = timed(lambda: trace(model.eval(), shape, name))
+        qmodel, t_quant = timed(lambda: quantize(graph, calib, load_quant_config(), progress=False))
+        compiled, t_lower = timed(lambda: compile_model(qmodel, hw))
+        total = t_trace + t_quant + t_lower
+        print(f"{name:<24}{t_trace:>9.2f}{t_quant:>12.2f}{t_lower:>9.2f}{len(compiled.program):>9}"
+              f"{total:>9.2f}{target:>10.1f}{total / target:>7.2f}   "
+              f"{'met' if total < target else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Random straight-line networks of every kind the back end lowers -- conv (k 1/3/5/7,
+stride 1-3, padding 0-3, channel counts off the array's multiples, relu or none, every
+rounding mode), maxpool, flatten + linear -- compiled for several array shapes and run on
+the ISS (and a sample on Verilator) bit for bit against the golden model."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hwq.compiler.ir import QLayer, QModel
+from hwq.compiler.lower import compile_model
+from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.config import load_hw_config
+from hwq.sim.golden import run_golden
+from hwq.sim.runner import first_mismatch, simulate
+
+CONFIGS = [load_hw_config(name) for name in ("default", "small", "tall")]
+
+
+def _out(size: int, k: int, s: int, p: int = 0) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@st.composite
+def graphs(draw) -> QModel:
+    """1-4 feature layers (conv or maxpool) on a small image, then maybe flatten + linear.
+    Fix positions and biases keep every accumulator well inside int32."""
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    c, h, w = draw(st.integers(1, 19)), draw(st.integers(3, 16)), draw(st.integers(3, 16))
+    shape, f, src, layers = (c, h, w), 4, "input", []
+    for i in range(draw(st.integers(1, 4))):
+        c, h, w = shape
+        if draw(st.booleans()) or min(h, w) < 2:
+            pad = draw(st.integers(0, 3))
+            k = draw(st.sampled_from([k for k in (1, 3, 5, 7) if k <= min(h, w) + 2 * pad]))
+            s, cout = draw(st.integers(1, 3)), draw(st.integers(1, 19))
+            act, mode = draw(st.sampled_from(["none", "relu"])), draw(st.sampled_from(sorted(ROUND_MODES)))
+            f_out = draw(st.integers(0, 5))
+            out = (cout, _out(h, k, s, pad), _out(w, k, s, pad))
+            layers.append(QLayer(f"conv{i}", "conv", src, shape, out, f, f_out,
+                                 weight=rng.integers(-128, 128, (cout, c, k, k)).astype(np.int8),
+                                 bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7,
+                                 stride=s, padding=pad, act=act, round_mode=mode,
+                                 lo=0 if act == "relu" else -128, hi=127))
+            f = f_out
+        else:
+            k = draw(st.integers(1, min(3, h, w)))
+            s = draw(st.integers(1, 3))
+            out = (c, _out(h, k, s), _out(w, k, s))
+            layers.append(QLayer(f"pool{i}", "maxpool", src, shape, out, f, f, kernel=k, stride=s))
+        shape, src = out, layers[-1].name
+    c, h, w = shape
+    if c * h * w <= 300 and draw(st.booleans()):
+        layers.append(QLayer("flat", "flatten", src, shape, (c * h * w, 1, 1), f, f))
+        cout = draw(st.integers(1, 12))
+        layers.append(QLayer("fc", "conv", "flat", (c * h * w, 1, 1), (cout, 1, 1), f, 2,
+                             weight=rng.integers(-128, 128, (cout, c * h * w, 1, 1)).astype(np.int8),
+                             bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7,
+                             round_mode=draw(st.sampled_from(sorted(ROUND_MODES)))))
+    return QModel("random", layers[0].in_shape, 4, layers)
+
+
+def check(qmodel: QModel, cfg, sim: str, seed: int) -> None:
+    x = np.random.default_rng(seed).integers(-128, 128, (1, *qmodel.input_shape)).astype(np.int8)
+    compiled = compile_model(qmodel, cfg)
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    result = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, sim=sim)
+    assert result.ok, result.status
+    golden = run_golden(qmodel, x)
+    assert first_mismatch(result, golden, list(golden), cfg.cols) is None
+
+
+@settings(max_examples=320, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(qmodel=graphs(), cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2 ** 16))
+def test_random_graph_iss_matches_golden(qmodel, cfg, seed):
+    check(qmodel, cfg, "iss", seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=5, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(qmodel=graphs(), cfg=st.sampled_from(CONFIGS[:2]), seed=st.integers(0, 2 ** 16))
+def test_random_graph_verilator_matches_golden(qmodel, cfg, seed):
+    check(qmodel, cfg, "verilator", seed)
