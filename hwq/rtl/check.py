@@ -3,38 +3,171 @@
 The extents are the ISA table's (`isa.Op.extents`), evaluated over the instruction
 register's fields as Amaranth values -- the same function the ISS evaluates over ints,
 so the two cannot disagree on what is out of range (status `address_range`).
+
+The extents multiply fields (counts by strides): one multiplier per product would be
+~15 wide multipliers, more DSP blocks than a small FPGA has for the whole accelerator
+(the iCE40UP5K has 8, the array itself needs rows x cols). So the products are
+scheduled onto MULTIPLIERS multipliers shared by all ops, STAGES cycles one after the
+other (a product of products waits a stage for its operand), each result registered;
+one more cycle registers the verdict. That is CHECK_CYCLES for every instruction, which
+hwq/sim/cycles.py counts.
+
+Every field, operand and product saturates at C = S + 1, S the largest memory's size:
+wherever an extent is accessed (`when`), its `last` is a sum of non-negative terms
+(first address, (count - 1) x stride, a tail), so `last >= size` for size <= S holds
+exactly when it holds with the values clamped -- a clamped term, even a clamped count
+minus one, alone reaches S -- and the ISA's `when` compares counts with 0 and `buf`
+with small codes, which clamping keeps. Where `when` is false the value does not matter.
+This keeps each multiplier within one DSP block and the sums as narrow as the addresses.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Value
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.decode import instr_layout
+from hwq.sim.cycles import CHECK_CYCLES
+
+MULTIPLIERS = 2
+STAGES = CHECK_CYCLES - 1
+
+
+class _Expr:
+    """A value of the extents under construction: an Amaranth value and the stage from
+    which it is valid (0: straight from the instruction register; s: after the products
+    of stage s - 1 are registered). Products of two such values are handed to `sched`."""
+
+    def __init__(self, value, ready: int, sched: "_Schedule"):
+        self.value, self.ready, self.sched = value, ready, sched
+
+    def _op(self, other, fn, swap=False):
+        if isinstance(other, _Expr):
+            ov, r = other.value, max(self.ready, other.ready)
+        else:
+            ov, r = other, self.ready
+        a, b = (ov, self.value) if swap else (self.value, ov)
+        return _Expr(fn(a, b), r, self.sched)
+
+    def __add__(self, o): return self._op(o, lambda a, b: a + b)
+    def __radd__(self, o): return self._op(o, lambda a, b: a + b, True)
+    def __sub__(self, o): return self._op(o, lambda a, b: a - b)
+    def __rsub__(self, o): return self._op(o, lambda a, b: a - b, True)
+    def __gt__(self, o): return self._op(o, lambda a, b: a > b)
+    def __eq__(self, o): return self._op(o, lambda a, b: a == b)
+    def __and__(self, o): return self._op(o, lambda a, b: a & b)
+    def __rand__(self, o): return self._op(o, lambda a, b: a & b, True)
+
+    def __mul__(self, o):
+        if not isinstance(o, _Expr):                 # by a constant: a few adders
+            return self._op(o, lambda a, b: a * b)
+        return self.sched.product(self, o)
+
+    __rmul__ = __mul__
+    __hash__ = None
+
+
+class _Schedule:
+    """Places one op's products into (stage, multiplier) slots, first fit in the order
+    the extents ask for them; the same product asked twice (LOAD's four targets) is
+    computed once."""
+
+    def __init__(self, regs, sat: int):
+        self.regs, self.sat = regs, sat              # regs[stage][j]: the product registers
+        self.slots: dict[tuple[int, int], tuple] = {}
+        self.seen: dict[str, _Expr] = {}
+
+    def product(self, a: _Expr, b: _Expr) -> _Expr:
+        key = " ".join(sorted((repr(a.value), repr(b.value))))
+        if key not in self.seen:
+            for s in range(max(a.ready, b.ready), STAGES):
+                free = [j for j in range(MULTIPLIERS) if (s, j) not in self.slots]
+                if free:
+                    break
+            else:
+                raise ValueError(f"the ISA's extents need more than {STAGES} stages of "
+                                 f"{MULTIPLIERS} multipliers; raise CHECK_CYCLES")
+            pair = sorted((_clamp(Value.cast(v.value), self.sat) for v in (a, b)), key=len)
+            self.slots[(s, free[0])] = tuple(pair)
+            self.seen[key] = _Expr(self.regs[s][free[0]], s + 1, self)
+        return self.seen[key]
+
+
+def _clamp(v: Value, sat: int) -> Value:
+    """min(v, sat), as narrow as that (a negative value is a count of 0 minus one, where
+    `when` is false)."""
+    n = sat.bit_length()
+    if v.shape().width <= n - (not v.shape().signed):
+        return v
+    c = Mux(v > sat, sat, v)
+    return c[:n + 1].as_signed() if v.shape().signed else c[:n]
+
+
+def _operand_shape(values):
+    """A signed shape that holds every value exactly."""
+    return signed(max(len(v) + (0 if v.shape().signed else 1) for v in values))
 
 
 class RangeCheck(wiring.Component):
     """`in_range` is low when the decoded op (one-hot `op`, isa.OPS order) touches an
-    address at or beyond its memory's size. Combinational: the top registers it."""
+    address at or beyond its memory's size. `run` is held high for CHECK_CYCLES cycles
+    (with `fields` and `op` steady); `in_range` is valid the cycle after, and `last` is
+    high in the last of them."""
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
         super().__init__({
             "fields": In(instr_layout()),
             "op": In(len(isa.OPS)),
+            "run": In(1),
+            "last": Out(1),
             "in_range": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        bad = []
+        sat = max(isa.memory_words(self.cfg, mem) for mem in ("dram", *isa.BUFFERS)) + 1
+        holders = [[Signal(range(-sat, sat + 1), name=f"p{s}_{j}") for j in range(MULTIPLIERS)]
+                   for s in range(STAGES)]
+        bad, plans = [], []
         for k, op in enumerate(isa.OPS):
+            sched = _Schedule(holders, sat)
             view = self.fields[op.name]
-            f = {fld.name: getattr(view, fld.name) for fld in op.fields}
+            f = {fld.name: _Expr(_clamp(Value.cast(getattr(view, fld.name)), sat), 0, sched)
+                 for fld in op.fields}
             for e in op.extents(f, self.cfg):
-                bad.append(self.op[k] & Value.cast(e.when)
-                           & (e.last >= isa.memory_words(self.cfg, e.memory)))
-        m.d.comb += self.in_range.eq(~Cat(*bad).any() if bad else 1)
+                last, when = (x.value if isinstance(x, _Expr) else x for x in (e.last, e.when))
+                # sizes are powers of two and `last` is not negative where it counts:
+                # last >= size is a non-zero high part, no comparator
+                size = isa.memory_words(self.cfg, e.memory)
+                bad.append(self.op[k] & Value.cast(when)
+                           & Value.cast(last)[size.bit_length() - 1:].any())
+            plans.append(sched.slots)
+
+        t = Signal(range(CHECK_CYCLES))
+        with m.If(self.run):
+            m.d.sync += t.eq(t + 1)
+        with m.Else():
+            m.d.sync += t.eq(0)
+        m.d.comb += self.last.eq(self.run & (t == CHECK_CYCLES - 1))
+
+        for j in range(MULTIPLIERS):
+            pairs = [(k, s, p) for k, slots in enumerate(plans) for (s, jj), p in slots.items()
+                     if jj == j]
+            if not pairs:
+                continue
+            a = Signal(_operand_shape([Value.cast(p[0]) for _, _, p in pairs]), name=f"mul{j}_a")
+            b = Signal(_operand_shape([Value.cast(p[1]) for _, _, p in pairs]), name=f"mul{j}_b")
+            for k, s, (pa, pb) in pairs:
+                with m.If(self.op[k] & (t == s)):
+                    m.d.comb += [a.eq(pa), b.eq(pb)]
+            prod = Signal(signed(len(a) + len(b)), name=f"mul{j}_p")
+            m.d.comb += prod.eq(a * b)
+            clamped = Mux(prod > sat, sat, Mux(prod < -sat, -sat, prod))
+            for s in range(STAGES):
+                with m.If(self.run & (t == s)):
+                    m.d.sync += holders[s][j].eq(clamped)
+        m.d.sync += self.in_range.eq(~Cat(*bad).any() if bad else 1)
         return m

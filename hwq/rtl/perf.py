@@ -14,6 +14,9 @@ Every run cycle is counted once in fetch or one unit, so those sum to `cycles`.
 from __future__ import annotations
 
 COUNTER_BITS = 64
+# what the counters hold: 2^40 cycles is 3 h at 100 MHz (macs get log2(rows x cols) more
+# bits); the ports stay COUNTER_BITS wide. 24 bits x 9 counters fewer is ~5% of an iCE40UP5K.
+RUN_BITS = 40
 UNIT_OF_OP = {"LOAD": "load", "STORE": "store", "GEMM": "gemm", "POST": "post",
               "MAXPOOL": "pool"}
 COUNTERS = ("cycles", "instructions", "macs", "fetch", *UNIT_OF_OP.values(), "stall_mem")

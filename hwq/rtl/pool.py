@@ -35,8 +35,11 @@ class PoolUnit(wiring.Component):
         oy, ox = Signal.like(a.out_h), Signal.like(a.out_w)
         ky, kx = Signal.like(a.k_h), Signal.like(a.k_w)
         rowb, pixb, winr, dptr = (Signal(A, name=n) for n in ("rowb", "pixb", "winr", "dptr"))
+        # stride * in_w by shift-and-add over the 4-bit stride: a few adders instead of
+        # a DSP block (the array needs every one a small FPGA has)
         row_step = Signal(A)
-        m.d.comb += row_step.eq(a.stride * a.in_w)
+        m.d.comb += row_step.eq(sum(Mux(a.stride[b], a.in_w << b, 0)
+                                    for b in range(len(a.stride))))
 
         s_valid, s_first, s_last = Signal(), Signal(), Signal()
         s_dst = Signal(A)

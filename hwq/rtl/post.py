@@ -15,7 +15,7 @@ Clamp: clip(v, lo, hi) == clip(sat8(v), lo, hi) for int8 lo, hi (np.clip: max th
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,19 +32,34 @@ CLAMP_BITS = _POST["lo"].bits
 INT8_MIN, INT8_MAX = -(1 << 7), (1 << 7) - 1
 
 
-def _sat(m, v, lo, hi, name):
+def _fits8(v):
+    """Whether signed v is an int8: its bits from 7 up are all copies of the sign (a few
+    LUTs, where comparing with -128 and 127 takes two carry chains)."""
+    top = v[7:]
+    return (top == 0) | (top == (1 << len(top)) - 1)
+
+
+def _sat8(m, v, name):
+    """v saturated to int8."""
     out = Signal(signed(8), name=name)
-    m.d.comb += out.eq(Mux(v < lo, lo, Mux(v > hi, hi, v)))
+    m.d.comb += out.eq(Mux(_fits8(v), v[:8], Mux(v[-1], INT8_MIN, INT8_MAX)))
     return out
 
 
 class RequantLanes(wiring.Component):
-    """`lanes` combinational requantizers sharing shift/round/lo/hi.
+    """`lanes` requantizers sharing shift/round/lo/hi, pipelined LATENCY cycles:
 
     y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift, round, lo, hi)
 
+    of the acc/bias presented LATENCY cycles earlier (shift, round, lo and hi held).
+    Stage 1 registers x = acc + bias; stage 2 registers the shifted value's low byte,
+    whether it fits int8 and the rounding decision; the output rounds and clamps with
+    8-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz.
+
     fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
+
+    LATENCY = 2
 
     def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None):
         self.lanes, self.acc_bits, self.fault = lanes, acc_bits, fault
@@ -72,13 +87,15 @@ class RequantLanes(wiring.Component):
         ]
         rs1 = Signal(range(1 << (SHIFT_BITS - 1)), name="rs1")
         m.d.comb += rs1.eq(rs - 1)
-        # sticky mask: bits s-2..0
-        mask = Signal(unsigned(1 << (SHIFT_BITS - 1)), name="sticky_mask")
-        m.d.comb += mask.eq((1 << rs1) - 1)
+        # sticky mask: bits s-2..0, bit i set when i < s - 1 (a function of rs per bit)
+        mask = Signal(W, name="sticky_mask")
+        m.d.comb += mask.eq(Cat(rs > i + 1 for i in range(W)))
         mode = self.round
         for k in range(self.lanes):
+            # ---- stage 1: the sum ----
             x = Signal(signed(W), name=f"x{k}")
-            m.d.comb += x.eq((self.acc[k] + self.bias[k])[:W])
+            m.d.sync += x.eq((self.acc[k] + self.bias[k])[:W])
+            # ---- stage 2: shift, round decision, int8 fit ----
             floor = Signal(signed(W), name=f"floor{k}")
             rbit = Signal(name=f"rbit{k}")
             sticky = Signal(name=f"sticky{k}")
@@ -97,12 +114,27 @@ class RequantLanes(wiring.Component):
                     m.d.comb += up.eq(rbit & (sticky | floor[0]))
                 with m.Case(ROUND_MODES["std_round"]):
                     m.d.comb += up.eq(rbit & (sticky | (x >= 0)))
-            rounded = Signal(signed(W + 1), name=f"rounded{k}")
-            m.d.comb += rounded.eq(floor + up)
-            x8 = _sat(m, x, INT8_MIN, INT8_MAX, f"x8_{k}")
+            # the right-shift result floor + up, or the left-shifted sat8(x), as an int8
+            # candidate `v` (low byte), whether it fits, and its sign if it does not
+            v = Signal(signed(8), name=f"v{k}")
+            v_up = Signal(name=f"v_up{k}")
+            v_fits = Signal(name=f"v_fits{k}")
+            v_neg = Signal(name=f"v_neg{k}")
+            x8 = _sat8(m, x, f"x8_{k}")
+            with m.If(right):
+                m.d.sync += [v.eq(floor[:8]), v_up.eq(up), v_fits.eq(_fits8(floor)),
+                             v_neg.eq(floor[-1])]
+            with m.Else():
+                m.d.sync += [v.eq(x8), v_up.eq(0), v_fits.eq(1), v_neg.eq(x8[-1])]
+            # ---- output: round (floor <= 127 fits, so +1 overflows only at 127), left
+            # shift and saturate, clamp ----
+            rounded = Signal(signed(8), name=f"rounded{k}")
+            m.d.comb += rounded.eq(Mux(v_fits,
+                                       Mux(v_up & (v == INT8_MAX), INT8_MAX, v + v_up),
+                                       Mux(v_neg, INT8_MIN, INT8_MAX)))
             shl = Signal(signed(8 + 8), name=f"shl{k}")
-            m.d.comb += shl.eq(x8 << ls)
-            v8 = _sat(m, Mux(right, rounded, shl), INT8_MIN, INT8_MAX, f"v8_{k}")
+            m.d.comb += shl.eq(rounded << Mux(right, 0, ls))
+            v8 = _sat8(m, shl, f"v8_{k}")
             # np.clip(v, lo, hi) = min(max(v, lo), hi)
             lo_d = Signal(signed(8), name=f"lo_d{k}")
             m.d.comb += lo_d.eq(Mux(v8 < self.lo, self.lo, v8))
@@ -113,9 +145,9 @@ class RequantLanes(wiring.Component):
 class PostUnit(wiring.Component):
     """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias]) for j < n.
 
-    Timeline (cycle 0 = start): cycle 0 reads bbuf[bias] (held for the whole
-    instruction); cycles 1..n read abuf[acc + j]; each result is written to obuf a cycle
-    later; done in cycle n + 1 (with the last write).
+    Timeline (cycle 0 = start, L = RequantLanes.LATENCY): cycle 0 reads bbuf[bias] (held
+    for the whole instruction); cycles 1..n read abuf[acc + j]; each result is written to
+    obuf 1 + L cycles later; done in cycle n + 1 + L (with the last write; n = 0 too).
     """
 
     def __init__(self, cfg, fault: str | None = None):
@@ -132,34 +164,41 @@ class PostUnit(wiring.Component):
         m = Module()
         a, C = self.args, self.cfg.cols
         m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault)
+        L = 1 + RequantLanes.LATENCY                 # abuf read to obuf write
         j = Signal.like(a.n)
         aptr = Signal(isa.SRAM_ADDR_BITS)
         optr = Signal(isa.SRAM_ADDR_BITS)
-        s_valid = Signal()
-        s_out = Signal(isa.SRAM_ADDR_BITS)
-        m.d.sync += s_valid.eq(0)
+        # the write's valid and address, L cycles behind the read
+        valid = [Signal(name=f"s_valid{k}") for k in range(L)]
+        dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
+        issue = Signal()
+        m.d.sync += [valid[0].eq(issue), dst[0].eq(optr)]
+        m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, L)]
+        m.d.sync += [dst[k].eq(dst[k - 1]) for k in range(1, L)]
         m.d.comb += [
             lanes.acc.eq(self.abuf.data), lanes.bias.eq(self.bbuf.data),
             lanes.shift.eq(a.shift), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
             lanes.hi.eq(a.hi),
-            self.obuf.en.eq(s_valid), self.obuf.addr.eq(s_out), self.obuf.data.eq(lanes.y),
+            self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(lanes.y),
         ]
+        drain = Signal(range(L + 1))
         with m.FSM(name="post"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a.bias)]
-                    m.d.sync += [j.eq(0), aptr.eq(a.acc), optr.eq(a.out)]
+                    m.d.sync += [j.eq(0), aptr.eq(a.acc), optr.eq(a.out), drain.eq(L - 1)]
                     with m.If(a.n == 0):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.abuf.en.eq(1), self.abuf.addr.eq(aptr)]
-                m.d.sync += [aptr.eq(aptr + 1), optr.eq(optr + 1), j.eq(j + 1),
-                             s_valid.eq(1), s_out.eq(optr)]
+                m.d.comb += [self.abuf.en.eq(1), self.abuf.addr.eq(aptr), issue.eq(1)]
+                m.d.sync += [aptr.eq(aptr + 1), optr.eq(optr + 1), j.eq(j + 1)]
                 with m.If(j == a.n - 1):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
         return m

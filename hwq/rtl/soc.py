@@ -23,7 +23,7 @@ LEDs (as many as the board has): 0 busy, 1 done, 2 the last run stopped with an 
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -48,6 +48,40 @@ def ident_bytes(cfg: HwConfig) -> bytes:
             + bytes([cfg.bus_bytes, cfg.dram_words.bit_length() - 1]))
 
 
+class SinglePortRam(wiring.Component):
+    """`depth` words of `width` bits behind one address: `rdata` is the word at last
+    cycle's `addr` unless last cycle wrote (`we`), in which case it holds -- what a
+    single-port RAM does. On an iCE40 with SPRAM and 16-bit lanes it is SB_SPRAM256KA
+    blocks side by side (yosys will not infer them for a memory that Amaranth gives an
+    initial value, even all zeros); elsewhere a Memory, which becomes block RAM."""
+
+    SPRAM_WORDS, SPRAM_BITS, SPRAMS = 16384, 16, 4       # the iCE40UP5K's
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"addr": In(range(depth)), "we": In(1), "wdata": In(width),
+                          "rdata": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self.width // self.SPRAM_BITS
+        if (getattr(platform, "device", "").startswith("iCE40UP")
+                and self.width % self.SPRAM_BITS == 0 and lanes <= self.SPRAMS
+                and self.depth <= self.SPRAM_WORDS):
+            for k in range(lanes):
+                sl = slice(k * self.SPRAM_BITS, (k + 1) * self.SPRAM_BITS)
+                m.submodules[f"spram{k}"] = Instance(
+                    "SB_SPRAM256KA", i_ADDRESS=self.addr, i_DATAIN=self.wdata[sl],
+                    i_MASKWREN=0b1111, i_WREN=self.we, i_CHIPSELECT=1, i_CLOCK=ClockSignal(),
+                    i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=self.rdata[sl])
+            return m
+        m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        m.d.comb += [wr.addr.eq(self.addr), rd.addr.eq(self.addr), wr.en.eq(self.we),
+                     wr.data.eq(self.wdata), rd.en.eq(~self.we), self.rdata.eq(rd.data)]
+        return m
+
+
 class Soc(wiring.Component):
     """`divisor`: clock cycles per UART bit (clock frequency / baud rate)."""
 
@@ -66,25 +100,22 @@ class Soc(wiring.Component):
         m.submodules.tx = tx = UartTx(self.divisor)
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
 
-        # ---- DRAM: one address for both ports, so that a single-port RAM (iCE40 SPRAM)
-        # can hold it ----
-        m.submodules.dram = dram = Memory(shape=unsigned(B), depth=cfg.dram_words, init=[])
-        wr = dram.write_port()
-        rd = dram.read_port()
+        # ---- DRAM: one port (the host or the accelerator); a read holds its data
+        # through a write ----
+        m.submodules.dram = dram = SinglePortRam(B, cfg.dram_words)
         host_re, host_we = Signal(), Signal()
         host_addr = Signal(acc.A)
         host_wdata = Signal(B)
         host_busy = Signal()
         m.d.comb += [host_busy.eq(host_re | host_we), acc.mem.ready.eq(~host_busy),
-                     acc.mem.rdata.eq(rd.data)]
+                     acc.mem.rdata.eq(dram.rdata)]
         with m.If(host_busy):
-            m.d.comb += [wr.addr.eq(host_addr), rd.addr.eq(host_addr),
-                         wr.en.eq(host_we), wr.data.eq(host_wdata)]
+            m.d.comb += [dram.addr.eq(host_addr), dram.we.eq(host_we),
+                         dram.wdata.eq(host_wdata)]
         with m.Else():
-            m.d.comb += [wr.addr.eq(acc.mem.addr), rd.addr.eq(acc.mem.addr),
-                         wr.en.eq(acc.mem.we), wr.data.eq(acc.mem.wdata)]
-        # a write does not read: the read data holds, as a single-port RAM's does
-        m.d.comb += rd.en.eq(~wr.en)
+            m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
+                         dram.wdata.eq(acc.mem.wdata)]
+        rd = dram.rdata
 
         # ---- status LEDs ----
         m.d.comb += self.leds.eq(Cat(acc.busy, acc.done, acc.done & (acc.status != 0)))
@@ -172,7 +203,7 @@ class Soc(wiring.Component):
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
                 m.next = "READ_DATA"
             with m.State("READ_DATA"):
-                send(m, rd.data, cfg.bus_bytes, then=TO_READ)
+                send(m, rd, cfg.bus_bytes, then=TO_READ)
             with m.State("SEND"):
                 m.d.comb += tx.data.valid.eq(nout != 0)
                 with m.If(nout == 0):

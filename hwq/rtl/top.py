@@ -17,8 +17,8 @@ Ports (Verilog names in brackets):
                           (`<buf>_addr`, `<buf>_en`, `<buf>_data`); nothing reads them
 
 Per instruction: FETCH issues the instr_words reads (one a cycle), FETCH_WAIT takes the
-last word, CHECK registers whether the instruction's extents fit the memories (see
-hwq/rtl/check.py), DISPATCH decodes the instruction register (END, illegal opcodes and
+last word, CHECK computes in CHECK_CYCLES whether the instruction's extents fit the
+memories (see hwq/rtl/check.py), DISPATCH decodes the instruction register (END, illegal opcodes and
 out-of-range instructions stop here) and starts the unit, EXEC waits for the unit's
 done; the next fetch begins the cycle after.
 
@@ -40,7 +40,7 @@ from hwq.rtl.decode import Decoder, args_of, op_index
 from hwq.rtl.dma import LoadUnit, StoreUnit, dram_addr_bits
 from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.pe import ACC_BITS
-from hwq.rtl.perf import COUNTER_BITS, COUNTERS, UNIT_OF_OP, perf_layout
+from hwq.rtl.perf import COUNTER_BITS, COUNTERS, RUN_BITS, UNIT_OF_OP, perf_layout
 from hwq.rtl.pool import PoolUnit
 from hwq.rtl.ports import DramPort
 from hwq.rtl.post import PostUnit
@@ -194,19 +194,21 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.pc.eq(pc), f_addr.eq(pc + k)]
 
         m.d.comb += self.busy.eq(0)
+        cycles = Signal(RUN_BITS)
+        macs = Signal(RUN_BITS + (R * C - 1).bit_length())
+        m.d.comb += [self.cycles.eq(cycles), self.macs.eq(macs)]
         with m.If(self.busy):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
+            m.d.sync += cycles.eq(cycles + 1)
         with m.If(gemm.vector):
-            m.d.sync += self.macs.eq(self.macs + R * C)
+            m.d.sync += macs.eq(macs + R * C)
 
         unit_done = Signal()
         m.d.comb += unit_done.eq(Cat(u.done for u in units.values()).any())
         legal = {name: dec.op[op_index(name)] for name in units}
-        in_range = Signal()                  # CHECK's verdict on the instruction register
         running = Signal(len(units))         # one-hot: the unit started by the last dispatch
 
         # ---- performance counters (hwq/rtl/perf.py) ----
-        count = {name: Signal(COUNTER_BITS, name=f"perf_{name}") for name in COUNTERS
+        count = {name: Signal(RUN_BITS, name=f"perf_{name}") for name in COUNTERS
                  if name not in ("cycles", "macs")}
         in_fetch = Signal()                  # FETCH .. DISPATCH
         m.d.comb += [self.perf.cycles.eq(self.cycles), self.perf.macs.eq(self.macs)]
@@ -228,7 +230,7 @@ class Accelerator(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.start_pc), k.eq(0), self.done.eq(0),
                                  self.status.eq(isa.STATUS["ok"]),
-                                 self.cycles.eq(0), self.macs.eq(0)]
+                                 cycles.eq(0), macs.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += [self.busy.eq(1), in_fetch.eq(1), f_re.eq(1)]
@@ -241,16 +243,16 @@ class Accelerator(wiring.Component):
                 with m.If(f_valid):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += [self.busy.eq(1), in_fetch.eq(1)]
-                m.d.sync += in_range.eq(chk.in_range)
-                m.next = "DISPATCH"
+                m.d.comb += [self.busy.eq(1), in_fetch.eq(1), chk.run.eq(1)]
+                with m.If(chk.last):
+                    m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.d.comb += [self.busy.eq(1), in_fetch.eq(1)]
                 with m.If(~dec.legal):
                     m.d.comb += self.trace.retire.eq(1)
                     m.d.sync += [self.done.eq(1), self.status.eq(isa.STATUS["illegal_opcode"])]
                     m.next = "IDLE"
-                with m.Elif(~in_range):
+                with m.Elif(~chk.in_range):
                     m.d.comb += self.trace.retire.eq(1)
                     m.d.sync += [self.done.eq(1), self.status.eq(isa.STATUS["address_range"])]
                     m.next = "IDLE"
