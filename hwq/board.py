@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 from amaranth.hdl import Elaboratable
 
-from hwq.config import REPO_ROOT, HwConfig, load_hw_config
+from hwq.config import REPO_ROOT, HwConfig, load_hw_config, read_named_yaml
 from hwq.errors import HwqError
 
 BOARD_DIR = REPO_ROOT / "boards"
@@ -93,16 +92,7 @@ class Board:
 
 
 def load_board(name_or_path: str | Path) -> Board:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = BOARD_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise HwqError(f"board '{name_or_path}' not found (looked for {path}); "
-                       f"available: {', '.join(available_boards())}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HwqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    path, data = read_named_yaml(name_or_path, BOARD_DIR, "board")
     b = data.get("board")
     if not isinstance(b, dict) or "hardware" not in data:
         raise HwqError(f"{path}: a board file needs a 'board:' and a 'hardware:' section")

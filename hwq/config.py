@@ -104,19 +104,27 @@ class HwConfig:
         return cls(**data)
 
 
-def load_hw_config(name_or_path: str | Path = "default") -> HwConfig:
-    """Load `configs/<name>.yaml` or a YAML file path; a board file's `hardware:` section
-    is accepted too."""
+def read_named_yaml(name_or_path: str | Path, directory: Path, what: str) -> tuple[Path, dict]:
+    """`<directory>/<name>.yaml`, or a YAML file path: its path and its mapping."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = directory / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise HwqError(f"hardware config '{name_or_path}' not found (looked for {path}); "
-                       f"available: {', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.yaml')))}")
+        raise HwqError(f"{what} '{name_or_path}' not found (looked for {path}); "
+                       f"available: {', '.join(p.stem for p in sorted(directory.glob('*.yaml')))}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise HwqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise HwqError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    return path, data
+
+
+def load_hw_config(name_or_path: str | Path = "default") -> HwConfig:
+    """Load `configs/<name>.yaml` or a YAML file path; a board file's `hardware:` section
+    is accepted too."""
+    path, data = read_named_yaml(name_or_path, CONFIG_DIR, "hardware config")
     data = data.get("hardware", data)
     data.setdefault("name", path.stem)
     return HwConfig.from_dict(data, source=str(path))
