@@ -111,7 +111,7 @@ def _hashes(pkg: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("board", ["orangecrab-25f", "icebreaker"])
+@pytest.mark.parametrize("board", ["orangecrab-25f", "icebreaker", "ulx3s-85f"])
 def test_bitstream_package(capsys, tmp_path, board):
     a, b = tmp_path / "a.hwq", tmp_path / "b.hwq"
     code, _, err = run(capsys, "compile", *LENET, "--board", board, "-o", a, "-q", "--zip",
