@@ -64,7 +64,7 @@ def boundaries(compiled) -> list[tuple[str, int]]:
 
 
 def rtl_layer_cycles(compiled, x_q, sim: str) -> dict[str, int]:
-    cfg, bus = compiled.cfg, compiled.cfg.bus_bytes
+    cfg = compiled.cfg
     end_word = isa.to_bytes([isa.Instr.make("END")])
     prog = compiled.program_bytes
     at = lambda i: compiled.start_pc + i * cfg.instr_words  # noqa: E731

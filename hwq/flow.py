@@ -22,7 +22,7 @@ from hwq.compiler.ir import Graph, QModel
 from hwq.compiler.lower import Compiled, compile_model
 from hwq.compiler.quant.calibrate import quantize
 from hwq.compiler.quant.config import load_quant_config
-from hwq.config import HwConfig, load_hw_config
+from hwq.config import load_hw_config
 from hwq.errors import HwqError, MismatchError
 from hwq.package import Package, check_hardware, open_package, write_package
 from hwq.reports import compile_report

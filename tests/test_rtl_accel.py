@@ -99,8 +99,8 @@ def _compare(cfg, jobs, sim, image=b"", **kw):
 def conv_program(cfg, H, W, shift, mode, lo, hi):
     """A 3x3 'same' convolution of an H x W x rows image to cols channels, then bias,
     requantization, 2x2 max-pool and stores; the input load pads one pixel all round."""
-    R, C, bus = cfg.rows, cfg.cols, cfg.bus_bytes
-    Ei, Ew, Eb = cfg.entry_words("ibuf"), cfg.entry_words("wbuf"), cfg.entry_words("bbuf")
+    R, C = cfg.rows, cfg.cols
+    Ei, Ew = cfg.entry_words("ibuf"), cfg.entry_words("wbuf")
     x_at, w_at = DATA, DATA + H * W * Ei
     b_at = w_at + 9 * R * Ew
     Wp = W + 2
@@ -448,7 +448,7 @@ def test_run_rtl_api(tmp_path, capsys):
     progress lines go to stderr; simulate_program runs a list of instructions."""
     from hwq.sim.rtl_sim import simulate_program
     cfg = load_hw_config("small")            # 4-byte words
-    nw, bus = cfg.dram_words, cfg.bus_bytes
+    nw = cfg.dram_words
     image = bytearray(16) + bytes(range(1, 41))        # words 4..13 hold 1..40
     image += bytes(80 - len(image)) + isa.to_bytes([I("END")])   # the program at word 20
     jobs = [

@@ -284,13 +284,42 @@ def _random_load(cfg, rng):
             return ins
 
 
+async def _run_dma(ctx, dut, ins, rng, stall, each_cycle) -> int:
+    """Start a DMA unit on `ins` and clock it to `done`, with the memory dropping `ready`
+    on random cycles when `stall`; `each_cycle(ready)` plays the memory and the buffer
+    before each edge. Returns the cycles from start to done."""
+    ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    cycles = 1
+    while True:
+        ready = int(rng.random() < 0.6) if stall else 1
+        ctx.set(dut.dram.ready, ready)
+        each_cycle(ready)
+        done = ctx.get(dut.done)
+        await ctx.tick()
+        if done:
+            return cycles
+        cycles += 1
+        assert cycles < 5000
+
+
+def _dma_verdict(cfg, ins, same: bool, cycles: int, stall: bool, failures: list) -> None:
+    from hwq.sim import cycles as cycle_model
+    if not same:
+        failures.append((isa.format_instr(ins), "data"))
+    expect = cycle_model.instr_cycles(ins, cfg) - cycle_model.fetch_cycles(cfg)
+    if not stall and cycles != expect:
+        failures.append((isa.format_instr(ins), cycles, expect))
+
+
 @pytest.mark.parametrize("stall", [False, True], ids=["ready", "backpressure"])
 def test_load_unit(stall):
     """LoadUnit: strides (0 included), every padding, entries of 1..16 bus words, with the
     memory dropping `ready` on random cycles; the buffer contents equal the ISS's and,
     without back-pressure, the cycle count equals the cycle model's."""
     from hwq.rtl.dma import LoadUnit
-    from hwq.sim import cycles as cycle_model
     from hwq.sim.iss import Machine
     cfg = _dma_cfg()
     rng = random.Random(11 + stall)
@@ -305,36 +334,23 @@ def test_load_unit(stall):
             name = isa.LOAD_TARGETS[ins["buf"]]
             m = Machine(cfg, dram.tobytes())
             model = m.buf[name].copy().view(np.uint8).reshape(m.buf[name].shape[0], -1)
-            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            cycles, pending = 1, 0
-            while True:
-                ready = int(rng.random() < 0.6) if stall else 1
-                ctx.set(dut.dram.ready, ready)
-                ctx.set(dut.dram.rdata, pending)
+            pending = [0]
+
+            def memory(ready):
+                ctx.set(dut.dram.rdata, pending[0])
                 en, addr, data = ctx.get(dut.wr.en), ctx.get(dut.wr.addr), ctx.get(dut.wr.data)
                 for k in range(cfg.entry_words(name)):
                     if en >> k & 1:
                         model[addr, k * B:(k + 1) * B] = np.frombuffer(
                             ((data >> (8 * B * k)) & ((1 << 8 * B) - 1)).to_bytes(B, "little"), np.uint8)
-                done = ctx.get(dut.done)
                 if ctx.get(dut.dram.re) and ready:
                     a = ctx.get(dut.dram.addr)
-                    pending = int.from_bytes(dram[a * B:(a + 1) * B].tobytes(), "little")
-                await ctx.tick()
-                if done:
-                    break
-                cycles += 1
-                assert cycles < 5000
+                    pending[0] = int.from_bytes(dram[a * B:(a + 1) * B].tobytes(), "little")
+
+            cycles = await _run_dma(ctx, dut, ins, rng, stall, memory)
             m.LOAD(**ins.fields)
             want = m.buf[name].view(np.uint8).reshape(model.shape)
-            if not np.array_equal(model, want):
-                failures.append((isa.format_instr(ins), "data"))
-            expect = cycle_model.instr_cycles(ins, cfg) - cycle_model.fetch_cycles(cfg)
-            if not stall and cycles != expect:
-                failures.append((isa.format_instr(ins), cycles, expect))
+            _dma_verdict(cfg, ins, np.array_equal(model, want), cycles, stall, failures)
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 
@@ -344,7 +360,6 @@ def test_store_unit(stall):
     """StoreUnit: strides (0: the last write wins), multi-word entries, back-pressure;
     DRAM after the run equals the ISS's."""
     from hwq.rtl.dma import StoreUnit
-    from hwq.sim import cycles as cycle_model
     from hwq.sim.iss import Machine
     cfg = _dma_cfg()
     rng = random.Random(21 + stall)
@@ -365,31 +380,18 @@ def test_store_unit(stall):
             m = Machine(cfg, b"")
             m.buf["obuf"][:] = obuf
             dram = m.dram.copy()
-            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            cycles, rdata = 1, 0
-            while True:
-                ready = int(rng.random() < 0.6) if stall else 1
-                ctx.set(dut.dram.ready, ready)
-                ctx.set(dut.rd.data, rdata)
+            rdata = [0]
+
+            def memory(ready):
+                ctx.set(dut.rd.data, rdata[0])
                 if ctx.get(dut.dram.we) and ready:
                     a, w = ctx.get(dut.dram.addr), ctx.get(dut.dram.wdata)
                     dram[a * B:(a + 1) * B] = np.frombuffer(w.to_bytes(B, "little"), np.uint8)
-                done = ctx.get(dut.done)
                 if ctx.get(dut.rd.en):
-                    rdata = int.from_bytes(obuf[ctx.get(dut.rd.addr)].tobytes(), "little")
-                await ctx.tick()
-                if done:
-                    break
-                cycles += 1
-                assert cycles < 5000
+                    rdata[0] = int.from_bytes(obuf[ctx.get(dut.rd.addr)].tobytes(), "little")
+
+            cycles = await _run_dma(ctx, dut, ins, rng, stall, memory)
             m.STORE(**ins.fields)
-            if not np.array_equal(dram, m.dram):
-                failures.append((isa.format_instr(ins), "data"))
-            expect = cycle_model.instr_cycles(ins, cfg) - cycle_model.fetch_cycles(cfg)
-            if not stall and cycles != expect:
-                failures.append((isa.format_instr(ins), cycles, expect))
+            _dma_verdict(cfg, ins, np.array_equal(dram, m.dram), cycles, stall, failures)
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
