@@ -32,7 +32,7 @@ from hwq.compiler.lower import compile_model  # noqa: E402
 from hwq.compiler.quant.calibrate import quantize  # noqa: E402
 from hwq.compiler.quant.config import load_quant_config  # noqa: E402
 from hwq.config import load_hw_config  # noqa: E402
-from hwq.sim.cycles import instr_cycles  # noqa: E402
+from hwq.sim.cycles import fetch_cycles, instr_cycles  # noqa: E402
 from hwq.sim.golden import quantize_input  # noqa: E402
 from hwq.sim.rtl_sim import run_rtl  # noqa: E402
 
@@ -86,7 +86,7 @@ def rtl_layer_cycles(compiled, x_q, sim: str) -> dict[str, int]:
 
 def model_breakdown(compiled) -> dict[str, dict[str, int]]:
     cfg = compiled.cfg
-    base = isa.INSTR_BITS // (8 * cfg.bus_bytes) + 2
+    base = fetch_cycles(cfg)
     out = defaultdict(lambda: defaultdict(int))
     for layer, instr in zip(compiled.layer_of, compiled.program):
         n = instr_cycles(instr, cfg)

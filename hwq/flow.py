@@ -291,20 +291,10 @@ def debug_package(path, sim: str = "verilator", image: int = 0, waves: bool = Tr
     if not 0 <= image < len(x):
         raise HwqError(f"{pkg.path} carries {len(x)} reference images; --image {image} is not one")
     inp = pkg.tensors()["input"]
-    notes = _asm_notes((pkg.path / "program.asm").read_text())
+    notes = isa.disassembly_notes((pkg.path / "program.asm").read_text())
     return first_divergence(pkg.cfg, pkg.image(), pkg.start_pc,
                             [(inp.region.word, inp.pack(x[image:image + 1]))], sim=sim,
                             notes=notes, waves=waves)
-
-
-def _asm_notes(asm: str) -> dict[int, str]:
-    """instruction index -> the compiler's note, from program.asm (isa.disassemble)."""
-    notes = {}
-    for line in asm.splitlines():
-        head, sep, note = line.partition(";")
-        if sep and ":" in head and not head.split(":")[1].strip().startswith(".word"):
-            notes[int(head.split(":")[0])] = note.strip()
-    return notes
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

@@ -59,3 +59,9 @@ def test_field_range_is_checked():
 def test_isa_reference_page_is_fresh():
     page = (ROOT / "docs" / "isa.md").read_text()
     assert page == isa.reference_markdown(), "docs/isa.md is stale: run 'make docs'"
+
+
+def test_disassembly_notes_round_trip():
+    program = [isa.Instr.make("END"), isa.Instr.make("END")]
+    notes = {1: "conv1: rows 0..7 output block 0"}
+    assert isa.disassembly_notes(isa.disassemble(isa.to_bytes(program), notes)) == notes

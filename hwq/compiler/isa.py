@@ -355,6 +355,17 @@ def disassemble(blob: bytes, comments: dict[int, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def disassembly_notes(text: str) -> dict[int, str]:
+    """The `comments` a disassembly was written with: instruction index -> note."""
+    notes = {}
+    for line in text.splitlines():
+        head, sep, note = line.partition(";")
+        index, colon, rest = head.partition(":")
+        if sep and colon and not rest.strip().startswith(".word"):
+            notes[int(index)] = note.strip()
+    return notes
+
+
 def assemble(text: str) -> list[Instr]:
     """Inverse of format_instr, one instruction a line; `;` starts a comment and a
     leading `N: hexword` (disassembler output) is skipped."""
