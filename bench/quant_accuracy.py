@@ -6,8 +6,10 @@ Four models trained for a few seconds on scikit-learn's digits (nothing download
 example LeNet, a residual net, a depthwise-separable ReLU6 net and a wide MLP. Fixed
 split: calibration = the first 256 training images, evaluation = the 360 test images.
 Rows: hwq post-training quantization with each calibration method (integer golden model),
-hwq QAT (fine-tuned from max-min PTQ by distillation from the float logits, exported
-and run on golden), and torch.ao FX
+max-min PTQ followed by fast finetune (AdaQuant, 300 steps per layer on the calibration
+images), k-means weight clustering (k=16, tuned 200 steps on the calibration images) then
+max-min PTQ, hwq QAT (fine-tuned from max-min PTQ by distillation from the float logits,
+exported and run on golden), and torch.ao FX
 post-training int8 (fbgemm: per-channel weights, float scales, histogram activations).
 Columns: top-1 accuracy, top-1 agreement with float, SQNR of the logits against float.
 """
@@ -25,6 +27,7 @@ from hwq.compiler.datasets import digits_split
 from torch_ao import torch_ao_int8
 from hwq.compiler.frontend import trace
 from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.cluster import bits_per_weight, compression
 from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.qat import train_qat
 from hwq.compiler.quant.report import sqnr_db
@@ -92,12 +95,14 @@ class WideMLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def _config(method: str | None = None):
+def _config(method: str | None = None, **top):
+    """The default config with every tensor's method set to `method`, and top-level fields."""
     data = load_quant_config().as_dict()
     if method:
         for t in ("input", "weights", "activation"):
             data["tensor_quantize_config"][t]["method"] = method
-    return parse_quant_config(data, f"bench {method or 'default'}")
+    data.update(top)
+    return parse_quant_config(data, f"bench {method or 'default'} {top or ''}")
 
 
 def _measure(name, logits, float_logits, y):
@@ -126,6 +131,12 @@ def bench_model(name, model, data):
     for method in METHODS:
         qmodel = quantize(graph, x_calib, _config(method), progress=False, hardware=False)
         rows.append(_measure(f"hwq po2 PTQ {method}", _golden_logits(qmodel, x_test), float_logits, y_test))
+    tuned = quantize(graph, x_calib, _config(fast_finetune=True), progress=False, hardware=False)
+    rows.append(_measure("hwq po2 PTQ + fast finetune", _golden_logits(tuned, x_test), float_logits, y_test))
+    clustered = quantize(graph, x_calib, _config(weight_clustering=True, weight_clusters=16),
+                         progress=False, hardware=False)
+    rows.append(_measure("hwq k-means k=16 + po2 PTQ", _golden_logits(clustered, x_test), float_logits, y_test))
+    rows[-1]["bits"] = bits_per_weight(compression(clustered))
     config = _config()
     ptq = quantize(graph, x_calib, config, progress=False, hardware=False)
     # distillation from the float model: QAT then optimises fidelity (agreement, SQNR)
@@ -149,11 +160,13 @@ def main() -> None:
     for name, model in models:
         rows = bench_model(name, model, data)
         print(f"\n{name}  (float top-1 {100 * rows[0]['acc']:.2f}% on {len(data[3])} test digits)")
-        print(f"  {'':<24} {'top-1':>7} {'agree':>7} {'SQNR dB':>8}")
+        print(f"  {'':<28} {'top-1':>7} {'agree':>7} {'SQNR dB':>8}")
         for r in rows[1:]:
-            print(f"  {r['row']:<24} {100 * r['acc']:>6.2f}% {100 * r['agree']:>6.2f}% {r['sqnr']:>8.2f}")
+            bits = (f"  ({r['bits']:.2f} bits/weight, {8 / r['bits']:.2f}x smaller than int8)"
+                    if "bits" in r else "")
+            print(f"  {r['row']:<28} {100 * r['acc']:>6.2f}% {100 * r['agree']:>6.2f}% {r['sqnr']:>8.2f}{bits}")
         by = {r["row"]: r for r in rows}
-        ptq = [r for r in rows if r["row"].startswith("hwq po2 PTQ")]
+        ptq = [by[f"hwq po2 PTQ {method}"] for method in METHODS]   # the calibration methods alone
         best = max(ptq, key=lambda r: r["sqnr"])
         ao, qat = by["torch.ao fbgemm PTQ"], by["hwq po2 QAT"]
         if name == "lenet":

@@ -4,20 +4,23 @@
     .venv/bin/python bench/utilization.py [--sim verilator|icarus] [--skip-resnet]
 
 Utilization = useful MACs / (rows * cols * cycles); the physical limit is 100%. Per-layer
-RTL cycles are measured, not modelled: the program runs once per layer boundary with an
-END written over the first instruction of the next layer, and consecutive totals are
-subtracted. The loss columns split the modelled cycles of each layer into what the
-array streams (`stream`), its fill and drain per GEMM, instruction fetch and dispatch,
-DMA (LOAD/STORE) and POST/MAXPOOL, none of which overlap in this version of the RTL,
-and `pad`, streamed lanes that carry channel padding.
+cycles are measured, not modelled: the program runs once per layer boundary with an END
+written over the first instruction of the next layer, and consecutive totals are
+subtracted (the ISS column does the same with the cycle model). The units overlap, so
+the rest of a layer's cycles do not split into additive losses; the columns after the
+utilization show the array's other streamed cycles (`pad`: lanes that carry channel
+padding) and how the front end spent the layer's cycles: fetching and checking
+instructions (`fetch`), and holding an instruction back because its unit was busy
+(`unit`: mostly the array, which is the point), a port was in use (`port`) or a data
+hazard held (`data`).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from hwq.compiler.lower import compile_model  # noqa: E402
 from hwq.compiler.quant.calibrate import quantize  # noqa: E402
 from hwq.compiler.quant.config import load_quant_config  # noqa: E402
 from hwq.config import load_hw_config  # noqa: E402
-from hwq.sim.cycles import fetch_cycles, instr_cycles  # noqa: E402
+from hwq.sim.cycles import Timeline  # noqa: E402
 from hwq.sim.golden import quantize_input  # noqa: E402
 from hwq.sim.rtl_sim import run_rtl  # noqa: E402
 
@@ -84,23 +87,27 @@ def rtl_layer_cycles(compiled, x_q, sim: str) -> dict[str, int]:
     return {layer: totals[k + 1] - totals[k] for k, (layer, _) in enumerate(marks[:-1])}
 
 
-def model_breakdown(compiled) -> dict[str, dict[str, int]]:
-    cfg = compiled.cfg
-    base = fetch_cycles(cfg)
-    out = defaultdict(lambda: defaultdict(int))
+def model_layers(compiled) -> dict[str, dict[str, int]]:
+    """Per layer, what the cycle model predicts for the same END-patched runs as the RTL's:
+    the cycles and the performance counters between consecutive boundaries, and the
+    vectors the layer streams."""
+    timeline = Timeline(compiled.cfg)
+    marks = dict((first, layer) for layer, first in boundaries(compiled))
+    snaps = []
+    for idx, instr in enumerate(compiled.program):
+        if idx in marks:
+            snap = copy.deepcopy(timeline)
+            snap.stop()
+            snaps.append((marks[idx], snap.counters))
+        if instr.op != "END":
+            timeline.issue(instr)
+    out = {}
+    for (layer, before), (_, after) in zip(snaps, snaps[1:]):
+        out[layer] = {k: after[k] - before[k] for k in after}
+        out[layer]["vectors"] = 0
     for layer, instr in zip(compiled.layer_of, compiled.program):
-        n = instr_cycles(instr, cfg)
-        row = out[layer]
-        row["total"] += n
-        row["fetch"] += base
         if instr.op == "GEMM":
-            stream = instr["n_outer"] * instr["n_inner"]
-            row["stream"] += stream
-            row["fill"] += n - base - stream
-        elif instr.op in ("LOAD", "STORE"):
-            row["dma"] += n - base
-        elif instr.op in ("POST", "MAXPOOL"):
-            row["post"] += n - base
+            out[layer]["vectors"] += instr["n_outer"] * instr["n_inner"]
     return out
 
 
@@ -115,17 +122,17 @@ def main() -> None:
         t = time.perf_counter()
         rtl = rtl_layer_cycles(compiled, quantize_input(q, x), args.sim)
         seconds = time.perf_counter() - t
-        model = model_breakdown(compiled)
+        model = model_layers(compiled)
         print(f"\n{name} on {cfg.rows}x{cfg.cols} ({len(compiled.program)} instructions; "
               f"RTL per-layer runs took {seconds:.1f} s on {args.sim})")
         print(f"{'layer':<10}{'MACs':>12}{'RTL cyc':>11}{'RTL util':>9}{'ISS cyc':>11}{'ISS util':>9}"
-              f"   loss: {'fetch':>6}{'fill':>6}{'dma':>6}{'post':>6}{'pad':>6}   target")
+              f"   {'pad':>5}  front end: {'fetch':>6}{'unit':>6}{'port':>6}{'data':>6}   target")
         for layer in rtl:
             macs = compiled.layer_macs.get(layer, 0)
             m = model[layer]
-            ru, mu = macs / (peak * rtl[layer]), macs / (peak * m["total"])
-            pad = (m["stream"] * peak - macs) / peak  # cycles spent on padding lanes
-            share = lambda c: f"{100 * c / m['total']:5.0f}%"  # noqa: E731
+            ru, mu = macs / (peak * rtl[layer]), macs / (peak * m["cycles"])
+            pad = (m["vectors"] * peak - macs) / peak  # cycles spent on padding lanes
+            share = lambda c: f"{100 * c / m['cycles']:5.0f}%"  # noqa: E731
             fills = next((l for l in q.layers if l.name == layer), None)
             verdict = ""
             if fills is not None and fills.kind == "conv" and fills.in_shape[1:] == (1, 1):
@@ -133,11 +140,11 @@ def main() -> None:
             elif fills is not None and fills.kind == "conv":
                 full = fills.in_shape[0] >= cfg.rows and fills.out_shape[0] >= cfg.cols
                 verdict = ("met" if ru >= TARGET else "MISSED") if full else "(does not fill the array)"
-            print(f"{layer:<10}{macs:>12}{rtl[layer]:>11}{100 * ru:>8.1f}%{m['total']:>11}{100 * mu:>8.1f}%"
-                  f"   {share(m['fetch'])}{share(m['fill'])}{share(m['dma'])}{share(m['post'])}"
-                  f"{share(pad)}   {verdict}")
+            print(f"{layer:<10}{macs:>12}{rtl[layer]:>11}{100 * ru:>8.1f}%{m['cycles']:>11}{100 * mu:>8.1f}%"
+                  f"   {share(pad)}             {share(m['fetch'])}{share(m['stall_unit'])}"
+                  f"{share(m['stall_port'])}{share(m['stall_data'])}   {verdict}")
         total_rtl = sum(rtl.values())
-        total_model = sum(model[layer]["total"] for layer in rtl)
+        total_model = sum(model[layer]["cycles"] for layer in rtl)
         print(f"{'model':<10}{compiled.useful_macs:>12}{total_rtl:>11}"
               f"{100 * compiled.useful_macs / (peak * total_rtl):>8.1f}%{total_model:>11}"
               f"{100 * compiled.useful_macs / (peak * total_model):>8.1f}%   (physical limit 100%; "

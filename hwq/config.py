@@ -36,6 +36,10 @@ class HwConfig:
     bus_bytes: int = 8       # DRAM word: the memory port moves one word per beat
     dram_words: int = 1 << 16
     acc_bits: int = 32
+    # units run concurrently (decoupled load / compute / store, hazards checked in
+    # hardware); False runs one instruction at a time and saves the per-unit instruction
+    # registers and hazard comparators, for the smallest FPGAs
+    overlap: bool = True
 
     def __post_init__(self):
         from hwq.compiler import isa  # the ISA's field widths bound what a config may ask
@@ -99,7 +103,10 @@ class HwConfig:
             raise HwqError(f"{source}: unknown hardware field(s) {', '.join(unknown)}; "
                            f"known: {', '.join(sorted(known))}")
         for k, v in data.items():
-            if k != "name" and (not isinstance(v, int) or isinstance(v, bool)):
+            if k == "overlap":
+                if not isinstance(v, bool):
+                    raise HwqError(f"{source}: field 'overlap' must be true or false, got {v!r}")
+            elif k != "name" and (not isinstance(v, int) or isinstance(v, bool)):
                 raise HwqError(f"{source}: field '{k}' must be an integer, got {v!r}")
         return cls(**data)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from hwq.compiler.quant.calibrate import run_float
 from hwq.compiler.quant.report import histogram_png, sqnr_db
-from hwq.sim.cycles import instr_cycles
+from hwq.sim.cycles import schedule, span_cycles
 
 
 def layer_sqnr(b) -> dict[str, float]:
@@ -44,11 +44,9 @@ def _error_plot(sqnr: dict[str, float]) -> bytes:
 def compile_report(b) -> dict[str, bytes]:
     cfg, q = b.compiled.cfg, b.qmodel
     instrs = Counter(b.compiled.layer_of)
-    cycles = Counter()
-    for layer, instr in zip(b.compiled.layer_of, b.compiled.program):
-        cycles[layer] += instr_cycles(instr, cfg)
+    starts, total = schedule(b.compiled.program, cfg)
+    cycles = span_cycles(b.compiled.layer_of, starts, total)
     sqnr = layer_sqnr(b)
-    total = sum(cycles.values())
     lines = [f"# {b.meta['name']} on {cfg.rows}x{cfg.cols} ({cfg.name}, fingerprint {cfg.fingerprint})", "",
              f"- input fix position {q.f_input}, output fix position {q.f_output}",
              f"- {len(b.compiled.program)} instructions, {total} cycles per inference (ISS cycle model), "
@@ -61,7 +59,7 @@ def compile_report(b) -> dict[str, bytes]:
         lines.append(f"| {l.name} | {l.kind} | {'x'.join(map(str, l.in_shape))} | "
                      f"{'x'.join(map(str, l.out_shape))} | {l.f_in} | {l.f_w if conv else ''} | "
                      f"{l.f_out} | {l.shift if conv else ''} | {l.act if conv else ''} | "
-                     f"{l.round_mode if conv else ''} | {instrs[l.name]} | {cycles[l.name]} | "
+                     f"{l.round_mode if conv else ''} | {instrs[l.name]} | {cycles.get(l.name, 0)} | "
                      f"{sqnr[l.name]:.1f} |")
     lines += ["", "![per-layer error](layer_error.png)", "",
               "![calibration histograms and thresholds](calibration.png)", ""]

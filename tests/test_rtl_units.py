@@ -136,35 +136,55 @@ def test_post_ties_and_extremes():
 
 # ---------------- systolic array ----------------
 
-@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 4), (3, 5)])
+@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 4), (3, 5), (2, 7)])
 def test_systolic_array(rows, cols):
+    """Three batches of vectors back to back, each with its own weights: the next
+    batch's weights go to the shadow rows while the previous batch flows, and the
+    `swap` tag on a batch's first vector makes them active. Batch 2's shadow rows load
+    at the earliest cycle allowed (row r at t1 + r + C - 1, batch 1 started at t1),
+    batch 3's at the latest (row r at t3 + r - 1)."""
     rng = np.random.default_rng(rows * 10 + cols)
-    W = rng.integers(-128, 128, (rows, cols))
-    X = rng.integers(-128, 128, (12, rows))
-    X[0] = -128
-    W[0] = -128                      # extreme products
-    dut = SystolicArray(rows, cols)
-    L = array_latency(rows, cols)
+    R, C = rows, cols
+    Ws = [rng.integers(-128, 128, (R, C)) for _ in range(3)]
+    Ws[0][0] = -128                   # extreme products
+    ns = [C + 2, max(R, C), 5]        # batch sizes (>= C: the shadow of row r is free
+    Xs = [rng.integers(-128, 128, (n, R)) for n in ns]   # once the swap passed column C-1)
+    Xs[0][0] = -128
+    dut = SystolicArray(R, C)
+    L = array_latency(R, C)
+    t1 = R                            # batch 1 weights preloaded in cycles 0..R-1
+    ts = [t1, t1 + ns[0], t1 + ns[0] + ns[1]]
+    loads = {r: (0, r) for r in range(R)}                         # cycle -> (batch, row)
+    loads.update({ts[0] + r + C - 1: (1, r) for r in range(R)})
+    loads.update({ts[2] + r - 1: (2, r) for r in range(R)})
+    assert len(loads) == 3 * R
+    xin = {}                                                      # cycle -> (batch, k)
+    for b in range(3):
+        xin.update({ts[b] + k: (b, k) for k in range(ns[b])})
     outs = {}
 
     async def bench(ctx):
-        for r in range(rows):       # preload one row a cycle
-            ctx.set(dut.w_row, 1 << r)
-            for c in range(cols):
-                ctx.set(dut.w_data[c], int(W[r, c]))
-            await ctx.tick()
-        ctx.set(dut.w_row, 0)
-        for t in range(len(X) + L + 1):
-            if t < len(X):
-                for r in range(rows):
-                    ctx.set(dut.x[r], int(X[t, r]))
-            if t - L >= 0 and t - L < len(X):
-                outs[t - L] = [ctx.get(dut.y[c]) for c in range(cols)]
+        for t in range(ts[2] + ns[2] + L + 1):
+            ctx.set(dut.w_row, 0)
+            if t in loads:
+                b, r = loads[t]
+                ctx.set(dut.w_row, 1 << r)
+                for c in range(C):
+                    ctx.set(dut.w_data[c], int(Ws[b][r, c]))
+            ctx.set(dut.swap, 0)
+            if t in xin:
+                b, k = xin[t]
+                ctx.set(dut.swap, int(k == 0))
+                for r in range(R):
+                    ctx.set(dut.x[r], int(Xs[b][k, r]))
+            if t - L in xin:
+                outs[xin[t - L]] = [ctx.get(dut.y[c]) for c in range(C)]
             await ctx.tick()
     _run(dut, bench, clock=True)
-    want = X @ W
-    for v in range(len(X)):
-        assert outs[v] == want[v].tolist(), v
+    for b in range(3):
+        want = Xs[b] @ Ws[b]
+        for k in range(ns[b]):
+            assert outs[b, k] == want[k].tolist(), (b, k)
 
 
 # ---------------- decoder ----------------

@@ -19,6 +19,18 @@ little-endian. Instructions are 128-bit words, little-endian, fetched from DRAM 
 start address onward (the program counter wraps modulo `dram_words`); fields are packed
 from bit 0 upward in table order, the opcode first.
 
+Instructions overlap. Each op but END runs on a unit of its own (LOAD, STORE, GEMM,
+POST, MAXPOOL), one instruction at a time per unit, started in program order: while one
+unit works, the next instructions are fetched, checked and started on the other units.
+The result is always that of running the program one instruction after the other,
+because the accelerator holds an instruction back while an earlier one that is still
+running on another unit conflicts with it (`hazard` below, the same function in the ISS
+and the RTL): both use one port of the same memory (DRAM has one port; each buffer has
+one read port and one write port), or one writes entries the other reads. A GEMM's
+accumulator range stays in use until its last accumulator write (the array drains after
+the unit takes the next GEMM); every other range until its unit is done. END waits for
+every unit to finish. Instruction words must not be written by a running program.
+
 Addresses do not wrap. Before an instruction runs, every buffer entry and DRAM word its
 pseudo-code touches is checked against the size of its memory (each op's table of
 extents below); if any lies outside, the accelerator stops with status `address_range`
@@ -31,7 +43,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
-ISA_VERSION = 2
+ISA_VERSION = 3
 INSTR_BITS = 128
 OPCODE_BITS = 4
 SRAM_ADDR_BITS = 14
@@ -63,12 +75,14 @@ class Field:
 @dataclass(frozen=True)
 class Extent:
     """One memory range an instruction touches: addresses first..last of `memory` (a
-    buffer name or "dram"), accessed only `when` its loops are not empty. The values are
+    buffer name or "dram"), accessed only `when` its loops are not empty, through the
+    memory's read port, write port or both (`access`). The values are
     ints in the ISS, Amaranth values in the RTL, text in docs/isa.md."""
     memory: str
     first: Any
     last: Any
     when: Any
+    access: str = "r"        # "r", "w" or "rw": which of the memory's ports it uses
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,7 @@ def _load_extents(f, hw):
     out = []
     for code, target in enumerate(LOAD_TARGETS):
         sel = f["buf"] == code
-        out.append(Extent(target, f["sram"], f["sram"] + h * w - 1, sel & (h > 0) & (w > 0)))
+        out.append(Extent(target, f["sram"], f["sram"] + h * w - 1, sel & (h > 0) & (w > 0), "w"))
         last, when = _span(f["dram"], [(f["y_size"], f["y_stride"]), (f["x_size"], f["x_stride"])],
                            hw.entry_words(target))
         out.append(Extent("dram", f["dram"], last, sel & when))
@@ -132,7 +146,7 @@ def _store_extents(f, hw):
     last, when = _span(f["dram"], [(f["y_size"], f["y_stride"]), (f["x_size"], f["x_stride"])],
                        hw.entry_words("obuf"))
     return [Extent("obuf", f["sram"], f["sram"] + f["y_size"] * f["x_size"] - 1, when),
-            Extent("dram", f["dram"], last, when)]
+            Extent("dram", f["dram"], last, when, "w")]
 
 
 def _gemm_extents(f, hw):
@@ -140,21 +154,21 @@ def _gemm_extents(f, hw):
     last_i, when = _span(f["inp"], loops, 1)
     last_a, _ = _span(f["acc"], [(f["n_outer"], f["acc_so"]), (f["n_inner"], f["acc_si"])], 1)
     return [Extent("wbuf", f["wgt"], f["wgt"] + hw.rows - 1, True),
-            Extent("ibuf", f["inp"], last_i, when), Extent("abuf", f["acc"], last_a, when)]
+            Extent("ibuf", f["inp"], last_i, when), Extent("abuf", f["acc"], last_a, when, "rw")]
 
 
 def _post_extents(f, hw):
     when = f["n"] > 0
     return [Extent("abuf", f["acc"], f["acc"] + f["n"] - 1, when),
             Extent("bbuf", f["bias"], f["bias"], when),
-            Extent("obuf", f["out"], f["out"] + f["n"] - 1, when)]
+            Extent("obuf", f["out"], f["out"] + f["n"] - 1, when, "w")]
 
 
 def _maxpool_extents(f, hw):
     last_s, when = _span(f["src"], [(f["out_h"], f["stride"] * f["in_w"]), (f["k_h"], f["in_w"]),
                                     (f["out_w"], f["stride"]), (f["k_w"], 1)], 1)
     return [Extent("obuf", f["src"], last_s, when),
-            Extent("obuf", f["dst"], f["dst"] + f["out_h"] * f["out_w"] - 1, when)]
+            Extent("obuf", f["dst"], f["dst"] + f["out_h"] * f["out_w"] - 1, when, "w")]
 
 
 F = Field
@@ -250,6 +264,31 @@ BY_NAME = {op.name: op for op in OPS}
 BY_OPCODE = {op.opcode: op for op in OPS}
 for _op in OPS:
     assert OPCODE_BITS + sum(f.bits for f in _op.fields) <= INSTR_BITS, _op.name
+
+
+def hazard(new: Extent, running: Extent):
+    """Why an instruction touching `new` may not start while another unit runs one
+    touching `running`: ("port", when) -- they need the same memory port -- or
+    ("data", when) -- one writes entries the other reads; None if they never meet.
+    `when` is an int, an Amaranth value or doc text, like the extents themselves."""
+    if new.memory != running.memory:
+        return None
+    both = new.when & running.when
+    if new.memory == "dram" or set(new.access) & set(running.access):
+        return "port", both
+    return "data", both & (running.last + 1 > new.first) & (new.last + 1 > running.first)
+
+
+def hazards(new: Instr, running: Instr, cfg) -> list[str]:
+    """The kinds of conflict ("port", "data") that hold `new` back while `running` is
+    still running on another unit (empty: they overlap)."""
+    out = []
+    for e in BY_NAME[new.op].extents(new.fields, cfg):
+        for f in BY_NAME[running.op].extents(running.fields, cfg):
+            h = hazard(e, f)
+            if h is not None and h[1]:
+                out.append(h[0])
+    return out
 
 
 class IsaError(ValueError):
@@ -432,6 +471,27 @@ def extent_rows(op: Op) -> list[str]:
     return rows
 
 
+def hazard_rows() -> list[str]:
+    """The markdown rows of the hazard table: for each pair of ops on different units,
+    what holds the new one back while the other runs. Fields of the running
+    instruction are primed."""
+    rows = []
+    for new in OPS:
+        for running in OPS:
+            if new is running or not new.fields or not running.fields:
+                continue
+            mine = new.extents({f.name: _Sym(f.name) for f in new.fields}, _SymHw())
+            theirs = running.extents({f.name: _Sym(f.name + "'") for f in running.fields},
+                                     _SymHw())
+            for e in mine:
+                for f in theirs:
+                    h = hazard(e, f)
+                    if h is not None:
+                        rows.append(f"| {new.name} | {running.name} | {e.memory} | {h[0]} | "
+                                    f"`{_Sym.of(h[1]).text}` |")
+    return rows
+
+
 def reference_markdown() -> str:
     """docs/isa.md, generated: the table above as a page (a test keeps the file fresh)."""
     out = [f"# hwq ISA, version {ISA_VERSION}", "",
@@ -442,6 +502,13 @@ def reference_markdown() -> str:
            + ", ".join(f"`{k}` = {v}" for k, v in STATUS.items()) + ".", ""]
     sizes = ", ".join(f"{b}: `{b}_depth` entries" for b in BUFFERS)
     out += [f"Memory sizes: {sizes}; dram: `dram_words` words (the hardware config).", ""]
+    out += ["## Hazards", "",
+            "An instruction does not start while an earlier one that it conflicts with is "
+            "still running on another unit; `when` is the condition over both "
+            "instructions' fields (the running one's primed). A GEMM's abuf range counts as "
+            "in use, whatever its `when`, until the array has drained.", "",
+            "| new | running | memory | kind | when |", "| --- | --- | --- | --- | --- |",
+            *hazard_rows(), ""]
     for op in OPS:
         out += [f"## {op.name} (opcode {op.opcode})", "", op.summary + ".", "",
                 "| bits | field | meaning |", "| --- | --- | --- |",

@@ -1,11 +1,16 @@
 """The R x C weight-stationary systolic array (R = cfg.rows, C = cfg.cols).
 
-Weights: `w_row[r]` high latches `w_data` (C int8, lane c = output channel c) into row
-r. Inputs: one R-lane int8 vector per cycle on `x` (lane r = input channel r); the array
-skews it (lane r is delayed r cycles) so it meets the partial sums flowing down the
-columns, and de-skews the bottom row (column c delayed C-1-c cycles), so the C int32
-dot products of the vector presented in cycle t appear together on `y` in cycle
-t + LATENCY.
+Weights: `w_row[r]` high latches `w_data` (C int8, lane c = output channel c) into the
+SHADOW weights of row r (see pe.py); they take effect with the next vector tagged `swap`.
+Inputs: one R-lane int8 vector per cycle on `x` (lane r = input channel r) with its
+`swap` tag; the array skews both alike (lane r is delayed r cycles) so the vector meets
+the partial sums flowing down the columns and the tag meets every PE together with the
+tagged vector, and de-skews the bottom row (column c delayed C-1-c cycles), so the C
+int32 dot products of the vector presented in cycle t appear together on `y` in cycle
+t + LATENCY. A `swap` vector is computed with the new (shadow) weights throughout; PE
+(r, c) swaps in cycle t + r + c, so `w_row[r]` may be high again from cycle
+t + r + C - 1 on (that load lands at the cycle's end, when the last column of row r has
+already taken the old shadow value).
 """
 from __future__ import annotations
 
@@ -25,9 +30,10 @@ class SystolicArray(wiring.Component):
     def __init__(self, rows: int, cols: int, acc_bits: int = ACC_BITS):
         self.rows, self.cols, self.acc_bits = rows, cols, acc_bits
         super().__init__({
-            "w_row": In(rows),                                   # one-hot row load enable
+            "w_row": In(rows),                                   # one-hot shadow row load enable
             "w_data": In(data.ArrayLayout(signed(8), cols)),
             "x": In(data.ArrayLayout(signed(8), rows)),
+            "swap": In(1),                                       # x starts a new GEMM
             "y": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
 
@@ -38,20 +44,22 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             for c in range(C):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]
-        # input skew: lane r passes through r registers
+        # input skew: lane r and its copy of the swap tag pass through r registers
         for r in range(R):
-            src = self.x[r]
+            src, sw = self.x[r], self.swap
             for k in range(r):
                 reg = Signal(signed(8), name=f"skew_{r}_{k}")
-                m.d.sync += reg.eq(src)
-                src = reg
-            m.d.comb += pes[r][0].x_in.eq(src)
+                sreg = Signal(name=f"swskew_{r}_{k}")
+                m.d.sync += [reg.eq(src), sreg.eq(sw)]
+                src, sw = reg, sreg
+            m.d.comb += [pes[r][0].x_in.eq(src), pes[r][0].sw_in.eq(sw)]
         for r in range(R):
             for c in range(C):
                 pe = pes[r][c]
                 m.d.comb += [pe.w_load.eq(self.w_row[r]), pe.w_in.eq(self.w_data[c])]
                 if c > 0:
-                    m.d.comb += pe.x_in.eq(pes[r][c - 1].x_out)
+                    m.d.comb += [pe.x_in.eq(pes[r][c - 1].x_out),
+                                 pe.sw_in.eq(pes[r][c - 1].sw_out)]
                 m.d.comb += pe.psum_in.eq(pes[r - 1][c].psum_out if r > 0 else 0)
         # output de-skew: column c passes through C-1-c registers
         for c in range(C):

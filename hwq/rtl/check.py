@@ -22,8 +22,8 @@ This keeps each multiplier within one DSP block and the sums as narrow as the ad
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.compiler import isa
@@ -110,11 +110,37 @@ def _operand_shape(values):
     return signed(max(len(v) + (0 if v.shape().signed else 1) for v in values))
 
 
+def extent_layout(cfg: HwConfig) -> data.StructLayout:
+    """The `extents` port: every extent of every op in the ISA table's order, as
+    `<op>_<k>_first`, `_last` (buffer entries) and `_when`; DRAM extents only `_when`."""
+    members = {}
+    for op in isa.OPS:
+        for k, e in enumerate(op.extents({f.name: 0 for f in op.fields}, cfg)):
+            if e.memory != "dram":
+                members[f"{op.name}_{k}_first"] = unsigned(isa.SRAM_ADDR_BITS)
+                members[f"{op.name}_{k}_last"] = unsigned(isa.SRAM_ADDR_BITS)
+            members[f"{op.name}_{k}_when"] = unsigned(1)
+    return data.StructLayout(members)
+
+
+def extents_of(view, op: isa.Op, cfg: HwConfig) -> list[isa.Extent]:
+    """`op`'s extents read back from an `extent_layout` view (a DRAM extent's range is
+    left out: DRAM has one port, so any two DRAM extents conflict)."""
+    out = []
+    for k, e in enumerate(op.extents({f.name: 0 for f in op.fields}, cfg)):
+        get = lambda part: getattr(view, f"{op.name}_{k}_{part}")  # noqa: E731
+        first, last = (get("first"), get("last")) if e.memory != "dram" else (0, 0)
+        out.append(isa.Extent(e.memory, first, last, get("when"), e.access))
+    return out
+
+
 class RangeCheck(wiring.Component):
     """`in_range` is low when the decoded op (one-hot `op`, isa.OPS order) touches an
     address at or beyond its memory's size. `run` is held high for CHECK_CYCLES cycles
     (with `fields` and `op` steady); `in_range` is valid the cycle after, and `last` is
-    high in the last of them."""
+    high in the last of them. `extents` then holds the instruction's extents (every op's
+    view of it; the decoded op's is the one that counts) for the hazard checks, in range
+    wherever `in_range` holds."""
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
@@ -124,6 +150,7 @@ class RangeCheck(wiring.Component):
             "run": In(1),
             "last": Out(1),
             "in_range": Out(1),
+            "extents": Out(extent_layout(cfg)),
         })
 
     def elaborate(self, platform):
@@ -137,8 +164,15 @@ class RangeCheck(wiring.Component):
             view = self.fields[op.name]
             f = {fld.name: _Expr(_clamp(Value.cast(getattr(view, fld.name)), sat), 0, sched)
                  for fld in op.fields}
-            for e in op.extents(f, self.cfg):
-                last, when = (x.value if isinstance(x, _Expr) else x for x in (e.last, e.when))
+            for k_e, e in enumerate(op.extents(f, self.cfg)):
+                first, last, when = (x.value if isinstance(x, _Expr) else x
+                                     for x in (e.first, e.last, e.when))
+                if e.memory != "dram":
+                    m.d.comb += [
+                        getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
+                        getattr(self.extents, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
+                m.d.comb += getattr(self.extents, f"{op.name}_{k_e}_when").eq(
+                    Value.cast(when).bool())
                 # sizes are powers of two and `last` is not negative where it counts:
                 # last >= size is a non-zero high part, no comparator
                 size = isa.memory_words(self.cfg, e.memory)

@@ -6,7 +6,8 @@ so both engines move one bus word per cycle. All DRAM address arithmetic is modu
 (SRAM_ADDR_BITS) and the top truncates them to each buffer's depth.
 
 LoadUnit timeline (cycle 0 = start): cycles 1..I issue one item each -- a DRAM word read
-of an element inside the block, or a zero entry for a padding position -- and each item
+of an element inside the block, or a zero entry for a padding position, either one in a
+cycle with `ready` high (the top lowers it while it fetches an instruction) -- and each item
 is written into the buffer one cycle later (the read latency), so cycle I + 1 writes the
 last one and raises done. I = y_size * x_size * entry_words + padding entries.
 
@@ -82,7 +83,7 @@ class LoadUnit(wiring.Component):
             self.wr.data.eq(Mux(s_pad, 0, Cat([self.dram.rdata] * self.lanes))),
         ]
 
-        with m.FSM(name="load"):
+        with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
@@ -97,7 +98,9 @@ class LoadUnit(wiring.Component):
                     m.d.comb += [self.dram.re.eq(1), self.dram.addr.eq(elem + k),
                                  accepted.eq(self.dram.ready)]
                 with m.Else():
-                    m.d.comb += accepted.eq(1)
+                    # a padding entry waits for a granted cycle too: the instruction fetch
+                    # has priority on the port, and the cycle model counts granted cycles
+                    m.d.comb += accepted.eq(self.dram.ready)
                 m.d.sync += [s_valid.eq(accepted), s_pad.eq(~inside), s_ptr.eq(ptr), s_k.eq(k)]
                 with m.If(accepted):
                     with m.If(inside & (k != k_last)):
@@ -119,6 +122,7 @@ class LoadUnit(wiring.Component):
             with m.State("DRAIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
 
 
@@ -143,7 +147,7 @@ class StoreUnit(wiring.Component):
         elem = Signal(self.A, name="elem")
         ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
         m.d.comb += self.rd.addr.eq(ptr)
-        with m.FSM(name="store"):
+        with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
@@ -178,4 +182,5 @@ class StoreUnit(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

@@ -16,14 +16,17 @@ hwq/rtl/top.py). `generate_tb_top(cfg)` is a Verilog top `hwq_tb_top` for cocotb
   * `tb_start` / `tb_start_pc` drive the accelerator; `done`, `busy`, `status`, `pc`,
     `cycles`, `macs`, `perf` are its outputs.
 With trace=True (the differential-checking build) the top also writes, under
-`+HWQ_TRACE`, every buffer write, DRAM write and instruction retire to
+`+HWQ_TRACE`, every buffer write, DRAM write and instruction issue to
 `<HWQ_DIR>/trace.txt`, one line each:
-    w <buf index> <addr> <enable mask> <data>     (hex; buf index in isa.BUFFERS order)
-    d <addr> <data>                               (a DRAM word written)
-    r <pc>                                        (an instruction retired)
-and dumps a waveform of instructions `+HWQ_WAVE_FROM=a` .. `+HWQ_WAVE_TO=b` only (counted
-from 0 at each start) to `<HWQ_DIR>/window.vcd`, raising `wave_done` after the last one
-(the test then ends the simulation).
+    w <buf index> <addr> <enable mask> <data> <unit>   (hex; buf index in isa.BUFFERS
+                                                        order, unit in top.UNITS order)
+    d <addr> <data>                                    (a DRAM word written, by STORE)
+    i <pc>                                             (an instruction started its unit,
+                                                        or stopped the run)
+and dumps a waveform from the cycle instruction `+HWQ_WAVE_FROM=a` issues (counted from 0 at
+each start) until, after the issue of `+HWQ_WAVE_TO=b`, unit `+HWQ_WAVE_UNIT=u` (index
+in top.UNITS; default: every unit) is idle, to `<HWQ_DIR>/window.vcd`, then raises
+`wave_done` (the test then ends the simulation).
 """
 from __future__ import annotations
 
@@ -61,12 +64,13 @@ def _trace_logic(cfg: HwConfig) -> tuple[str, str]:
     decl = [f"  wire [{w - 1}:0] tr_{n};" for n, w in widths.items()]
     conns = ", ".join(f".trace__{n}(tr_{n})" for n in sig.members)
     writes = "\n".join(
-        f"      if (|tr_{b}_en) $fwrite(trace_fd, \"w {k} %h %h %h\\n\", tr_{b}_addr, tr_{b}_en, tr_{b}_data);"
+        f"      if (|tr_{b}_en) $fwrite(trace_fd, \"w {k} %h %h %h %h\\n\", tr_{b}_addr, tr_{b}_en, "
+        f"tr_{b}_data, tr_{b}_unit);"
         for k, b in enumerate(isa.BUFFERS))
     logic = "\n".join(decl) + f"""
   integer trace_fd = 0;
-  integer n_retired = 0;
-  integer wave_from = -1, wave_to = -1;
+  integer n_issued = 0;
+  integer wave_from = -1, wave_to = -1, wave_unit = -1;
   reg dumping = 1'b0;
   reg wave_done /*verilator public_flat_rw*/ = 1'b0;
   string trace_file, wave_file;
@@ -77,24 +81,26 @@ def _trace_logic(cfg: HwConfig) -> tuple[str, str]:
     end
     if (!$value$plusargs("HWQ_WAVE_FROM=%d", wave_from)) wave_from = -1;
     if (!$value$plusargs("HWQ_WAVE_TO=%d", wave_to)) wave_to = -1;
+    if (!$value$plusargs("HWQ_WAVE_UNIT=%d", wave_unit)) wave_unit = -1;
   end
   always @(posedge clk) begin
-    if (tb_start) n_retired <= 0;
+    if (tb_start) n_issued <= 0;
     if (trace_fd != 0) begin
 {writes}
       if (mem_ready && mem_we) $fwrite(trace_fd, "d %h %h\\n", mem_addr, mem_wdata);
-      if (tr_retire) $fwrite(trace_fd, "r %h\\n", pc);
-      if (tr_retire) $fflush(trace_fd);
+      if (tr_issue) $fwrite(trace_fd, "i %h\\n", pc);
+      if (tr_issue) $fflush(trace_fd);
     end
-    if (tr_retire) n_retired <= n_retired + 1;
-    if (wave_from >= 0 && !dumping && busy && n_retired == wave_from) begin
+    if (tr_issue) n_issued <= n_issued + 1;
+    if (wave_from >= 0 && !dumping && tr_issue && n_issued == wave_from) begin
       wave_file = {{dir, "/window.vcd"}};
       $dumpfile(wave_file);
       $dumpvars(0, dut);
       dumping <= 1'b1;
     end
     // $dumpoff does nothing on the Verilator build: wave_done also ends the test
-    if (dumping && !wave_done && n_retired > wave_to) begin
+    if (dumping && !wave_done && n_issued > wave_to
+        && (wave_unit < 0 ? tr_busy == 0 : !tr_busy[wave_unit])) begin
       $dumpoff;
       wave_done <= 1'b1;
     end

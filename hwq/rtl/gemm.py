@@ -1,18 +1,52 @@
 """GEMM: stream input vectors through the weight-stationary array, accumulate in abuf.
 
-Timeline (cycle 0 = start, R = rows, C = cols, V = n_outer * n_inner, L = R + C - 1):
-  cycles 1..R      read wbuf[wgt + r]; row r of the array latches it one cycle later
-  cycles 2..V+1    read ibuf for vector v (cycle v + 2); it enters the array a cycle later,
-                   in time for every row's weight (row r meets it at cycle v + 3 + r)
-  cycle  v+2+L     abuf[a_v] read (issued a cycle earlier) + the array's dot products
-                   -> abuf[a_v] (or the products alone with reset)
-  done in cycle V + 1 + R + C (= the last write; for V = 0 the same count, no writes).
-Entries written by one GEMM are distinct (ISA rule), so the read-modify-write pipeline
-has no hazard; the unit drains completely before done.
+GEMMs overlap: the unit takes the next GEMM while the previous one drains through the
+array. Its weights go to the array's SHADOW registers and become active with its first
+vector (the `swap` tag travels with that vector through the array, pe.py), and each
+vector's accumulator address and reset bit travel down a delay line with it, so nothing
+on the output side looks at `args` (which by then may be the next GEMM's).
+
+Timeline of one GEMM (cycle 0 = the cycle `start` is taken, R = rows, C = cols,
+V = n_outer * n_inner, L = R + C - 1 = array_latency, O = max(V + 1, R, C)):
+  cycle  0          start (taken only while busy is low, ignored otherwise); the args the
+                    input side needs are copied (args are only valid in the start cycle)
+  cycles 1..R       read wbuf[wgt + r] in cycle r + 1; array SHADOW row r latches it in
+                    cycle r + 2 (w_row one-hot). Not for V = 0: it would never swap
+                    them in, and its done (cycle O - 1) may come before cycle R.
+  cycles 2..V+1     read ibuf for vector v in cycle v + 2 (o outer, i inner); it enters the
+                    array in cycle v + 3, vector 0 tagged swap (row r swaps to the new
+                    weights in cycle 3 + r, after its shadow load in cycle r + 2); its
+                    accumulator address a_v and reset bit enter the delay line then
+  cycle  v+2+L      abuf[a_v] read issued (from the delay line)
+  cycle  v+3+L      y of vector v on the array output; abuf[a_v] <= (reset ? 0 : old) + y
+  busy              high in cycles 1..O-1, low from cycle O: a new start is taken from
+                    cycle O on (S = start of the next GEMM >= O)
+  draining          high from the ibuf read of a vector through its abuf write (cycles
+                    v+2 .. v+3+L): for a GEMM alone with V >= 1, cycles 2..V+R+C+1.
+                    (From the read cycle, not the one after: with V = 1 and R = C = 2,
+                    cycle 2 = O is not busy, and busy | draining must not drop there.)
+  done              in a cycle where busy | draining and, absent a new start, neither is
+                    high next cycle: alone, V >= 1: cycle V+R+C+1 (the last write);
+                    V = 0: cycle O-1 = max(R, C) - 1. It may fall in the cycle a new
+                    GEMM is started (the start does not cancel it).
+  vector            high in the ibuf read cycles (MAC counter)
+
+Why S >= O is safe for the next GEMM (started in cycle S):
+  S >= V+1: its first abuf read (S+2+L) comes after this GEMM's last write (V+2+L), so a
+            GEMM reading what the previous one wrote (conv taps) sees the new value, and
+            abuf never has a read and a write of one entry in one cycle across GEMMs.
+            (Within a GEMM the entries are distinct, ISA rule, so no RMW hazard.)
+  S >= R:   its wbuf reads (S+1..S+R) come after this GEMM's (1..R).
+  S >= C:   its shadow row r loads at the end of cycle S+r+2 >= r+C+2, the cycle this
+            GEMM's swap tag reaches row r's last column (3+r+C-1), which takes the old
+            shadow into its active weight at that same edge.
+  Between this GEMM's last ibuf read (V+1) and the next one's first (S+2) the array gets
+  S - V bubble cycles: one when S = V + 1 (V + 1 >= R, C), i.e. V of every V + 1 cycles
+  stream vectors in a run of back-to-back GEMMs.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
@@ -29,31 +63,42 @@ class GemmUnit(wiring.Component):
         self.cfg = cfg
         R, C = cfg.rows, cfg.cols
         A = isa.SRAM_ADDR_BITS
+        members = unit_members(args_layout("GEMM"))
+        # busy (a start now would be ignored): from unit_members where it has it
+        members.setdefault("busy", Out(1))
         super().__init__({
-            **unit_members(args_layout("GEMM")),
+            **members,
             "wbuf": Out(SramRead(A, 8 * C)),
             "ibuf": Out(SramRead(A, 8 * R)),
             "abuf_rd": Out(SramRead(A, ACC_BITS * C)),
             "abuf_wr": Out(SramWrite(A, ACC_BITS * C)),
             "vector": Out(1),          # one input vector streamed this cycle (MAC counter)
+            "draining": Out(1),        # some vector's abuf write is still to come
         })
 
     def elaborate(self, platform):
         m = Module()
-        cfg, a = self.cfg, self.args
+        cfg = self.cfg
         R, C = cfg.rows, cfg.cols
         L = array_latency(R, C)
+        A = isa.SRAM_ADDR_BITS
         m.submodules.array = arr = SystolicArray(R, C)
+        take = Signal()                 # start accepted this cycle
+        # with overlap the top's args change in the next GEMM's start cycle, which may be
+        # this one's last ibuf read: the input side works from a copy. Without overlap
+        # they hold until every unit is idle.
+        ga = Signal(args_layout("GEMM")) if cfg.overlap else self.args
 
-        # ---- weight preload: R reads, latched one cycle later into row wk_d ----
+        # ---- weight preload: R reads, latched one cycle later into shadow row wk_d ----
+        waddr = Signal(A)
         wk = Signal(range(R + 1))
         w_active = Signal()
         w_valid = Signal()
         wk_d = Signal(range(R))
         m.d.sync += w_valid.eq(0)
         with m.If(w_active):
-            m.d.comb += [self.wbuf.en.eq(1), self.wbuf.addr.eq(a.wgt + wk)]
-            m.d.sync += [wk.eq(wk + 1), w_valid.eq(1), wk_d.eq(wk)]
+            m.d.comb += [self.wbuf.en.eq(1), self.wbuf.addr.eq(waddr)]
+            m.d.sync += [waddr.eq(waddr + 1), wk.eq(wk + 1), w_valid.eq(1), wk_d.eq(wk)]
             with m.If(wk == R - 1):
                 m.d.sync += w_active.eq(0)
         m.d.comb += [
@@ -62,65 +107,82 @@ class GemmUnit(wiring.Component):
             arr.x.eq(self.ibuf.data),
         ]
 
-        # ---- input stream and its valid pipeline ----
-        o = Signal.like(a.n_outer)
-        i = Signal.like(a.n_inner)
-        ibase = Signal(isa.SRAM_ADDR_BITS)
-        iaddr = Signal(isa.SRAM_ADDR_BITS)
-        x_valid = Signal()
-        vpipe = Signal(L)                    # vpipe[j]: x_valid delayed j + 1 cycles
-        m.d.sync += [x_valid.eq(self.ibuf.en), vpipe.eq(Cat(x_valid, vpipe[:-1]))]
-        rd_issue = vpipe[L - 2]              # the abuf read for the result due next cycle
-        wr_valid = vpipe[L - 1]
-
-        # ---- output-side address generator (runs L cycles behind) ----
-        o2 = Signal.like(a.n_outer)
-        i2 = Signal.like(a.n_inner)
-        abase = Signal(isa.SRAM_ADDR_BITS)
-        aaddr = Signal(isa.SRAM_ADDR_BITS)
-        aaddr_d = Signal(isa.SRAM_ADDR_BITS)
-        with m.If(rd_issue):
-            m.d.comb += [self.abuf_rd.en.eq(1), self.abuf_rd.addr.eq(aaddr)]
-            m.d.sync += aaddr_d.eq(aaddr)
-            with m.If(i2 == a.n_inner - 1):
-                m.d.sync += [i2.eq(0), o2.eq(o2 + 1), abase.eq(abase + a.acc_so),
-                             aaddr.eq(abase + a.acc_so)]
+        # ---- input side: cycle 1 (pre), then one vector a cycle (streaming) ----
+        pre = Signal()
+        streaming = Signal()
+        o = Signal.like(ga.n_outer)
+        i = Signal.like(ga.n_inner)
+        ibase = Signal(A)
+        iaddr = Signal(A)
+        abase = Signal(A)
+        aaddr = Signal(A)
+        nz = (ga.n_outer != 0) & (ga.n_inner != 0)
+        last = (i == ga.n_inner - 1) & (o == ga.n_outer - 1)
+        m.d.sync += pre.eq(0)
+        with m.If(pre & nz):
+            m.d.sync += streaming.eq(1)
+        with m.If(streaming):
+            m.d.comb += [self.ibuf.en.eq(1), self.ibuf.addr.eq(iaddr), self.vector.eq(1)]
+            with m.If(i == ga.n_inner - 1):
+                m.d.sync += [i.eq(0), o.eq(o + 1),
+                             ibase.eq(ibase + ga.inp_so), iaddr.eq(ibase + ga.inp_so),
+                             abase.eq(abase + ga.acc_so), aaddr.eq(abase + ga.acc_so)]
+                with m.If(o == ga.n_outer - 1):
+                    m.d.sync += streaming.eq(0)
             with m.Else():
-                m.d.sync += [i2.eq(i2 + 1), aaddr.eq(aaddr + a.acc_si)]
+                m.d.sync += [i.eq(i + 1), iaddr.eq(iaddr + ga.inp_si),
+                             aaddr.eq(aaddr + ga.acc_si)]
+        # the first vector's swap tag: read in cycle 2, on the array's x in cycle 3
+        sw_rd = Signal()
+        sw_x = Signal()
+        m.d.sync += [sw_rd.eq(pre & nz), sw_x.eq(sw_rd)]
+        m.d.comb += arr.swap.eq(sw_x)
+
+        # ---- delay line: (valid, reset, a_v) of the vector read j+1 cycles ago ----
+        tag = data.StructLayout({"valid": 1, "reset": 1, "addr": A})
+        line = [Signal(tag, name=f"line_{j}") for j in range(L + 1)]
+        m.d.sync += [line[0].valid.eq(streaming), line[0].reset.eq(ga.reset),
+                     line[0].addr.eq(aaddr)]
+        for j in range(1, L + 1):
+            m.d.sync += line[j].eq(line[j - 1])
+        rd, wr = line[L - 1], line[L]   # read issue in cycle v+2+L, write in v+3+L
+        m.d.comb += [self.abuf_rd.en.eq(rd.valid), self.abuf_rd.addr.eq(rd.addr)]
         old = data.ArrayLayout(signed(ACC_BITS), C)(self.abuf_rd.data)
         new = Signal(data.ArrayLayout(signed(ACC_BITS), C))
         for c in range(C):
-            m.d.comb += new[c].eq((Mux(a.reset, 0, old[c]) + arr.y[c])[:ACC_BITS])
-        m.d.comb += [self.abuf_wr.en.eq(wr_valid), self.abuf_wr.addr.eq(aaddr_d),
+            m.d.comb += new[c].eq((Mux(wr.reset, 0, old[c]) + arr.y[c])[:ACC_BITS])
+        m.d.comb += [self.abuf_wr.en.eq(wr.valid), self.abuf_wr.addr.eq(wr.addr),
                      self.abuf_wr.data.eq(new)]
 
-        drain = Signal(range(R + C + 1))
-        with m.FSM(name="gemm"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [wk.eq(0), w_active.eq(1),
-                                 o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
-                                 o2.eq(0), i2.eq(0), abase.eq(a.acc), aaddr.eq(a.acc)]
-                    m.next = "PRE"
-            with m.State("PRE"):
-                with m.If((a.n_outer == 0) | (a.n_inner == 0)):
-                    m.d.sync += drain.eq(R + C - 1)
-                    m.next = "DRAIN"
-                with m.Else():
-                    m.next = "STREAM"
-            with m.State("STREAM"):
-                m.d.comb += [self.ibuf.en.eq(1), self.ibuf.addr.eq(iaddr), self.vector.eq(1)]
-                with m.If(i == a.n_inner - 1):
-                    m.d.sync += [i.eq(0), o.eq(o + 1), ibase.eq(ibase + a.inp_so),
-                                 iaddr.eq(ibase + a.inp_so)]
-                    with m.If(o == a.n_outer - 1):
-                        m.d.sync += drain.eq(R + C - 1)
-                        m.next = "DRAIN"
-                with m.Else():
-                    m.d.sync += [i.eq(i + 1), iaddr.eq(iaddr + a.inp_si)]
-            with m.State("DRAIN"):
-                m.d.sync += drain.eq(drain - 1)
-                with m.If(drain == 0):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+        # ---- busy / draining / done ----
+        K = max(R, C) - 1               # busy cycles 1..K even when V + 1 < max(R, C)
+        kcnt = Signal(range(K + 1))
+        dcnt = Signal(range(L + 2))     # cycles of draining left after this one
+        with m.If(kcnt != 0):
+            m.d.sync += kcnt.eq(kcnt - 1)
+        with m.If(streaming):
+            m.d.sync += dcnt.eq(L + 1)
+        with m.Elif(dcnt != 0):
+            m.d.sync += dcnt.eq(dcnt - 1)
+        m.d.comb += [
+            self.busy.eq((kcnt != 0) | (pre & nz) | (streaming & ~last)),
+            self.draining.eq(streaming | (dcnt != 0)),
+        ]
+        # busy or draining next cycle (absent a start): a vector read now or next cycle
+        # drains then; otherwise only the two counters are left
+        more = streaming | (pre & nz) | (kcnt > 1) | (dcnt > 1)
+        m.d.comb += self.done.eq((self.busy | self.draining) & ~more)
+
+        # ---- start (last: it overrides the bookkeeping of the GEMM ending now) ----
+        m.d.comb += take.eq(self.start & ~self.busy)
+        with m.If(take):
+            a = self.args
+            if cfg.overlap:
+                m.d.sync += ga.eq(a)
+            m.d.sync += [kcnt.eq(K), pre.eq(1), streaming.eq(0), waddr.eq(a.wgt), wk.eq(0),
+                         # V = 0 streams nothing, so it would never swap these weights in
+                         # (and its last wbuf read would come after its done)
+                         w_active.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
+                         abase.eq(a.acc), aaddr.eq(a.acc)]
         return m

@@ -4,10 +4,19 @@ PE(r, c) holds the int8 weight W[r][c]. Each cycle it takes an int8 activation f
 its left neighbour and an int32 partial sum from the PE above, passes the activation
 right (registered) and the partial sum plus activation x weight down (registered, int32
 two's-complement wrap).
+
+Double-buffered weight: `w_load` writes the SHADOW register, never the weight in use,
+so the next GEMM's weights can be preloaded while the previous GEMM's vectors are still
+flowing through the array. A 1-bit tag `sw_in` travels with the activation (registered
+to `sw_out` exactly like x_in -> x_out); the tagged activation is the first vector of
+a new GEMM, so in that cycle the PE computes with the shadow weight and makes it the
+active one (active <= shadow at that edge). Because the tag moves with the data, every
+PE switches exactly when the first vector of the new GEMM reaches it, and every vector
+still in flight from the old GEMM keeps the old weight.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,21 +27,29 @@ class PE(wiring.Component):
     def __init__(self, acc_bits: int = ACC_BITS):
         self.acc_bits = acc_bits
         super().__init__({
-            "w_load": In(1),          # latch w_in as this PE's weight
+            "w_load": In(1),          # latch w_in into the SHADOW weight
             "w_in": In(signed(8)),
             "x_in": In(signed(8)),
+            "sw_in": In(1),           # x_in is the first vector of a new GEMM: use the shadow
             "psum_in": In(signed(acc_bits)),
             "x_out": Out(signed(8)),
+            "sw_out": Out(1),
             "psum_out": Out(signed(acc_bits)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        w = Signal(signed(8))
+        shadow = Signal(signed(8))
+        active = Signal(signed(8))
         with m.If(self.w_load):
-            m.d.sync += w.eq(self.w_in)
+            m.d.sync += shadow.eq(self.w_in)
+        # the tagged vector already needs the new weight, so it bypasses `active` this cycle
+        w = Mux(self.sw_in, shadow, active)
+        with m.If(self.sw_in):
+            m.d.sync += active.eq(shadow)
         m.d.sync += [
             self.x_out.eq(self.x_in),
+            self.sw_out.eq(self.sw_in),
             self.psum_out.eq((self.psum_in + self.x_in * w)[:self.acc_bits]),
         ]
         return m

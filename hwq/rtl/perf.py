@@ -5,11 +5,19 @@ cycle model, and `hwq simulate` records them in the run metadata.
   cycles        cycles from start to the stop (the `cycles` port)
   instructions  instructions executed, the stopping one included
   macs          rows x cols per input vector streamed through the array (the `macs` port)
-  fetch         cycles fetching, range-checking and dispatching instructions
-  load .. pool  cycles each execution unit is busy (LOAD, STORE, GEMM, POST, MAXPOOL)
+  fetch         cycles fetching and range-checking instructions, and the cycle each one
+                starts its unit (or stops the run)
+  stall_unit    cycles an instruction waits for its unit, busy with the one before
+  stall_port    cycles it waits for a memory port another unit is using
+  stall_data    cycles it waits for another unit to finish with entries it touches
+  stall_idle    cycles the front end waits for every unit to go idle (END; and every
+                instruction when the config has no overlap)
+  load .. pool  cycles each execution unit is busy (LOAD, STORE, GEMM, POST, MAXPOOL);
+                they overlap each other and the front end
   stall_mem     cycles a DRAM request waited for `ready` (memory back-pressure)
 
-Every run cycle is counted once in fetch or one unit, so those sum to `cycles`.
+Every run cycle is counted once in the front end's five (fetch .. stall_idle), so those
+sum to `cycles`; hwq/sim/cycles.py models them all.
 """
 from __future__ import annotations
 
@@ -19,7 +27,8 @@ COUNTER_BITS = 64
 RUN_BITS = 40
 UNIT_OF_OP = {"LOAD": "load", "STORE": "store", "GEMM": "gemm", "POST": "post",
               "MAXPOOL": "pool"}
-COUNTERS = ("cycles", "instructions", "macs", "fetch", *UNIT_OF_OP.values(), "stall_mem")
+FRONT_END = ("fetch", "stall_unit", "stall_port", "stall_data", "stall_idle")
+COUNTERS = ("cycles", "instructions", "macs", *FRONT_END, *UNIT_OF_OP.values(), "stall_mem")
 
 
 def perf_layout():

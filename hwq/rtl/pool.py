@@ -55,7 +55,7 @@ class PoolUnit(wiring.Component):
         m.d.comb += [self.wr.en.eq(s_valid & s_last), self.wr.addr.eq(s_dst),
                      self.wr.data.eq(mx)]
 
-        with m.FSM(name="pool"):
+        with m.FSM(name="pool") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [oy.eq(0), ox.eq(0), ky.eq(0), kx.eq(0), rowb.eq(a.src),
@@ -87,4 +87,5 @@ class PoolUnit(wiring.Component):
             with m.State("DRAIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

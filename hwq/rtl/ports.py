@@ -52,6 +52,8 @@ class SramWrite(wiring.Signature):
 
 
 def unit_members(args_layout) -> dict:
-    """What every execution unit has: a start pulse, the decoded fields of its
-    instruction (held stable while it runs) and a done pulse in its last cycle."""
-    return {"start": In(1), "args": In(args_layout), "done": Out(1)}
+    """What every execution unit has: a start pulse (taken while `busy` is low), the
+    decoded fields of its instruction (valid from the start cycle until the next start),
+    `busy` from the cycle after the start up to its last cycle, and a done pulse in that
+    last cycle."""
+    return {"start": In(1), "args": In(args_layout), "busy": Out(1), "done": Out(1)}

@@ -182,7 +182,7 @@ class PostUnit(wiring.Component):
             self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(lanes.y),
         ]
         drain = Signal(range(L + 1))
-        with m.FSM(name="post"):
+        with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a.bias)]
@@ -201,4 +201,5 @@ class PostUnit(wiring.Component):
                 with m.If(drain == 0):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

@@ -1,4 +1,5 @@
-"""The accelerator: fetch, decode, dispatch to one execution unit at a time.
+"""The accelerator: a front end that fetches, checks and starts instructions in program
+order, and five execution units that run concurrently (isa.py: "Instructions overlap").
 
 Ports (Verilog names in brackets):
   start [start]           pulse while idle: run from start_pc
@@ -6,37 +7,45 @@ Ports (Verilog names in brackets):
   done [done]             level: high from the stop until the next start
   busy [busy]             high while running (the cycle counter counts these cycles)
   status [status]         isa.STATUS code of the last stop
-  pc [pc]                 word address of the current / stopping instruction
+  pc [pc]                 word address of the instruction in the front end / the stopping one
   cycles [cycles]         cycles of the current / last run
   macs [macs]             vectors streamed x rows x cols in the current / last run
   mem [mem__*]            the DRAM port (hwq/rtl/ports.py: DramPort protocol)
   perf [perf]             the performance counters of the current / last run
                           (hwq/rtl/perf.py; cycles and macs repeat the ports above)
-  trace [trace__*]        for differential testing: `retire` pulses in the last cycle of
-                          every instruction, and each buffer's write port is mirrored
-                          (`<buf>_addr`, `<buf>_en`, `<buf>_data`); nothing reads them
+  trace [trace__*]        for differential testing: `issue` pulses in the cycle an
+                          instruction starts its unit or stops the run (`pc` is its
+                          address), and each buffer's write port is mirrored (`<buf>_addr`,
+                          `_en`, `_data`) with the unit driving it (`<buf>_unit`, an index
+                          into UNITS); `busy`: which units are busy (GEMM: or the
+                          array still draining); nothing reads them
 
-Per instruction: FETCH issues the instr_words reads (one a cycle), FETCH_WAIT takes the
-last word, CHECK computes in CHECK_CYCLES whether the instruction's extents fit the
-memories (see hwq/rtl/check.py), DISPATCH decodes the instruction register (END, illegal opcodes and
-out-of-range instructions stop here) and starts the unit, EXEC waits for the unit's
-done; the next fetch begins the cycle after.
+Front end, per instruction: FETCH issues the instr_words reads (one a cycle; the fetch
+has priority on the DRAM port, LOAD and STORE see `ready` low meanwhile), FETCH_WAIT
+takes the last word, CHECK computes in CHECK_CYCLES the instruction's extents and whether
+they fit the memories (hwq/rtl/check.py), DISPATCH starts the unit in the first cycle in
+which the unit is free and no hazard (isa.hazard) holds against the instruction another
+unit runs; END, illegal opcodes and out-of-range instructions stop there once every unit
+is idle. The next FETCH begins the cycle after. With `cfg.overlap` off, FETCH waits
+until every unit is idle, so one instruction runs at a time and the units read their
+fields straight from the instruction register; with it on, each unit keeps a copy of its
+instruction's fields and of its extents (for the hazard checks), taken at dispatch.
+hwq/sim/cycles.py is the cycle model of all this.
 
 `fault` builds a deliberately broken variant for the tests that prove the differential
-checks catch a bug: "post_round" makes POST's half_up rounding truncate. Units never overlap yet; each owns its buffer ports while it runs, and the ports
-are multiplexed by which unit is driving them.
+checks catch a bug: "post_round" makes POST's half_up rounding truncate.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwq.compiler import isa
 from hwq.config import HwConfig
-from hwq.rtl.check import RangeCheck
-from hwq.rtl.decode import Decoder, args_of, op_index
+from hwq.rtl.check import RangeCheck, extent_layout, extents_of
+from hwq.rtl.decode import Decoder, args_layout, args_of, op_index
 from hwq.rtl.dma import LoadUnit, StoreUnit, dram_addr_bits
 from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.pe import ACC_BITS
@@ -48,6 +57,7 @@ from hwq.rtl.post import PostUnit
 STATUS_BITS = 8
 PC_BITS = isa.DRAM_ADDR_BITS
 FAULTS = ("post_round",)
+UNITS = tuple(UNIT_OF_OP)                  # the ops that run on a unit of their own
 BUFFER_BITS = {"ibuf": lambda cfg: 8 * cfg.rows, "wbuf": lambda cfg: 8 * cfg.cols,
                "bbuf": lambda cfg: ACC_BITS * cfg.cols, "abuf": lambda cfg: ACC_BITS * cfg.cols,
                "obuf": lambda cfg: 8 * cfg.cols}
@@ -59,23 +69,25 @@ def write_lanes(cfg: HwConfig, buf: str) -> int:
 
 
 class TraceSignature(wiring.Signature):
-    """The `trace` port: instruction retire and every buffer's write port."""
+    """The `trace` port: instruction issue and every buffer's write port."""
 
     def __init__(self, cfg: HwConfig):
-        members = {"retire": Out(1)}
+        members = {"issue": Out(1), "busy": Out(len(UNITS))}
         for b in isa.BUFFERS:
             members[f"{b}_addr"] = Out(isa.SRAM_ADDR_BITS)
             members[f"{b}_en"] = Out(write_lanes(cfg, b))
             members[f"{b}_data"] = Out(BUFFER_BITS[b](cfg))
+            members[f"{b}_unit"] = Out(range(len(UNITS)))
         super().__init__(members)
 
 
-def _mux_write(m, port, sources):
-    """Drive a memory write port from whichever source enables a write."""
-    for k, (addr, en, data) in enumerate(sources):
-        cond = en.any()
-        with (m.If if k == 0 else m.Elif)(cond):
-            m.d.comb += [port.addr.eq(addr), port.en.eq(en), port.data.eq(data)]
+def _mux_write(m, port, unit_index, sources):
+    """Drive a memory write port from whichever unit enables a write (the hazard rules
+    let one unit at a time write a buffer)."""
+    for k, (unit, addr, en, data) in enumerate(sources):
+        with (m.If if k == 0 else m.Elif)(en.any()):
+            m.d.comb += [port.addr.eq(addr), port.en.eq(en), port.data.eq(data),
+                         unit_index.eq(UNITS.index(unit))]
 
 
 def _mux_read(m, port, sources):
@@ -136,27 +148,41 @@ class Accelerator(wiring.Component):
         m.submodules.gemm = gemm = GemmUnit(cfg)
         m.submodules.post = post = PostUnit(cfg, fault=self.fault)
         m.submodules.pool = pool = PoolUnit(cfg)
-        units = {"LOAD": load, "STORE": store, "GEMM": gemm, "POST": post, "MAXPOOL": pool}
+        units = dict(zip(UNITS, (load, store, gemm, post, pool)))
 
         ir = Signal(isa.INSTR_BITS)
         m.d.comb += [dec.word.eq(ir), chk.fields.eq(dec.fields), chk.op.eq(dec.op)]
+        running = {}                         # each unit's extents, for the hazard checks
         for name, unit in units.items():
-            m.d.comb += unit.args.eq(args_of(dec.fields, name))
+            live = args_of(dec.fields, name)
+            if cfg.overlap:                  # the instruction register moves on: keep a copy
+                held = Signal(args_layout(name), name=f"{name.lower()}_args")
+                ext = Signal(extent_layout(cfg), name=f"{name.lower()}_extents")
+                with m.If(unit.start):
+                    m.d.sync += [held.eq(live), ext.eq(chk.extents)]
+                m.d.comb += unit.args.eq(Mux(unit.start, live, held))
+                running[name] = extents_of(ext, isa.BY_NAME[name], cfg)
+            else:
+                m.d.comb += unit.args.eq(live)
 
         # LOAD -> ibuf / wbuf / bbuf / obuf (by its `buf` field)
         load_wr = {}
         for code, t in enumerate(isa.LOAD_TARGETS):
             e = cfg.entry_words(t)
             sel = load.args.buf == code
-            load_wr[t] = (load.wr.addr, load.wr.en[:e] & sel.replicate(e), load.wr.data[:e * B])
-        _mux_write(m, wp["ibuf"], [load_wr["ibuf"]])
-        _mux_write(m, wp["wbuf"], [load_wr["wbuf"]])
-        _mux_write(m, wp["bbuf"], [load_wr["bbuf"]])
+            load_wr[t] = ("LOAD", load.wr.addr, load.wr.en[:e] & sel.replicate(e),
+                          load.wr.data[:e * B])
+        unit_of = {name: getattr(self.trace, f"{name}_unit") for name in isa.BUFFERS}
+        _mux_write(m, wp["ibuf"], unit_of["ibuf"], [load_wr["ibuf"]])
+        _mux_write(m, wp["wbuf"], unit_of["wbuf"], [load_wr["wbuf"]])
+        _mux_write(m, wp["bbuf"], unit_of["bbuf"], [load_wr["bbuf"]])
         ew_o = cfg.entry_words("obuf")
-        _mux_write(m, wp["obuf"], [load_wr["obuf"],
-                                   (post.obuf.addr, post.obuf.en.replicate(ew_o), post.obuf.data),
-                                   (pool.wr.addr, pool.wr.en.replicate(ew_o), pool.wr.data)])
-        _mux_write(m, wp["abuf"], [(gemm.abuf_wr.addr, gemm.abuf_wr.en, gemm.abuf_wr.data)])
+        _mux_write(m, wp["obuf"], unit_of["obuf"], [
+            load_wr["obuf"],
+            ("POST", post.obuf.addr, post.obuf.en.replicate(ew_o), post.obuf.data),
+            ("MAXPOOL", pool.wr.addr, pool.wr.en.replicate(ew_o), pool.wr.data)])
+        _mux_write(m, wp["abuf"], unit_of["abuf"],
+                   [("GEMM", gemm.abuf_wr.addr, gemm.abuf_wr.en, gemm.abuf_wr.data)])
 
         _mux_read(m, rp["ibuf"], [(gemm.ibuf.addr, gemm.ibuf.en)])
         _mux_read(m, rp["wbuf"], [(gemm.wbuf.addr, gemm.wbuf.en)])
@@ -171,7 +197,7 @@ class Accelerator(wiring.Component):
             store.rd.data.eq(rp["obuf"].data), pool.rd.data.eq(rp["obuf"].data),
         ]
 
-        # ---- DRAM port: fetch, LOAD, STORE ----
+        # ---- DRAM port: the fetch first, then LOAD or STORE (never both: one port) ----
         f_re = Signal()
         f_addr = Signal(self.A)
         with m.If(f_re):
@@ -182,7 +208,38 @@ class Accelerator(wiring.Component):
             m.d.comb += [self.mem.we.eq(1), self.mem.addr.eq(store.dram.addr),
                          self.mem.wdata.eq(store.dram.wdata)]
         for u in (load, store):
-            m.d.comb += [u.dram.rdata.eq(self.mem.rdata), u.dram.ready.eq(self.mem.ready)]
+            m.d.comb += [u.dram.rdata.eq(self.mem.rdata), u.dram.ready.eq(self.mem.ready & ~f_re)]
+
+        # ---- hazards between the instruction in dispatch and the ones running ----
+        op = {name: dec.op[op_index(name)] for name in units}
+        unit_busy = Signal()
+        port_hazard = Signal()
+        data_hazard = Signal()
+        m.d.comb += unit_busy.eq(Cat(op[n] & u.busy for n, u in units.items()).any())
+        if cfg.overlap:
+            terms = {"port": [], "data": []}
+            for new in units:
+                for e in extents_of(chk.extents, isa.BY_NAME[new], cfg):
+                    for other, unit in units.items():
+                        if other == new:
+                            continue
+                        for f in running[other]:
+                            live = unit.busy
+                            if other == "GEMM" and f.memory == "abuf":
+                                # the array drains after the unit is free (cycles.py)
+                                live = gemm.draining | (gemm.busy & f.when)
+                                f = isa.Extent(f.memory, f.first, f.last, Const(1), f.access)
+                            h = isa.hazard(e, f)
+                            if h is not None:
+                                terms[h[0]].append(op[new] & live & h[1])
+            m.d.comb += [port_hazard.eq(Cat(*terms["port"]).any()),
+                         data_hazard.eq(Cat(*terms["data"]).any())]
+        all_idle = Signal()
+        m.d.comb += [self.trace.busy.eq(Cat(u.busy | (gemm.draining if u is gemm else 0)
+                                            for u in units.values())),
+                     all_idle.eq(~self.trace.busy.any())]
+        stops = Signal()
+        m.d.comb += stops.eq(~dec.legal | ~chk.in_range | dec.op[op_index("END")])
 
         # ---- control ----
         pc = Signal(PC_BITS)
@@ -202,22 +259,20 @@ class Accelerator(wiring.Component):
         with m.If(gemm.vector):
             m.d.sync += macs.eq(macs + R * C)
 
-        unit_done = Signal()
-        m.d.comb += unit_done.eq(Cat(u.done for u in units.values()).any())
-        legal = {name: dec.op[op_index(name)] for name in units}
-        running = Signal(len(units))         # one-hot: the unit started by the last dispatch
-
         # ---- performance counters (hwq/rtl/perf.py) ----
+        # without overlap nothing waits in dispatch: those counters stay 0, and their
+        # adders are ~5% of the iCE40 that runs that way
+        never = ("cycles", "macs") + (() if cfg.overlap else ("stall_unit", "stall_port", "stall_data"))
         count = {name: Signal(RUN_BITS, name=f"perf_{name}") for name in COUNTERS
-                 if name not in ("cycles", "macs")}
-        in_fetch = Signal()                  # FETCH .. DISPATCH
+                 if name not in never}
+        front = {name: Signal(name=f"in_{name}") for name in
+                 ("fetch", "stall_unit", "stall_port", "stall_data", "stall_idle")}
         m.d.comb += [self.perf.cycles.eq(self.cycles), self.perf.macs.eq(self.macs)]
         for name, sig in count.items():
             m.d.comb += getattr(self.perf, name).eq(sig)
-        inc = {"instructions": self.trace.retire, "fetch": in_fetch,
+        inc = {"instructions": self.trace.issue,
                "stall_mem": (self.mem.re | self.mem.we) & ~self.mem.ready,
-               **{UNIT_OF_OP[op]: ~in_fetch & self.busy & running[k]
-                  for k, op in enumerate(units)}}
+               **front, **{UNIT_OF_OP[n]: u.busy for n, u in units.items()}}
         with m.If(self.start & ~self.busy):
             m.d.sync += [sig.eq(0) for sig in count.values()]
         with m.Else():
@@ -233,41 +288,43 @@ class Accelerator(wiring.Component):
                                  cycles.eq(0), macs.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += [self.busy.eq(1), in_fetch.eq(1), f_re.eq(1)]
-                with m.If(self.mem.ready):
+                m.d.comb += self.busy.eq(1)
+                go = Const(1) if cfg.overlap else all_idle
+                m.d.comb += [f_re.eq(go), front["fetch"].eq(go), front["stall_idle"].eq(~go)]
+                with m.If(go & self.mem.ready):
                     m.d.sync += k.eq(k + 1)
                     with m.If(k == N - 1):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
-                m.d.comb += [self.busy.eq(1), in_fetch.eq(1)]
+                m.d.comb += [self.busy.eq(1), front["fetch"].eq(1)]
                 with m.If(f_valid):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += [self.busy.eq(1), in_fetch.eq(1), chk.run.eq(1)]
+                m.d.comb += [self.busy.eq(1), front["fetch"].eq(1), chk.run.eq(1)]
                 with m.If(chk.last):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                m.d.comb += [self.busy.eq(1), in_fetch.eq(1)]
-                with m.If(~dec.legal):
-                    m.d.comb += self.trace.retire.eq(1)
-                    m.d.sync += [self.done.eq(1), self.status.eq(isa.STATUS["illegal_opcode"])]
-                    m.next = "IDLE"
-                with m.Elif(~chk.in_range):
-                    m.d.comb += self.trace.retire.eq(1)
-                    m.d.sync += [self.done.eq(1), self.status.eq(isa.STATUS["address_range"])]
-                    m.next = "IDLE"
-                with m.Elif(dec.op[op_index("END")]):
-                    m.d.comb += self.trace.retire.eq(1)
-                    m.d.sync += [self.done.eq(1), self.status.eq(isa.STATUS["ok"])]
-                    m.next = "IDLE"
+                m.d.comb += self.busy.eq(1)
+                with m.If(stops):
+                    with m.If(all_idle):
+                        m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
+                        status = Mux(~dec.legal, isa.STATUS["illegal_opcode"],
+                                     Mux(~chk.in_range, isa.STATUS["address_range"],
+                                         isa.STATUS["ok"]))
+                        m.d.sync += [self.done.eq(1), self.status.eq(status)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.comb += front["stall_idle"].eq(1)
+                with m.Elif(unit_busy):
+                    m.d.comb += front["stall_unit"].eq(1)
+                with m.Elif(port_hazard):
+                    m.d.comb += front["stall_port"].eq(1)
+                with m.Elif(data_hazard):
+                    m.d.comb += front["stall_data"].eq(1)
                 with m.Else():
+                    m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
                     for name, unit in units.items():
-                        m.d.comb += unit.start.eq(legal[name])
-                    m.d.sync += running.eq(Cat(legal[name] for name in units))
-                    m.next = "EXEC"
-            with m.State("EXEC"):
-                m.d.comb += [self.busy.eq(1), self.trace.retire.eq(unit_done)]
-                with m.If(unit_done):
+                        m.d.comb += unit.start.eq(op[name])
                     m.d.sync += [pc.eq(pc + N), k.eq(0)]
                     m.next = "FETCH"
         return m

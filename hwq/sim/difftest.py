@@ -1,9 +1,12 @@
 """Per-instruction differential checking of the RTL against the ISS.
 
 The RTL runs once on its trace build (hwq/rtl/export.py: every buffer write, DRAM write
-and instruction retire logged to trace.txt); the log is replayed onto a copy of the
-machine state while the ISS steps through the same program, and after every
-instruction the two states -- all five buffers and the whole DRAM -- must be equal. The
+and instruction issue logged to trace.txt, each write with the unit that made it). The
+units overlap, so the writes are grouped by the instruction whose unit made them, and
+replayed onto a copy of the machine state in program order while the ISS steps through
+the same program; after every instruction the two states -- all five buffers and the
+whole DRAM -- must be equal. (The hazard rules make any order of non-conflicting writes
+give the same state; a unit that read data too early shows in what it writes.) The
 first instruction after which they differ is reported with its index, disassembly and
 the compiler's note (layer and tile), the memory, address and lane, both values, and a
 waveform of that instruction alone (a second run of the trace build).
@@ -13,6 +16,7 @@ The normal simulation path (run_rtl without trace) is untouched by any of this.
 from __future__ import annotations
 
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import numpy as np
 
 from hwq.compiler import isa
 from hwq.config import HwConfig
-from hwq.rtl.top import write_lanes
+from hwq.rtl.top import UNITS, write_lanes
 from hwq.sim.iss import IssError, Machine
 from hwq.sim.rtl_sim import cache_root, run_rtl
 
@@ -40,23 +44,45 @@ class Divergence:
         return f"instruction {self.index} at pc {self.pc}: {self.text}{note}: {self.what}{wave}"
 
 
-def _parse_trace(path: Path):
-    """Yield (pc, writes) per retired instruction; writes are ('w', buf, addr, en, data)
-    or ('d', addr, data), all ints, in the order the RTL made them."""
-    writes = []
+def _parse_trace(path: Path, unit_at):
+    """The RTL's run as (issued, writes): the pc of every instruction in issue order, and
+    per issue index the writes it made, ('w', buf, addr, en, data) or ('d', addr, data),
+    all ints, in the order the RTL made them. `unit_at(pc)` gives the unit of the
+    instruction at pc (None: it stops the run) and how many writes it makes (None: any).
+    A write belongs to the oldest instruction of the unit that made it with writes to
+    come -- the GEMM unit starts the next GEMM while the array still drains the last --
+    and DRAM writes are STORE's."""
+    issued, writes, owners = [], {}, {u: deque() for u in UNITS}
     with open(path) as f:
         for line in f:
             tok = line.split()
             if not tok:
                 continue
+            if tok[0] == "i":
+                pc = int(tok[1], 16)
+                writes[len(issued)] = []
+                unit, count = unit_at(pc)
+                if unit is not None and count != 0:
+                    if count is None:
+                        owners[unit].clear()
+                    owners[unit].append([len(issued), count])
+                issued.append(pc)
+                continue
             if tok[0] == "w":
-                writes.append(("w", isa.BUFFERS[int(tok[1])], int(tok[2], 16), int(tok[3], 16),
-                               int(tok[4], 16)))
+                unit = UNITS[int(tok[5], 16)]
+                w = ("w", isa.BUFFERS[int(tok[1])], int(tok[2], 16), int(tok[3], 16),
+                     int(tok[4], 16))
             elif tok[0] == "d":
-                writes.append(("d", int(tok[1], 16), int(tok[2], 16)))
-            elif tok[0] == "r":
-                yield int(tok[1], 16), writes
-                writes = []
+                unit, w = "STORE", ("d", int(tok[1], 16), int(tok[2], 16))
+            else:
+                continue
+            owner = owners[unit][0]
+            writes[owner[0]].append(w)
+            if owner[1] is not None:
+                owner[1] -= 1
+                if owner[1] == 0:
+                    owners[unit].popleft()
+    return issued, writes
 
 
 class _Shadow:
@@ -138,19 +164,29 @@ def first_divergence(cfg: HwConfig, image: bytes, start_pc: int,
         window = None
         if waves:
             run_rtl(cfg, image, [job], sim=sim, start_pc=start_pc, wave_window=(k, k),
-                    fault=fault, work_dir=work_dir / "window")
+                    wave_unit=unit_at(at)[0], fault=fault, work_dir=work_dir / "window")
             vcd = work_dir / "window" / "window.vcd"
             window = vcd if vcd.exists() else None
         return Divergence(k, at, text, note, what, window)
 
-    for rtl_pc, rtl_writes in _parse_trace(work_dir / "trace.txt"):
+    def unit_at(at):
+        try:
+            instr = isa.decode(m.fetch(at))
+        except isa.IsaError:
+            return None, None
+        if instr.op == "GEMM":     # one accumulator write per vector
+            return "GEMM", instr["n_outer"] * instr["n_inner"]
+        return (instr.op, None) if instr.op in UNITS else (None, None)
+
+    issued, rtl_writes = _parse_trace(work_dir / "trace.txt", unit_at)
+    for k, rtl_pc in enumerate(issued):
         if rtl_pc != pc:
             return report(index, pc, f"the RTL executed pc {rtl_pc} instead")
         try:
             step = m.step(pc)
         except IssError as e:
             return report(index, pc, f"the ISS refuses it: {e}")
-        for w in rtl_writes:
+        for w in rtl_writes[k]:
             shadow.apply(w)
         what = shadow.differs(m)
         if what:

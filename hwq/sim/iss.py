@@ -13,7 +13,7 @@ import numpy as np
 from hwq.compiler import isa
 from hwq.compiler.quant.requant import ROUND_MODES, requantize
 from hwq.config import HwConfig
-from hwq.rtl.perf import COUNTERS, UNIT_OF_OP
+from hwq.rtl.perf import COUNTERS
 from hwq.sim import cycles as cycle_model
 
 _LANE_DTYPE = {"ibuf": np.int8, "wbuf": np.int8, "bbuf": np.int32, "abuf": np.int32,
@@ -30,7 +30,7 @@ class RunResult:
     pc: int                      # word address of the instruction that stopped the run
     instructions: int            # executed, the stopping one included
     cycles: int                  # the RTL's cycle counter, exactly (memory never stalling)
-    cycles_by_op: dict[str, int] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)   # cycle each instruction started its unit
     array_macs: int = 0          # rows*cols per streamed vector, padding lanes included
     counters: dict[str, int] = field(default_factory=dict)   # the RTL's performance counters
 
@@ -147,23 +147,20 @@ class Machine:
 
     def run(self, start_pc: int = 0, max_instructions: int = 1_000_000) -> RunResult:
         cfg = self.cfg
-        pc, by_op = start_pc, {}
-        counters = dict.fromkeys(COUNTERS, 0)
-        while counters["instructions"] < max_instructions:
+        pc, starts = start_pc, []
+        timeline = cycle_model.Timeline(cfg)
+        instructions = macs = 0
+        while instructions < max_instructions:
             st = self.step(pc)
-            counters["instructions"] += 1
-            counters["macs"] += st.macs
-            fetch = cycle_model.fetch_cycles(cfg)
-            n = fetch if st.status is not None else cycle_model.instr_cycles(st.instr, cfg)
-            counters["cycles"] += n
-            counters["fetch"] += fetch
-            if n > fetch:
-                counters[UNIT_OF_OP[st.instr.op]] += n - fetch
-            if st.instr is not None:
-                by_op[st.instr.op] = by_op.get(st.instr.op, 0) + n
+            instructions += 1
+            macs += st.macs
             if st.status is not None:
-                return RunResult(st.status, pc, counters["instructions"], counters["cycles"],
-                                 by_op, counters["macs"], counters)
+                cycles = timeline.stop()
+                counters = {**timeline.counters, "instructions": instructions, "macs": macs,
+                            "stall_mem": 0}   # the model's memory never stalls
+                return RunResult(st.status, pc, instructions, cycles, starts, macs,
+                                 {name: counters[name] for name in COUNTERS})
+            starts.append(timeline.issue(st.instr))
             pc = (pc + cfg.instr_words) % cfg.dram_words
         raise IssError(f"no END after {max_instructions} instructions (pc={pc})")
 

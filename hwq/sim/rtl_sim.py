@@ -12,7 +12,7 @@ cocotb test (hwq/sim/tb_accel.py) talk through files in the run directory.
 Builds are cached under build/rtl-cache/ (or $HWQ_CACHE_DIR), keyed by the config
 fingerprint, a hash of the generated Verilog and testbench, and the simulator. Two
 variants build apart from the normal (fast) one: trace=True, the testbench that logs
-every buffer/DRAM write and instruction retire (hwq/sim/difftest.py), and
+every buffer/DRAM write and instruction issue (hwq/sim/difftest.py), and
 fault=<name>, a deliberately broken accelerator (hwq/rtl/top.py FAULTS) for tests.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class BuildInfo:
     path: Path
     built: bool            # False: taken from the cache
     seconds: float
-    trace: bool = False    # the build logs writes and retires (trace tb top)
+    trace: bool = False    # the build logs writes and issues (trace tb top)
 
 
 def cache_root() -> Path:
@@ -253,16 +253,17 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
             start_pc: int = 0, max_cycles: int = 50_000_000, work_dir: Path | None = None,
             progress: bool = False, stall: bool = False, waves: bool = False,
             trace: bool = False, wave_window: tuple[int, int] | None = None,
-            fault: str | None = None) -> list[RtlRun]:
+            wave_unit: str | None = None, fault: str | None = None) -> list[RtlRun]:
     """Run `jobs` one after the other on one simulated accelerator (see module doc).
 
     stall=True makes the DRAM model drop `ready` on a pseudo-random quarter of the
     cycles (results must not change; cycle counts do). waves=True (debugging) uses a
     tracing build and leaves the trace (dump.vcd for Verilator, hwq_tb_top.fst for
     Icarus) in the run directory, which is then kept (pass work_dir to choose it).
-    trace=True runs the trace build and leaves `trace.txt` (every write and retire) in
+    trace=True runs the trace build and leaves `trace.txt` (every write and issue) in
     the run directory; wave_window=(a, b) (trace build) also leaves `window.vcd`, the
-    waveform of instructions a..b of a job. fault: see hwq/rtl/top.py FAULTS."""
+    waveform of instructions a..b of a job, until `wave_unit` (an op name; default every
+    unit) is idle after b. fault: see hwq/rtl/top.py FAULTS."""
     image = bytes(dram_image)
     if len(image) > cfg.dram_words * cfg.bus_bytes:
         raise HwqError(f"DRAM image of {len(image)} bytes exceeds dram_words={cfg.dram_words} "
@@ -321,6 +322,9 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
         plusargs.append("+HWQ_TRACE")
     if wave_window is not None:
         plusargs += [f"+HWQ_WAVE_FROM={wave_window[0]}", f"+HWQ_WAVE_TO={wave_window[1]}"]
+        if wave_unit is not None:
+            from hwq.rtl.top import UNITS
+            plusargs.append(f"+HWQ_WAVE_UNIT={UNITS.index(wave_unit)}")
     if waves and sim == "icarus":
         plusargs.append(f"+dumpfile_path={work / (TB_MODULE + '.fst')}")
     error = None

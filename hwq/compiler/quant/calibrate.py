@@ -90,7 +90,9 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
              hardware: bool = True, batch_size: int = CALIB_BATCH) -> QModel:
     """Quantize `graph` with fix positions calibrated on `calib`, (N, C, H, W) float
     samples of the model's input. `hardware` refuses, up front, settings the array cannot
-    run (per-channel shifts, grouped convs); software-only runs pass False."""
+    run (per-channel shifts, grouped convs); software-only runs pass False. The config's
+    weight_clustering clusters the float weights first, its fast_finetune tunes the
+    calibrated weights after; both learn from `calib`."""
     calib = np.asarray(calib)
     if calib.ndim != 4 or calib.shape[1:] != tuple(graph.input_shape) or len(calib) == 0:
         raise HwqError(f"model {graph.name}: calibration data has shape {calib.shape}; it must "
@@ -99,7 +101,11 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
     _check_power_of_two(config, graph)
     if hardware:
         hardware_check(graph, config)
-    graph = prepare(graph, config)
+    user_graph, graph = graph, prepare(graph, config)
+    if config.switches["weight_clustering"]:
+        from hwq.compiler.quant.cluster import cluster_graph   # imports this module
+        graph = cluster_graph(graph, calib, config.options["weight_clusters"],
+                              config.options["weight_cluster_steps"], progress)
     floats = run_float(graph, calib)
     floats["input"] = np.asarray(calib, np.float32)
     _check_finite(floats["input"], "the calibration input", graph.name)
@@ -115,6 +121,10 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
     qmodel = QModel(name=graph.name, input_shape=tuple(graph.input_shape), f_input=fixes["input"],
                     layers=layers, quant_config=config.as_dict())
     check_accumulator_bounds(qmodel)
+    if config.switches["fast_finetune"]:
+        from hwq.compiler.quant.adaquant import fast_finetune   # imports this module
+        qmodel = fast_finetune(user_graph, qmodel, calib, config, config.options["fast_finetune_steps"],
+                               progress)
     return qmodel
 
 

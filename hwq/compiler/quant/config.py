@@ -6,6 +6,12 @@ activation, and optionally `layer_quantize_config`: a list of overrides for one 
 type (`layer_type: torch.nn.Conv2d`) or one layer (`layer_name: conv1`), applied in that
 order over the global settings, as in Vitis AI. Values Vitis accepts but the int8
 power-of-two array cannot use are refused, saying why, so nothing is silently ignored.
+
+Two top-level switches go beyond post-training calibration, each with its own settings:
+`fast_finetune` (Vitis AI's name for AdaQuant, layer-wise weight tuning after
+calibration; `fast_finetune_steps` Adam steps per layer) and `weight_clustering` (k-means
+weight sharing before calibration: `weight_clusters` centroids per layer, tuned for
+`weight_cluster_steps` steps).
 """
 from __future__ import annotations
 
@@ -52,7 +58,15 @@ _TENSOR_FIELDS = {
 }
 _REQUIRED = [f for f, rule in _TENSOR_FIELDS.items() if rule.default is None]
 # Vitis' global switches: those hwq does, and those it refuses with the reason.
-_SWITCHES = ("convert_relu6_to_relu", "include_cle", "include_bias_corr")
+_SWITCHES = ("convert_relu6_to_relu", "include_cle", "include_bias_corr", "fast_finetune",
+             "weight_clustering")
+# Settings of a switch: (the switch, the rule). Given while the switch is off they would do
+# nothing, so they are refused then.
+_OPTIONS = {
+    "fast_finetune_steps": ("fast_finetune", _Field(int, (), (), default=300, bounds=(0, 100_000))),
+    "weight_clusters": ("weight_clustering", _Field(int, (), (), default=16, bounds=(1, 256))),
+    "weight_cluster_steps": ("weight_clustering", _Field(int, (), (), default=200, bounds=(0, 100_000))),
+}
 _REFUSED_SWITCHES = {
     "convert_silu_to_hswish": "hwq compiles no SiLU or Hardswish",
     "keep_first_last_layer_accuracy": "the array is int8-only, so no layer can stay at "
@@ -60,7 +74,8 @@ _REFUSED_SWITCHES = {
     "keep_add_layer_accuracy": "the array is int8-only, so adds cannot stay at higher precision",
 }
 _TOP_KEYS = ("target_device", "quantizable_data_type", "overall_quantize_config",
-             "tensor_quantize_config", "layer_quantize_config") + _SWITCHES + tuple(_REFUSED_SWITCHES)
+             "tensor_quantize_config", "layer_quantize_config") + _SWITCHES + tuple(_OPTIONS) + \
+    tuple(_REFUSED_SWITCHES)
 _RULE_KEYS = ("layer_type", "layer_name", "overall_quantize_config", "tensor_quantize_config")
 
 
@@ -108,6 +123,7 @@ class QuantConfig:
     source: str = ""    # the file it came from, for messages
     layer_rules: tuple[LayerRule, ...] = ()
     switches: dict = field(default_factory=lambda: dict.fromkeys(_SWITCHES, False))
+    options: dict = field(default_factory=lambda: {k: rule.default for k, (_, rule) in _OPTIONS.items()})
 
     def for_layer(self, layer) -> dict[str, TensorQuant]:
         """The weights, bias and activation settings of one graph layer: the global ones,
@@ -138,6 +154,7 @@ class QuantConfig:
             "target_device": "DPU",
             "quantizable_data_type": list(TENSOR_TYPES),
             **self.switches,
+            **{k: v for k, v in self.options.items() if self.switches[_OPTIONS[k][0]]},
             "overall_quantize_config": dataclasses.asdict(self.weights),
             "tensor_quantize_config": {t: dataclasses.asdict(getattr(self, t)) for t in TENSOR_TYPES},
             **({"layer_quantize_config": [r.as_dict() for r in self.layer_rules]}
@@ -200,6 +217,15 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         switches[switch] = data.get(switch, False)
         if type(switches[switch]) is not bool:
             fail(switch, f"{switches[switch]!r} must be true or false")
+    if switches["fast_finetune"] and switches["weight_clustering"]:
+        fail("fast_finetune", "true cannot go with weight_clustering: true: fast finetune moves "
+             "every weight on its own and would undo the clusters; use one of them")
+    options = {}
+    for name, (switch, rule) in _OPTIONS.items():
+        if name in data and not switches[switch]:
+            fail(name, f"is set but {switch} is false, so it would do nothing; set {switch}: "
+                 "true or remove it")
+        options[name] = _check(rule, data.get(name, rule.default), lambda what, k=name: fail(k, what))
 
     key = "overall_quantize_config"
     overall = tensor_fields(data.get(key), key)
@@ -237,7 +263,7 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         rules.append(LayerRule(layer_type, str(entry.get("layer_name", "")), rule_overall, rule_tensors))
 
     return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source,
-                       layer_rules=tuple(rules), switches=switches)
+                       layer_rules=tuple(rules), switches=switches, options=options)
 
 
 def _check(rule: _Field, value, fail):

@@ -1,8 +1,10 @@
 """What `hwq quantize` shows: per-layer fix positions, thresholds and SQNR against float,
-a calibration histogram per layer with its threshold marked, and an accuracy ledger
-(float, fake-quant, integer golden)."""
+a calibration histogram per layer with its threshold marked, an accuracy ledger (float,
+fake-quant, integer golden), and, when the config asks for them, the weight clustering's
+compression and the fast finetune's per-layer errors."""
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch
 
 from hwq.compiler.ir import Graph, QModel
 from hwq.compiler.quant.calibrate import run_float
+from hwq.compiler.quant.cluster import WEIGHT_BITS, bits_per_weight, compression
+from hwq.compiler.quant.config import QuantConfig
 from hwq.compiler.quant.qat import FakeQuantNet
 from hwq.sim.golden import quantize_input, run_golden
 
@@ -35,7 +39,7 @@ def ledger(graph: Graph, qmodel: QModel, config, x: np.ndarray, labels=None) -> 
     out = graph.layers[-1].name
     f = run_float(graph, x)[out]
     with torch.no_grad():
-        fake = FakeQuantNet(graph, qmodel, config).eval()(torch.from_numpy(x)).numpy()
+        fake = fake_quant_net(graph, qmodel, config)(torch.from_numpy(x)).numpy()
     golden = np.ldexp(run_golden(qmodel, quantize_input(qmodel, x))[out].astype(np.float64), -qmodel.f_output)
     row = {"images": len(x), "agreement": float((top(f) == top(golden)).mean()),
            "fake_quant_agreement": float((top(f) == top(fake)).mean()),
@@ -44,6 +48,25 @@ def ledger(graph: Graph, qmodel: QModel, config, x: np.ndarray, labels=None) -> 
         row.update({"float": float((top(f) == labels).mean()), "fake_quant": float((top(fake) == labels).mean()),
                     "int8": float((top(golden) == labels).mean())})
     return row
+
+
+def fake_quant_net(graph: Graph, qmodel: QModel, config: QuantConfig) -> FakeQuantNet:
+    """QAT's torch model of `qmodel` itself, in eval mode: `graph` with every conv's weights
+    replaced by the QModel's, dequantized (they round back to the same int8), so weights
+    that clustering or fast finetune changed are the ones evaluated. The QModel's layers
+    are already rewritten (CLE, ReLU6 -> ReLU), so the net must not rewrite them again."""
+    by_name = {q.name: q for q in qmodel.layers}
+    layers = []
+    for layer in graph.layers:
+        q = by_name[layer.name]
+        layer = dataclasses.replace(layer, act=q.act, bn=None)
+        if q.weight is not None:
+            f_w = q.f_wc if q.f_wc is not None else np.full(len(q.weight), q.f_w)
+            layer.weight = np.ldexp(q.weight.astype(np.float32), -f_w[:, None, None, None].astype(np.int32))
+        layers.append(layer)
+    as_is = dataclasses.replace(config, switches={**config.switches, "include_cle": False,
+                                                  "convert_relu6_to_relu": False})
+    return FakeQuantNet(dataclasses.replace(graph, layers=layers), qmodel, as_is).eval()
 
 
 def histogram_png(qmodel: QModel) -> bytes:
@@ -86,11 +109,39 @@ def summary_markdown(qmodel: QModel, sqnr: dict[str, float], row: dict | None = 
         lines.append(f"| {l.name} | {l.kind} | {l.stats.get('method', '')} | {l.f_in} | {f_w} | "
                      f"{l.f_out} | {l.stats.get('threshold', 127 * 2.0 ** -l.f_out):.4g} | "
                      f"{l.stats.get('absmax', float('nan')):.4g} | {sqnr[l.name]:.1f} |")
+    lines += _fast_finetune_lines(qmodel) + _clustering_lines(qmodel)
     if row:
         lines += ["", "| ledger | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in row.items()]
     lines += ["", "![calibration histograms](calibration.png)", ""]
     return "\n".join(lines)
+
+
+def _fast_finetune_lines(qmodel: QModel) -> list[str]:
+    tuned = [l for l in qmodel.layers if "fast_finetune_mse" in l.stats]
+    if not tuned:
+        return []
+    lines = ["", f"fast finetune ({qmodel.quant_config['fast_finetune_steps']} steps per layer): "
+             "MSE against float, on the calibration data, of the layer's output before its own rounding", "",
+             "| layer | PTQ | fast finetune |", "| --- | --- | --- |"]
+    return lines + [f"| {l.name} | {l.stats['fast_finetune_mse'][0]:.4g} | {l.stats['fast_finetune_mse'][1]:.4g} |"
+                    for l in tuned]
+
+
+def _clustering_lines(qmodel: QModel) -> list[str]:
+    """The weights stored as a codebook index per weight plus the codebook of int8 codes."""
+    if not qmodel.quant_config.get("weight_clustering"):
+        return []
+    rows = compression(qmodel)
+    total = bits_per_weight(rows)
+    lines = ["", f"weight clustering (k = {qmodel.quant_config['weight_clusters']}): each weight an index "
+             f"into the layer's codebook of int8 codes, against {WEIGHT_BITS} bits per weight", "",
+             "| layer | weights | int8 codes | index bits | codebook bits | bits/weight | compression |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.layer} | {r.weights} | {r.codes} | {r.index_bits} | {r.codes * WEIGHT_BITS} | "
+              f"{r.bits_per_weight:.3f} | {r.ratio:.2f}x |" for r in rows]
+    return lines + [f"| total | {sum(r.weights for r in rows)} | | | "
+                    f"{sum(r.codes for r in rows) * WEIGHT_BITS} | {total:.3f} | {WEIGHT_BITS / total:.2f}x |"]
 
 
 def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | None = None,
