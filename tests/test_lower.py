@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from hwq.compiler import isa
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.lower import compile_model
 from hwq.config import HwConfig, load_hw_config
 from hwq.errors import HwqError
+from hwq.sim import cycles
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import first_mismatch, simulate
 
@@ -117,3 +119,92 @@ def test_linear_wider_than_ibuf_is_split_into_input_groups():
     compiled, _ = check(QModel("wide", (784, 1, 1), 4, layers), cfg, n=1)
     loads = [i for i in compiled.program if i.op == "LOAD" and i["buf"] == 0]
     assert len(loads) == 98 * 38  # every input block, once per output block
+
+
+# ---- overlap: the schedule double-buffers so that loads and stores run beside the array ----
+
+def _between_gemms(compiled, buf):
+    """(GEMM before, LOAD, GEMM after) for every LOAD into `buf` emitted between two GEMMs."""
+    prog = compiled.program
+    return [(prog[i - 1], prog[i], prog[i + 1]) for i in range(1, len(prog) - 1)
+            if prog[i].op == "LOAD" and prog[i]["buf"] == buf
+            and prog[i - 1].op == "GEMM" and prog[i + 1].op == "GEMM"]
+
+
+def test_consecutive_output_blocks_alternate_obuf_halves():
+    rng = np.random.default_rng(5)
+    cfg = CONFIGS["default"]
+    compiled, _ = check(QModel("m", (8, 6, 6), 4, [conv(rng, "c", "input", 8, 24, 3, 6, 6, 1, 1, "relu")]),
+                        cfg, n=1)
+    posts = [i for i in compiled.program if i.op == "POST"]
+    stores = [i for i in compiled.program if i.op == "STORE"]
+    assert len(posts) == 3
+    assert [p["out"] for p in posts] == [0, cfg.obuf_depth // 2, 0]
+    assert [s["sram"] for s in stores] == [p["out"] for p in posts]
+    # POST of the next block runs beside the STORE of this one
+    assert isa.hazards(posts[1], stores[0], cfg) == []
+
+
+def test_streamed_weights_load_into_the_other_half_between_gemms():
+    """Weights that do not stay in wbuf: each chunk after the first loads while the one
+    before streams, into the other half, so neither GEMM around the LOAD waits for it."""
+    rng = np.random.default_rng(6)
+    cfg = CONFIGS["default"]
+    layer = conv(rng, "c", "input", 64, 16, 3, 6, 6, 1, 1, "none")   # 2 x 72 tiles > wbuf
+    compiled, _ = check(QModel("m", (64, 6, 6), 4, [layer]), cfg, n=1)
+    weight_loads = [i for i in compiled.program if i.op == "LOAD" and i["buf"] == 1]
+    assert {i["sram"] for i in weight_loads} == {0, cfg.wbuf_depth // 2}
+    overlapped = _between_gemms(compiled, 1)
+    assert len(overlapped) == len(weight_loads) - 1          # all but the first chunk's
+    for before, load, after in overlapped:
+        assert isa.hazards(load, before, cfg) == [] and isa.hazards(after, load, cfg) == []
+
+
+def test_next_band_input_loads_while_this_band_streams():
+    rng = np.random.default_rng(7)
+    cfg = dataclasses.replace(CONFIGS["small"], name="short-abuf", abuf_depth=16, obuf_depth=32)
+    layer = conv(rng, "c", "input", 8, 8, 3, 8, 8, 1, 1, "relu")     # 2-row bands
+    compiled, _ = check(QModel("m", (8, 8, 8), 4, [layer]), cfg, n=1)
+    input_loads = [i for i in compiled.program if i.op == "LOAD" and i["buf"] == 0]
+    assert {i["sram"] // (cfg.ibuf_depth // 2) for i in input_loads} == {0, 1}
+    overlapped = _between_gemms(compiled, 0)
+    assert len(overlapped) == len(input_loads) - 2            # all but the first band's 2 blocks
+    for before, load, after in overlapped:
+        assert isa.hazards(load, before, cfg) == [] and isa.hazards(after, load, cfg) == []
+
+
+def test_per_block_biases_load_ahead_into_alternate_entries():
+    rng = np.random.default_rng(8)
+    cfg = dataclasses.replace(CONFIGS["small"], name="tiny-bbuf", bbuf_depth=2)
+    compiled, _ = check(QModel("m", (4, 5, 5), 4, [conv(rng, "c", "input", 4, 16, 3, 5, 5, 1, 1, "none")]),
+                        cfg, n=1)
+    posts = [i for i in compiled.program if i.op == "POST"]
+    assert [p["bias"] for p in posts] == [0, 1, 0, 1]
+    bias_loads = [k for k, i in enumerate(compiled.program) if i.op == "LOAD" and i["buf"] == 2]
+    gemms = [k for k, i in enumerate(compiled.program) if i.op == "GEMM"]
+    assert all(gemms[0] < k for k in bias_loads)              # each waits in no GEMM's way
+
+
+def test_halving_a_buffer_never_shortens_the_band():
+    """Where half of ibuf would force shorter bands, the layer keeps one input slot."""
+    rng = np.random.default_rng(9)
+    cfg = CONFIGS["small"]
+    layer = conv(rng, "c", "input", 8, 4, 3, 8, 60, 1, 1, "none")   # 4 rows fit abuf; 2 half ibuf
+    compiled, _ = check(QModel("m", (8, 8, 60), 4, [layer]), cfg, n=1)
+    input_loads = [i for i in compiled.program if i.op == "LOAD" and i["buf"] == 0]
+    assert {i["sram"] for i in input_loads} == {0, 6 * 62}      # one slot: 2 blocks of 6 rows
+    assert {i["n_outer"] for i in compiled.program if i.op == "GEMM"} == {4}
+
+
+def test_streamed_weights_keep_the_array_busy():
+    """On the cycle model, once a conv whose weights stream through wbuf has started, its
+    GEMMs follow each other on the array with no wait for the loads between them."""
+    rng = np.random.default_rng(10)
+    cfg = CONFIGS["default"]
+    layer = conv(rng, "c", "input", 64, 16, 3, 8, 8, 1, 1, "none")
+    compiled, _ = check(QModel("m", (64, 8, 8), 4, [layer]), cfg, n=1)
+    timeline = cycles.Timeline(cfg)
+    starts = [(timeline.issue(i), i) for i in compiled.program if i.op != "END"]
+    gemms = [(t, i) for t, i in starts if i.op == "GEMM"]
+    busy = sum(cycles.gemm_occupancy(i, cfg) for _, i in gemms[:-1])
+    assert gemms[-1][0] - gemms[0][0] < 1.05 * busy
