@@ -138,9 +138,9 @@ class RangeCheck(wiring.Component):
     """`in_range` is low when the decoded op (one-hot `op`, isa.OPS order) touches an
     address at or beyond its memory's size. `run` is held high for CHECK_CYCLES cycles
     (with `fields` and `op` steady); `in_range` is valid the cycle after, and `last` is
-    high in the last of them. `extents` then holds the instruction's extents (every op's
-    view of it; the decoded op's is the one that counts) for the hazard checks, in range
-    wherever `in_range` holds."""
+    high in the last of them. `extents`, valid with `in_range`, holds the instruction's
+    extents (every op's view of it; the decoded op's is the one that counts) for the
+    hazard checks, in range wherever `in_range` holds."""
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
@@ -167,11 +167,12 @@ class RangeCheck(wiring.Component):
             for k_e, e in enumerate(op.extents(f, self.cfg)):
                 first, last, when = (x.value if isinstance(x, _Expr) else x
                                      for x in (e.first, e.last, e.when))
+                # registered with the verdict: the sums stay off the dispatch logic's paths
                 if e.memory != "dram":
-                    m.d.comb += [
+                    m.d.sync += [
                         getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
                         getattr(self.extents, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
-                m.d.comb += getattr(self.extents, f"{op.name}_{k_e}_when").eq(
+                m.d.sync += getattr(self.extents, f"{op.name}_{k_e}_when").eq(
                     Value.cast(when).bool())
                 # sizes are powers of two and `last` is not negative where it counts:
                 # last >= size is a non-zero high part, no comparator

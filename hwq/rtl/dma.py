@@ -26,7 +26,7 @@ from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.errors import HwqError
 from hwq.rtl.decode import args_layout
-from hwq.rtl.ports import DramPort, SramRead, SramWrite, unit_members
+from hwq.rtl.ports import DramPort, SramRead, SramWrite, held_args, unit_members
 
 
 def dram_addr_bits(cfg: HwConfig) -> int:
@@ -47,15 +47,16 @@ class LoadUnit(wiring.Component):
             **unit_members(args_layout("LOAD")),
             "dram": Out(DramPort(self.A, self.B)),
             "wr": Out(SramWrite(isa.SRAM_ADDR_BITS, self.lanes * self.B, self.lanes)),
+            "target": Out(2),          # the `buf` field of the LOAD running (LOAD_TARGETS)
         })
 
     def elaborate(self, platform):
         m = Module()
-        a = self.args
+        a0, a = self.args, held_args(m, self, self.cfg)
         H = Signal(range(2 * 8 + (1 << len(a.y_size))), name="H")
         W = Signal(range(2 * 8 + (1 << len(a.x_size))), name="W")
         m.d.comb += [H.eq(a.pad_top + a.y_size + a.pad_bottom),
-                     W.eq(a.pad_left + a.x_size + a.pad_right)]
+                     W.eq(a.pad_left + a.x_size + a.pad_right), self.target.eq(a.buf)]
         y, x = Signal.like(H, name="y"), Signal.like(W, name="x")
         k = Signal(range(max(2, self.lanes)), name="k")
         row = Signal(self.A, name="row")
@@ -86,9 +87,10 @@ class LoadUnit(wiring.Component):
         with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
-                                 ptr.eq(a.sram)]
-                    with m.If((H == 0) | (W == 0)):
+                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
+                                 ptr.eq(a0.sram)]
+                    with m.If(((a0.pad_top + a0.y_size + a0.pad_bottom) == 0)
+                              | ((a0.pad_left + a0.x_size + a0.pad_right) == 0)):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "RUN"
@@ -140,7 +142,7 @@ class StoreUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a = self.args
+        a0, a = self.args, held_args(m, self, self.cfg)
         y, x = Signal.like(a.y_size, name="y"), Signal.like(a.x_size, name="x")
         k = Signal(range(max(2, self.E)), name="k")
         row = Signal(self.A, name="row")
@@ -150,9 +152,9 @@ class StoreUnit(wiring.Component):
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a.dram), elem.eq(a.dram),
-                                 ptr.eq(a.sram)]
-                    with m.If((a.y_size == 0) | (a.x_size == 0)):
+                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
+                                 ptr.eq(a0.sram)]
+                    with m.If((a0.y_size == 0) | (a0.x_size == 0)):
                         m.next = "DONE"
                     with m.Else():
                         m.next = "FIRST"

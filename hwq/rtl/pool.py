@@ -3,9 +3,9 @@
 Timeline (cycle 0 = start, P = out_h * out_w, K = k_h * k_w): cycles 1..P*K read one
 window element each (output pixels in order, each window row by row); the element's data
 arrives a cycle later and is folded into the running max; the last element of a window
-writes obuf[dst + p] in that same cycle, while the next read goes out -- the obuf read
-port is transparent for its write port, so a later read sees an earlier write, as the
-ISA requires. Done in cycle P*K + 1 (with the last write).
+writes obuf[dst + p] in that same cycle, while the next read goes out -- a read of the
+entry being written is forwarded the written value, so a later read sees an earlier
+write, as the ISA requires. Done in cycle P*K + 1 (with the last write).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from amaranth.lib import data, wiring
 from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.decode import args_layout
-from hwq.rtl.ports import SramRead, SramWrite, unit_members
+from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
 
 
 class PoolUnit(wiring.Component):
@@ -30,7 +30,7 @@ class PoolUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a, C = self.args, self.cfg.cols
+        a0, a, C = self.args, held_args(m, self, self.cfg), self.cfg.cols
         A = isa.SRAM_ADDR_BITS
         oy, ox = Signal.like(a.out_h), Signal.like(a.out_w)
         ky, kx = Signal.like(a.k_h), Signal.like(a.k_w)
@@ -45,7 +45,13 @@ class PoolUnit(wiring.Component):
         s_dst = Signal(A)
         m.d.sync += s_valid.eq(0)
         lay = data.ArrayLayout(signed(8), C)
-        din = lay(self.rd.data)
+        # a read of the entry written in the same cycle gets the new value (the ISA's
+        # order): forwarded here, so obuf's read port needs no bypass of its write port
+        fwd = Signal()
+        fwd_data = Signal(8 * C)
+        m.d.sync += [fwd.eq(self.wr.en & self.rd.en & (self.wr.addr == self.rd.addr)),
+                     fwd_data.eq(self.wr.data)]
+        din = lay(Mux(fwd, fwd_data, self.rd.data))
         mreg = Signal(lay)
         mx = Signal(lay)
         for c in range(C):
@@ -58,9 +64,9 @@ class PoolUnit(wiring.Component):
         with m.FSM(name="pool") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [oy.eq(0), ox.eq(0), ky.eq(0), kx.eq(0), rowb.eq(a.src),
-                                 pixb.eq(a.src), winr.eq(a.src), dptr.eq(a.dst)]
-                    with m.If((a.out_h == 0) | (a.out_w == 0) | (a.k_h == 0) | (a.k_w == 0)):
+                    m.d.sync += [oy.eq(0), ox.eq(0), ky.eq(0), kx.eq(0), rowb.eq(a0.src),
+                                 pixb.eq(a0.src), winr.eq(a0.src), dptr.eq(a0.dst)]
+                    with m.If((a0.out_h == 0) | (a0.out_w == 0) | (a0.k_h == 0) | (a0.k_w == 0)):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "RUN"

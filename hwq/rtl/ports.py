@@ -15,7 +15,7 @@ held while `en` is low), writes with one enable bit per `granularity` chunk.
 """
 from __future__ import annotations
 
-from amaranth.hdl import unsigned
+from amaranth.hdl import Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,7 +53,20 @@ class SramWrite(wiring.Signature):
 
 def unit_members(args_layout) -> dict:
     """What every execution unit has: a start pulse (taken while `busy` is low), the
-    decoded fields of its instruction (valid from the start cycle until the next start),
+    decoded fields of its instruction (valid in the start cycle; `held_args` keeps them),
     `busy` from the cycle after the start up to its last cycle, and a done pulse in that
     last cycle."""
     return {"start": In(1), "args": In(args_layout), "busy": Out(1), "done": Out(1)}
+
+
+def held_args(m, unit, cfg):
+    """The unit's fields for the cycles after its start. With overlap the top moves on to
+    the next instruction at once, so the unit keeps a copy; that copy also keeps the
+    dispatch logic off every path through the unit's datapath. Without overlap the
+    instruction register holds until every unit is idle."""
+    if not cfg.overlap:
+        return unit.args
+    held = Signal(unit.args.shape(), name="held_args")
+    with m.If(unit.start & ~unit.busy):
+        m.d.sync += held.eq(unit.args)
+    return held

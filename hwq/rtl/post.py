@@ -23,7 +23,7 @@ from hwq.compiler import isa
 from hwq.compiler.quant.requant import ROUND_MODES
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
-from hwq.rtl.ports import SramRead, SramWrite, unit_members
+from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
 
 _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
@@ -146,8 +146,9 @@ class PostUnit(wiring.Component):
     """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias]) for j < n.
 
     Timeline (cycle 0 = start, L = RequantLanes.LATENCY): cycle 0 reads bbuf[bias] (held
-    for the whole instruction); cycles 1..n read abuf[acc + j]; each result is written to
-    obuf 1 + L cycles later; done in cycle n + 1 + L (with the last write; n = 0 too).
+    for the whole instruction); cycles 1..n read abuf[acc + j]; each result is registered
+    and written to obuf 2 + L cycles later; done in cycle n + 2 + L (with the last write;
+    n = 0 too).
     """
 
     def __init__(self, cfg, fault: str | None = None):
@@ -162,9 +163,11 @@ class PostUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a, C = self.args, self.cfg.cols
+        a0, a, C = self.args, held_args(m, self, self.cfg), self.cfg.cols
         m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault)
-        L = 1 + RequantLanes.LATENCY                 # abuf read to obuf write
+        # abuf read, the lanes, and a register on their output: the round and clamp would
+        # otherwise run on into obuf's write port in the same cycle
+        L = 1 + RequantLanes.LATENCY + 1
         j = Signal.like(a.n)
         aptr = Signal(isa.SRAM_ADDR_BITS)
         optr = Signal(isa.SRAM_ADDR_BITS)
@@ -172,22 +175,23 @@ class PostUnit(wiring.Component):
         valid = [Signal(name=f"s_valid{k}") for k in range(L)]
         dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
         issue = Signal()
-        m.d.sync += [valid[0].eq(issue), dst[0].eq(optr)]
+        y = Signal.like(lanes.y)
+        m.d.sync += [valid[0].eq(issue), dst[0].eq(optr), y.eq(lanes.y)]
         m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, L)]
         m.d.sync += [dst[k].eq(dst[k - 1]) for k in range(1, L)]
         m.d.comb += [
             lanes.acc.eq(self.abuf.data), lanes.bias.eq(self.bbuf.data),
             lanes.shift.eq(a.shift), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
             lanes.hi.eq(a.hi),
-            self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(lanes.y),
+            self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(y),
         ]
         drain = Signal(range(L + 1))
         with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a.bias)]
-                    m.d.sync += [j.eq(0), aptr.eq(a.acc), optr.eq(a.out), drain.eq(L - 1)]
-                    with m.If(a.n == 0):
+                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a0.bias)]
+                    m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
+                    with m.If(a0.n == 0):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "RUN"

@@ -29,7 +29,8 @@ unit runs; END, illegal opcodes and out-of-range instructions stop there once ev
 is idle. The next FETCH begins the cycle after. With `cfg.overlap` off, FETCH waits
 until every unit is idle, so one instruction runs at a time and the units read their
 fields straight from the instruction register; with it on, each unit keeps a copy of its
-instruction's fields and of its extents (for the hazard checks), taken at dispatch.
+instruction's fields (hwq/rtl/ports.py held_args) and the top one of its extents (for
+the hazard checks), taken at dispatch.
 hwq/sim/cycles.py is the cycle model of all this.
 
 `fault` builds a deliberately broken variant for the tests that prove the differential
@@ -45,7 +46,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.check import RangeCheck, extent_layout, extents_of
-from hwq.rtl.decode import Decoder, args_layout, args_of, op_index
+from hwq.rtl.decode import Decoder, args_of, op_index
 from hwq.rtl.dma import LoadUnit, StoreUnit, dram_addr_bits
 from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.pe import ACC_BITS
@@ -133,8 +134,7 @@ class Accelerator(wiring.Component):
             m.submodules[name] = mems[name] = mem
             wp[name] = mem.write_port(granularity=None if name == "abuf" else B)
         for name in isa.BUFFERS:
-            rp[name] = mems[name].read_port(
-                transparent_for=(wp[name],) if name == "obuf" else ())
+            rp[name] = mems[name].read_port()
         for name in isa.BUFFERS:
             m.d.comb += [getattr(self.trace, f"{name}_addr").eq(wp[name].addr),
                          getattr(self.trace, f"{name}_en").eq(wp[name].en),
@@ -154,22 +154,18 @@ class Accelerator(wiring.Component):
         m.d.comb += [dec.word.eq(ir), chk.fields.eq(dec.fields), chk.op.eq(dec.op)]
         running = {}                         # each unit's extents, for the hazard checks
         for name, unit in units.items():
-            live = args_of(dec.fields, name)
-            if cfg.overlap:                  # the instruction register moves on: keep a copy
-                held = Signal(args_layout(name), name=f"{name.lower()}_args")
+            m.d.comb += unit.args.eq(args_of(dec.fields, name))   # units keep what they need
+            if cfg.overlap:
                 ext = Signal(extent_layout(cfg), name=f"{name.lower()}_extents")
                 with m.If(unit.start):
-                    m.d.sync += [held.eq(live), ext.eq(chk.extents)]
-                m.d.comb += unit.args.eq(Mux(unit.start, live, held))
+                    m.d.sync += ext.eq(chk.extents)
                 running[name] = extents_of(ext, isa.BY_NAME[name], cfg)
-            else:
-                m.d.comb += unit.args.eq(live)
 
         # LOAD -> ibuf / wbuf / bbuf / obuf (by its `buf` field)
         load_wr = {}
         for code, t in enumerate(isa.LOAD_TARGETS):
             e = cfg.entry_words(t)
-            sel = load.args.buf == code
+            sel = load.target == code
             load_wr[t] = ("LOAD", load.wr.addr, load.wr.en[:e] & sel.replicate(e),
                           load.wr.data[:e * B])
         unit_of = {name: getattr(self.trace, f"{name}_unit") for name in isa.BUFFERS}
