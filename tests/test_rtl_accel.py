@@ -502,3 +502,36 @@ def test_per_instruction_diff_catches_broken_rounding(tmp_path):
     times = [int(l[1:]) for l in d.window.read_text().splitlines() if l.startswith("#")]
     per_cycle = 10_000          # 10 ns clock, 1 ps timescale
     assert (times[-1] - times[0]) // per_cycle <= cycle_model.instr_cycles(prog[post], cfg) + 2
+
+
+def test_hazards_hold_instructions_back():
+    """Overlapping units keep the meaning of the program run one instruction at a time:
+    a LOAD that would overwrite the inputs a running GEMM still streams waits for it
+    (data), a STORE waits for the POST that writes its entries (data), a LOAD waits for
+    a STORE on the one DRAM port (port). RTL, ISS and the overlap-free variant agree."""
+    import dataclasses
+    cfg = load_hw_config("default")
+    R, Ei, Ew, Eb, Eo = (cfg.rows, cfg.entry_words("ibuf"), cfg.entry_words("wbuf"),
+                         cfg.entry_words("bbuf"), cfg.entry_words("obuf"))
+    n = 48
+    load = lambda buf, sram, dram, count, ew: I(  # noqa: E731
+        "LOAD", buf=buf, sram=sram, dram=dram, y_size=1, x_size=count, y_stride=0,
+        x_stride=ew, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+    gemm = lambda reset: I("GEMM", wgt=0, inp=0, acc=0, reset=reset, n_outer=1,  # noqa: E731
+                           n_inner=n, inp_so=0, inp_si=1, acc_so=0, acc_si=1)
+    prog = [load(0, 0, DATA, n, Ei), load(1, 0, DATA + 2 * n * Ei, R, Ew),
+            load(2, 0, DATA + 2 * n * Ei + R * Ew, 1, Eb),
+            gemm(1),
+            load(0, 0, DATA + n * Ei, n, Ei),          # WAR on the ibuf the GEMM streams
+            gemm(0),
+            I("POST", acc=0, out=0, bias=0, n=n, shift=4, round=0, lo=-128, hi=127),
+            I("STORE", sram=0, dram=OUT, y_size=1, x_size=n, y_stride=0, x_stride=Eo),  # RAW
+            load(0, 0, OUT, n, Ei),                   # after the STORE: DRAM port, RAW
+            I("END")]
+    jobs = [_job(cfg, prog, _random_data(cfg, 7, small=True))]
+    (rtl, _), ((iss, _),) = _compare(cfg, jobs, "verilator"), _iss_runs(cfg, b"", jobs)
+    assert iss.counters["stall_data"] > 0 and iss.counters["stall_port"] > 0, iss.counters
+    serial = dataclasses.replace(cfg, name="default-serial", overlap=False)
+    ((one, reads),) = _iss_runs(serial, b"", jobs)
+    assert reads == _iss_runs(cfg, b"", jobs)[0][1]
+    assert one.cycles > iss.cycles
