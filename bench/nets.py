@@ -1,7 +1,7 @@
 """Networks the benchmarks share. The ResNet-18-style net keeps ResNet-18's conv stack
 for 32x32 inputs (CIFAR layout: 3x3 stem, four stages of two basic blocks, 64-512
-channels) but without the residual adds, which the back end cannot lower yet; its MAC
-count is that of ResNet-18's convolutions."""
+channels) without the residual adds (the figures recorded before the back end lowered
+adds are for this net); its MAC count is that of ResNet-18's convolutions."""
 from __future__ import annotations
 
 import sys

@@ -8,15 +8,15 @@ from hwq.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
 STUDY = Path(__file__).resolve().parent.parent / "configs" / "quant_percentile_perchannel.yaml"
-RESIDUAL = '''
+LEAKY = '''
 import torch, torch.nn as nn, torch.nn.functional as F
-class Res(nn.Module):
+class Leaky(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
         self.fc = nn.Linear(256, 10)
     def forward(self, x):
-        y = F.relu(self.a(x))
+        y = F.leaky_relu(self.a(x), 0.1)
         return self.fc(torch.flatten(F.relu(y + self.b(y)), 1))
 '''
 
@@ -30,13 +30,14 @@ def test_quantize_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model, config, message", [
-    ("res", None, "hwq compile: error: layer 'add': no lowering for kind 'add'\n"),
+    ("leaky", None, "hwq compile: error: layer 'a': LeakyReLU needs a slope multiply in the POST "
+                    "unit, not in this ISA version; use ReLU\n"),
     ("lenet", STUDY, "hwq compile: error: layer 'conv1': per-channel weights need per-lane shifts "
                      "in the POST unit, not in this ISA version; set per_channel: false\n"),
 ])
 def test_compile_refuses_cleanly(tmp_path, capsys, model, config, message):
-    (tmp_path / "res.py").write_text(RESIDUAL)
-    spec = f"{tmp_path / 'res.py'}:Res" if model == "res" else f"{EXAMPLE}:LeNet"
+    (tmp_path / "leaky.py").write_text(LEAKY)
+    spec = f"{tmp_path / 'leaky.py'}:Leaky" if model == "leaky" else f"{EXAMPLE}:LeNet"
     out = tmp_path / "pkg.hwq"
     argv = ["compile", spec, "--input-shape", "1x8x8", "--calib", "digits", "-o", str(out), "-q"]
     assert main(argv + (["--quant-config", str(config)] if config else [])) == 2

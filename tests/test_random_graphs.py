@@ -1,14 +1,16 @@
-"""Random straight-line networks of every kind the back end lowers -- conv (k 1/3/5/7,
-stride 1-3, padding 0-3, channel counts off the array's multiples, relu or none, every
-rounding mode), maxpool, flatten + linear -- compiled for several array shapes and run on
-the ISS (and a sample on Verilator) bit for bit against the golden model."""
+"""Random networks of every kind the back end lowers -- conv (k 1/3/5/7, stride 1-3,
+padding 0-3, channel counts off the array's multiples, grouped and depthwise too, relu or
+none, every rounding mode), maxpool, average pool, residual add and channel concat over a
+1x1 conv branch, flatten + linear -- compiled for several array shapes and run on the ISS
+(and a sample on Verilator) bit for bit against the golden model."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.lower import compile_model
-from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.compiler.quant.methods import fix_position
+from hwq.compiler.quant.requant import ROUND_MODES, quantize_float
 from hwq.config import load_hw_config
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import first_mismatch, simulate
@@ -20,34 +22,63 @@ def _out(size: int, k: int, s: int, p: int = 0) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+def _conv(draw, rng, name, src, shape, f, k, s, pad, cout, groups=1):
+    c, h, w = shape
+    act, mode = draw(st.sampled_from(["none", "relu"])), draw(st.sampled_from(sorted(ROUND_MODES)))
+    out = (cout, _out(h, k, s, pad), _out(w, k, s, pad))
+    return QLayer(name, "conv", src, shape, out, f, draw(st.integers(0, 5)),
+                  weight=rng.integers(-128, 128, (cout, c // groups, k, k)).astype(np.int8),
+                  bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7, stride=s,
+                  padding=pad, groups=groups, act=act, round_mode=mode,
+                  lo=0 if act == "relu" else -128, hi=127)
+
+
 @st.composite
 def graphs(draw) -> QModel:
-    """1-4 feature layers (conv or maxpool) on a small image, then maybe flatten + linear.
-    Fix positions and biases keep every accumulator well inside int32."""
+    """1-4 feature stages (conv, maxpool, average pool, or a 1x1 conv branch added to or
+    concatenated with the tensor) on a small image, then maybe flatten + linear. Fix
+    positions and biases keep every accumulator well inside int32."""
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     c, h, w = draw(st.integers(1, 19)), draw(st.integers(3, 16)), draw(st.integers(3, 16))
     shape, f, src, layers = (c, h, w), 4, "input", []
     for i in range(draw(st.integers(1, 4))):
         c, h, w = shape
-        if draw(st.booleans()) or min(h, w) < 2:
+        kind = draw(st.sampled_from(["conv", "conv", "pool", "avgpool", "add", "concat"]))
+        if kind == "conv" or min(h, w) < 2 and kind in ("pool", "avgpool"):
             pad = draw(st.integers(0, 3))
             k = draw(st.sampled_from([k for k in (1, 3, 5, 7) if k <= min(h, w) + 2 * pad]))
             s, cout = draw(st.integers(1, 3)), draw(st.integers(1, 19))
-            act, mode = draw(st.sampled_from(["none", "relu"])), draw(st.sampled_from(sorted(ROUND_MODES)))
-            f_out = draw(st.integers(0, 5))
-            out = (cout, _out(h, k, s, pad), _out(w, k, s, pad))
-            layers.append(QLayer(f"conv{i}", "conv", src, shape, out, f, f_out,
-                                 weight=rng.integers(-128, 128, (cout, c, k, k)).astype(np.int8),
-                                 bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7,
-                                 stride=s, padding=pad, act=act, round_mode=mode,
-                                 lo=0 if act == "relu" else -128, hi=127))
-            f = f_out
-        else:
+            groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0 and cout % g == 0]))
+            layers.append(_conv(draw, rng, f"conv{i}", src, shape, f, k, s, pad, cout, groups))
+        elif kind == "pool":
             k = draw(st.integers(1, min(3, h, w)))
             s = draw(st.integers(1, 3))
-            out = (c, _out(h, k, s), _out(w, k, s))
-            layers.append(QLayer(f"pool{i}", "maxpool", src, shape, out, f, f, kernel=k, stride=s))
-        shape, src = out, layers[-1].name
+            layers.append(QLayer(f"pool{i}", "maxpool", src, shape, (c, _out(h, k, s), _out(w, k, s)),
+                                 f, f, kernel=k, stride=s))
+        elif kind == "avgpool":
+            k = draw(st.integers(1, min(3, h, w)))
+            s, pad = draw(st.integers(1, 3)), draw(st.integers(0, k // 2))
+            f_w = fix_position(1 / (k * k))
+            layers.append(QLayer(f"avg{i}", "avgpool", src, shape,
+                                 (c, _out(h, k, s, pad), _out(w, k, s, pad)), f, draw(st.integers(0, 5)),
+                                 f_w=f_w, kernel=k, stride=s, padding=pad,
+                                 round_mode=draw(st.sampled_from(sorted(ROUND_MODES))),
+                                 multiplier=int(quantize_float(1 / (k * k), f_w, "half_up"))))
+        else:
+            cout = c if kind == "add" else draw(st.integers(1, 12))
+            branch = _conv(draw, rng, f"branch{i}", src, shape, f, 1, 1, 0, cout)
+            layers.append(branch)
+            f_ins, f_out = [f, branch.f_out], draw(st.integers(0, 5))
+            mode = draw(st.sampled_from(sorted(ROUND_MODES)))
+            if kind == "add":
+                act = draw(st.sampled_from(["none", "relu"]))
+                layers.append(QLayer(f"add{i}", "add", src, shape, shape, f, f_out,
+                                     inputs=[src, branch.name], f_ins=f_ins, act=act, round_mode=mode,
+                                     lo=0 if act == "relu" else -128, hi=127))
+            else:
+                layers.append(QLayer(f"cat{i}", "concat", src, shape, (c + cout, h, w), f, f_out,
+                                     inputs=[src, branch.name], f_ins=f_ins, round_mode=mode))
+        shape, src, f = layers[-1].out_shape, layers[-1].name, layers[-1].f_out
     c, h, w = shape
     if c * h * w <= 300 and draw(st.booleans()):
         layers.append(QLayer("flat", "flatten", src, shape, (c * h * w, 1, 1), f, f))

@@ -3,9 +3,10 @@
 An activation is stored pixel-major: (H, W, Cs) int8 with the channels padded to
 Cs = a multiple of the config's channel block, so one pixel splits into whole
 `rows`-wide input loads and whole `cols`-wide output stores. A flattened tensor is the
-same bytes read as one pixel of H*W*Cs channels; `channel_index` records where each
-logical (torch-order) channel sits, so the next layer's weights are permuted to match
-instead of moving any data.
+same bytes read as one pixel of H*W*Cs channels, and a channel concatenation pads each
+of its parts to whole blocks; `channel_index` records where each logical (torch-order)
+channel sits, so the next layer's weights are permuted to match instead of moving any
+data.
 """
 from __future__ import annotations
 
@@ -94,11 +95,27 @@ class MemoryMap:
         self.regions.append(region)
         return region
 
-    def activation(self, name: str, kind: str, shape: tuple[int, int, int]) -> TensorLayout:
+    def activation(self, name: str, kind: str, shape: tuple[int, int, int],
+                   like: TensorLayout | None = None) -> TensorLayout:
+        """A tensor of `shape`, its channels padded as one run -- or arranged `like` another
+        tensor's (max-pool keeps its input's arrangement)."""
         c, h, w = shape
+        if like is not None:
+            region = self.allocate(name, kind, h * w * like.stored_channels)
+            return TensorLayout(region, h, w, like.stored_channels, like.channel_index.copy())
         cs = padded_channels(c, self.cfg)
         region = self.allocate(name, kind, h * w * cs)
         return TensorLayout(region, h, w, cs, np.arange(c))
+
+    def concatenation(self, name: str, kind: str, channels: list[int], h: int, w: int) -> TensorLayout:
+        """A channel concatenation whose every part starts a channel block of its own (its
+        channels padded as a run), so that each part is written as whole output blocks;
+        channel_index maps torch's channel order onto them."""
+        runs = [padded_channels(c, self.cfg) for c in channels]
+        starts = np.cumsum([0] + runs[:-1])
+        index = np.concatenate([np.arange(c) + s for c, s in zip(channels, starts)])
+        region = self.allocate(name, kind, h * w * sum(runs))
+        return TensorLayout(region, h, w, sum(runs), index)
 
     def by_name(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)

@@ -3,22 +3,29 @@ program plus the DRAM image it runs over.
 
 Every layer reads its input from DRAM and writes its output to DRAM; the host only
 writes the input slot and reads the output slot. A conv (Linear is a 1x1 conv over one
-pixel) is cut into bands of output rows that fit the buffers; for each band the input
-rows are loaded once per input-channel block with the zero padding made by the DMA, and
-for each output-channel block the weight-stationary array streams the band once per
-(ky, kx, input block) tile, accumulating in abuf, before POST requantizes and STORE
-writes the block back.
+pixel) is cut into bands of output rows; a band's input is loaded with the zero padding
+made by the DMA, all its input-channel blocks at once or in groups, and the weight-
+stationary array streams the band once per (input block, ky, kx) tile of each output
+block, accumulating in abuf, before POST requantizes and STORE writes the block back.
+Output blocks go in runs that accumulate side by side, so that each input group is
+loaded once per run; tiles whose weights are all zero (across the groups of a grouped
+conv) are skipped. The cut -- band height, input groups, run length -- is the cheapest
+of a few candidates by an estimate on the cycle model's numbers (`_conv_cost`).
 
 The accelerator overlaps its units but starts instructions in program order (isa.py), so
 the schedule decides what overlaps: a conv splits obuf into two slots (POST of the next
-block beside STORE of this one) and, where weights stream, wbuf (the next chunk loads
-while this one's GEMMs run), and ibuf and bbuf where that costs no band height; each
-LOAD is placed after the first GEMM that no longer needs the slot it fills, spaced so
-that it never waits for the LOAD unit in the way of the GEMMs behind it. Max-pool gains
-nothing from slots: its LOAD, MAXPOOL and STORE share obuf ports or the DRAM port.
+block beside STORE of this one), abuf into two where the runs allow, and, where weights
+stream, wbuf (the next chunk loads while this one's GEMMs run), and ibuf (the next input
+group loads while the array streams this one); each LOAD is placed after the first GEMM
+that no longer needs the slot it fills, spaced so that it never waits for the DRAM port
+in the way of the GEMMs behind it, and each STORE among the next block's GEMMs once its
+POST is done. Max-pool gains nothing from slots: its LOAD, MAXPOOL and STORE share obuf
+ports or the DRAM port.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import heapq
 import itertools
 from dataclasses import dataclass, field
@@ -27,7 +34,7 @@ import numpy as np
 
 from hwq.compiler import isa
 from hwq.compiler.ir import QLayer, QModel
-from hwq.compiler.layout import MemoryMap, Region, TensorLayout
+from hwq.compiler.layout import MemoryMap, Region, TensorLayout, padded_channels
 from hwq.compiler.quant.requant import ROUND_MODES
 from hwq.config import HwConfig
 from hwq.errors import HwqError
@@ -200,114 +207,325 @@ class _Prefetch:
             self._load()
 
 
+class _Stores:
+    """STOREs of finished output blocks, emitted among the next block's GEMMs once POST
+    has written obuf: the front end starts instructions in order, so a STORE right behind
+    its POST would hold the next GEMMs back until POST is done. (POST itself cannot run
+    beside the array: both use abuf's read port.) A STORE goes before any POST that
+    overwrites its obuf entries, and before the conv ends. Times are the array's
+    (hwq/sim/cycles.py), counted from GEMM to GEMM."""
+
+    def __init__(self, emit: _Emitter, cfg: HwConfig, prefetch: _Prefetch):
+        self.emit, self.cfg, self.prefetch = emit, cfg, prefetch
+        self.issue = cycles.front_end_cycles(cfg) + 1
+        self.queue: collections.deque = collections.deque()   # (due, note, fields)
+        self.clock = 0                  # start of the next GEMM
+
+    def post(self, note: str, post: dict, store: dict) -> None:
+        """Emit POST, and queue its block's STORE."""
+        self.flush(post["out"], post["out"] + post["n"] - 1)
+        self.emit("POST", note, **post)
+        # POST waits for the array to drain, and the next GEMM for POST
+        self.clock += post["n"] + self.cfg.rows + self.cfg.cols + 5
+        self.queue.append((self.clock, note, store))
+
+    def gemm(self, instr: isa.Instr) -> None:
+        """`instr`, a GEMM, was emitted (and the LOADs that go beside it): emit the STOREs
+        due once it has started, if no LOAD is expected to hold the DRAM port then."""
+        start = self.clock
+        self.clock += max(cycles.gemm_occupancy(instr, self.cfg), self.issue)
+        while self.queue and self.queue[0][0] <= start and self.prefetch.busy <= 0:
+            self._store()
+
+    def flush(self, first: int = 0, last: int | None = None) -> None:
+        """Emit the STOREs up to the last that reads obuf entries first..last (all of
+        them without a range)."""
+        upto = len(self.queue) if last is None else max(
+            (k + 1 for k, (_, _, f) in enumerate(self.queue)
+             if f["sram"] <= last and first <= f["sram"] + f["y_size"] * f["x_size"] - 1), default=0)
+        for _ in range(upto):
+            self._store()
+
+    def _store(self) -> None:
+        _, note, fields = self.queue.popleft()
+        self.emit("STORE", note, **fields)
+        # the next LOAD waits for the DRAM port: space it as after a LOAD
+        self.prefetch.busy = max(self.prefetch.busy, 0) + cycles.dram_items(self.emit.program[-1], self.cfg)
+
+
 @dataclass(frozen=True)
 class _ConvPlan:
     """How a conv is cut to fit the buffers, and into how many slots each buffer is split
     so that loads and stores overlap the array."""
     band: int          # output rows per band
     group: int         # input blocks in one ibuf slot (all: each band's input loads once)
-    inputs: int        # ibuf slots: 2 loads the next band's input while the array streams
+    inputs: int        # ibuf slots: 2 loads the next group while the array streams this one
+    blocks: int        # output blocks accumulated at once (each input group serves them all)
+    accs: int          # abuf slots of `blocks` blocks, used run after run in turn
     outputs: int       # obuf slots: 2 lets POST write a block while STORE reads the last
     chunk: int         # weight tiles per wbuf slot (all of an output block's when resident)
     weights: int       # wbuf slots: one per output block when all weights stay on chip
     bias_run: int      # biases per bbuf slot (every block's when they fit)
     biases: int        # bbuf slots
 
+    @property
+    def resident(self) -> bool:
+        return self.chunk == 0
 
-def _conv_plan(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig) -> _ConvPlan:
-    r, k, s, p = cfg.rows, layer.weight.shape[2], layer.stride, layer.padding
-    n_ci, n_co = src.stored_channels // r, dst.stored_channels // cfg.cols
-    taps, wp = n_ci * k * k, src.w + 2 * p
 
-    def in_rows(rows: int) -> int:
-        return (rows - 1) * s + k
+@dataclass(frozen=True)
+class _Geometry:
+    """A conv's shape in the array's units: kernel, stride, padding, input and output
+    blocks, input and output image sizes."""
+    k: int
+    s: int
+    p: int
+    n_ci: int
+    n_co: int
+    in_h: int
+    in_w: int
+    out_h: int
+    out_w: int
 
-    # Input blocks held in ibuf at once: all of them when one output row allows it (each
-    # band's input is then loaded once), else as many as fit, reloaded per output block.
-    group = max((g for g in range(1, n_ci + 1) if g * in_rows(1) * wp <= cfg.ibuf_depth), default=0)
-    _need(group > 0, layer, f"one input row of {wp} pixels does not fit ibuf_depth={cfg.ibuf_depth}")
-    band = _band_rows(layer, dst.h, lambda rows: group * in_rows(rows) * wp <= cfg.ibuf_depth
-                      and rows * dst.w <= min(cfg.abuf_depth, cfg.obuf_depth)
-                      and rows <= 1023)
-    # Two slots only where they cost nothing else: a band cut shorter to fit half a buffer
-    # streams fewer vectors per weight tile and reloads the weights more often, which
-    # costs more than the one stall per band that double-buffering would hide.
-    inputs = 2 if group * in_rows(band) * wp <= cfg.ibuf_depth // 2 else 1
-    outputs = 2 if band * dst.w <= cfg.obuf_depth // 2 else 1
+    @property
+    def wp(self) -> int:
+        return self.in_w + 2 * self.p
+
+    def in_rows(self, rows: int) -> int:
+        return (rows - 1) * self.s + self.k
+
+
+def _conv_plan(layer: QLayer, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) -> _ConvPlan:
+    """The cheapest cut by `_conv_cost` among the balanced band heights, each either with
+    all input blocks in ibuf (each band's input loads once; tall inputs make the bands
+    short, and every weight tile then streams few vectors) or with input groups, reloaded
+    per run of `blocks` output blocks that accumulate side by side in abuf, the next group
+    loading beside the array (taller bands). `tiles` (n_co, taps) marks the weight tiles
+    the GEMMs stream."""
+    r, taps = cfg.rows, tiles.shape[1]
+    _need(g.in_rows(1) * g.wp <= cfg.ibuf_depth, layer,
+          f"one input row of {g.wp} pixels does not fit ibuf_depth={cfg.ibuf_depth}")
     _need(r <= cfg.wbuf_depth, layer, f"a weight tile needs {r} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
-    if n_co * taps * r <= cfg.wbuf_depth:
-        chunk, weights = taps, n_co
+    tallest = _band_rows(layer, g.out_h, lambda rows: g.in_rows(rows) * g.wp <= cfg.ibuf_depth
+                         and rows * g.out_w <= min(cfg.abuf_depth, cfg.obuf_depth) and rows <= 1023)
+    if g.n_co * taps * r <= cfg.wbuf_depth:
+        chunk, weights = 0, g.n_co           # every block's weights stay in a slot of its own
     else:
         weights = 2 if 2 * r <= cfg.wbuf_depth else 1
         chunk = cfg.wbuf_depth // weights // r
-    bias_run = n_co if n_co <= cfg.bbuf_depth else 1
-    biases = 1 if bias_run == n_co else min(2, cfg.bbuf_depth)
-    return _ConvPlan(band, group, inputs, outputs, chunk, weights, bias_run, biases)
+    bias_run = g.n_co if g.n_co <= cfg.bbuf_depth else 1
+    biases = 1 if bias_run == g.n_co else min(2, cfg.bbuf_depth)
+    best = None
+    # balanced heights: the fewest bands of at most b rows, as even as they go
+    for band in sorted({-(-g.out_h // -(-g.out_h // b)) for b in range(1, tallest + 1)}, reverse=True):
+        v = band * g.out_w
+        outputs = 2 if v <= cfg.obuf_depth // 2 else 1
+        for inputs in (1, 2):
+            group = min(g.n_ci, cfg.ibuf_depth // inputs // (g.in_rows(band) * g.wp))
+            if group == 0:
+                continue
+            runs = {1} if group == g.n_ci else \
+                {1, min(g.n_co, cfg.abuf_depth // (2 * v)) or 1, min(g.n_co, cfg.abuf_depth // v)}
+            for blocks in sorted(runs):
+                accs = 2 if 2 * blocks * v <= cfg.abuf_depth else 1
+                plan = _ConvPlan(band, group, inputs, blocks, accs, outputs, chunk, weights,
+                                 bias_run, biases)
+                cost = _conv_cost(plan, g, cfg, tiles)
+                if best is None or cost < best[0]:
+                    best = (cost, plan)
+    return best[1]
+
+
+def _band_parts(plan: _ConvPlan, kk: int, tiles: np.ndarray) -> list[list]:
+    """The steps of one band, as [co, ci0, ci1, w0, w1, t0, t1, first, last, run]: output
+    blocks go in runs of `plan.blocks`; a run goes through the input groups (in
+    alternating order from one run to the next, so that the group loaded last serves the
+    next run first) and, per group, through its blocks and their weight chunks (wbuf
+    holds tiles w0..w1-1; streamed chunks start and end at non-zero tiles, so that a
+    block-diagonal weight loads little besides its blocks), the GEMMs running over the
+    non-zero tiles among t0..t1-1. `first` and `last` mark each block's first and last
+    step."""
+    n_co, taps = tiles.shape
+    n_ci = taps // kk
+    live = tiles.reshape(n_co, n_ci, kk).any(axis=2)
+    used = [np.flatnonzero(row) for row in tiles]
+    order = [(a, min(a + plan.group, n_ci)) for a in range(0, n_ci, plan.group)]
+    parts = []
+    for run, c0 in enumerate(range(0, n_co, plan.blocks)):
+        mine = []
+        for ci0, ci1 in (order if run % 2 == 0 else order[::-1]):
+            lo, hi = ci0 * kk, ci1 * kk
+            for co in range(c0, min(c0 + plan.blocks, n_co)):
+                if not live[co, ci0:ci1].any():
+                    continue
+                if plan.resident:
+                    mine.append([co, ci0, ci1, 0, taps, lo, hi, False, False, run])
+                    continue
+                # chunks from one non-zero tile to the last within reach
+                nz = used[co][np.searchsorted(used[co], lo):np.searchsorted(used[co], hi)]
+                while len(nz):
+                    w0 = int(nz[0])
+                    within = nz[nz < w0 + plan.chunk]
+                    w1 = int(within[-1]) + 1
+                    mine.append([co, ci0, ci1, w0, w1, w0, w1, False, False, run])
+                    nz = nz[len(within):]
+        firsts, lasts = {}, {}
+        for k, part in enumerate(mine):
+            firsts.setdefault(part[0], k)
+            lasts[part[0]] = k
+        for k in firsts.values():
+            mine[k][7] = True
+        for k in lasts.values():
+            mine[k][8] = True
+        parts += mine
+    return parts
+
+
+def _conv_cost(plan: _ConvPlan, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) -> float:
+    """Estimated cycles of a conv cut by `plan`, from hwq/sim/cycles.py's numbers: the
+    steps in order on a model of the array and the DRAM port. A GEMM holds the array for
+    its occupancy (at least the front end's instruction interval); a LOAD starts at its
+    point in the program (_Slots) once the port is free, and runs slower by the
+    instruction words fetched meanwhile; a step starts once its loads are done; POST
+    waits for the array to drain and holds it while it runs; a STORE follows its POST.
+    LOAD and STORE instructions use up the front end's spare time between GEMMs first,
+    then delay the array."""
+    r, c, kk = cfg.rows, cfg.cols, g.k * g.k
+    issue, iw = cycles.front_end_cycles(cfg) + 1, cfg.instr_words
+    ew_i, ew_w, ew_o = (cfg.entry_words(b) for b in ("ibuf", "wbuf", "obuf"))
+    sums = np.concatenate([np.zeros((len(tiles), 1), np.int64), np.cumsum(tiles, axis=1)], axis=1)
+    inputs, weights = _Slots(0, plan.inputs), _Slots(0, plan.weights)
+    # pass 1: the steps and, per point of the program, the loads placed there; bands
+    # after the third full one repeat its time (`more`)
+    full, rest = divmod(g.out_h, plan.band)
+    heights = [plan.band] * min(full, 3) + ([rest] if rest else [])
+    more = max(0, full - 3)
+    steps, loads, parts, ends = [], {}, {}, []
+    for band, rows in enumerate(heights):
+        if rows not in parts:
+            parts[rows] = _band_parts(plan, kk, tiles)
+        n = g.in_rows(rows)
+        inside = min(g.in_h, n) * g.in_w
+        block = inside * ew_i + n * g.wp - inside
+        for co, ci0, ci1, w0, w1, t0, t1, first, last, run in parts[rows]:
+            i = len(steps)
+            for slots, key, items in ((inputs, (band, ci0), (ci1 - ci0) * block),
+                                      (weights, (co, w0), (w1 - w0) * r * ew_w)):
+                ready = slots.use(key, i)[1]
+                if ready is not None:
+                    loads.setdefault(ready, []).append((items, i))
+            steps.append((rows, int(sums[co, t1] - sums[co, t0]), last))
+        ends.append(len(steps))
+    # pass 2: the times
+    t = dram = spare = 0.0
+    done = [0.0] * len(steps)                   # when each step's loads are done
+
+    def load(at: float, items: int, need: int) -> float:
+        nonlocal dram, spare
+        dram = max(dram, at) + items * slow
+        done[need] = max(done[need], dram)
+        late, spare = max(0.0, issue - spare), max(0.0, spare - issue)
+        return late                               # the front end's delay to the array
+
+    for i, (rows, gemms, last) in enumerate(steps):
+        v = rows * g.out_w
+        o = max(v + 1, r, c, issue)
+        slow = o / (o - iw) if o > iw else 2.0
+        for items, need in loads.get((i, BEFORE), ()):
+            t += load(t, items, need)
+        start = max(t, done[i])
+        t, spare = start + gemms * o, spare + gemms * (o - issue)
+        for items, need in loads.get((i, STREAMING), ()):     # beside this step's GEMMs
+            t += load(start, items, need)
+        if last:
+            # POST waits for the array to drain and holds it (abuf's read port); the
+            # STORE goes among the next GEMMs
+            t = t - o + 2 * v + r + c + 6
+            dram = max(dram, t) + v * ew_o
+            t, spare = t + max(0.0, issue - spare), max(0.0, spare - issue)
+        if i + 1 in ends:
+            ends[ends.index(i + 1)] = max(t, dram)          # the time each band is done
+    return max(t, dram) + more * (ends[2] - ends[1] if more else 0.0)
 
 
 @dataclass
 class _Step:
-    """The GEMMs of output rows r0..r0+rows-1, output block co, over weight tiles t0..t1-1
-    (tiles run over (input block, ky, kx)): those of input blocks ci0..ci1-1, which ibuf
-    holds, in the weight chunk from tile w0, which wbuf holds."""
+    """The GEMMs of output rows r0..r0+rows-1, output block co, over the non-zero weight
+    tiles among t0..t1-1 (tiles run over (input block, ky, kx)): those of input blocks
+    ci0..ci1-1, which ibuf holds, with wbuf holding tiles w0..w1-1."""
     r0: int
     rows: int
     co: int
     ci0: int
     ci1: int
     w0: int
+    w1: int
     t0: int
     t1: int
+    first: bool        # the block's first step: its first GEMM resets the accumulators
     last: bool         # the block's last step: POST and STORE follow
+    run: int           # the run of output blocks it belongs to (numbered from 0 in each band)
     inp: int = 0       # ibuf entry of input block ci0
     wgt: int = 0       # wbuf entry of tile w0
+    acc: int = 0       # abuf entry of the block's accumulators
     bias: int = 0      # bbuf entry of the block's bias
 
 
-def _conv_steps(plan: _ConvPlan, out_h: int, n_co: int, n_ci: int, kk: int):
-    taps = n_ci * kk
-    for r0 in range(0, out_h, plan.band):
-        rows = min(plan.band, out_h - r0)
-        for co in range(n_co):
-            for ci0 in range(0, n_ci, plan.group):
-                ci1 = min(ci0 + plan.group, n_ci)
-                lo, hi = ci0 * kk, ci1 * kk
-                for w0 in range(lo - lo % plan.chunk, hi, plan.chunk):
-                    t1 = min(hi, w0 + plan.chunk)
-                    yield _Step(r0, rows, co, ci0, ci1, w0, max(lo, w0), t1, t1 == taps)
+def _dense_weight(layer: QLayer) -> np.ndarray:
+    """(Cout, Cin, k, k) int8: a grouped conv's weight with zeros across groups."""
+    g = layer.groups
+    if g == 1:
+        return layer.weight
+    cout, cin_g, k, _ = layer.weight.shape
+    dense = np.zeros((cout, cin_g * g, k, k), np.int8)
+    group = np.arange(cout) // (cout // g)
+    dense[np.arange(cout)[:, None], group[:, None] * cin_g + np.arange(cin_g)[None, :]] = layer.weight
+    return dense
 
 
-def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig,
-               image: _Image, emit: _Emitter) -> int:
+def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+               image: _Image, emit: _Emitter, co0: int = 0, tag: str = "") -> int:
+    """Lower conv `layer` (grouped: with zero tiles across groups, which no GEMM streams)
+    reading the concatenation of the channels of `srcs` (one input block after the
+    other; all of one size), writing output blocks co0.. of `dst`. `tag` names this
+    part's weights when a layer lowers to several convs. The real MACs."""
     r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
-    cout, cin, k, _ = layer.weight.shape
+    cout, cin_g, k, _ = layer.weight.shape
     s, p = layer.stride, layer.padding
     _need(p <= 7, layer, f"padding {p} exceeds the DMA's 7")
-    n_ci, n_co = src.stored_channels // r, dst.stored_channels // c
-    out_h, out_w = dst.h, dst.w
-    wp = src.w + 2 * p
-    plan = _conv_plan(layer, src, dst, cfg)
+    src = srcs[0]
+    assert all((t.h, t.w) == (src.h, src.w) for t in srcs)
+    firsts = np.cumsum([0] + [t.stored_channels for t in srcs])     # stored channel offsets
+    n_ci, n_co = int(firsts[-1]) // r, -(-cout // cfg.channel_block) * cfg.channel_block // c
+    g = _Geometry(k, s, p, n_ci, n_co, src.h, src.w, dst.h, dst.w)
+    out_h, out_w, wp = dst.h, dst.w, g.wp
+    block_src = np.repeat(np.arange(len(srcs)), [t.stored_channels // r for t in srcs])
 
     # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
     # the taps of any run of input blocks are contiguous in DRAM.
-    w = np.zeros((n_co * c, src.stored_channels, k, k), np.int8)
-    w[np.arange(cout)[:, None], src.channel_index[None, :]] = layer.weight
+    w = np.zeros((n_co * c, firsts[-1], k, k), np.int8)
+    index = np.concatenate([t.channel_index + f for t, f in zip(srcs, firsts)])
+    w[np.arange(cout)[:, None], index[None, :]] = _dense_weight(layer)
     tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
     taps = n_ci * k * k                       # weight tiles per output block
-    w_region = image.put(f"{layer.name}.weight", "weights", np.ascontiguousarray(tiles))
+    w_region = image.put(f"{layer.name}{tag}.weight", "weights", np.ascontiguousarray(tiles))
+    # GEMMs run only over non-zero tiles (grouped convs are block-diagonal); a block
+    # without any keeps its first (zero) tile, which clears the accumulators for the bias
+    live = tiles.reshape(n_co, taps, -1).any(axis=2)
+    live[~live.any(axis=1), 0] = True
+    plan = _conv_plan(layer, g, cfg, live)
     bias = np.zeros(n_co * c, np.int32)
     bias[:cout] = layer.bias
-    b_region = image.put(f"{layer.name}.bias", "bias", bias)
+    b_region = image.put(f"{layer.name}{tag}.bias", "bias", bias)
     ew = c // bus  # words per wbuf entry, and per output block of a pixel
-    pin, pout = src.pixel_words(cfg), dst.pixel_words(cfg)
-
-    def in_rows(rows: int) -> int:
-        return (rows - 1) * s + k
+    pout = dst.pixel_words(cfg)
 
     def input_block(st: _Step, ci: int) -> dict:
         """LOAD fields of input block ci for the band of `st`, zero padding included."""
+        t = srcs[block_src[ci]]
+        pin, local = t.pixel_words(cfg), ci - firsts[block_src[ci]] // r
         top = st.r0 * s - p                   # first input row the band reads (may be < 0)
-        n = in_rows(st.rows)
+        n = g.in_rows(st.rows)
         y0, y1 = max(top, 0), min(top + n, src.h)
         if y1 <= y0:                          # the band reads padding only (k <= padding)
             y0 = y1 = 0
@@ -315,16 +533,24 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
         else:
             pad_top, pad_bottom = y0 - top, top + n - y1
         return dict(buf=0, sram=st.inp + (ci - st.ci0) * n * wp,
-                    dram=src.region.word + y0 * src.w * pin + ci * (r // bus),
+                    dram=t.region.word + y0 * src.w * pin + local * (r // bus),
                     y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
                     pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
 
     # Pass 1: give every step its slots, and queue the loads that fill them.
-    steps = list(_conv_steps(plan, out_h, n_co, n_ci, k * k))
+    heights = {}
+    steps = []
+    for r0 in range(0, out_h, plan.band):
+        rows = min(plan.band, out_h - r0)
+        if rows not in heights:
+            heights[rows] = _band_parts(plan, k * k, live)
+        steps += [_Step(r0, rows, *part) for part in heights[rows]]
     prefetch = _Prefetch(emit, cfg)
+    stores = _Stores(emit, cfg, prefetch)
     inputs = _Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
-    weights = _Slots(plan.chunk * r, plan.weights)
+    weights = _Slots(plan.chunk * r if plan.chunk else taps * r, plan.weights)
     biases = _Slots(plan.bias_run, plan.biases)
+    accs = _Slots(cfg.abuf_depth // plan.accs, plan.accs)
     for i, st in enumerate(steps):
         rows = f"rows {st.r0}..{st.r0 + st.rows - 1}"
         st.inp, ready = inputs.use((st.r0, st.ci0), i)
@@ -333,10 +559,10 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
                          [input_block(st, ci) for ci in range(st.ci0, st.ci1)])
         st.wgt, ready = weights.use((st.co, st.w0), i)
         if ready:
-            w1 = min(st.w0 + plan.chunk, taps)
-            prefetch.add(ready, (i, BEFORE), f"output block {st.co} weights {st.w0}..{w1 - 1}",
+            prefetch.add(ready, (i, BEFORE), f"output block {st.co} weights {st.w0}..{st.w1 - 1}",
                          _runs(1, st.wgt, w_region.word + (st.co * taps + st.w0) * r * ew,
-                               (w1 - st.w0) * r, ew))
+                               (st.w1 - st.w0) * r, ew))
+        st.acc = accs.use((st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
         if st.last:
             first = st.co - st.co % plan.bias_run     # the slot holds blocks first.. biases
             base, ready = biases.use(first, i)
@@ -350,30 +576,36 @@ def lower_conv(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfi
     out_slot = cfg.obuf_depth // plan.outputs
     blocks = 0
     for i, st in enumerate(steps):
-        tile = f"rows {st.r0}..{st.r0 + st.rows - 1} output block {st.co}"
-        span = in_rows(st.rows) * wp
+        tile = f"rows {st.r0}..{st.r0 + st.rows - 1} output block {co0 + st.co}"
+        span = g.in_rows(st.rows) * wp
         prefetch.due((i, BEFORE))
-        for t in range(st.t0, st.t1):
-            ci, tap = divmod(t, k * k)
+        for t in np.flatnonzero(live[st.co, st.t0:st.t1]) + st.t0:
+            ci, tap = divmod(int(t), k * k)
             ky, kx = divmod(tap, k)
             emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
                  wgt=st.wgt + (t - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
-                 acc=0, reset=int(t == 0), n_outer=st.rows, n_inner=out_w, inp_so=s * wp,
+                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=s * wp,
                  inp_si=s, acc_so=out_w, acc_si=1)
-            prefetch.stream((i, STREAMING), emit.program[-1])
+            st.first = False
+            gemm = emit.program[-1]
+            prefetch.stream((i, STREAMING), gemm)
+            stores.gemm(gemm)
         if st.last:
             prefetch.due((i, BEFORE_POST))
             out = blocks % plan.outputs * out_slot
-            emit("POST", tile, acc=0, out=out, bias=st.bias, n=st.rows * out_w, shift=layer.shift,
-                 round=ROUND_MODES[layer.round_mode], lo=layer.lo, hi=layer.hi)
-            emit("STORE", tile, sram=out, dram=dst.region.word + st.r0 * out_w * pout + st.co * ew,
-                 y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout)
+            stores.post(tile, dict(acc=st.acc, out=out, bias=st.bias, n=st.rows * out_w,
+                                    shift=layer.shift, round=ROUND_MODES[layer.round_mode],
+                                    lo=layer.lo, hi=layer.hi),
+                         dict(sram=out, dram=dst.region.word + st.r0 * out_w * pout + (co0 + st.co) * ew,
+                              y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
-    return out_h * out_w * cout * cin * k * k
+    stores.flush()
+    return out_h * out_w * cout * cin_g * k * k
 
 
-def lower_maxpool(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig,
+def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
                   image: _Image, emit: _Emitter) -> int:
+    src = srcs[0]
     k, s, c, bus = layer.kernel, layer.stride, cfg.cols, cfg.bus_bytes
     out_h, out_w = dst.h, dst.w
 
@@ -398,7 +630,78 @@ def lower_maxpool(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwCo
     return 0
 
 
-LOWERINGS = {"conv": lower_conv, "maxpool": lower_maxpool}
+def _refuse_post_changes(layer: QLayer) -> None:
+    """What the POST unit of this ISA version cannot do (hardware_check says it first)."""
+    if layer.f_wc is not None:
+        raise HwqError(f"layer '{layer.name}': per-channel weights need per-lane shifts in "
+                       "the POST unit, not in this ISA version; set per_channel: false")
+    if layer.act == "leaky_relu":
+        raise HwqError(f"layer '{layer.name}': LeakyReLU needs a slope multiply in the POST "
+                       "unit, not in this ISA version; use ReLU")
+
+
+def _conv_like(layer: QLayer, weight: np.ndarray, **changes) -> QLayer:
+    """`layer` as a conv with `weight` (bias 0), the requantization otherwise its own."""
+    return dataclasses.replace(layer, kind="conv", weight=weight, groups=changes.pop("groups", 1),
+                               bias=np.zeros(len(weight), np.int32), f_wc=None, **changes)
+
+
+def _lower_conv_layer(layer, srcs, dst, cfg, image, emit) -> int:
+    _refuse_post_changes(layer)
+    return lower_conv(layer, srcs[:1], dst, cfg, image, emit)
+
+
+def lower_avgpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+                  image: _Image, emit: _Emitter) -> int:
+    """Average pool = depthwise conv whose every weight is the reciprocal multiplier: the
+    window sum times it, requantized by the layer's shift, as the golden model does."""
+    _refuse_post_changes(layer)
+    k, m, c = layer.kernel, layer.multiplier, layer.in_shape[0]
+    if not -128 <= m <= 127:
+        raise HwqError(f"layer '{layer.name}': average pool multiplier {m} (1/{k * k} at fix "
+                       f"position {layer.f_w}) does not fit an int8 weight")
+    conv = _conv_like(layer, np.full((c, 1, k, k), m, np.int8), groups=c)
+    return lower_conv(conv, srcs[:1], dst, cfg, image, emit)
+
+
+def lower_add(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+              image: _Image, emit: _Emitter) -> int:
+    """Add = 1x1 conv over the inputs' channels side by side, weights
+    [diag(2^(top - f_1)); diag(2^(top - f_2)); ...]: each input aligned to the finest fix
+    position `top`, summed, requantized by top - f_out, as the golden model does."""
+    _refuse_post_changes(layer)
+    c, top = layer.out_shape[0], max(layer.f_ins)
+    if max(layer.f_ins) - min(layer.f_ins) > 6:
+        raise HwqError(f"layer '{layer.name}': adding inputs at fix positions {layer.f_ins} scales "
+                       f"one by 2**{top - min(layer.f_ins)}, beyond an int8 weight (at most 2**6); "
+                       "their ranges differ too much")
+    weight = np.zeros((c, c * len(srcs), 1, 1), np.int8)
+    for i, f in enumerate(layer.f_ins):
+        weight[np.arange(c), i * c + np.arange(c)] = 1 << (top - f)
+    conv = _conv_like(layer, weight, f_in=top, f_w=0, stride=1, padding=0)
+    lower_conv(conv, srcs, dst, cfg, image, emit)
+    return dst.h * dst.w * c * len(srcs)                 # one product per input element
+
+
+def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+                 image: _Image, emit: _Emitter) -> int:
+    """Concat = per input a 1x1 identity conv (POST shift f_i - f_out, the layer's rounding
+    and clamp, as the golden model requantizes each input) into the output blocks of its
+    part of the output (MemoryMap.concatenation)."""
+    _refuse_post_changes(layer)
+    co0, macs = 0, 0
+    for i, (src, f) in enumerate(zip(srcs, layer.f_ins)):
+        c = src.channel_index.size
+        conv = _conv_like(layer, np.eye(c, dtype=np.int8)[:, :, None, None], f_in=f, f_w=0,
+                          stride=1, padding=0, out_shape=(c, dst.h, dst.w))
+        lower_conv(conv, [src], dst, cfg, image, emit, co0=co0, tag=f".{i}")
+        co0 += padded_channels(c, cfg) // cfg.cols
+        macs += dst.h * dst.w * c                           # one product per input element
+    return macs
+
+
+LOWERINGS = {"conv": _lower_conv_layer, "maxpool": lower_maxpool, "avgpool": lower_avgpool,
+             "add": lower_add, "concat": lower_concat}
 
 
 def _flatten_view(src: TensorLayout) -> TensorLayout:
@@ -420,16 +723,21 @@ def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
     last = qmodel.layers[-1].name
     for layer in qmodel.layers:
         emit.layer = layer.name
-        src = layouts[layer.input]
+        srcs = [layouts[s] for s in layer.sources]
         if layer.kind == "flatten":
-            layouts[layer.name] = _flatten_view(src)
+            layouts[layer.name] = _flatten_view(srcs[0])
             continue
         if layer.kind not in LOWERINGS:
             raise HwqError(f"layer '{layer.name}': no lowering for kind '{layer.kind}'")
-        dst = memmap.activation(layer.name, "output" if layer.name == last else "activation",
-                                layer.out_shape)
+        kind = "output" if layer.name == last else "activation"
+        c, h, w = layer.out_shape
+        if layer.kind == "concat":
+            dst = memmap.concatenation(layer.name, kind, [t.channel_index.size for t in srcs], h, w)
+        else:
+            dst = memmap.activation(layer.name, kind, layer.out_shape,
+                                    like=srcs[0] if layer.kind == "maxpool" else None)
         layouts[layer.name] = dst
-        macs[layer.name] = LOWERINGS[layer.kind](layer, src, dst, cfg, image, emit)
+        macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
     emit.layer = "end"
     emit("END")
     program = isa.to_bytes(emit.program)

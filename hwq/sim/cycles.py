@@ -45,7 +45,7 @@ from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.perf import FRONT_END, UNIT_OF_OP
 
-CHECK_CYCLES = 4
+CHECK_CYCLES = 5
 
 
 def front_end_cycles(cfg: HwConfig) -> int:
@@ -140,6 +140,8 @@ class Timeline:
             else:
                 c += left
             r.end = c if unit == "LOAD" else c - 1    # a LOAD writes its last item a cycle later
+            if r.end < self.now:                      # later fetches cannot move it any more
+                r.dram_items = 0
         return r.end
 
     def _idle_from(self) -> int:
