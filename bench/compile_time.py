@@ -7,7 +7,9 @@ lower to the program and DRAM image -- for the digits LeNet and the ResNet-18-st
 Each stage is timed once, cold, in one process (trained LeNet weights come from the
 example's cache, built first so training is not counted). The ResNet-style net needs
 more DRAM than the default config's 512 KiB, so it is lowered for the default array with
-16 MiB, as bench/utilization.py does.
+16 MiB, as bench/utilization.py does. The last columns are the DRAM the compiled model
+takes (data and program, KiB) as compiled, and with activation space reused by liveness
+(compile_model's reuse_activations; the activations' share in brackets).
 """
 from __future__ import annotations
 
@@ -43,14 +45,20 @@ def main() -> None:
              ("ResNet-18-style 32x32", PlainResNet18(), (3, 32, 32),
               rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0)]
     print(f"{'model':<24}{'trace s':>9}{'quantize s':>12}{'lower s':>9}{'instrs':>9}"
-          f"{'total s':>9}{'target s':>10}{'ratio':>7}")
+          f"{'total s':>9}{'target s':>10}{'ratio':>7}   {'DRAM KiB':>9}{'reused':>8}  (activations)")
     for name, model, shape, calib, hw, target in cases:
         graph, t_trace = timed(lambda: trace(model.eval(), shape, name))
         qmodel, t_quant = timed(lambda: quantize(graph, calib, load_quant_config(), progress=False))
         compiled, t_lower = timed(lambda: compile_model(qmodel, hw))
         total = t_trace + t_quant + t_lower
+        reused = compile_model(qmodel, hw, reuse_activations=True)
+        kib = lambda c: c.memmap.next_word * hw.bus_bytes / 1024  # noqa: E731
+        acts = lambda c: sum(r.words for r in c.memmap.regions  # noqa: E731
+                             if r.kind in ("activation", "output")) * hw.bus_bytes / 1024
         print(f"{name:<24}{t_trace:>9.2f}{t_quant:>12.2f}{t_lower:>9.2f}{len(compiled.program):>9}"
               f"{total:>9.2f}{target:>10.1f}{total / target:>7.2f}   "
+              f"{kib(compiled):>9.0f}{kib(reused):>8.0f}  ({acts(compiled):.0f} -> "
+              f"{acts(compiled) - (kib(compiled) - kib(reused)):.0f} KiB)   "
               f"{'met' if total < target else 'MISSED'}")
 
 

@@ -225,3 +225,31 @@ def test_streamed_weights_keep_the_array_busy():
     gemms = [(t, i) for t, i in starts if i.op == "GEMM"]
     busy = sum(cycles.gemm_occupancy(i, cfg) for _, i in gemms[:-1])
     assert gemms[-1][0] - gemms[0][0] < 1.05 * busy
+
+
+def test_activation_reuse_by_liveness():
+    """With reuse, a dead tensor's DRAM goes to later activations: the model takes fewer
+    words, regions of tensors alive at once never overlap, and the output is still
+    golden's (only the input and output stay readable)."""
+    rng = np.random.default_rng(3)
+    layers = [conv(rng, "c1", "input", 3, 8, 3, 12, 12, 1, 1, "relu", "half_up"),
+              conv(rng, "c2", "c1", 8, 8, 3, 12, 12, 1, 1, "relu", "half_up"),
+              conv(rng, "c3", "c2", 8, 8, 3, 12, 12, 1, 1, "relu", "half_up"),
+              conv(rng, "c4", "c3", 8, 8, 3, 12, 12, 1, 1, "relu", "half_up"),
+              QLayer("flat", "flatten", "c4", (8, 12, 12), (8 * 144, 1, 1), 3, 3),
+              conv(rng, "fc", "flat", 8 * 144, 5, 1, 1, 1, 1, 0, "none", "half_up")]
+    qmodel = QModel("deep", (3, 12, 12), 4, layers)
+    cfg = CONFIGS["default"]
+    plain = compile_model(qmodel, cfg)
+    reused = compile_model(qmodel, cfg, reuse_activations=True)
+    assert reused.memmap.next_word < plain.memmap.next_word
+    assert set(reused.layouts) == {"input", "fc"}
+    act = {r.name: r for r in reused.memmap.regions if r.kind in ("activation", "output")}
+    assert act["c3"].word < act["c1"].word + act["c1"].words   # c3 took c1's words
+    for a, b in [("c1", "c2"), ("c2", "c3"), ("c3", "c4"), ("c4", "fc")]:  # alive together
+        ra, rb = act[a], act[b]
+        assert ra.word + ra.words <= rb.word or rb.word + rb.words <= ra.word
+    x = np.random.default_rng(0).integers(-128, 128, (2, 3, 12, 12)).astype(np.int8)
+    shapes = {"input": qmodel.input_shape, "fc": (5, 1, 1)}
+    result = simulate(cfg, reused.image, reused.start_pc, reused.layouts, shapes, x)
+    assert result.ok and np.array_equal(result.activations["fc"], run_golden(qmodel, x)["fc"])

@@ -78,15 +78,42 @@ def padded_channels(c: int, cfg: HwConfig) -> int:
 
 @dataclass
 class MemoryMap:
-    """Bump allocator over DRAM words; regions never overlap (activation reuse by
-    liveness is a later refinement, tracked in the compiler issue)."""
+    """Allocator over DRAM words: a bump pointer, and the extents of released activations
+    (dead tensors, compile_model's liveness reuse), which later activations take first fit."""
 
     cfg: HwConfig
     regions: list[Region] = field(default_factory=list)
     next_word: int = 0
+    free: list[tuple[int, int]] = field(default_factory=list)   # (first word, words)
+
+    def release(self, region: Region) -> None:
+        """Give a dead activation's words back; neighbouring free extents merge."""
+        spans = sorted(self.free + [(region.word, region.words)])
+        merged = [spans[0]]
+        for word, words in spans[1:]:
+            last_word, last_words = merged[-1]
+            if last_word + last_words == word:
+                merged[-1] = (last_word, last_words + words)
+            else:
+                merged.append((word, words))
+        self.free = merged
+
+    def _reuse(self, words: int) -> int | None:
+        for k, (word, size) in enumerate(self.free):
+            if size >= words:
+                self.free[k] = (word + words, size - words)
+                if size == words:
+                    del self.free[k]
+                return word
+        return None
 
     def allocate(self, name: str, kind: str, n_bytes: int) -> Region:
         words = -(-n_bytes // self.cfg.bus_bytes)
+        reused = self._reuse(words) if kind in ("activation", "output") else None
+        if reused is not None:
+            region = Region(name, kind, reused, words)
+            self.regions.append(region)
+            return region
         region = Region(name, kind, self.next_word, words)
         self.next_word += words
         if self.next_word > self.cfg.dram_words:

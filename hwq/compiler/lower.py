@@ -714,14 +714,33 @@ def _flatten_view(src: TensorLayout) -> TensorLayout:
     return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index)
 
 
-def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
+def _last_uses(qmodel: QModel) -> dict[str, int]:
+    """Index of the last layer that reads each tensor's memory (a flatten view reads its
+    source's)."""
+    owner = {"input": "input"}
+    last = {}
+    for k, layer in enumerate(qmodel.layers):
+        for src in layer.sources:
+            last[owner[src]] = k
+        owner[layer.name] = owner[layer.sources[0]] if layer.kind == "flatten" else layer.name
+    return last
+
+
+def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False) -> Compiled:
+    """`reuse_activations`: a tensor's DRAM is given to later activations once its last
+    reader is lowered (liveness), so only the input and the output survive the run: the
+    layouts then hold just those two, and per-layer checks of the run are not possible."""
     memmap = MemoryMap(cfg)
     image = _Image(memmap)
     emit = _Emitter(cfg)
     layouts = {"input": memmap.activation("input", "input", qmodel.input_shape)}
     macs = {}
     last = qmodel.layers[-1].name
-    for layer in qmodel.layers:
+    dies_after = {}
+    for name, k in _last_uses(qmodel).items():
+        dies_after.setdefault(k, []).append(name)
+    dead = set()
+    for index, layer in enumerate(qmodel.layers):
         emit.layer = layer.name
         srcs = [layouts[s] for s in layer.sources]
         if layer.kind == "flatten":
@@ -738,6 +757,14 @@ def compile_model(qmodel: QModel, cfg: HwConfig) -> Compiled:
                                     like=srcs[0] if layer.kind == "maxpool" else None)
         layouts[layer.name] = dst
         macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
+        if reuse_activations:
+            for name in dies_after.get(index, []):
+                if name not in ("input", last):
+                    memmap.release(layouts[name].region)
+                    dead.add(name)
+    if reuse_activations:   # views of dead tensors die with them
+        layouts = {n: t for n, t in layouts.items()
+                   if n in ("input", last) or t.region.name not in dead}
     emit.layer = "end"
     emit("END")
     program = isa.to_bytes(emit.program)
