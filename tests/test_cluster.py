@@ -3,7 +3,6 @@ fields, that the clustered model quantizes to at most k int8 codes per layer and
 bit-exact on the golden model, and the compression figure, worked by hand."""
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,19 +16,11 @@ from hwq.compiler.frontend import trace
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.quant.calibrate import quantize, run_float
 from hwq.compiler.quant.cluster import bits_per_weight, cluster_graph, compression, kmeans_1d
-from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.report import fake_quant_net, summary_markdown
 from hwq.errors import HwqError
 from hwq.sim.golden import dequantize_output, quantize_input, run_golden
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = load_quant_config()
-
-
-def config_with(**top):
-    data = DEFAULT.as_dict()
-    data.update(top)
-    return parse_quant_config(data, "test")
+from test_adaquant import ROOT, config_with
 
 
 @pytest.mark.parametrize("top, fragment", [
