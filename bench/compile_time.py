@@ -1,6 +1,6 @@
 """Wall time of hwq's compiler front to back -- trace, quantize (calibration included),
 lower to the program and DRAM image -- for the digits LeNet and the ResNet-18-style
-32x32 net, against the targets (3 s and 20 s).
+32x32 nets (without and with the residual adds), against the targets (3 s and 20 s).
 
     .venv/bin/python bench/compile_time.py
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nets import PlainResNet18, lenet  # noqa: E402
+from nets import PlainResNet18, ResNet18, lenet  # noqa: E402
 
 from hwq.compiler.datasets import calibration_set  # noqa: E402
 from hwq.compiler.frontend import trace  # noqa: E402
@@ -43,6 +43,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cases = [("digits LeNet", lenet(), (1, 8, 8), calibration_set("digits", (1, 8, 8)), cfg, 3.0),
              ("ResNet-18-style 32x32", PlainResNet18(), (3, 32, 32),
+              rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0),
+             ("ResNet-18 32x32 (adds)", ResNet18(), (3, 32, 32),
               rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0)]
     print(f"{'model':<24}{'trace s':>9}{'quantize s':>12}{'lower s':>9}{'instrs':>9}"
           f"{'total s':>9}{'target s':>10}{'ratio':>7}   {'DRAM KiB':>9}{'reused':>8}  (activations)")

@@ -86,7 +86,7 @@ def main():
     nets = {
         "digits LeNet (1x8x8)": _compile(str(ROOT / "examples/lenet_digits.py") + ":LeNet",
                                          (1, 8, 8), "digits", a.images),
-        "VGG-style 32x32 (stand-in for ResNet-18: no residual add yet)":
+        "VGG-style 32x32 (ResNet-18's 9.3 M cycles take hours on Icarus)":
             _compile(f"{__file__}:VggSmall", (3, 32, 32), str(calib), a.images),
     }
     print(f"array 8x8 (config 'default'); reference: TVM VTA simulator, ResNet-18, "

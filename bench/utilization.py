@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nets import PlainResNet18, lenet  # noqa: E402
+from nets import PlainResNet18, ResNet18, lenet  # noqa: E402
 
 from hwq.compiler import isa  # noqa: E402
 from hwq.compiler.datasets import calibration_set  # noqa: E402
@@ -52,9 +52,11 @@ def compiled_nets(skip_resnet: bool):
         return
     big = dataclasses.replace(cfg, name="default-16MiB", dram_words=1 << 22)
     x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
-    q = quantize(trace(PlainResNet18(), (3, 32, 32), "ResNet18-plain"), x, load_quant_config(),
-                 progress=False)
-    yield "ResNet-18-style, 32x32", q, compile_model(q, big), x[:1]
+    for name, net in (("ResNet-18-style (no residual adds), 32x32", PlainResNet18()),
+                      ("ResNet-18 (residual adds, 1x1 downsampling), 32x32", ResNet18())):
+        q = quantize(trace(net, (3, 32, 32), type(net).__name__), x, load_quant_config(),
+                     progress=False)
+        yield name, q, compile_model(q, big), x[:1]
 
 
 def boundaries(compiled) -> list[tuple[str, int]]:
