@@ -97,8 +97,6 @@ def test_qat_export_is_bit_exact(lenet_ptq, fix_mode, per_channel):
     with torch.no_grad():
         fake = net(torch.from_numpy(x_test)).numpy().reshape(len(x_test), -1)
     assert np.array_equal(fake, golden_output(exported, x_test))
-    if per_channel:
-        return   # the ISA has one shift per POST: per-channel QModels do not lower
     cfg = load_hw_config("default")
     compiled = compile_model(exported, cfg)
     x_q = quantize_input(exported, x_test[:4])
@@ -106,3 +104,46 @@ def test_qat_export_is_bit_exact(lenet_ptq, fix_mode, per_channel):
     result = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x_q, "iss")
     golden = run_golden(exported, x_q)
     assert result.ok and first_mismatch(result, golden, list(golden), cfg.cols) is None
+
+
+def test_qat_from_qmodel_weights(lenet_ptq):
+    """init="qmodel" with fix_mode "keep": step 0 is the QModel itself (so QAT can continue
+    from fast finetune's weights), and a short distillation run, cosine-decayed, still
+    exports a QModel at the same fix positions that golden runs as the net computes it."""
+    graph, config, qmodel, x_train, _, x_test = lenet_ptq
+    net = FakeQuantNet(graph, qmodel, config, "keep", init="qmodel").eval()
+    assert not any(name.startswith("bn_") for name, _ in net.named_buffers())   # BN folded
+    for a, b in zip(qmodel.layers, net.export().layers):
+        assert (a.f_in, a.f_out, a.f_w) == (b.f_in, b.f_out, b.f_w)
+        if a.weight is not None:
+            assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+    net = train_qat(graph, qmodel, config, x_train[:256], None, epochs=1, lr=1e-3,
+                    fix_mode="keep", init="qmodel", schedule="cosine")
+    assert int(net.step) == 4   # trained, and kept (its loss is below the start's)
+    exported = net.export()
+    fixes = lambda m: [(l.f_in, l.f_out, l.f_w) for l in m.layers]   # noqa: E731
+    assert fixes(exported) == fixes(qmodel)
+    assert any(not np.array_equal(a.bias, b.bias) for a, b in zip(qmodel.layers, exported.layers)
+               if a.weight is not None)   # it moved
+    with torch.no_grad():
+        fake = net(torch.from_numpy(x_test)).numpy().reshape(len(x_test), -1)
+    assert np.array_equal(fake, golden_output(exported, x_test))
+
+
+def test_train_qat_rejects_unknown_modes(lenet_ptq):
+    graph, config, qmodel, x_train, y_train, _ = lenet_ptq
+    with pytest.raises(ValueError, match="fix_mode"):
+        FakeQuantNet(graph, qmodel, config, "fixed")
+    with pytest.raises(ValueError, match="schedule"):
+        train_qat(graph, qmodel, config, x_train[:64], y_train[:64], schedule="linear")
+
+
+def test_qat_from_qmodel_keeps_a_better_start(lenet_ptq):
+    """A run that ends with a higher loss on the training set than the QModel it started
+    from (here: a step size far too large) returns the start."""
+    graph, config, qmodel, x_train, _, _ = lenet_ptq
+    net = train_qat(graph, qmodel, config, x_train[:128], None, epochs=1, lr=1.0,
+                    fix_mode="keep", init="qmodel")
+    for a, b in zip(qmodel.layers, net.export().layers):
+        if a.weight is not None:
+            assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)

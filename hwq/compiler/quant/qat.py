@@ -4,14 +4,18 @@ domain the golden model defines, with straight-through gradients.
 `FakeQuantNet` holds float weights (and, for convs that had a BatchNorm, the unfolded conv
 and BN, which train with batch statistics until `freeze_bn_step` and with frozen running
 ones after) and power-of-two fix positions: re-derived every training step from the
-tensors' ranges ("derive": weights max-min, activations an EMA of the batch max) or
-learned as log2 thresholds ("learn"). Every tensor is carried as an integer-valued
-float64 times 2**-f, and every rounding is `ROUNDERS` -- proven equal to requant.py's
-rule by tests -- so in eval mode the net equals the golden model of `export(net)` bit for
-bit. `export` makes the QModel with the same `make_qlayer` as post-training calibration.
+tensors' ranges ("derive": weights max-min, activations an EMA of the batch max),
+learned as log2 thresholds ("learn") or kept as the QModel's ("keep"). The weights start
+from the float model's ("float") or from the QModel's integer ones ("qmodel", BatchNorm
+folded), so QAT can continue from a fast-finetuned QModel. Every tensor is carried as an
+integer-valued float64 times 2**-f, and every rounding is `ROUNDERS` -- proven equal to
+requant.py's rule by tests -- so in eval mode the net equals the golden model of
+`export(net)` bit for bit. `export` makes the QModel with the same `make_qlayer` as
+post-training calibration.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -26,6 +30,8 @@ from hwq.compiler.quant.config import QuantConfig
 from hwq.compiler.quant.requant import INT8_MAX
 from hwq.compiler.quant.rewrite import prepare
 
+FIX_MODES = ("derive", "learn", "keep")
+INITS = ("float", "qmodel")
 EMA = 0.9          # activation range average, per training step
 BN_MOMENTUM = 0.1  # as nn.BatchNorm2d's default
 
@@ -58,7 +64,8 @@ def _fix(absmax: torch.Tensor) -> torch.Tensor:
 
 
 class _Fix(nn.Module):
-    """A tensor's fix position: derived from a range, or learned as a log2 threshold."""
+    """A tensor's fix position: derived from a range, learned as a log2 threshold, or
+    kept as the QModel's ("keep")."""
 
     def __init__(self, f: float | np.ndarray, mode: str):
         super().__init__()
@@ -73,7 +80,7 @@ class _Fix(nn.Module):
     def __call__(self, absmax: torch.Tensor | None = None, average: bool = False) -> torch.Tensor:
         if self.mode == "learn":
             return ste(math.log2(INT8_MAX) - self.log2_t, torch.floor)
-        if absmax is not None and self.training:
+        if absmax is not None and self.training and self.mode == "derive":
             absmax = absmax.detach().double()
             if average:
                 self.ema.mul_(EMA).add_((1 - EMA) * absmax)
@@ -87,9 +94,13 @@ class _Fix(nn.Module):
 
 class FakeQuantNet(nn.Module):
     def __init__(self, graph: Graph, qmodel: QModel, config: QuantConfig, fix_mode: str = "derive",
-                 freeze_bn_step: int = 200):
+                 freeze_bn_step: int = 200, init: str = "float"):
         super().__init__()
+        if fix_mode not in FIX_MODES or init not in INITS:
+            raise ValueError(f"fix_mode {fix_mode!r} (one of {FIX_MODES}), init {init!r} (one of {INITS})")
         graph = prepare(graph, config)   # the float graph the QModel was made from
+        if init == "qmodel":   # the QModel's folded integer weights: no BatchNorm to unfold
+            graph = dataclasses.replace(graph, layers=[dataclasses.replace(l, bn=None) for l in graph.layers])
         self.graph, self.config, self.freeze_bn_step = graph, config, freeze_bn_step
         self.tensors = {l.name: config.for_layer(l) for l in graph.layers}
         q = {l.name: l for l in qmodel.layers}
@@ -105,7 +116,11 @@ class FakeQuantNet(nn.Module):
             # the QModel's bias, which bias correction may have moved from the float one
             acc_fix = q[layer.name].f_in + np.broadcast_to(np.asarray(f_w), (len(layer.weight),))
             bias = np.ldexp(q[layer.name].bias.astype(np.float64), -acc_fix)
-            source = dict(layer.bn or {"weight": layer.weight, "bias": bias})
+            weight = layer.weight
+            if init == "qmodel":   # exactly the QModel's integer weights, as floats
+                f_wc = np.broadcast_to(np.asarray(f_w), (len(layer.weight),))
+                weight = np.ldexp(q[layer.name].weight.astype(np.float64), -f_wc[:, None, None, None])
+            source = dict(layer.bn or {"weight": weight, "bias": bias})
             if layer.bn:
                 source["beta"] = source["beta"] + (bias - layer.bias)   # folded bias -> QModel's
                 self.register_buffer(_bn(layer.name, "mean"), torch.from_numpy(layer.bn["mean"].astype(np.float64)))
@@ -138,20 +153,25 @@ class FakeQuantNet(nn.Module):
 
     # --- the integer-domain forward ------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Float input -> the output as floats at its fix position (as dequantize_output)."""
+    def forward(self, x: torch.Tensor, round_output: bool = True) -> torch.Tensor:
+        """Float input -> the output as floats at its fix position (as dequantize_output).
+        round_output False: the last layer's output before its rounding (still saturated),
+        the value a distillation loss sees, as fast finetune's does: that rounding is noise
+        of a fixed size the weights cannot remove, and only adds noise to the gradient."""
         input_q = self.config.input
         f = self.fix["input"](x.abs().max(), average=True)
         lo = -INT8_MAX if input_q.narrow_range else -INT8_MAX - 1
         env = {"input": (round_clamp(x.double() * 2.0 ** f, input_q.round_mode, lo, INT8_MAX), f)}
+        last = self.graph.layers[-1]
         for layer in self.graph.layers:
-            env[layer.name] = self._layer(layer, [env[s] for s in layer.sources])
+            env[layer.name] = self._layer(layer, [env[s] for s in layer.sources],
+                                          round_output or layer is not last)
         if self.training:
             self.step += 1
         v, f = env[self.graph.layers[-1].name]
         return v * 2.0 ** -f
 
-    def _layer(self, layer: Layer, xs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layer(self, layer: Layer, xs: list, rounded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         (x, f_in) = xs[0]
         if layer.kind == "maxpool":
             return F.max_pool2d(x, layer.kernel, layer.stride), f_in
@@ -182,7 +202,8 @@ class FakeQuantNet(nn.Module):
             shift = shift + ALPHA_BITS
         shift = shift - f_out
         shift = shift[None, :, None, None] if shift.ndim else shift
-        return round_clamp(acc * 2.0 ** -shift, act.round_mode, lo, hi), f_out
+        v = acc * 2.0 ** -shift
+        return (round_clamp(v, act.round_mode, lo, hi) if rounded else torch.clamp(v, lo, hi)), f_out
 
     def _real_output(self, layer, xs, acc, shift) -> torch.Tensor:
         """The layer's output before its requantization, in real units (sets f_out)."""
@@ -251,11 +272,29 @@ def _clamp(act: str, f_out: torch.Tensor, narrow: bool):
 
 def train_qat(graph: Graph, qmodel: QModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,
               epochs: int = 3, lr: float = 1e-4, batch: int = 64, fix_mode: str = "derive",
-              freeze_bn_step: int = 100, seed: int = 0) -> FakeQuantNet:
+              freeze_bn_step: int = 100, seed: int = 0, init: str = "float",
+              schedule: str = "constant") -> FakeQuantNet:
     """Fine-tune a post-training-quantized model with quantization in the loop: by
     cross-entropy on labels y, or, with y None, by distillation (squared error against
-    the float model's outputs). Returns the net; export() gives its QModel."""
-    net = FakeQuantNet(graph, qmodel, config, fix_mode, freeze_bn_step)
+    the float model's outputs). Returns the net; export() gives its QModel.
+
+    fix_mode: "derive" (re-derived from the ranges every step), "learn" (log2 thresholds
+    trained with the weights) or "keep" (the QModel's, unchanged). init: "float" starts
+    from the float weights (BatchNorm unfolded, frozen at freeze_bn_step), "qmodel" from
+    `qmodel`'s integer weights and biases (BatchNorm folded throughout: freeze_bn_step is
+    moot) -- with fix_mode "keep", step 0 is then `qmodel` exactly, so a better-than-PTQ
+    start (e.g. after fast finetune) is not thrown away; and if the trained net's loss on
+    the whole of x (as exported) is not below the start's, the start is returned. schedule: "constant" lr, or
+    "cosine" decay to 0 over the run. The defaults are the original behaviour (from the
+    float weights, derived fix positions, constant lr), except that distillation now
+    compares the last layer's output before its rounding (forward's round_output).
+
+    For fidelity to the float model (logits SQNR), continuing from fast finetune works
+    best: train_qat(graph, ff_qmodel, config, x, None, epochs=10, lr=1e-3, init="qmodel",
+    fix_mode="keep", schedule="cosine") -- see bench/quant_accuracy.py."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule {schedule!r}: 'constant' or 'cosine'")
+    net = FakeQuantNet(graph, qmodel, config, fix_mode, freeze_bn_step, init)
     xt = torch.from_numpy(np.asarray(x, np.float32))
     if y is None:
         target = torch.from_numpy(run_float(graph, x)[graph.layers[-1].name]).double()
@@ -264,12 +303,34 @@ def train_qat(graph: Graph, qmodel: QModel, config: QuantConfig, x: np.ndarray, 
         yt = torch.from_numpy(np.asarray(y, np.int64))
         loss_of = lambda out, idx: F.cross_entropy(out.reshape(len(idx), -1), yt[idx])  # noqa: E731
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    total = epochs * math.ceil(len(xt) / batch)
+    decay = (lambda i: 0.5 * (1 + math.cos(math.pi * i / total))) if schedule == "cosine" else (lambda i: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    # thousands of small ops: torch's thread pool only adds barriers (as in fast finetune)
+    threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net.train()
-        for _ in range(epochs):
-            for idx in torch.randperm(len(xt)).split(batch):
-                optimizer.zero_grad()
-                loss_of(net(xt[idx]), idx).backward()
-                optimizer.step()
+        torch.set_num_threads(1)
+        try:
+            if init == "qmodel":
+                start, before = copy.deepcopy(net.state_dict()), _loss(net, xt, loss_of)
+            net.train()
+            for _ in range(epochs):
+                for idx in torch.randperm(len(xt)).split(batch):
+                    optimizer.zero_grad()
+                    loss_of(net(xt[idx], round_output=y is not None), idx).backward()
+                    optimizer.step()
+                    scheduler.step()
+            if init == "qmodel" and _loss(net, xt, loss_of) >= before:
+                net.load_state_dict(start)   # minibatch noise ended worse than the start
+        finally:
+            torch.set_num_threads(threads)
     return net.eval()
+
+
+def _loss(net: FakeQuantNet, xt: torch.Tensor, loss_of) -> float:
+    """The loss of the net as exported (eval mode, output rounded) on the whole set."""
+    net.eval()
+    with torch.no_grad():
+        return float(loss_of(net(xt), torch.arange(len(xt))))
+
