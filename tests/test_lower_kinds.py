@@ -204,14 +204,6 @@ def test_leaky_relu_is_refused_in_one_line():
         compile_model(qmodel, CONFIGS[0])
 
 
-def test_per_channel_shifts_are_refused_by_the_back_end():
-    rng = np.random.default_rng(0)
-    layer = conv(rng, "c", "input", (2, 4, 4), 3)
-    layer.f_wc = np.array([7, 6, 7])
-    with pytest.raises(HwqError, match="^layer 'c': per-channel weights need per-lane shifts"):
-        compile_model(QModel("m", (2, 4, 4), 4, [layer]), CONFIGS[0])
-
-
 def test_avgpool_multiplier_beyond_int8_is_refused():
     layer = avgpool("avg", "input", (4, 4, 4), 2, 2, multiplier=200)
     with pytest.raises(HwqError, match=r"^layer 'avg': average pool multiplier 200 \(1/4 at fix "

@@ -32,8 +32,6 @@ def test_quantize_report(tmp_path, capsys):
 @pytest.mark.parametrize("model, config, message", [
     ("leaky", None, "hwq compile: error: layer 'a': LeakyReLU needs a slope multiply in the POST "
                     "unit, not in this ISA version; use ReLU\n"),
-    ("lenet", STUDY, "hwq compile: error: layer 'conv1': per-channel weights need per-lane shifts "
-                     "in the POST unit, not in this ISA version; set per_channel: false\n"),
 ])
 def test_compile_refuses_cleanly(tmp_path, capsys, model, config, message):
     (tmp_path / "leaky.py").write_text(LEAKY)

@@ -46,11 +46,18 @@ def _unpack(word, bits, n):
     return [_wrap(word >> (k * bits), bits) for k in range(n)]
 
 
+def _wrap_shift(s):
+    """A lane's shift modulo 64, into -32..31 (POST's lane_shifts)."""
+    return (s + 32) % 64 - 32
+
+
 @pytest.mark.slow
 def test_post_exhaustive_narrow():
     """Every 10-bit accumulator value x every shift (-32..31) x every rounding mode, with
-    clamps drawn at random; bias adds wrap at the accumulator width. The requantizer is
-    pipelined: each result is read LATENCY clock cycles after its inputs."""
+    clamps drawn at random; bias adds wrap at the accumulator width. Each lane shifts by
+    its own amount: the base shift plus a random per-lane offset, modulo 64 -- over the
+    64 base shifts every lane still sees every shift. The requantizer is pipelined: each
+    result is read LATENCY clock cycles after its inputs."""
     dut = RequantLanes(LANES, acc_bits=NARROW)
     rng = random.Random(1)
     values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
@@ -61,8 +68,9 @@ def test_post_exhaustive_narrow():
         for mode, code in ROUND_MODES.items():
             ctx.set(dut.round, code)
             for shift in range(-32, 32):
-                ctx.set(dut.shift, shift)
                 for base in range(0, len(values), LANES):
+                    shifts = [_wrap_shift(shift + rng.randrange(64)) for _ in range(LANES)]
+                    ctx.set(dut.shift.as_value(), _pack(shifts, 6))
                     lo, hi = clamps[rng.randrange(len(clamps))]
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
@@ -73,7 +81,8 @@ def test_post_exhaustive_narrow():
                     ctx.set(dut.bias.as_value(), _pack(bias, NARROW))
                     await ctx.tick().repeat(RequantLanes.LATENCY)
                     got = _unpack(ctx.get(dut.y.as_value()), 8, LANES)
-                    want = requantize(np.array(chunk, np.int64), shift, mode, lo, hi).tolist()
+                    want = [int(requantize(np.int64(x), s, mode, lo, hi))
+                            for x, s in zip(chunk, shifts)]
                     if got != want:
                         failures.extend((mode, shift, x, lo, hi, g, w)
                                         for x, g, w in zip(chunk, got, want) if g != w)
@@ -87,14 +96,17 @@ _full = RequantLanes(4, acc_bits=32)
 @settings(max_examples=300, deadline=None)
 @given(acc=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
        bias=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
-       shift=st.integers(-32, 31), mode=st.sampled_from(sorted(ROUND_MODES)),
+       shift=st.lists(st.integers(-32, 31), min_size=4, max_size=4),
+       mode=st.sampled_from(sorted(ROUND_MODES)),
        lo=st.integers(-128, 127), hi=st.integers(-128, 127))
 def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
+    """Per-lane shifts (one each) on full-width accumulators."""
     dut = _full
     got = []
 
     async def bench(ctx):
-        ctx.set(dut.shift, shift)
+        for k in range(4):
+            ctx.set(dut.shift[k], shift[k])
         ctx.set(dut.round, ROUND_MODES[mode])
         ctx.set(dut.lo, lo)
         ctx.set(dut.hi, hi)
@@ -105,7 +117,7 @@ def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
         got.extend(ctx.get(dut.y[k]) for k in range(4))
     _run(dut, bench, clock=True)
     total = (np.array(acc, np.int64) + np.array(bias, np.int64)).astype(np.int32)  # int32 wrap
-    assert got == requantize(total, shift, mode, lo, hi).tolist()
+    assert got == [int(requantize(t, s, mode, lo, hi)) for t, s in zip(total, shift)]
 
 
 def test_post_ties_and_extremes():
@@ -121,7 +133,7 @@ def test_post_ties_and_extremes():
         for mode, code in ROUND_MODES.items():
             ctx.set(dut.round, code)
             for shift in (-32, -31, -8, -7, -1, 0, 1, 4, 5, 30, 31):
-                ctx.set(dut.shift, shift)
+                ctx.set(dut.shift.as_value(), _pack([shift] * 8, 6))
                 for lo, hi in ((-128, 127), (0, 127), (-127, 6)):
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
@@ -130,6 +142,86 @@ def test_post_ties_and_extremes():
                     got = [ctx.get(dut.y[k]) for k in range(8)]
                     if got != want.tolist():
                         failures.append((mode, shift, lo, hi, got, want.tolist()))
+    _run(dut, bench, clock=True)
+    assert not failures, failures[:5]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_post_unit_lane_shifts(overlap):
+    """PostUnit with its buffers played by the testbench: random POSTs, lane_shifts 0 and
+    1 (offsets of every size, the modulo-64 wrap included), n = 0 too; obuf after each
+    equals the ISS's and the cycles from start to done the cycle model's."""
+    import dataclasses
+    from hwq.rtl.pe import ACC_BITS
+    from hwq.rtl.post import PostUnit
+    from hwq.sim import cycles as cycle_model
+    from hwq.sim.iss import Machine
+    cfg = dataclasses.replace(_dma_cfg(), overlap=overlap)
+    C, rng = cfg.cols, random.Random(31 + overlap)
+    nrng = np.random.default_rng(32 + overlap)
+    dut = PostUnit(cfg)
+    abuf = nrng.integers(-(1 << 31), 1 << 31, (cfg.abuf_depth, C)).astype(np.int32)
+    abuf[:8] = nrng.integers(-3000, 3000, (8, C))          # values that do not all saturate
+    bbuf = nrng.integers(-2000, 2000, (cfg.bbuf_depth, C)).astype(np.int32)
+    for e in range(1, cfg.bbuf_depth, 2):                  # odd entries: shift offsets
+        bbuf[e] = nrng.integers(0, 12, C) if e < 40 else nrng.integers(-200, 200, C)
+    programs = []
+    while len(programs) < 40:
+        lane = rng.randrange(2)
+        ins = isa.Instr.make("POST", acc=rng.randrange(12), out=rng.randrange(40),
+                             bias=rng.randrange(cfg.bbuf_depth), n=rng.choice([0, 1, 2, 5, 9]),
+                             shift=rng.randrange(-8, 12), round=rng.randrange(4),
+                             lo=rng.choice([-128, 0, -5]), hi=rng.choice([127, 6, 100]),
+                             lane_shifts=lane)
+        if isa.range_violation(ins, cfg) is None:
+            programs.append(ins)
+    failures = []
+
+    def lanes(word, bits):
+        return [_wrap(word >> (k * bits), bits) for k in range(C)]
+
+    async def bench(ctx):
+        obuf = np.zeros((cfg.obuf_depth, C), np.int8)
+        pending = {"abuf": 0, "bbuf": 0}
+        mems = {"abuf": abuf, "bbuf": bbuf}
+
+        def memory():
+            for name in mems:
+                port = getattr(dut, name)
+                ctx.set(port.data, pending[name])
+            for name, mem in mems.items():
+                port = getattr(dut, name)
+                if ctx.get(port.en):
+                    pending[name] = _pack(mem[ctx.get(port.addr)].tolist(), ACC_BITS)
+            if ctx.get(dut.obuf.en):
+                obuf[ctx.get(dut.obuf.addr)] = lanes(ctx.get(dut.obuf.data), 8)
+
+        for ins in programs:
+            m = Machine(cfg, b"")
+            m.buf["abuf"][:], m.buf["bbuf"][:], m.buf["obuf"][:] = abuf, bbuf, obuf
+            m.POST(**ins.fields)
+            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
+            ctx.set(dut.start, 1)
+            memory()
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            if overlap:                              # held_args must keep the fields
+                ctx.set(dut.args.as_value(), 0)
+            cycles = 1
+            while True:
+                memory()
+                done = ctx.get(dut.done)
+                await ctx.tick()
+                if done:
+                    break
+                cycles += 1
+                assert cycles < 100
+            if not np.array_equal(obuf, m.buf["obuf"]):
+                failures.append((isa.format_instr(ins), "data"))
+            want = cycle_model.unit_cycles(ins, cfg)
+            if cycles != want:
+                failures.append((isa.format_instr(ins), cycles, want))
+            await ctx.tick()
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 
@@ -279,6 +371,21 @@ def test_range_check_matches_isa():
     _run(dut, bench, clock=True)
     assert not bad, bad[:5]
     assert sum(isa.range_violation(i, cfg) is None for i in cases) not in (0, len(cases))
+
+
+def test_range_check_schedule_is_tight(monkeypatch):
+    """The ISA's extents fill the check's slots: with one slot fewer (CHECK_CYCLES - 1)
+    the products do not fit -- MAXPOOL's product of products, issued in the last slot,
+    waits for its pipelined operand -- so CHECK_CYCLES is no longer than it must be."""
+    from amaranth.hdl import Fragment
+
+    from hwq.config import load_hw_config
+    from hwq.rtl import check
+    cfg = load_hw_config("small")
+    Fragment.get(check.RangeCheck(cfg), None)
+    monkeypatch.setattr(check, "STAGES", check.STAGES - 1)
+    with pytest.raises(ValueError, match="raise CHECK_CYCLES"):
+        Fragment.get(check.RangeCheck(cfg), None)
 
 
 # ---------------- DMA: LOAD and STORE units against the ISS ----------------

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
-ISA_VERSION = 3
+ISA_VERSION = 4
 INSTR_BITS = 128
 OPCODE_BITS = 4
 SRAM_ADDR_BITS = 14
@@ -62,6 +62,7 @@ class Field:
     bits: int
     doc: str
     signed: bool = False
+    default: int | None = None   # the value Instr.make and assemble use when it is omitted
 
     @property
     def lo(self) -> int:
@@ -114,6 +115,11 @@ class Op:
         return tuple(out)
 
     @cached_property
+    def defaults(self) -> dict[str, int]:
+        """The fields an instruction may omit, and their values."""
+        return {f.name: f.default for f in self.fields if f.default is not None}
+
+    @cached_property
     def names(self) -> frozenset[str]:
         return frozenset(f.name for f in self.fields)
 
@@ -160,7 +166,7 @@ def _gemm_extents(f, hw):
 def _post_extents(f, hw):
     when = f["n"] > 0
     return [Extent("abuf", f["acc"], f["acc"] + f["n"] - 1, when),
-            Extent("bbuf", f["bias"], f["bias"], when),
+            Extent("bbuf", f["bias"], f["bias"] + f["lane_shifts"], when),
             Extent("obuf", f["out"], f["out"] + f["n"] - 1, when, "w")]
 
 
@@ -237,10 +243,17 @@ for o in range(n_outer):
         F("round", 2, "rounding of the shift: 0 half_up, 1 half_even, 2 half_down, 3 std_round"),
         F("lo", 8, "clamp floor (-128 none, 0 ReLU)", signed=True),
         F("hi", 8, "clamp ceiling (127 none, 6*2^f ReLU6)", signed=True),
+        F("lane_shifts", 1, "1: lane c shifts by shift + bbuf[bias + 1][c] (per-channel "
+          "weights), 0: every lane by shift (the default when omitted)", default=0),
     ), """\
 for j in range(n):
-    obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias], shift, round, lo, hi)
-# requantize is hwq.compiler.quant.requant.requantize, lane by lane""",
+    for c in range(cols):
+        off = bbuf[bias + 1][c] if lane_shifts else 0      # int32 lane
+        s = (shift + off + 32) % 64 - 32     # modulo 64: only bits 5..0 of off count
+        obuf[out + j][c] = requantize(abuf[acc + j][c] + bbuf[bias][c], s, round, lo, hi)
+# requantize is hwq.compiler.quant.requant.requantize; the sum with the bias wraps at 32
+# bits. The compiler writes offsets 0..63 over shift = the least shift of the output
+# block, so shift + off is the lane's own shift, in -32..31: the modulo never acts.""",
        _post_extents),
     Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
         F("src", _SRAM, "obuf entry of input pixel (0, 0); rows are in_w entries"),
@@ -303,6 +316,8 @@ class Instr:
     @classmethod
     def make(cls, op: str, **args: int) -> "Instr":
         spec = BY_NAME[op]
+        if spec.defaults:
+            args = {**spec.defaults, **args}
         if args.keys() != spec.names:
             raise IsaError(f"{op} takes {', '.join(f.name for f in spec.fields)}; "
                            f"got {', '.join(sorted(args))}")

@@ -265,8 +265,9 @@ class _ConvPlan:
     outputs: int       # obuf slots: 2 lets POST write a block while STORE reads the last
     chunk: int         # weight tiles per wbuf slot (all of an output block's when resident)
     weights: int       # wbuf slots: one per output block when all weights stay on chip
-    bias_run: int      # biases per bbuf slot (every block's when they fit)
+    bias_run: int      # blocks' biases per bbuf slot (every block's when they fit)
     biases: int        # bbuf slots
+    bias_entries: int  # bbuf entries per block: 1, or 2 with per-lane shift offsets
 
     @property
     def resident(self) -> bool:
@@ -313,8 +314,11 @@ def _conv_plan(layer: QLayer, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) ->
     else:
         weights = 2 if 2 * r <= cfg.wbuf_depth else 1
         chunk = cfg.wbuf_depth // weights // r
-    bias_run = g.n_co if g.n_co <= cfg.bbuf_depth else 1
-    biases = 1 if bias_run == g.n_co else min(2, cfg.bbuf_depth)
+    per = 1 if layer.f_wc is None else 2      # per-channel: bias, then the shift offsets
+    _need(per <= cfg.bbuf_depth, layer, f"per-channel weights need {per} bbuf entries per "
+          f"output block, bbuf_depth={cfg.bbuf_depth}")
+    bias_run = g.n_co if g.n_co * per <= cfg.bbuf_depth else 1
+    biases = 1 if bias_run == g.n_co else min(2, cfg.bbuf_depth // per)
     best = None
     # balanced heights: the fewest bands of at most b rows, as even as they go
     for band in sorted({-(-g.out_h // -(-g.out_h // b)) for b in range(1, tallest + 1)}, reverse=True):
@@ -329,7 +333,7 @@ def _conv_plan(layer: QLayer, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) ->
             for blocks in sorted(runs):
                 accs = 2 if 2 * blocks * v <= cfg.abuf_depth else 1
                 plan = _ConvPlan(band, group, inputs, blocks, accs, outputs, chunk, weights,
-                                 bias_run, biases)
+                                 bias_run, biases, per)
                 cost = _conv_cost(plan, g, cfg, tiles)
                 if best is None or cost < best[0]:
                     best = (cost, plan)
@@ -514,8 +518,25 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     live = tiles.reshape(n_co, taps, -1).any(axis=2)
     live[~live.any(axis=1), 0] = True
     plan = _conv_plan(layer, g, cfg, live)
-    bias = np.zeros(n_co * c, np.int32)
-    bias[:cout] = layer.bias
+    # bbuf entries per output block: the bias, and with per-channel weights the lanes'
+    # shift offsets over the block's least shift (POST lane_shifts)
+    per = plan.bias_entries
+    bias = np.zeros((n_co, per, c), np.int32)
+    flat = np.zeros(n_co * c, np.int32)
+    flat[:cout] = layer.bias
+    bias[:, 0] = flat.reshape(n_co, c)
+    shift = np.full(n_co, layer.shift)
+    if per == 2:
+        shifts = layer.shifts
+        lo_s, hi_s = isa.BY_NAME["POST"].field("shift").lo, isa.BY_NAME["POST"].field("shift").hi
+        _need(lo_s <= shifts.min() and shifts.max() <= hi_s, layer,
+              f"per-channel shifts {shifts.min()}..{shifts.max()} exceed POST's {lo_s}..{hi_s}")
+        blocked = np.full(n_co * c, shifts.max(), np.int64)
+        blocked[:cout] = shifts
+        shift = blocked.reshape(n_co, c).min(axis=1)
+        offsets = np.zeros(n_co * c, np.int64)
+        offsets[:cout] = shifts - np.repeat(shift, c)[:cout]
+        bias[:, 1] = offsets.reshape(n_co, c)
     b_region = image.put(f"{layer.name}{tag}.bias", "bias", bias)
     ew = c // bus  # words per wbuf entry, and per output block of a pixel
     pout = dst.pixel_words(cfg)
@@ -549,7 +570,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     stores = _Stores(emit, cfg, prefetch)
     inputs = _Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
     weights = _Slots(plan.chunk * r if plan.chunk else taps * r, plan.weights)
-    biases = _Slots(plan.bias_run, plan.biases)
+    biases = _Slots(plan.bias_run * per, plan.biases)
     accs = _Slots(cfg.abuf_depth // plan.accs, plan.accs)
     for i, st in enumerate(steps):
         rows = f"rows {st.r0}..{st.r0 + st.rows - 1}"
@@ -566,11 +587,11 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         if st.last:
             first = st.co - st.co % plan.bias_run     # the slot holds blocks first.. biases
             base, ready = biases.use(first, i)
-            st.bias = base + st.co - first
+            st.bias = base + (st.co - first) * per
             if ready:
                 note = f"output block {st.co} bias" if plan.bias_run == 1 else "biases"
                 prefetch.add(ready, (i, BEFORE_POST), note, _runs(
-                    2, base, b_region.word + first * 4 * ew, plan.bias_run, 4 * ew))
+                    2, base, b_region.word + first * per * 4 * ew, plan.bias_run * per, 4 * ew))
 
     # Pass 2: the instructions, the loads among the GEMMs.
     out_slot = cfg.obuf_depth // plan.outputs
@@ -594,8 +615,8 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
             prefetch.due((i, BEFORE_POST))
             out = blocks % plan.outputs * out_slot
             stores.post(tile, dict(acc=st.acc, out=out, bias=st.bias, n=st.rows * out_w,
-                                    shift=layer.shift, round=ROUND_MODES[layer.round_mode],
-                                    lo=layer.lo, hi=layer.hi),
+                                    shift=int(shift[st.co]), round=ROUND_MODES[layer.round_mode],
+                                    lo=layer.lo, hi=layer.hi, lane_shifts=int(per == 2)),
                          dict(sram=out, dram=dst.region.word + st.r0 * out_w * pout + (co0 + st.co) * ew,
                               y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
@@ -632,9 +653,6 @@ def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
 
 def _refuse_post_changes(layer: QLayer) -> None:
     """What the POST unit of this ISA version cannot do (hardware_check says it first)."""
-    if layer.f_wc is not None:
-        raise HwqError(f"layer '{layer.name}': per-channel weights need per-lane shifts in "
-                       "the POST unit, not in this ISA version; set per_channel: false")
     if layer.act == "leaky_relu":
         raise HwqError(f"layer '{layer.name}': LeakyReLU needs a slope multiply in the POST "
                        "unit, not in this ISA version; use ReLU")

@@ -4,7 +4,8 @@ Implements hwq.compiler.quant.requant.requantize (DESIGN.md rule 2) lane by lane
 tests hold `RequantLanes` to that function, exhaustively on a narrow accumulator.
 
 Right shift s in 1..31: floor = x >> s (arithmetic), and the rounding looks at the
-round bit b = bit s-1 of x and the sticky bit t = (bits s-2..0 of x) != 0:
+round bit b = bit s-1 of x and the sticky bit t = (bits s-2..0 of x) != 0 (one log
+shifter by s - 1 gives b, floor and, OR-ing what each stage drops, t):
     half_up   up = b              (rem >= half)
     half_down up = b & t          (rem >  half)
     half_even up = b & (t | floor[0])
@@ -47,9 +48,9 @@ def _sat8(m, v, name):
 
 
 class RequantLanes(wiring.Component):
-    """`lanes` requantizers sharing shift/round/lo/hi, pipelined LATENCY cycles:
+    """`lanes` requantizers, a shift each, sharing round/lo/hi, pipelined LATENCY cycles:
 
-    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift, round, lo, hi)
+    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi)
 
     of the acc/bias presented LATENCY cycles earlier (shift, round, lo and hi held).
     Stage 1 registers x = acc + bias; stage 2 registers the shifted value's low byte,
@@ -66,7 +67,7 @@ class RequantLanes(wiring.Component):
         super().__init__({
             "acc": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(acc_bits), lanes)),
-            "shift": In(signed(SHIFT_BITS)),
+            "shift": In(data.ArrayLayout(signed(SHIFT_BITS), lanes)),
             "round": In(unsigned(ROUND_BITS)),
             "lo": In(signed(CLAMP_BITS)),
             "hi": In(signed(CLAMP_BITS)),
@@ -76,34 +77,40 @@ class RequantLanes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         W = self.acc_bits
-        s = self.shift
-        right = Signal(name="right")
-        rs = Signal(range(1 << (SHIFT_BITS - 1)), name="rs")       # right shift amount 1..31
-        ls = Signal(range(9), name="ls")                            # left shift, capped at 8
-        m.d.comb += [
-            right.eq(s > 0),
-            rs.eq(s[:SHIFT_BITS - 1]),
-            ls.eq(Mux(-s > 8, 8, -s)),
-        ]
-        rs1 = Signal(range(1 << (SHIFT_BITS - 1)), name="rs1")
-        m.d.comb += rs1.eq(rs - 1)
-        # sticky mask: bits s-2..0, bit i set when i < s - 1 (a function of rs per bit)
-        mask = Signal(W, name="sticky_mask")
-        m.d.comb += mask.eq(Cat(rs > i + 1 for i in range(W)))
         mode = self.round
         for k in range(self.lanes):
+            # ---- the lane's shift, decoded (held for the instruction) ----
+            s = self.shift[k]
+            right = Signal(name=f"right{k}")
+            rs = Signal(range(1 << (SHIFT_BITS - 1)), name=f"rs{k}")   # right shift 1..31
+            ls = Signal(range(9), name=f"ls{k}")                        # left shift, capped at 8
+            m.d.comb += [
+                right.eq(s > 0),
+                rs.eq(s[:SHIFT_BITS - 1]),
+                ls.eq(Mux(-s > 8, 8, -s)),
+            ]
+            rs1 = Signal(range(1 << (SHIFT_BITS - 1)), name=f"rs1_{k}")
+            m.d.comb += rs1.eq(rs - 1)
             # ---- stage 1: the sum ----
             x = Signal(signed(W), name=f"x{k}")
             m.d.sync += x.eq((self.acc[k] + self.bias[k])[:W])
             # ---- stage 2: shift, round decision, int8 fit ----
+            # t = x >> (s - 1) by a log shifter that ORs the bits each stage drops: they
+            # are bits s-2..0 of x, the sticky bit; t[0] is the round bit, t >> 1 the floor
+            t, sticky = x, Signal(name=f"sticky{k}")
+            dropped = []
+            for b in range(SHIFT_BITS - 1):
+                step = Signal(signed(W), name=f"t{k}_{b}")
+                m.d.comb += step.eq(Mux(rs1[b], t >> (1 << b), t))
+                dropped.append(rs1[b] & (t[:min(1 << b, W)] != 0))
+                t = step
             floor = Signal(signed(W), name=f"floor{k}")
             rbit = Signal(name=f"rbit{k}")
-            sticky = Signal(name=f"sticky{k}")
             up = Signal(name=f"up{k}")
             m.d.comb += [
-                floor.eq(x >> rs),
-                rbit.eq((x >> rs1)[0]),
-                sticky.eq((x & mask) != 0),
+                floor.eq(t >> 1),
+                rbit.eq(t[0]),
+                sticky.eq(Cat(*dropped).any()),
             ]
             with m.Switch(mode):
                 with m.Case(ROUND_MODES["half_up"]):
@@ -143,11 +150,14 @@ class RequantLanes(wiring.Component):
 
 
 class PostUnit(wiring.Component):
-    """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias]) for j < n.
+    """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias]) for j < n, lane c
+    shifted by shift (+ bbuf[bias + 1][c] with lane_shifts, modulo 64).
 
-    Timeline (cycle 0 = start, L = RequantLanes.LATENCY): cycle 0 reads bbuf[bias] (held
-    for the whole instruction); cycles 1..n read abuf[acc + j]; each result is registered
-    and written to obuf 2 + L cycles later; done in cycle n + 2 + L (with the last write;
+    Timeline (cycle 0 = start, L = RequantLanes.LATENCY): cycle 0 reads bbuf[bias] --
+    with lane_shifts bbuf[bias + 1], the lanes' shift offsets, and cycle 1 bbuf[bias] --
+    the bias then held on the read port for the whole instruction; cycle 1 registers
+    each lane's shift; cycles 1..n read abuf[acc + j]; each result is registered and
+    written to obuf 2 + L cycles later; done in cycle n + 2 + L (with the last write;
     n = 0 too).
     """
 
@@ -176,12 +186,17 @@ class PostUnit(wiring.Component):
         dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
         issue = Signal()
         y = Signal.like(lanes.y)
+        # each lane's shift, registered in cycle 1 (used from cycle 3, the first result's
+        # shift stage): shift + the low SHIFT_BITS bits of its offset, modulo 2**SHIFT_BITS
+        shifts = Signal(data.ArrayLayout(signed(SHIFT_BITS), C), name="lane_shift")
+        offsets = [Mux(a.lane_shifts, self.bbuf.data[k * ACC_BITS:k * ACC_BITS + SHIFT_BITS], 0)
+                   for k in range(C)]
         m.d.sync += [valid[0].eq(issue), dst[0].eq(optr), y.eq(lanes.y)]
         m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, L)]
         m.d.sync += [dst[k].eq(dst[k - 1]) for k in range(1, L)]
         m.d.comb += [
             lanes.acc.eq(self.abuf.data), lanes.bias.eq(self.bbuf.data),
-            lanes.shift.eq(a.shift), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
+            lanes.shift.eq(shifts), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
             lanes.hi.eq(a.hi),
             self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(y),
         ]
@@ -189,7 +204,7 @@ class PostUnit(wiring.Component):
         with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a0.bias)]
+                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a0.bias + a0.lane_shifts)]
                     m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                     with m.If(a0.n == 0):
                         m.next = "DRAIN"
@@ -198,6 +213,9 @@ class PostUnit(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += [self.abuf.en.eq(1), self.abuf.addr.eq(aptr), issue.eq(1)]
                 m.d.sync += [aptr.eq(aptr + 1), optr.eq(optr + 1), j.eq(j + 1)]
+                with m.If(j == 0):
+                    m.d.sync += [shifts[k].eq(a.shift + offsets[k]) for k in range(C)]
+                    m.d.comb += [self.bbuf.en.eq(a.lane_shifts), self.bbuf.addr.eq(a.bias)]
                 with m.If(j == a.n - 1):
                     m.next = "DRAIN"
             with m.State("DRAIN"):

@@ -107,13 +107,23 @@ class Machine:
         self.buf["abuf"][a] = product.astype(np.int32)  # two's-complement wrap, as the adders
         return a.size
 
-    def POST(self, acc, out, bias, n, shift, round, lo, hi):
+    def POST(self, acc, out, bias, n, shift, round, lo, hi, lane_shifts):
         if n == 0:                      # touches nothing, bbuf[bias] included (isa extents)
             return
         mode = _MODE_OF_CODE[round]
         accs = self.buf["abuf"][acc + np.arange(n)]
         total = (accs.astype(np.int64) + self.buf["bbuf"][bias]).astype(np.int32)
-        self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi)
+        if not lane_shifts:
+            self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi)
+            return
+        # the lane's shift: shift + the offset in bbuf[bias + 1], modulo 64 into -32..31
+        shifts = (shift + self.buf["bbuf"][bias + 1].astype(np.int64) + _SHIFT_HALF) \
+            % (2 * _SHIFT_HALF) - _SHIFT_HALF
+        result = np.empty(total.shape, np.int8)
+        for s in np.unique(shifts):     # the one requantize, per group of equal shifts
+            lanes = shifts == s
+            result[:, lanes] = requantize(total[:, lanes], int(s), mode, lo, hi)
+        self.buf["obuf"][out + np.arange(n)] = result
 
     def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
         if k_h == 0 or k_w == 0:
@@ -170,3 +180,4 @@ class Machine:
 
 
 _MODE_OF_CODE = {code: name for name, code in ROUND_MODES.items()}
+_SHIFT_HALF = 1 << (isa.BY_NAME["POST"].field("shift").bits - 1)     # 32: shifts -32..31

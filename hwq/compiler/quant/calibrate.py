@@ -76,14 +76,10 @@ def activation(layer: Layer, y: torch.Tensor) -> torch.Tensor:
 
 def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
     """Refuse what the int8 power-of-two array cannot run, before anything is compiled:
-    what needs a POST unit other than this ISA version's (per-lane shifts, a LeakyReLU
-    slope). Grouped convs, average pools, adds and concatenations lower onto the array
-    (hwq/compiler/lower.py)."""
+    what needs a POST unit other than this ISA version's (a LeakyReLU slope). Per-channel
+    weights run on POST's per-lane shifts; grouped convs, average pools, adds and
+    concatenations lower onto the array (hwq/compiler/lower.py)."""
     for layer in qmodel_or_graph.layers:
-        weights = config.for_layer(layer)["weights"]
-        if layer.kind == "conv" and weights.per_channel:
-            raise HwqError(f"layer '{layer.name}': per-channel weights need per-lane shifts in "
-                           "the POST unit, not in this ISA version; set per_channel: false")
         if layer.act == "leaky_relu":
             raise HwqError(f"layer '{layer.name}': LeakyReLU needs a slope multiply in the POST "
                            "unit, not in this ISA version; use ReLU")
@@ -93,7 +89,7 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
              hardware: bool = True, batch_size: int = CALIB_BATCH) -> QModel:
     """Quantize `graph` with fix positions calibrated on `calib`, (N, C, H, W) float
     samples of the model's input. `hardware` refuses, up front, settings the array cannot
-    run (per-channel shifts, LeakyReLU); software-only runs pass False. The config's
+    run (LeakyReLU); software-only runs pass False. The config's
     weight_clustering clusters the float weights first, its fast_finetune tunes the
     calibrated weights after; both learn from `calib`."""
     calib = np.asarray(calib)
