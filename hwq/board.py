@@ -126,6 +126,9 @@ class BoardTop(Elaboratable):
         from hwq.rtl.soc import LEDS, Soc
 
         m = Module()
+        if self.clock.domain is not None:
+            # the PLL's domain: defined here, above the clock that drives it and the SoC
+            m.domains += self.clock.domain
         m.submodules.clock = self.clock
         m.submodules.soc = soc = Soc(self.board.cfg, self.board.uart_divisor(self.clock.f_sync))
         uart = platform.request("uart", 0, dir="-")

@@ -48,6 +48,24 @@ def test_pll_settings():
     assert f == 100e6 and 400e6 <= f * p["CLKOP_DIV"] <= 800e6
 
 
+def test_pll_domain_is_defined_above_its_users(tmp_path):
+    """With a PLL, BoardTop (not the clock submodule) defines `sync`: no upward domain
+    propagation, which Amaranth 0.5 deprecates (RFC 59), on either PLL family."""
+    import warnings
+
+    from hwq.board import _prepare
+    ice = tmp_path / "icebreaker-pll.yaml"
+    data = yaml.safe_load((ROOT / "boards" / "icebreaker.yaml").read_text())
+    data["board"]["clock_mhz"] = 24
+    ice.write_text(yaml.safe_dump(data))
+    for board in ("ulx3s-85f", ice):
+        b = load_board(board)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            _, top, _ = _prepare(b)
+        assert top.clock.domain is not None and top.clock.f_sync != b.platform().default_clk_frequency
+
+
 def test_ident_carries_the_fingerprint():
     cfg = load_board("icebreaker").cfg
     ident = ident_bytes(cfg)

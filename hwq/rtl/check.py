@@ -7,18 +7,36 @@ so the two cannot disagree on what is out of range (status `address_range`).
 The extents multiply fields (counts by strides): one multiplier per product would be
 ~15 wide multipliers, more DSP blocks than a small FPGA has for the whole accelerator
 (the iCE40UP5K has 8, the array itself needs rows x cols). So the products are
-scheduled onto MULTIPLIERS multipliers shared by all ops, STAGES cycles one after the
-other (a product of products waits a stage for its operand), each result registered;
-one more cycle registers the verdict. That is CHECK_CYCLES for every instruction, which
-hwq/sim/cycles.py counts.
+scheduled onto MULTIPLIERS multipliers shared by all ops. Each multiplier is a
+two-cycle pipeline, so that the operand selection and the multiply are not one path:
 
-Every field, operand and product saturates at C = S + 1, S the largest memory's size:
-wherever an extent is accessed (`when`), its `last` is a sum of non-negative terms
-(first address, (count - 1) x stride, a tail), so `last >= size` for size <= S holds
-exactly when it holds with the values clamped -- a clamped term, even a clamped count
-minus one, alone reaches S -- and the ISA's `when` compares counts with 0 and `buf`
-with small codes, which clamping keeps. Where `when` is false the value does not matter.
-This keeps each multiplier within one DSP block and the sums as narrow as the addresses.
+  cycle t      select the operands of the products issued in slot t (clamped fields of
+               the instruction register, or earlier products), register them
+  cycle t + 1  multiply the registered operands, clamp, register the product; it is an
+               operand from cycle t + 2 on
+
+A new pair of operands is taken every cycle, so the slots are cycles 0 .. STAGES - 1 (a
+product of products waits for its operand: MAXPOOL's (out_h - 1) x (stride x in_w) is
+issued in slot 2); the last product is registered in cycle STAGES, and the cycle after
+registers the verdict (and the extents). That is CHECK_CYCLES = STAGES + 2 cycles for
+every instruction (5: 3 slots), which hwq/sim/cycles.py counts:
+
+  t = 0   slot 0 operands registered
+  t = 1   slot 1 operands registered, slot 0 products registered
+  t = 2   slot 2 operands registered, slot 1 products registered
+  t = 3                               slot 2 products registered
+  t = 4   sums and compares: the verdict (`in_range`) and the extents registered
+
+Every field, operand and product saturates at C = 2^n - 1 >= S + 1, S the largest
+memory's size and n the bit length of S + 1: wherever an extent is accessed (`when`),
+its `last` is a sum of non-negative terms (first address, (count - 1) x stride, a
+tail), so `last >= size` for size <= S holds exactly when it holds with the values
+clamped -- a clamped term, even a clamped count minus one, alone reaches S -- and the
+ISA's `when` compares counts with 0 and `buf` with small codes, which clamping keeps.
+Where `when` is false the value does not matter (a negative operand or product, a count
+of 0 minus one, only stays negative). C being all ones, the clamp is an OR of the high
+bits into the low ones, no comparator. This keeps each multiplier within one DSP block
+and the sums as narrow as the addresses.
 """
 from __future__ import annotations
 
@@ -32,13 +50,14 @@ from hwq.rtl.decode import instr_layout
 from hwq.sim.cycles import CHECK_CYCLES
 
 MULTIPLIERS = 2
-STAGES = CHECK_CYCLES - 1
+STAGES = CHECK_CYCLES - 2          # issue slots; a product is an operand 2 cycles on
+LATENCY = 2
 
 
 class _Expr:
-    """A value of the extents under construction: an Amaranth value and the stage from
-    which it is valid (0: straight from the instruction register; s: after the products
-    of stage s - 1 are registered). Products of two such values are handed to `sched`."""
+    """A value of the extents under construction: an Amaranth value and the cycle from
+    which it is valid (0: straight from the instruction register; s + LATENCY: the
+    product issued in slot s). Products of two such values are handed to `sched`."""
 
     def __init__(self, value, ready: int, sched: "_Schedule"):
         self.value, self.ready, self.sched = value, ready, sched
@@ -70,9 +89,10 @@ class _Expr:
 
 
 class _Schedule:
-    """Places one op's products into (stage, multiplier) slots, first fit in the order
-    the extents ask for them; the same product asked twice (LOAD's four targets) is
-    computed once."""
+    """Places one op's products into (slot, multiplier) pairs, first fit in the order
+    the extents ask for them, a slot no earlier than its operands are valid; the same
+    product asked twice (LOAD's four targets) is computed once. regs[s][j] holds the
+    product issued in slot s on multiplier j."""
 
     def __init__(self, regs, sat: int):
         self.regs, self.sat = regs, sat              # regs[stage][j]: the product registers
@@ -87,22 +107,41 @@ class _Schedule:
                 if free:
                     break
             else:
-                raise ValueError(f"the ISA's extents need more than {STAGES} stages of "
+                raise ValueError(f"the ISA's extents need more than {STAGES} slots of "
                                  f"{MULTIPLIERS} multipliers; raise CHECK_CYCLES")
             pair = sorted((_clamp(Value.cast(v.value), self.sat) for v in (a, b)), key=len)
             self.slots[(s, free[0])] = tuple(pair)
-            self.seen[key] = _Expr(self.regs[s][free[0]], s + 1, self)
+            self.seen[key] = _Expr(self.regs[s][free[0]], s + LATENCY, self)
         return self.seen[key]
 
 
 def _clamp(v: Value, sat: int) -> Value:
-    """min(v, sat), as narrow as that (a negative value is a count of 0 minus one, where
-    `when` is false)."""
+    """min(v, sat) for v >= 0, sat = 2^n - 1, as narrow as that: unsigned(n), or signed(n
+    + 1) for a signed v, whose negative values (a count of 0 minus one, where `when` is
+    false) come out negative and greater than -2^n."""
     n = sat.bit_length()
-    if v.shape().width <= n - (not v.shape().signed):
+    assert sat == (1 << n) - 1
+    sgn = v.shape().signed
+    if v.shape().width <= n + sgn:
         return v
-    c = Mux(v > sat, sat, v)
-    return c[:n + 1].as_signed() if v.shape().signed else c[:n]
+    if not sgn:
+        return v[:n] | v[n:].any().replicate(n)
+    over = v[n:-1].any() & ~v[-1]
+    return Cat(v[:n] | over.replicate(n), v[-1]).as_signed()
+
+
+def _one_hot_select(cases):
+    """The value of the (select, value) case whose select is high, or 0; at most one is.
+    An AND-OR, the cases with the same value merged (the ops' views of the instruction
+    share fields), where a chain of If would be a priority multiplexer per case."""
+    merged: dict[str, tuple[Value, list]] = {}
+    for sel, v in cases:
+        merged.setdefault(repr(v), (v, []))[1].append(sel)
+    terms = [Mux(Cat(*sels).any(), v, 0) for v, sels in merged.values()]
+    out = terms[0]
+    for term in terms[1:]:
+        out = out | term
+    return out
 
 
 def _operand_shape(values):
@@ -154,11 +193,11 @@ class RangeCheck(wiring.Component):
         })
 
     def elaborate(self, platform):
-        m = Module()
-        sat = max(isa.memory_words(self.cfg, mem) for mem in ("dram", *isa.BUFFERS)) + 1
-        holders = [[Signal(range(-sat, sat + 1), name=f"p{s}_{j}") for j in range(MULTIPLIERS)]
-                   for s in range(STAGES)]
-        bad, plans = [], []
+        biggest = max(isa.memory_words(self.cfg, mem) for mem in ("dram", *isa.BUFFERS))
+        sat = (1 << (biggest + 1).bit_length()) - 1
+        holders = [[Signal(range(-sat - 1, sat + 1), name=f"p{s}_{j}")
+                    for j in range(MULTIPLIERS)] for s in range(STAGES)]
+        bad, plans, regs = [], [], []       # regs: the extents' registers (sync)
         for k, op in enumerate(isa.OPS):
             sched = _Schedule(holders, sat)
             view = self.fields[op.name]
@@ -169,17 +208,19 @@ class RangeCheck(wiring.Component):
                                      for x in (e.first, e.last, e.when))
                 # registered with the verdict: the sums stay off the dispatch logic's paths
                 if e.memory != "dram":
-                    m.d.sync += [
+                    regs += [
                         getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
                         getattr(self.extents, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
-                m.d.sync += getattr(self.extents, f"{op.name}_{k_e}_when").eq(
-                    Value.cast(when).bool())
+                regs.append(getattr(self.extents, f"{op.name}_{k_e}_when").eq(
+                    Value.cast(when).bool()))
                 # sizes are powers of two and `last` is not negative where it counts:
                 # last >= size is a non-zero high part, no comparator
                 size = isa.memory_words(self.cfg, e.memory)
                 bad.append(self.op[k] & Value.cast(when)
                            & Value.cast(last)[size.bit_length() - 1:].any())
             plans.append(sched.slots)
+        m = Module()                        # after the schedule, which may raise
+        m.d.sync += regs
 
         t = Signal(range(CHECK_CYCLES))
         with m.If(self.run):
@@ -193,16 +234,23 @@ class RangeCheck(wiring.Component):
                      if jj == j]
             if not pairs:
                 continue
-            a = Signal(_operand_shape([Value.cast(p[0]) for _, _, p in pairs]), name=f"mul{j}_a")
-            b = Signal(_operand_shape([Value.cast(p[1]) for _, _, p in pairs]), name=f"mul{j}_b")
-            for k, s, (pa, pb) in pairs:
-                with m.If(self.op[k] & (t == s)):
-                    m.d.comb += [a.eq(pa), b.eq(pb)]
-            prod = Signal(signed(len(a) + len(b)), name=f"mul{j}_p")
-            m.d.comb += prod.eq(a * b)
-            clamped = Mux(prod > sat, sat, Mux(prod < -sat, -sat, prod))
+            # cycle t: the operands of slot t, registered (no reset: they are loaded every
+            # cycle and read only the cycle after, which lets an iCE40 SB_MAC16 take them)
+            sel = {(k, s): self.op[k] & (t == s) for k, s, _ in pairs}
+            ops = []
+            for side in (0, 1):
+                shape = _operand_shape([Value.cast(p[side]) for _, _, p in pairs])
+                r = Signal(shape, name=f"mul{j}_{'ab'[side]}", reset_less=True)
+                m.d.sync += r.eq(_one_hot_select(
+                    [(sel[k, s], Value.cast(p[side])) for k, s, p in pairs]))
+                ops.append(r)
+            ra, rb = ops
+            # cycle t + 1: their product, clamped, registered for slot t
+            prod = Signal(signed(len(ra) + len(rb)), name=f"mul{j}_p")
+            m.d.comb += prod.eq(ra * rb)
+            clamped = _clamp(prod, sat)
             for s in range(STAGES):
-                with m.If(self.run & (t == s)):
+                with m.If(self.run & (t == s + LATENCY - 1)):
                     m.d.sync += holders[s][j].eq(clamped)
         m.d.sync += self.in_range.eq(~Cat(*bad).any() if bad else 1)
         return m

@@ -3,6 +3,9 @@ another frequency. PLL dividers are searched here (the same rules icepll / ecppl
 so a board file only states the frequency it wants.
 
 With a PLL the domain is held in reset until it locks (then released synchronously).
+`BoardClock` drives the domain; the module above it defines it (`m.domains +=
+clock.domain`), so that every user of `sync` -- the SoC beside the clock -- is below
+the definition (Amaranth 0.6 drops domains propagating up from a submodule, RFC 59).
 """
 from __future__ import annotations
 
@@ -57,8 +60,12 @@ def ecp5_pll(f_in: float, f_out: float) -> tuple[float, dict]:
 
 
 class BoardClock(Elaboratable):
-    """Creates domain `sync` at `f_target` from the platform's default clock. `f_sync`
-    is what the PLL actually gives (or the oscillator's frequency, with no PLL)."""
+    """Drives domain `sync` at `f_target` from the platform's default clock. `f_sync`
+    is what the PLL actually gives (or the oscillator's frequency, with no PLL).
+
+    `domain` is the `sync` ClockDomain this drives, which the parent module defines
+    (`m.domains += clock.domain`); None without a PLL, where the platform's own `sync`
+    (with the iCE40's BRAM power-on reset) is right and the platform creates it."""
 
     def __init__(self, platform, f_target: float):
         self.f_in = platform.default_clk_frequency
@@ -73,13 +80,13 @@ class BoardClock(Elaboratable):
             raise HwqError(f"{type(platform).__name__}: hwq generates PLLs for iCE40 and ECP5 "
                            f"only; set the board's clock_mhz to the oscillator's "
                            f"{self.f_in / 1e6:g} MHz")
+        self.domain = None if self.params is None else ClockDomain("sync")
 
     def elaborate(self, platform):
         m = Module()
-        if self.params is None:
-            # the platform's own `sync` (with the iCE40's BRAM power-on reset) is right
+        if self.domain is None:
             return m
-        m.domains.sync = cd = ClockDomain("sync")
+        cd = self.domain            # defined by the parent; driven here
         locked = Signal()
         p = self.params
         if self.family == "iCE40":
