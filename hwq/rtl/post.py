@@ -54,8 +54,9 @@ class RequantLanes(wiring.Component):
 
     of the acc/bias presented LATENCY cycles earlier (shift, round, lo and hi held).
     Stage 1 registers x = acc + bias; stage 2 registers the shifted value's low byte,
-    whether it fits int8 and the rounding decision; the output rounds and clamps with
-    8-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz.
+    whether it fits int8 and the rounding decision (a left shift is done and saturated
+    there: it does not round); the output rounds and clamps with 8-bit arithmetic only
+    -- the whole path in one cycle ran the iCE40 at ~10 MHz.
 
     fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
@@ -127,21 +128,21 @@ class RequantLanes(wiring.Component):
             v_up = Signal(name=f"v_up{k}")
             v_fits = Signal(name=f"v_fits{k}")
             v_neg = Signal(name=f"v_neg{k}")
+            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
             x8 = _sat8(m, x, f"x8_{k}")
+            shl = Signal(signed(8 + 8), name=f"shl{k}")
+            m.d.comb += shl.eq(x8 << ls)
             with m.If(right):
                 m.d.sync += [v.eq(floor[:8]), v_up.eq(up), v_fits.eq(_fits8(floor)),
                              v_neg.eq(floor[-1])]
             with m.Else():
-                m.d.sync += [v.eq(x8), v_up.eq(0), v_fits.eq(1), v_neg.eq(x8[-1])]
-            # ---- output: round (floor <= 127 fits, so +1 overflows only at 127), left
-            # shift and saturate, clamp ----
-            rounded = Signal(signed(8), name=f"rounded{k}")
-            m.d.comb += rounded.eq(Mux(v_fits,
-                                       Mux(v_up & (v == INT8_MAX), INT8_MAX, v + v_up),
-                                       Mux(v_neg, INT8_MIN, INT8_MAX)))
-            shl = Signal(signed(8 + 8), name=f"shl{k}")
-            m.d.comb += shl.eq(rounded << Mux(right, 0, ls))
-            v8 = _sat8(m, shl, f"v8_{k}")
+                m.d.sync += [v.eq(_sat8(m, shl, f"x8s_{k}")), v_up.eq(0), v_fits.eq(1),
+                             v_neg.eq(shl[-1])]
+            # ---- output: round (floor <= 127 fits, so +1 overflows only at 127), clamp ----
+            v8 = Signal(signed(8), name=f"rounded{k}")
+            m.d.comb += v8.eq(Mux(v_fits,
+                                  Mux(v_up & (v == INT8_MAX), INT8_MAX, v + v_up),
+                                  Mux(v_neg, INT8_MIN, INT8_MAX)))
             # np.clip(v, lo, hi) = min(max(v, lo), hi)
             lo_d = Signal(signed(8), name=f"lo_d{k}")
             m.d.comb += lo_d.eq(Mux(v8 < self.lo, self.lo, v8))
