@@ -3,13 +3,14 @@
 
     .venv/bin/python bench/golden_speed.py [--batch 64] [--repeat 5] [--threads N]
 
-Both sides run with the same torch thread count (default: torch's, one per core; the
-golden model's requantization uses as many Python threads) and are timed on the same
-batch after one warm-up pass, in turns; the best of `repeat` runs counts. Each side is prepared
-first, outside the timing: torch.ao's convert packs its weights, hwq's GoldenModel
-packs its own. The golden model keeps every layer's int8 output (how `hwq compile` runs
-it, to check the hardware layer by layer); torch.ao returns the logits. The last column
-is the golden model keeping only the output (every_layer=False). Target: ratio >= 1.0.
+Both sides run with the same torch thread count (default: torch's, one per core, which
+the golden model uses as its own threads) and are timed on the same batch, in turns,
+each after a pause and a warm-up call; the best of `repeat` runs counts. Each side is
+prepared first, outside the timing: torch.ao's convert packs its weights, hwq's
+GoldenModel packs its own. The golden model keeps every layer's int8 output (how `hwq
+compile` runs it, to check the hardware layer by layer); torch.ao returns the logits.
+The last column is the golden model keeping only the output (every_layer=False).
+Target: ratio >= 1.0.
 """
 from __future__ import annotations
 
@@ -32,16 +33,19 @@ from hwq.compiler.quant.config import load_quant_config  # noqa: E402
 from hwq.sim.golden import GoldenModel, quantize_input  # noqa: E402
 
 TARGET = 1.0
+PAUSE = 0.05     # s before each function's turn: OpenMP threads left spinning go to sleep
 
 
 def best_of(repeat: int, *fns) -> list[float]:
-    """The best time of each function over `repeat` rounds, after one warm-up call each;
-    every round runs them all in turn, so a machine busy for a while slows all alike."""
-    for fn in fns:
-        fn()
+    """The best time of each function over `repeat` rounds. A round runs each function
+    twice after a pause and times the second call: each is timed in its own steady state
+    (warm, with torch's OpenMP threads, which spin for milliseconds after their work,
+    spinning for it alone), and a machine busy for a while slows all alike."""
     times = [[] for _ in fns]
     for _ in range(repeat):
         for fn, t_fn in zip(fns, times):
+            time.sleep(PAUSE)
+            fn()
             t = time.perf_counter()
             fn()
             t_fn.append(time.perf_counter() - t)
@@ -59,8 +63,8 @@ def main() -> None:
     cases = [("digits LeNet", lenet(), (1, 8, 8), calibration_set("digits", (1, 8, 8))),
              ("ResNet-18-style 32x32", PlainResNet18(), (3, 32, 32),
               rng.normal(size=(32, 3, 32, 32)).astype(np.float32))]
-    print(f"batch {args.batch}, best of {args.repeat}, torch threads {torch.get_num_threads()} on both sides; "
-          f"golden: every layer's output kept")
+    print(f"batch {args.batch}, best of {args.repeat}, torch threads {torch.get_num_threads()} "
+          f"on both sides; golden: every layer's output kept")
     print(f"{'model':<24}{'golden img/s':>14}{'torch.ao img/s':>16}{'ratio':>8}   target >= {TARGET}"
           f"{'output only img/s':>20}")
     for name, model, shape, calib in cases:

@@ -267,7 +267,7 @@ def test_golden_maxpool_and_flatten(k, stride, h, seed):
 
 
 def test_golden_conv_in_pieces(monkeypatch):
-    """Batches and matmul row blocks split where they fall; the result must not change."""
+    """Batches and requantization row blocks split where they fall; the result must not change."""
     from hwq.sim import golden
 
     rng = np.random.default_rng(1)
@@ -278,7 +278,7 @@ def test_golden_conv_in_pieces(monkeypatch):
                    f_in=6, f_out=0, weight=weight, bias=bias, stride=2, padding=1)
     qmodel = QModel(name="m", input_shape=(2, 5, 5), f_input=0, layers=[layer])
     monkeypatch.setattr(golden, "_BATCH", 2)
-    monkeypatch.setattr(golden, "_MATMUL_ELEMENTS", 40)   # 2 rows of K=18 per matmul
+    monkeypatch.setattr(golden, "_REQUANT_BLOCK", 8)      # 2 output pixels of 4 channels per block
     want = requantize(slow_conv(x, weight, bias, 2, 1), 6, "half_up")
     assert np.array_equal(run_golden(qmodel, x)["c"], want)
 

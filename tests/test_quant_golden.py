@@ -2,6 +2,7 @@
 LeakyReLU, avgpool, add, concat -- and its fast requantization path against slow
 references written from the definitions."""
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
@@ -137,19 +138,41 @@ def direct_conv(x, w, b, stride, padding, groups):
     return acc
 
 
+KERNELS = ["float", "int8"] if golden._INT8_KERNEL else ["float"]
+
+
+def use_kernel(monkeypatch, kernel: str, block: int = golden._REQUANT_BLOCK) -> None:
+    """Run every conv on one kernel, requantizing in blocks of `block` accumulators."""
+    monkeypatch.setattr(golden, "_SMALL_MACS", 0 if kernel == "int8" else 1 << 62)
+    monkeypatch.setattr(golden, "_REQUANT_BLOCK", block)
+
+
+def check_conv(layer: QLayer, x: np.ndarray) -> None:
+    """conv_accumulators and run_golden against the direct int64 convolution and the rule."""
+    want = direct_conv(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups)
+    assert np.array_equal(golden.conv_accumulators(layer, x), want)
+    got = run_golden(QModel("m", layer.in_shape, layer.f_in, [layer]), x)["c"]
+    shifts = layer.shifts
+    if layer.act == "leaky_relu":
+        want, shifts = np.where(want < 0, want * layer.alpha_q, want << ALPHA_BITS), shifts + ALPHA_BITS
+    for o in range(layer.out_shape[0]):
+        assert np.array_equal(got[:, o], requantize(want[:, o], int(shifts[o]), layer.round_mode,
+                                                    layer.lo, layer.hi))
+
+
 @settings(max_examples=80, deadline=None)
-@given(data=st.data(), n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2, 3]),
+@given(data=st.data(), n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2, 3, 8]),
        cin_g=st.integers(1, 6), cout_g=st.integers(1, 6), k=st.sampled_from([1, 3, 5, 7]),
        stride=st.integers(1, 3), padding=st.integers(0, 3), mode=MODES,
        act=st.sampled_from(["none", "relu", "leaky_relu"]), per_channel=st.booleans(),
-       block=st.sampled_from([1, 50, 1 << 22]), k_chunk=st.sampled_from([5, (1 << 17) - 1]),
+       kernel=st.sampled_from(KERNELS), block=st.sampled_from([1, 50, 1 << 16]),
        seed=st.integers(0, 10**6))
 def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k, stride, padding,
-                                              mode, act, per_channel, block, k_chunk, seed):
-    """Any shape, stride, padding and grouping, cut into matmul blocks and K chunks of any
-    size, gives the direct convolution's result."""
-    h = data.draw(st.integers(max(1, k - 2 * padding), 9))
-    w = data.draw(st.integers(max(1, k - 2 * padding), 9))
+                                              mode, act, per_channel, kernel, block, seed):
+    """Any shape, stride, padding and grouping (depthwise too), on either kernel, requantized
+    in blocks of any size over the threads, gives the direct convolution's result."""
+    h = data.draw(st.integers(max(1, k - 2 * padding), 12))
+    w = data.draw(st.integers(max(1, k - 2 * padding), 12))
     rng = np.random.default_rng(seed)
     cin, cout = groups * cin_g, groups * cout_g
     weight = rng.integers(-128, 128, (cout, cin_g, k, k)).astype(np.int8)
@@ -164,17 +187,102 @@ def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k,
     x = rng.integers(-128, 128, (n, cin, h, w)).astype(np.int8)
     if seed % 3 == 0:
         x[:] = -128
-    saved = golden._MATMUL_ELEMENTS, golden._K_CHUNK
-    golden._MATMUL_ELEMENTS, golden._K_CHUNK = block, k_chunk
-    try:
-        acc = golden.conv_accumulators(layer, x)
-        got = run_golden(QModel("m", (cin, h, w), 4, [layer]), x)["c"]
-    finally:
-        golden._MATMUL_ELEMENTS, golden._K_CHUNK = saved
-    want = direct_conv(x, weight, bias, stride, padding, groups)
-    assert np.array_equal(acc, want)
-    shifts = layer.shifts
-    if act == "leaky_relu":
-        want, shifts = np.where(want < 0, want * 26, want << ALPHA_BITS), shifts + ALPHA_BITS
-    for o in range(cout):
-        assert np.array_equal(got[:, o], requantize(want[:, o], int(shifts[o]), mode, layer.lo, 127))
+    with pytest.MonkeyPatch.context() as mp:
+        use_kernel(mp, kernel, block)
+        check_conv(layer, x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), k=st.sampled_from([1, 3]), groups=st.sampled_from([1, 2]),
+       wfill=st.sampled_from([-128, 127]), xfill=st.sampled_from([-128, 127]),
+       kernel=st.sampled_from(KERNELS), seed=st.integers(0, 10**6))
+def test_golden_conv_at_the_float32_bound(data, k, groups, wfill, xfill, kernel, seed):
+    """The exactness bound B = 128 * sum|w| of one output channel, at and above 2**24: K
+    (= k*k*Cin/groups) from 1008 to 1100 with nearly every value at the extremes and a few
+    channels random in both operands, so that odd sums past 2**24, which float32 cannot
+    hold, occur. x at 127 or -128 drives the int8 kernel's u8 operands (x, or max(x, 0)
+    and max(-x, 0)) to their extremes. Below the bound the float GEMM runs in float32 and
+    the int8 kernel's result stands; above it the GEMM runs in float64, as does the int8
+    kernel's fallback when a sum reaches 2**24. Linear layers (k = 1 on a 1x1 image) too."""
+    cin_g = data.draw(st.integers(1008 // (k * k), 1100 // (k * k)))
+    rng = np.random.default_rng(seed)
+    cin, cout, h = groups * cin_g, 4, data.draw(st.sampled_from([1, 2] if k == 1 else [3, 4]))
+    weight = np.full((cout, cin_g, k, k), wfill, np.int8)
+    x = np.full((2, cin, h, h), xfill, np.int8)
+    # at a few input channels, random values in both x and w: odd products
+    chans = rng.choice(cin_g, data.draw(st.integers(0, 8)), replace=False)
+    weight[:, chans] = rng.integers(-128, 128, (cout, len(chans), k, k))
+    x.reshape(2, groups, cin_g, h, h)[:, :, chans] = rng.integers(-128, 128,
+                                                                  (2, groups, len(chans), h, h))
+    weight[1] //= 4             # a channel well under the bound beside ones at it
+    bias = rng.integers(-(2 ** 20), 2 ** 20, cout).astype(np.int32)
+    pad = 1 if k == 3 else 0
+    layer = QLayer("c", "conv", "input", (cin, h, h), (cout, h, h), 4, 3, weight=weight, bias=bias,
+                   f_w=7, padding=pad, groups=groups, round_mode="half_even")
+    bound = 128 * np.abs(weight.astype(np.int64)).sum(axis=(1, 2, 3)).max()
+    assert golden._Conv(layer).f32_exact == (bound <= 2 ** 24)
+    with pytest.MonkeyPatch.context() as mp:
+        use_kernel(mp, kernel)
+        check_conv(layer, x)
+
+
+def test_golden_linear_past_the_int8_kernel_bound(monkeypatch):
+    """Where the int8 kernel's int32 sums could overflow (128 * sum|w| >= 2**31: K = 2**17
+    at -128) it steps aside, and the float GEMM runs in float64."""
+    cin = 1 << 17
+    weight = np.full((2, cin, 1, 1), -128, np.int8)
+    weight[1, :7] = 3
+    layer = QLayer("c", "conv", "input", (cin, 1, 1), (2, 1, 1), 0, 0, weight=weight,
+                   bias=np.array([1, -1], np.int32), f_w=24)
+    assert not golden._Conv(layer).int8_fits and not golden._Conv(layer).f32_exact
+    x = np.full((2, cin, 1, 1), -128, np.int8)
+    x[1, :5] = 101
+    use_kernel(monkeypatch, "int8")
+    check_conv(layer, x)
+
+
+@pytest.mark.skipif(not golden._INT8_KERNEL, reason="no int8 kernel (VNNI, AMX) on this CPU")
+def test_int8_kernel_checked_per_geometry(monkeypatch):
+    """The int8 kernel runs a geometry only once it has matched the float GEMM there: it
+    does on the usual ones (here a ResNet stage), and where oneDNN sums the wrong windows
+    (a 3x3 stride-2 conv over an 11x3 image with 3 input channels, on the oneDNN of torch
+    2.13) the result is exact all the same."""
+    use_kernel(monkeypatch, "int8")
+    rng = np.random.default_rng(5)
+    for (cin, h, w, cout, k, stride, pad), usual in [((16, 8, 8, 32, 3, 1, 1), True),
+                                                     ((16, 8, 8, 32, 3, 2, 1), True),
+                                                     ((3, 11, 3, 2, 3, 2, 0), False)]:
+        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        layer = QLayer("c", "conv", "input", (cin, h, w), (cout, oh, ow), 4, 3,
+                       weight=rng.integers(-128, 128, (cout, cin, k, k)).astype(np.int8),
+                       bias=rng.integers(-999, 999, cout).astype(np.int32), f_w=7, stride=stride,
+                       padding=pad, act="relu", lo=0)
+        if usual:
+            prepared = golden._Conv(layer)
+            assert prepared._int8_trusted(4, True) and prepared._int8_trusted(4, False)
+        check_conv(layer, rng.integers(-128, 128, (4, cin, h, w)).astype(np.int8))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_prepared_model_batches_and_output_only(monkeypatch, kernel):
+    """A prepared GoldenModel gives run_golden's result on every call, over several batches
+    (the last one short) and with only the output kept."""
+    rng = np.random.default_rng(3)
+    conv = QLayer("c", "conv", "input", (5, 6, 6), (7, 6, 6), 4, 3,
+                  weight=rng.integers(-128, 128, (7, 5, 3, 3)).astype(np.int8),
+                  bias=rng.integers(-500, 500, 7).astype(np.int32), f_w=7, padding=1, act="relu", lo=0)
+    pool = QLayer("p", "maxpool", "c", (7, 6, 6), (7, 3, 3), 3, 3, kernel=2, stride=2)
+    add = QLayer("a", "add", "p", (7, 3, 3), (7, 3, 3), 3, 2, inputs=["p", "p"], f_ins=[3, 3])
+    qmodel = QModel("m", (5, 6, 6), 4, [conv, pool, add])
+    x = rng.integers(-128, 128, (5, 5, 6, 6)).astype(np.int8)
+    want = {name: np.concatenate([run_golden(qmodel, x[i:i + 1])[name] for i in range(5)])
+            for name in ("c", "p", "a")}
+    use_kernel(monkeypatch, kernel, block=20)
+    monkeypatch.setattr(golden, "_BATCH", 2)
+    prepared = golden.GoldenModel(qmodel)
+    for _ in range(2):
+        got = prepared(x)
+        assert list(got) == ["c", "p", "a"]
+        assert all(np.array_equal(got[name], want[name]) for name in got)
+        only = prepared(x, every_layer=False)
+        assert list(only) == ["a"] and np.array_equal(only["a"], want["a"])

@@ -1,16 +1,44 @@
-"""The golden model: what the accelerator must compute, bit for bit, in integer NumPy.
+"""The golden model: what the accelerator must compute, bit for bit.
 
-Layer by layer over a QModel: conv (grouped too) is int8 x int8 products summed exactly
-(an integer GEMM over im2col blocks), plus the int32 bias, then the requantization rule
-(`requantize_fast`, proven equal to `requantize`; one shift per channel with per-channel
-weights; LeakyReLU scales the negative accumulators by its slope first). avgpool sums its window
-and multiplies by the quantized reciprocal; add aligns its operands to the finer fix
-position and sums; concat requantizes each input to the output's fix position. max-pool
-and flatten move int8 values unchanged.
+Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C): conv
+(grouped too) is int8 x int8 products summed exactly, plus the int32 bias, then the
+requantization rule (`requantize_fast`, proven equal to `requantize`; one shift per channel
+with per-channel weights; LeakyReLU scales the negative accumulators by its slope first).
+avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
+to the finer fix position and sums; concat requantizes each input to the output's fix
+position. max-pool and flatten move int8 values unchanged.
+
+Exact sums on fast kernels. |x| <= 128, so every partial sum of an output's dot product,
+in whatever order a kernel adds its terms, is an integer of magnitude at most
+B = 128 * sum|w| over that output channel's weights. Two kernels compute the sums:
+
+- a float GEMM (im2col, torch.mm): float32 holds every integer of magnitude <= 2**24, so
+  with B <= 2**24 every product and every partial sum is exact; above that the GEMM runs
+  in float64 (exact to 2**53).
+- oneDNN's int8 convolution (torch.ops.onednn, inductor's x86 kernel), on CPUs whose int8
+  dot products (VNNI, AMX) sum u8 x s8 products into int32 without saturating, and which
+  converts the int32 sum once to float32: exact while |sum| <= 2**24. Its activations are
+  u8 with zero point 0 (a zero point is compensated in float32, after that conversion:
+  not exact): x itself when x >= 0, as after a ReLU, else max(x, 0) and max(-x, 0), two
+  convolutions subtracted. With B <= 2**24 every sum fits; otherwise the outputs are
+  checked, and a float64 GEMM recomputes them if any sum reaches 2**24. Where
+  B + |bias| <= 2**24 the kernel adds the bias too (exact for the same reason): a scalar
+  offset requantizes faster than a vector. oneDNN sums the wrong windows on some
+  geometries, so the kernel runs a geometry only after matching the float GEMM on it
+  once, on random operands.
+
+The int8 kernel runs the big convs (it costs ~40 us a call; the float GEMM wins below
+`_SMALL_MACS`). Requantization runs in row blocks that keep its int64 temporaries in
+cache. A big conv's images are shared among as many threads as torch uses, each running
+the kernel (torch set to one thread meanwhile) and requantizing its own (NumPy and torch
+release the GIL): no OpenMP barriers, and no OpenMP thread spinning beside NumPy.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import lru_cache, partial, reduce
 
 import numpy as np
 import torch
@@ -20,50 +48,87 @@ from hwq.compiler.quant.config import load_quant_config
 from hwq.compiler.quant.requant import quantize_float, requantize_fast
 from hwq.errors import HwqError
 
-# Work sizes that bound memory: samples per pass, and int8 im2col elements per matmul
-# (at least one output row).
+# Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
 _BATCH = 64
-_MATMUL_ELEMENTS = 1 << 22
-# torch._int_mm multiplies int8 matrices into int32 with integer arithmetic (AMX/VNNI
-# dot products), so it is exact while no sum overflows: every product is at most 2**14
-# in magnitude (-128 * -128), so a dot product of K <= 2**17 - 1 terms stays below 2**31.
-# Longer K is cut into chunks of that length, summed in int64.
-_K_CHUNK = (1 << 17) - 1
+# float32 holds every integer of magnitude up to 2**24 exactly.
+_F32_EXACT = 1 << 24
+# Multiply-accumulates per conv below which it runs on one thread and the float GEMM (the
+# int8 kernel's call and waking threads cost more).
+_SMALL_MACS = 1 << 22
+# Elements of the float GEMM's im2col matrix per block of images.
+_IM2COL_ELEMENTS = 1 << 23
+# Geometries (batch, input shape, weight shape, stride, padding, groups, with bias, torch
+# threads) the int8 kernel was checked on, and whether it got them right.
+_INT8_CHECKED: dict[tuple, bool] = {}
+# Accumulators per requantization step (its int64 temporaries stay in L2), and per row.
+_REQUANT_BLOCK = 1 << 18
+_REQUANT_ROW = 1 << 10
 
 
-def run_golden(qmodel: QModel, x_int8: np.ndarray) -> dict[str, np.ndarray]:
+def _int8_kernel_available() -> bool:
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv_pointwise")
+            and any(caps.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")))
+
+
+_INT8_KERNEL = _int8_kernel_available()
+
+
+class GoldenModel:
+    """A QModel prepared for golden runs, as torch.ao's convert prepares a model: weight
+    bounds, float weight matrices and the int8 kernel's packed weights are made on first
+    use and kept. Prepare it once the QModel is final; later changes to it are not seen."""
+
+    def __init__(self, qmodel: QModel):
+        self.qmodel = qmodel
+        self._steps = [_Conv(layer) if layer.kind == "conv" else partial(_LAYERS[layer.kind], layer)
+                       for layer in qmodel.layers]
+        # the last layer that reads each tensor, to drop it early when only the output is kept
+        self._last_use = {s: i for i, layer in enumerate(qmodel.layers) for s in layer.sources}
+
+    def __call__(self, x_int8: np.ndarray, every_layer: bool = True) -> dict[str, np.ndarray]:
+        """Every layer's int8 output (N, C, H, W), keyed by layer name, in execution order;
+        the last entry is the model's output. every_layer=False keeps only that one."""
+        qmodel = self.qmodel
+        x = np.asarray(x_int8)
+        if x.dtype != np.int8 or x.ndim != 4 or x.shape[1:] != tuple(qmodel.input_shape):
+            raise HwqError(f"model {qmodel.name}: golden input is {x.dtype} {x.shape}; it must be "
+                           f"int8 (N, {', '.join(map(str, qmodel.input_shape))}) (see quantize_input)")
+        # torch runs on one thread meanwhile: the threads are the golden model's own, each
+        # running its share of a big conv's images, kernel and requantization together
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            parts = [self._run(x[i:i + _BATCH], every_layer, threads)
+                     for i in range(0, max(len(x), 1), _BATCH)]
+        finally:
+            torch.set_num_threads(threads)
+        outs = parts[0] if len(parts) == 1 else \
+            {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return {name: y.transpose(0, 3, 1, 2) for name, y in outs.items()}
+
+    def _run(self, x: np.ndarray, every_layer: bool, threads: int) -> dict[str, np.ndarray]:
+        # Layers pass pixel-major (N, H, W, C) arrays, channels last: the GEMM's natural
+        # layout. The (N, C, H, W) results are transposed views of them.
+        env = {"input": np.array(x.transpose(0, 2, 3, 1), order="C")}
+        for i, (layer, step) in enumerate(zip(self.qmodel.layers, self._steps)):
+            xs = [env[s] for s in layer.sources]
+            env[layer.name] = step(xs, threads) if isinstance(step, _Conv) else step(xs)
+            if not every_layer:
+                for s in set(layer.sources):
+                    if self._last_use[s] == i:
+                        del env[s]
+        if not every_layer:
+            return {layer.name: env[layer.name]}
+        del env["input"]
+        return env
+
+
+def run_golden(qmodel: QModel, x_int8: np.ndarray, every_layer: bool = True) -> dict[str, np.ndarray]:
     """Every layer's int8 output (N, C, H, W), keyed by layer name, in execution order;
-    the last entry is the model's output."""
-    x = np.asarray(x_int8)
-    if x.dtype != np.int8 or x.ndim != 4 or x.shape[1:] != tuple(qmodel.input_shape):
-        raise HwqError(f"model {qmodel.name}: golden input is {x.dtype} {x.shape}; it must be "
-                       f"int8 (N, {', '.join(map(str, qmodel.input_shape))}) (see quantize_input)")
-    with _one_torch_thread():
-        parts = [_run(qmodel, x[i:i + _BATCH]) for i in range(0, max(len(x), 1), _BATCH)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-@contextmanager
-def _one_torch_thread():
-    """The int8 GEMMs (AMX/VNNI) take a fraction of the time NumPy spends requantizing on
-    one core, so torch's thread pool gains little; and where another process holds a core,
-    its barriers made the golden model 5x slower (ResNet-style net: 50 against 280 img/s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(qmodel: QModel, x: np.ndarray) -> dict[str, np.ndarray]:
-    # Layers pass pixel-major (N, H, W, C) arrays, channels last: the GEMM's natural
-    # layout. The (N, C, H, W) results are transposed views of them.
-    env = {"input": np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
-    for layer in qmodel.layers:
-        env[layer.name] = _LAYERS[layer.kind](layer, [env[s] for s in layer.sources])
-    del env["input"]
-    return {name: y.transpose(0, 3, 1, 2) for name, y in env.items()}
+    the last entry is the model's output. every_layer=False keeps only that one. For
+    repeated runs of one model, prepare it once with GoldenModel."""
+    return GoldenModel(qmodel)(x_int8, every_layer)
 
 
 def _pad(x: np.ndarray, p: int) -> np.ndarray:
@@ -75,66 +140,194 @@ def _out_size(size: int, k: int, s: int) -> int:
 
 
 def _windows(x: np.ndarray, k: int, s: int) -> np.ndarray:
-    """(N, OH, OW, k, k, C) view of the windows of pixel-major x (no copy)."""
+    """(N, OH, OW, k, k, C) view of the windows of contiguous pixel-major x (no copy; read
+    only it)."""
     n, h, w, c = x.shape
     sn, sh, sw, sc = x.strides
     shape = (n, _out_size(h, k, s), _out_size(w, k, s), k, k, c)
-    return np.lib.stride_tricks.as_strided(x, shape, (sn, s * sh, s * sw, sh, sw, sc), writeable=False)
+    return np.ndarray(shape, x.dtype, x, 0, (sn, s * sh, s * sw, sh, sw, sc))
 
 
-def _row_major(t: torch.Tensor) -> torch.Tensor:
-    # _int_mm misreads a matrix whose size-1 dimension has an odd stride, which reshape
-    # and slicing may leave; a contiguous matrix has these strides in its memory anyway
-    t = t.contiguous()
-    return t.as_strided(t.shape, (t.shape[1], 1))
+def _exact_int(acc: np.ndarray) -> np.ndarray:
+    """Accumulators that hold integers as integers: float32 ones are exact (|acc| <= 2**24)
+    and fit int32; float64 ones go to int64."""
+    if acc.dtype == np.float32:
+        return acc.astype(np.int32)
+    if acc.dtype == np.float64:
+        return acc.astype(np.int64)
+    return acc
 
 
-def _int_matmul(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Exact a @ b of int8 matrices (M, K) x (K, N) as int32, or int64 when K needs chunks."""
-    k = a.shape[1]
-    if k <= _K_CHUNK:
-        return torch._int_mm(_row_major(a), _row_major(b)).numpy()
-    return sum(torch._int_mm(_row_major(a[:, i:i + _K_CHUNK]), _row_major(b[i:i + _K_CHUNK]))
-               .numpy().astype(np.int64) for i in range(0, k, _K_CHUNK))
+class _Conv:
+    """A conv layer prepared for repeated runs: its weight bounds, and its weights as the
+    float GEMM's matrices and as the int8 kernel's packed weights (per batch size)."""
+
+    def __init__(self, layer: QLayer):
+        self.layer = layer
+        cout, cin_g, k, _ = layer.weight.shape
+        self.k, self.kk, self.g, self.cout = k, k * k * cin_g, layer.groups, cout
+        mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
+        # every partial sum is at most 128 * sum|w| in magnitude
+        self.f32_exact = 128 * int(mass.max(initial=0)) <= _F32_EXACT
+        # and the int8 kernel's int32 sums never overflow
+        self.int8_fits = _INT8_KERNEL and 128 * int(mass.max(initial=0)) < 1 << 31
+        # per-tensor weights: one shift, which requantizes faster than a vector of them
+        self.shifts = layer.shift if layer.f_wc is None else layer.shifts
+        self.bias = layer.bias.astype(np.int64)
+        # and with the bias added too
+        self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
+        self._weight = None
+        self._packed, self._rows = {}, {}
+
+    def __call__(self, xs, threads: int = 1) -> np.ndarray:
+        """The layer's int8 output; a big conv's images are shared among `threads` threads."""
+        x = xs[0]
+        _, oh, ow = self.layer.out_shape
+        out = np.empty((len(x), oh, ow, self.cout), np.int8)
+        if len(x) * oh * ow * self.cout * self.kk < _SMALL_MACS:
+            threads = 1
+        cuts = [len(x) * t // threads for t in range(threads + 1)]
+        shares = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        helpers = [_pool(threads - 1).submit(self._share, x[a:b], out[a:b]) for a, b in shares[1:]]
+        for a, b in shares[:1]:
+            self._share(x[a:b], out[a:b])
+        for helper in helpers:
+            helper.result()
+        return out
+
+    def _share(self, x: np.ndarray, out: np.ndarray) -> None:
+        acc, biased = self.accumulate(x)
+        m = acc.size // self.cout
+        if m not in self._rows:
+            # NumPy's loops run along a row: t rows of few channels go as one row of t * C,
+            # with the per-channel shifts and bias repeated t times
+            t = math.gcd(m, max(1, _REQUANT_ROW // self.cout))
+            self._rows[m] = (t * self.cout, *(np.tile(v, t) if np.ndim(v) else v
+                                               for v in (self.shifts, self.bias)))
+        width, shifts, bias = self._rows[m]
+        _requantize_blocks(self.layer, acc.reshape(-1, width), shifts, 0 if biased else bias,
+                           out.reshape(-1, width))
+
+    def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """conv(x, weight) of pixel-major int8 x: (N, OH, OW, Cout) integers, int32 or held
+        exactly in float32 or float64, and whether the bias is in them yet."""
+        _, oh, ow = self.layer.out_shape
+        n, biased = len(x), self.bias_in_f32
+        if self.int8_fits and n * oh * ow * self.cout * self.kk >= _SMALL_MACS:
+            # u8 operands: x itself when it has no negative values (after a ReLU), else
+            # x = max(x, 0) - max(-x, 0), two convolutions (the bias in the first)
+            signed = x.min(initial=0) < 0
+            if self._int8_trusted(n, biased) and (not signed or self._int8_trusted(n, False)):
+                ys = [self._int8(np.maximum(x, 0).view(np.uint8), biased),
+                      self._int8(np.negative(np.minimum(x, 0).view(np.uint8)))] if signed else \
+                    [self._int8(x.view(np.uint8), biased)]
+                # exact if every |sum| <= 2**24; rounding to float32 is monotonic, so a
+                # larger sum never comes out below 2**24
+                if self.f32_exact or all(-_F32_EXACT < y.min() and y.max() < _F32_EXACT for y in ys):
+                    if len(ys) == 1:
+                        return ys[0], biased
+                    if self.f32_exact:      # the difference, conv(x) (+ bias), is in bounds too
+                        return np.subtract(ys[0], ys[1], out=ys[0]), biased
+                    return ys[0].astype(np.int32) - ys[1].astype(np.int32), biased  # may not be
+        return self._float(x), False
+
+    def _int8_trusted(self, n: int, biased: bool) -> bool:
+        """Whether the int8 kernel gets this layer's geometry right for a batch of n (adding
+        the bias or not, on torch's thread count). oneDNN sums the wrong windows for some
+        (the tests found a 3x3 stride-2 conv over an 11x3 image, at some channel counts and
+        batch sizes), so each is checked once on random operands well within the float32
+        bound: the first, a middle and the last image random, against the float GEMM, the
+        others 0."""
+        layer = self.layer
+        key = (n, layer.in_shape, layer.weight.shape, layer.stride, layer.padding, layer.groups, biased,
+               torch.get_num_threads())
+        if key not in _INT8_CHECKED:
+            top = min(127, (_F32_EXACT // 256) // self.kk)       # 128 * K * top <= 2**23
+            rng = np.random.default_rng(0)
+            probe = _Conv(replace(layer, weight=rng.integers(-top, top + 1, layer.weight.shape, np.int8),
+                                  bias=rng.integers(-(1 << 22), 1 << 22, self.cout, np.int32)))
+            x = np.zeros((n, *layer.in_shape[1:], layer.in_shape[0]), np.int8)
+            some = sorted({0, n // 2, n - 1})
+            x[some] = rng.integers(0, 128, x[some].shape, np.int8)
+            want = np.zeros((n, *layer.out_shape[1:], self.cout))
+            want[some] = probe._float(x[some])
+            _INT8_CHECKED[key] = top > 0 and np.array_equal(probe._int8(x.view(np.uint8), biased),
+                                                            want + probe.bias if biased else want)
+        return _INT8_CHECKED[key]
+
+    def _float(self, x: np.ndarray) -> np.ndarray:
+        """conv(x, weight) by im2col and a float GEMM, in blocks of images that bound the
+        im2col matrix."""
+        _, oh, ow = self.layer.out_shape
+        step = max(1, _IM2COL_ELEMENTS // max(1, oh * ow * self.kk * self.g))
+        if step >= len(x):
+            return self._float_block(x)
+        return np.concatenate([self._float_block(x[i:i + step]) for i in range(0, len(x), step)])
+
+    def _float_block(self, x: np.ndarray) -> np.ndarray:
+        layer, k, g = self.layer, self.k, self.g
+        p, dtype = layer.padding, np.float32 if self.f32_exact else np.float64
+        n, h, w, c = x.shape
+        _, oh, ow = layer.out_shape
+        m = n * oh * ow
+        # the im2col matrix of each group, (M, K) with columns in (ky, kx, c) order
+        if k == 1 and layer.stride == 1 and not p:      # pixel by pixel (a Linear): x itself
+            a = x.astype(dtype).reshape(m, g, c // g).transpose(1, 0, 2)
+        else:
+            xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype)
+            xp[:, p:p + h, p:p + w] = x
+            win = _windows(xp, k, layer.stride).reshape(n, oh, ow, k, k, g, c // g)
+            # copied along whichever runs longer, a window row (k * c) or an output row (ow)
+            if ow > k * c:
+                a = np.ascontiguousarray(win.transpose(5, 3, 4, 6, 0, 1, 2)).reshape(g, self.kk, m)
+                a = a.transpose(0, 2, 1)
+            else:
+                a = np.ascontiguousarray(win.transpose(5, 0, 1, 2, 3, 4, 6)).reshape(g, m, self.kk)
+        if self._weight is None:
+            cout_g = self.cout // g
+            self._weight = torch.from_numpy(np.ascontiguousarray(
+                layer.weight.reshape(g, cout_g, c // g, k, k).transpose(0, 3, 4, 2, 1)
+                .reshape(g, self.kk, cout_g).astype(dtype)))
+        if g == 1:
+            acc = torch.mm(torch.from_numpy(a[0]), self._weight[0]).numpy()
+        else:                                           # (groups, M, Cout/groups)
+            acc = torch.bmm(torch.from_numpy(a), self._weight).numpy().transpose(1, 0, 2)
+        return acc.reshape(n, oh, ow, self.cout)
+
+    def _int8(self, u: np.ndarray, biased: bool = False) -> np.ndarray:
+        """conv(u, weight) (+ bias) of pixel-major u8 u on the int8 kernel, as float32."""
+        layer, n = self.layer, len(u)
+        if n not in self._packed:
+            self._ones, self._zeros = torch.ones(self.cout), torch.zeros(self.cout, dtype=torch.int64)
+            self._bias = torch.from_numpy(self.bias.astype(np.float32))
+            self._packed[n] = torch.ops.onednn.qconv_prepack(
+                torch.from_numpy(layer.weight), self._ones, 1.0, 0, [layer.stride] * 2,
+                [layer.padding] * 2, [1, 1], self.g, [n, *layer.in_shape])
+        acc = torch.ops.onednn.qconv_pointwise(
+            torch.from_numpy(u).permute(0, 3, 1, 2), 1.0, 0, self._packed[n], self._ones,
+            self._zeros, self._bias if biased else None, [layer.stride] * 2, [layer.padding] * 2,
+            [1, 1], self.g, 1.0, 0, torch.float32, "none", [], "")
+        return np.ascontiguousarray(acc.permute(0, 2, 3, 1).numpy())
 
 
-def _conv_blocks(layer: QLayer, x: np.ndarray):
-    """conv(x, weight) of pixel-major x in blocks of images and output rows: yields
-    (images, rows, channels) slices of the (N, OH, OW, Cout) result and the accumulator
-    block (without bias), int32 or int64."""
-    cout, cin_g, k, _ = layer.weight.shape
-    g = layer.groups
-    cout_g, kk = cout // g, k * k * cin_g
-    s = layer.stride
-    padded = torch.from_numpy(np.ascontiguousarray(_pad(x, layer.padding)))
-    n, hp, wp, c = padded.shape
-    oh, ow = _out_size(hp, k, s), _out_size(wp, k, s)
-    sn, sh, sw, sc = padded.stride()
-    # the (N, OH, OW, ky, kx, C) windows as a view; copying a block of it makes that
-    # block's im2col rows (torch's copy, on every core)
-    view = padded.as_strided((n, oh, ow, k, k, c), (sn, s * sh, s * sw, sh, sw, sc))
-    # weight columns in the windows' (ky, kx, c) order, one matrix per group
-    weight = torch.from_numpy(np.ascontiguousarray(
-        layer.weight.reshape(g, cout_g, cin_g, k, k).transpose(0, 3, 4, 2, 1).reshape(g, kk, cout_g)))
-    per_row = max(1, ow * kk * g)
-    rows = max(1, min(oh, _MATMUL_ELEMENTS // per_row))
-    images = max(1, _MATMUL_ELEMENTS // (per_row * oh)) if rows == oh else 1
-    for n0 in range(0, n, images):
-        for y0 in range(0, oh, rows):
-            block = (slice(n0, n0 + images), slice(y0, y0 + rows))
-            for gi in range(g):
-                window = view[block + (slice(None),) * 3 + (slice(gi * cin_g, (gi + 1) * cin_g),)]
-                m = window.shape[:3]
-                acc = _int_matmul(window.reshape(-1, kk), weight[gi])
-                yield block + (slice(None), slice(gi * cout_g, (gi + 1) * cout_g)), acc.reshape(*m, cout_g)
+@lru_cache(maxsize=1)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="golden")
+
+
+def _requantize_blocks(layer: QLayer, acc: np.ndarray, shifts, bias, out: np.ndarray) -> None:
+    """_requantize 2-D accumulators (integers, maybe held in float) into `out`, in row
+    blocks of about _REQUANT_BLOCK."""
+    rows = max(1, _REQUANT_BLOCK // acc.shape[1])
+    for i in range(0, len(acc), rows):
+        _requantize(layer, _exact_int(acc[i:i + rows]), shifts, bias, out[i:i + rows])
 
 
 def conv_accumulators(layer: QLayer, x: np.ndarray) -> np.ndarray:
     """conv(x, weight) + bias as int64 (N, Cout, OH, OW): the int32 accumulators."""
-    acc = np.empty((len(x), *layer.out_shape[1:], layer.out_shape[0]), np.int64)
-    for where, block in _conv_blocks(layer, np.ascontiguousarray(x.transpose(0, 2, 3, 1))):
-        acc[where] = block
-    return (acc + layer.bias.astype(np.int64)).transpose(0, 3, 1, 2)
+    acc, biased = _Conv(layer).accumulate(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    acc = _exact_int(acc).astype(np.int64)
+    return (acc if biased else acc + layer.bias.astype(np.int64)).transpose(0, 3, 1, 2)
 
 
 def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.ndarray:
@@ -147,23 +340,13 @@ def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.
     return requantize_fast(acc, shifts, layer.round_mode, layer.lo, layer.hi, bias, out)
 
 
-def _conv(layer: QLayer, xs) -> np.ndarray:
-    # check_accumulator_bounds has proved the accumulators fit int32
-    out = np.empty((len(xs[0]), *layer.out_shape[1:], layer.out_shape[0]), np.int8)
-    bias, shifts = layer.bias.astype(np.int64), layer.shifts
-    for where, acc in _conv_blocks(layer, xs[0]):
-        ch = where[3]
-        _requantize(layer, acc, shifts[ch], bias[ch], out[where])
-    return out
-
-
 def _maxpool(layer: QLayer, xs) -> np.ndarray:
-    windows = _windows(xs[0], layer.kernel, layer.stride)
-    out = windows[:, :, :, 0, 0].copy()
-    for ky in range(layer.kernel):
-        for kx in range(layer.kernel):
-            np.maximum(out, windows[:, :, :, ky, kx], out=out)
-    return out
+    # the window's max is the max over its rows of the max along each row
+    x, k, s = xs[0], layer.kernel, layer.stride
+    oh, ow = (_out_size(size, k, s) for size in x.shape[1:3])
+    rows = reduce(np.maximum, (x[:, ky:ky + s * (oh - 1) + 1:s] for ky in range(k)))
+    out = reduce(np.maximum, (rows[:, :, kx:kx + s * (ow - 1) + 1:s] for kx in range(k)))
+    return np.ascontiguousarray(out)
 
 
 def _avgpool(layer: QLayer, xs) -> np.ndarray:
@@ -189,7 +372,7 @@ def _flatten(layer: QLayer, xs) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), 1, 1, -1)
 
 
-_LAYERS = {"conv": _conv, "maxpool": _maxpool, "avgpool": _avgpool, "add": _add,
+_LAYERS = {"maxpool": _maxpool, "avgpool": _avgpool, "add": _add,
            "concat": _concat, "flatten": _flatten}
 
 
