@@ -166,6 +166,7 @@ class _Conv:
         self.layer = layer
         cout, cin_g, k, _ = layer.weight.shape
         self.k, self.kk, self.g, self.cout = k, k * k * cin_g, layer.groups, cout
+        self.macs = int(np.prod(layer.out_shape)) * self.kk          # per image
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
         # every partial sum is at most 128 * sum|w| in magnitude
         self.f32_exact = 128 * int(mass.max(initial=0)) <= _F32_EXACT
@@ -182,21 +183,22 @@ class _Conv:
     def __call__(self, xs, threads: int = 1) -> np.ndarray:
         """The layer's int8 output; a big conv's images are shared among `threads` threads."""
         x = xs[0]
-        _, oh, ow = self.layer.out_shape
-        out = np.empty((len(x), oh, ow, self.cout), np.int8)
-        if len(x) * oh * ow * self.cout * self.kk < _SMALL_MACS:
-            threads = 1
+        out = np.empty((len(x), *self.layer.out_shape[1:], self.cout), np.int8)
+        big = len(x) * self.macs >= _SMALL_MACS
+        if not big or threads == 1:
+            self._share(x, out, big)
+            return out
         cuts = [len(x) * t // threads for t in range(threads + 1)]
         shares = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        helpers = [_pool(threads - 1).submit(self._share, x[a:b], out[a:b]) for a, b in shares[1:]]
-        for a, b in shares[:1]:
-            self._share(x[a:b], out[a:b])
+        helpers = [_pool(threads - 1).submit(self._share, x[a:b], out[a:b], big) for a, b in shares[1:]]
+        a, b = shares[0]
+        self._share(x[a:b], out[a:b], big)
         for helper in helpers:
             helper.result()
         return out
 
-    def _share(self, x: np.ndarray, out: np.ndarray) -> None:
-        acc, biased = self.accumulate(x)
+    def _share(self, x: np.ndarray, out: np.ndarray, big: bool) -> None:
+        acc, biased = self.accumulate(x, big)
         m = acc.size // self.cout
         if m not in self._rows:
             # NumPy's loops run along a row: t rows of few channels go as one row of t * C,
@@ -208,12 +210,14 @@ class _Conv:
         _requantize_blocks(self.layer, acc.reshape(-1, width), shifts, 0 if biased else bias,
                            out.reshape(-1, width))
 
-    def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    def accumulate(self, x: np.ndarray, big: bool | None = None) -> tuple[np.ndarray, bool]:
         """conv(x, weight) of pixel-major int8 x: (N, OH, OW, Cout) integers, int32 or held
-        exactly in float32 or float64, and whether the bias is in them yet."""
-        _, oh, ow = self.layer.out_shape
+        exactly in float32 or float64, and whether the bias is in them yet. The int8 kernel
+        runs `big` convs (by default those of _SMALL_MACS or more)."""
         n, biased = len(x), self.bias_in_f32
-        if self.int8_fits and n * oh * ow * self.cout * self.kk >= _SMALL_MACS:
+        if big is None:
+            big = n * self.macs >= _SMALL_MACS
+        if self.int8_fits and big:
             # u8 operands: x itself when it has no negative values (after a ReLU), else
             # x = max(x, 0) - max(-x, 0), two convolutions (the bias in the first)
             signed = x.min(initial=0) < 0
@@ -319,6 +323,9 @@ def _requantize_blocks(layer: QLayer, acc: np.ndarray, shifts, bias, out: np.nda
     """_requantize 2-D accumulators (integers, maybe held in float) into `out`, in row
     blocks of about _REQUANT_BLOCK."""
     rows = max(1, _REQUANT_BLOCK // acc.shape[1])
+    if rows >= len(acc):
+        _requantize(layer, _exact_int(acc), shifts, bias, out)
+        return
     for i in range(0, len(acc), rows):
         _requantize(layer, _exact_int(acc[i:i + rows]), shifts, bias, out[i:i + rows])
 
