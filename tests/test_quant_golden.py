@@ -1,8 +1,11 @@
 """The golden model's layer kinds -- conv of any shape (grouped too), per-channel shifts,
 LeakyReLU, avgpool, add, concat -- and its fast requantization path against slow
-references written from the definitions."""
+references written from the definitions; conv on both its kernels (the float GEMM and
+oneDNN's int8 convolution), at and past the float32 exactness bound, against a direct
+int64 convolution."""
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
@@ -264,9 +267,11 @@ def test_int8_kernel_checked_per_geometry(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_prepared_model_batches_and_output_only(monkeypatch, kernel):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prepared_model_batches_and_output_only(monkeypatch, kernel, threads):
     """A prepared GoldenModel gives run_golden's result on every call, over several batches
-    (the last one short) and with only the output kept."""
+    (the last one short, shared unevenly among the threads, or not at all) and with only
+    the output kept; torch's thread count comes back as it was."""
     rng = np.random.default_rng(3)
     conv = QLayer("c", "conv", "input", (5, 6, 6), (7, 6, 6), 4, 3,
                   weight=rng.integers(-128, 128, (7, 5, 3, 3)).astype(np.int8),
@@ -274,15 +279,21 @@ def test_prepared_model_batches_and_output_only(monkeypatch, kernel):
     pool = QLayer("p", "maxpool", "c", (7, 6, 6), (7, 3, 3), 3, 3, kernel=2, stride=2)
     add = QLayer("a", "add", "p", (7, 3, 3), (7, 3, 3), 3, 2, inputs=["p", "p"], f_ins=[3, 3])
     qmodel = QModel("m", (5, 6, 6), 4, [conv, pool, add])
-    x = rng.integers(-128, 128, (5, 5, 6, 6)).astype(np.int8)
-    want = {name: np.concatenate([run_golden(qmodel, x[i:i + 1])[name] for i in range(5)])
+    x = rng.integers(-128, 128, (7, 5, 6, 6)).astype(np.int8)
+    want = {name: np.concatenate([run_golden(qmodel, x[i:i + 1])[name] for i in range(7)])
             for name in ("c", "p", "a")}
     use_kernel(monkeypatch, kernel, block=20)
-    monkeypatch.setattr(golden, "_BATCH", 2)
+    monkeypatch.setattr(golden, "_BATCH", 5)
     prepared = golden.GoldenModel(qmodel)
-    for _ in range(2):
-        got = prepared(x)
-        assert list(got) == ["c", "p", "a"]
-        assert all(np.array_equal(got[name], want[name]) for name in got)
-        only = prepared(x, every_layer=False)
-        assert list(only) == ["a"] and np.array_equal(only["a"], want["a"])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(2):
+            got = prepared(x)
+            assert list(got) == ["c", "p", "a"]
+            assert all(np.array_equal(got[name], want[name]) for name in got)
+            only = prepared(x, every_layer=False)
+            assert list(only) == ["a"] and np.array_equal(only["a"], want["a"])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved)

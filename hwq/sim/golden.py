@@ -52,8 +52,8 @@ from hwq.errors import HwqError
 _BATCH = 64
 # float32 holds every integer of magnitude up to 2**24 exactly.
 _F32_EXACT = 1 << 24
-# Multiply-accumulates per conv below which it runs on one thread and the float GEMM (the
-# int8 kernel's call and waking threads cost more).
+# A conv of fewer multiply-accumulates (its whole batch) runs on one thread and the float
+# GEMM: the int8 kernel's call, and handing work to other threads, cost more.
 _SMALL_MACS = 1 << 22
 # Elements of the float GEMM's im2col matrix per block of images.
 _IM2COL_ELEMENTS = 1 << 23
@@ -175,7 +175,7 @@ class _Conv:
         # per-tensor weights: one shift, which requantizes faster than a vector of them
         self.shifts = layer.shift if layer.f_wc is None else layer.shifts
         self.bias = layer.bias.astype(np.int64)
-        # and with the bias added too
+        # and with the bias too (then the int8 kernel adds it)
         self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
         self._weight = None
         self._packed, self._rows = {}, {}
