@@ -64,6 +64,21 @@ def test_debug_steps_a_package_on_rtl(tmp_path, capsys):
     assert "carries 2 reference images" in capsys.readouterr().err
 
 
+def _golden_iss_rtl(qmodel, cfg, x, sim="verilator"):
+    """Compile `qmodel`, run `x` on the ISS and the RTL: both bit-exact with the golden
+    model on every layer, cycles and counters equal. The compiled program."""
+    compiled = compile_model(qmodel, cfg)
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    golden = run_golden(qmodel, x)
+    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
+    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, sim)
+    assert rtl.ok and iss.ok
+    assert first_mismatch(iss, golden, list(golden), cfg.cols) is None
+    assert first_mismatch(rtl, golden, list(golden), cfg.cols) is None
+    assert rtl.cycles == iss.cycles and rtl.counters == iss.counters
+    return compiled
+
+
 @pytest.mark.parametrize("name", ["default", "tall"])
 def test_dag_kinds_on_rtl(name):
     """Residual add, depthwise and grouped conv, concat and both average pools, through
@@ -76,15 +91,7 @@ def test_dag_kinds_on_rtl(name):
     cfg = CONFIGS[name]
     xf = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
     qmodel = quantize(trace(Block(), (3, 8, 8), "block"), xf, load_quant_config(), progress=False)
-    x = quantize_input(qmodel, xf[:3])
-    compiled = compile_model(qmodel, cfg)
-    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
-    golden = run_golden(qmodel, x)
-    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
-    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "verilator")
-    assert rtl.ok and iss.ok
-    assert first_mismatch(rtl, golden, list(golden), cfg.cols) is None
-    assert rtl.cycles == iss.cycles and rtl.counters == iss.counters
+    _golden_iss_rtl(qmodel, cfg, quantize_input(qmodel, xf[:3]))
 
 
 @pytest.mark.parametrize("name", ["default", "tall"])
@@ -97,13 +104,5 @@ def test_per_channel_on_rtl(name):
     qmodel.layers = [dataclasses.replace(l, f_wc=rng.integers(-2, 14, l.out_shape[0]))
                      if l.kind == "conv" else l for l in qmodel.layers]
     x = np.random.default_rng(8).integers(-128, 128, (2, *qmodel.input_shape)).astype(np.int8)
-    compiled = compile_model(qmodel, cfg)
+    compiled = _golden_iss_rtl(qmodel, cfg, x)
     assert {i["lane_shifts"] for i in compiled.program if i.op == "POST"} == {1}
-    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
-    golden = run_golden(qmodel, x)
-    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
-    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "verilator")
-    assert rtl.ok and iss.ok
-    assert first_mismatch(iss, golden, list(golden), cfg.cols) is None
-    assert first_mismatch(rtl, golden, list(golden), cfg.cols) is None
-    assert rtl.cycles == iss.cycles and rtl.counters == iss.counters
