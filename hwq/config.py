@@ -40,6 +40,10 @@ class HwConfig:
     # hardware); False runs one instruction at a time and saves the per-unit instruction
     # registers and hazard comparators, for the smallest FPGAs
     overlap: bool = True
+    # POST multiplies negative sums by a slope (LeakyReLU, the ISA's POST `slope`); False
+    # leaves the multipliers out, for FPGAs without the DSPs, and such a POST stops the
+    # run with status `unsupported`
+    leaky_relu: bool = True
 
     def __post_init__(self):
         from hwq.compiler import isa  # the ISA's field widths bound what a config may ask
@@ -103,12 +107,15 @@ class HwConfig:
             raise HwqError(f"{source}: unknown hardware field(s) {', '.join(unknown)}; "
                            f"known: {', '.join(sorted(known))}")
         for k, v in data.items():
-            if k == "overlap":
+            if k in _FLAGS:
                 if not isinstance(v, bool):
-                    raise HwqError(f"{source}: field 'overlap' must be true or false, got {v!r}")
+                    raise HwqError(f"{source}: field '{k}' must be true or false, got {v!r}")
             elif k != "name" and (not isinstance(v, int) or isinstance(v, bool)):
                 raise HwqError(f"{source}: field '{k}' must be an integer, got {v!r}")
         return cls(**data)
+
+
+_FLAGS = {f.name for f in dataclasses.fields(HwConfig) if f.type in (bool, "bool")}
 
 
 def read_named_yaml(name_or_path: str | Path, directory: Path, what: str) -> tuple[Path, dict]:

@@ -2,8 +2,8 @@
 and depthwise conv (zero tiles skipped), average pool (a depthwise conv of the reciprocal
 multiplier), residual add (a 1x1 conv over the inputs side by side) and channel concat
 (an identity conv per input into its part of the output) -- run on the ISS bit for bit
-as the golden model computes them, alone and in a DAG, on arrays of several shapes; and
-what still needs a different POST unit is refused in one clear line."""
+as the golden model computes them, alone and in a DAG, on arrays of several shapes, with
+LeakyReLU on POST's slope; and what the hardware cannot run is refused in one clear line."""
 import dataclasses
 
 import numpy as np
@@ -49,7 +49,7 @@ def _out(size, k, s, p=0):
 
 
 def conv(rng, name, src, shape, cout, k=3, stride=1, pad=1, groups=1, act="none", mode="half_up",
-         f_in=4, zero_groups=()):
+         f_in=4, zero_groups=(), alpha_q=26):
     cin, h, w = shape
     weight = rng.integers(-128, 128, (cout, cin // groups, k, k)).astype(np.int8)
     for g in zero_groups:                 # whole groups of zeros: output blocks with bias only
@@ -58,7 +58,7 @@ def conv(rng, name, src, shape, cout, k=3, stride=1, pad=1, groups=1, act="none"
                   f_in, int(rng.integers(1, 5)), weight=weight,
                   bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7, stride=stride,
                   padding=pad, groups=groups, act=act, round_mode=mode,
-                  lo=0 if act == "relu" else -128, hi=127)
+                  lo=0 if act == "relu" else -128, hi=127, alpha_q=alpha_q)
 
 
 def avgpool(name, src, shape, k, stride, pad=0, f_in=3, f_out=3, mode="half_up", multiplier=None):
@@ -70,9 +70,10 @@ def avgpool(name, src, shape, k, stride, pad=0, f_in=3, f_out=3, mode="half_up",
                   multiplier=m)
 
 
-def add(name, srcs, shape, f_ins, f_out, act="none", mode="half_up"):
+def add(name, srcs, shape, f_ins, f_out, act="none", mode="half_up", alpha_q=26):
     return QLayer(name, "add", srcs[0], shape, shape, f_ins[0], f_out, inputs=list(srcs),
-                  f_ins=list(f_ins), act=act, round_mode=mode, lo=0 if act == "relu" else -128, hi=127)
+                  f_ins=list(f_ins), act=act, round_mode=mode, lo=0 if act == "relu" else -128, hi=127,
+                  alpha_q=alpha_q)
 
 
 def concat(name, srcs, shapes, f_ins, f_out, mode="half_up"):
@@ -87,12 +88,14 @@ settle = settings(max_examples=25, deadline=None, suppress_health_check=[HealthC
 @settle
 @given(cin_g=st.integers(1, 6), cout_g=st.integers(1, 6), groups=st.integers(1, 6),
        k=st.sampled_from([1, 3]), h=st.integers(3, 8), w=st.integers(3, 8), stride=st.integers(1, 2),
-       act=st.sampled_from(["none", "relu"]), mode=st.sampled_from(MODES),
-       cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2 ** 16), data=st.data())
-def test_grouped_conv_matches_golden(cin_g, cout_g, groups, k, h, w, stride, act, mode, cfg, seed, data):
+       act=st.sampled_from(["none", "relu", "leaky_relu"]), alpha_q=st.integers(0, 511),
+       mode=st.sampled_from(MODES), cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2 ** 16),
+       data=st.data())
+def test_grouped_conv_matches_golden(cin_g, cout_g, groups, k, h, w, stride, act, alpha_q, mode, cfg,
+                                     seed, data):
     zero = data.draw(st.sets(st.integers(0, groups - 1), max_size=groups))
     layer = conv(np.random.default_rng(seed), "g", "input", (cin_g * groups, h, w), cout_g * groups,
-                 k, stride, k // 2, groups, act, mode, zero_groups=zero)
+                 k, stride, k // 2, groups, act, mode, zero_groups=zero, alpha_q=alpha_q)
     check(QModel("grouped", layer.in_shape, 4, [layer]), cfg, seed)
 
 
@@ -114,8 +117,8 @@ def test_global_average_pool_matches_golden():
 
 @settle
 @given(c=st.integers(1, 20), h=st.integers(1, 7), f_ins=st.lists(st.integers(0, 6), min_size=2, max_size=3),
-       f_out=st.integers(0, 6), act=st.sampled_from(["none", "relu"]), mode=st.sampled_from(MODES),
-       cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2 ** 16))
+       f_out=st.integers(0, 6), act=st.sampled_from(["none", "relu", "leaky_relu"]),
+       mode=st.sampled_from(MODES), cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2 ** 16))
 def test_add_matches_golden(c, h, f_ins, f_out, act, mode, cfg, seed):
     """The inputs of an add are other layers' outputs (here 1x1 convs of the input)."""
     rng = np.random.default_rng(seed)
@@ -153,7 +156,7 @@ def test_concat_matches_golden(cs, h, f_ins, f_out, mode, then, cfg, seed):
 
 
 class Block(nn.Module):
-    """Residual add, depthwise conv, concat, average pools (a window and global)."""
+    """Residual add, depthwise conv, concat, average pools (a window and global), LeakyReLU."""
 
     def __init__(self):
         super().__init__()
@@ -169,7 +172,7 @@ class Block(nn.Module):
     def forward(self, x):
         y = F.relu(self.conv1(x))
         y = F.relu(y + self.grouped(F.relu(self.dw(y))))
-        y = torch.cat([self.pool(y), F.relu(self.b(y))], 1)
+        y = torch.cat([self.pool(y), F.leaky_relu(self.b(y), 0.1)], 1)
         return self.fc(torch.flatten(self.gap(y), 1))
 
 
@@ -185,23 +188,34 @@ def test_dag_end_to_end_through_the_quantizer():
 
 # ---- refusals ----
 
-def test_leaky_relu_is_refused_in_one_line():
+@pytest.mark.parametrize("slope", [-0.1, 2.5])
+def test_leaky_relu_slope_out_of_range_is_refused_in_one_line(slope):
     class Leaky(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            return F.leaky_relu(self.conv(x), 0.1)
+            return F.leaky_relu(self.conv(x), slope)
 
     graph = trace(Leaky(), (1, 6, 6), "leaky")
-    with pytest.raises(HwqError, match=r"^layer 'conv': LeakyReLU needs a slope multiply in the POST "
-                                       r"unit, not in this ISA version; use ReLU$"):
+    with pytest.raises(HwqError, match=rf"^layer 'conv': LeakyReLU negative_slope {slope:g} is outside "
+                                       r"what the hardware multiplies by \(0\.\.511 / 256\); use a "
+                                       r"slope in \[0, 1\.99\]$"):
         quantize(graph, np.zeros((2, 1, 6, 6), np.float32), load_quant_config(), progress=False)
     qmodel = quantize(graph, np.ones((2, 1, 6, 6), np.float32), load_quant_config(), progress=False,
                       hardware=False)
-    with pytest.raises(HwqError, match="^layer 'conv': LeakyReLU needs"):
+    with pytest.raises(HwqError, match=r"^layer 'conv' does not fit the hardware: LeakyReLU slope "):
         compile_model(qmodel, CONFIGS[0])
+
+
+def test_leaky_relu_without_slope_multipliers_is_refused():
+    layer = conv(np.random.default_rng(0), "c", "input", (3, 5, 5), 4, act="leaky_relu")
+    cfg = dataclasses.replace(CONFIGS[0], name="nodsp", leaky_relu=False)
+    with pytest.raises(HwqError, match=r"^layer 'c' does not fit the hardware: LeakyReLU needs "
+                                       r"POST's slope multipliers, which hardware config 'nodsp' "
+                                       r"leaves out \(leaky_relu: false\); use ReLU or another board$"):
+        compile_model(QModel("m", (3, 5, 5), 4, [layer]), cfg)
 
 
 def test_avgpool_multiplier_beyond_int8_is_refused():

@@ -16,7 +16,7 @@ class Leaky(nn.Module):
         self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
         self.fc = nn.Linear(256, 10)
     def forward(self, x):
-        y = F.leaky_relu(self.a(x), 0.1)
+        y = F.leaky_relu(self.a(x), -0.1)
         return self.fc(torch.flatten(F.relu(y + self.b(y)), 1))
 '''
 
@@ -30,8 +30,8 @@ def test_quantize_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model, config, message", [
-    ("leaky", None, "hwq compile: error: layer 'a': LeakyReLU needs a slope multiply in the POST "
-                    "unit, not in this ISA version; use ReLU\n"),
+    ("leaky", None, "hwq compile: error: layer 'a': LeakyReLU negative_slope -0.1 is outside what "
+                    "the hardware multiplies by (0..511 / 256); use a slope in [0, 1.99]\n"),
 ])
 def test_compile_refuses_cleanly(tmp_path, capsys, model, config, message):
     (tmp_path / "leaky.py").write_text(LEAKY)

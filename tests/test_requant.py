@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hwq.compiler.quant.requant import (ROUND_MODES, quantize_float, relu_clamp, requantize,
-                                        round_shift)
+from hwq.compiler.quant.requant import (ROUND_MODES, SLOPE_ONE, quantize_float, relu_clamp,
+                                        requantize, round_shift)
 
 INT32 = st.integers(-(2 ** 31), 2 ** 31 - 1)
 SHIFTS = st.integers(-8, 31)
@@ -58,6 +58,19 @@ def test_requantize_matches_reference(acc, shift, mode, act, f_out, narrow):
     got = requantize(np.array([acc]), shift, mode, lo, hi)
     assert got.dtype == np.int8
     assert int(got[0]) == ref_requantize(acc, shift, mode, lo, hi)
+
+
+@settings(max_examples=300)
+@given(acc=INT32, shift=st.integers(-32, 31), mode=MODES, slope=st.integers(0, 511),
+       lo=st.integers(-128, 0), hi=st.integers(0, 127))
+def test_requantize_leaky_slope(acc, shift, mode, slope, lo, hi):
+    """LeakyReLU: a negative sum is scaled by slope / 256 exactly, then rounded once by
+    `mode`; a non-negative one is untouched (SLOPE_ONE: no slope at all)."""
+    x = Fraction(acc) * (Fraction(slope, SLOPE_ONE) if acc < 0 else 1)
+    want = min(hi, max(lo, ref_round(x / Fraction(2) ** shift, mode)))
+    assert int(requantize(np.array([acc]), shift, mode, lo, hi, slope)[0]) == want
+    if acc >= 0 or slope == SLOPE_ONE:
+        assert int(requantize(np.array([acc]), shift, mode, lo, hi)[0]) == want
 
 
 def test_relu_clamp():

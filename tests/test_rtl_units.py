@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwq.compiler import isa
-from hwq.compiler.quant.requant import ROUND_MODES, requantize
+from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE, requantize
 from hwq.rtl import decode
 from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.post import RequantLanes
@@ -56,12 +56,14 @@ def test_post_exhaustive_narrow():
     """Every 10-bit accumulator value x every shift (-32..31) x every rounding mode, with
     clamps drawn at random; bias adds wrap at the accumulator width. Each lane shifts by
     its own amount: the base shift plus a random per-lane offset, modulo 64 -- over the
-    64 base shifts every lane still sees every shift. The requantizer is pipelined: each
-    result is read LATENCY clock cycles after its inputs."""
+    64 base shifts every lane still sees every shift. Each batch draws a LeakyReLU slope
+    (256: none) at random. The requantizer is pipelined: each result is read `latency`
+    clock cycles after its inputs."""
     dut = RequantLanes(LANES, acc_bits=NARROW)
     rng = random.Random(1)
     values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
     clamps = [(-128, 127), (0, 127), (0, 6), (-127, 127), (-5, 17), (3, -3), (0, 0)]
+    slopes = [SLOPE_ONE, SLOPE_ONE, 0, 1, 26, 77, 128, 255, 257, 511]
     failures = []
 
     async def bench(ctx):
@@ -74,17 +76,19 @@ def test_post_exhaustive_narrow():
                     lo, hi = clamps[rng.randrange(len(clamps))]
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
+                    slope = rng.choice(slopes)
+                    ctx.set(dut.slope, slope)
                     chunk = values[base:base + LANES]
                     bias = [rng.randrange(-(1 << (NARROW - 1)), 1 << (NARROW - 1)) for _ in chunk]
                     acc = [_wrap(v - b, NARROW) for v, b in zip(chunk, bias)]
                     ctx.set(dut.acc.as_value(), _pack(acc, NARROW))
                     ctx.set(dut.bias.as_value(), _pack(bias, NARROW))
-                    await ctx.tick().repeat(RequantLanes.LATENCY)
+                    await ctx.tick().repeat(dut.latency)
                     got = _unpack(ctx.get(dut.y.as_value()), 8, LANES)
-                    want = [int(requantize(np.int64(x), s, mode, lo, hi))
+                    want = [int(requantize(np.int64(x), s, mode, lo, hi, slope))
                             for x, s in zip(chunk, shifts)]
                     if got != want:
-                        failures.extend((mode, shift, x, lo, hi, g, w)
+                        failures.extend((mode, shift, slope, x, lo, hi, g, w)
                                         for x, g, w in zip(chunk, got, want) if g != w)
     _run(dut, bench, clock=True)
     assert not failures, failures[:10]
@@ -98,9 +102,10 @@ _full = RequantLanes(4, acc_bits=32)
        bias=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
        shift=st.lists(st.integers(-32, 31), min_size=4, max_size=4),
        mode=st.sampled_from(sorted(ROUND_MODES)),
-       lo=st.integers(-128, 127), hi=st.integers(-128, 127))
-def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
-    """Per-lane shifts (one each) on full-width accumulators."""
+       lo=st.integers(-128, 127), hi=st.integers(-128, 127),
+       slope=st.one_of(st.just(SLOPE_ONE), st.integers(0, 511)))
+def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope):
+    """Per-lane shifts (one each) and a LeakyReLU slope on full-width accumulators."""
     dut = _full
     got = []
 
@@ -110,19 +115,22 @@ def test_post_random_full_width(acc, bias, shift, mode, lo, hi):
         ctx.set(dut.round, ROUND_MODES[mode])
         ctx.set(dut.lo, lo)
         ctx.set(dut.hi, hi)
+        ctx.set(dut.slope, slope)
         for k in range(4):
             ctx.set(dut.acc[k], acc[k])
             ctx.set(dut.bias[k], bias[k])
-        await ctx.tick().repeat(RequantLanes.LATENCY)
+        await ctx.tick().repeat(dut.latency)
         got.extend(ctx.get(dut.y[k]) for k in range(4))
     _run(dut, bench, clock=True)
     total = (np.array(acc, np.int64) + np.array(bias, np.int64)).astype(np.int32)  # int32 wrap
-    assert got == [int(requantize(t, s, mode, lo, hi)) for t, s in zip(total, shift)]
+    assert got == [int(requantize(t, s, mode, lo, hi, slope)) for t, s in zip(total, shift)]
 
 
-def test_post_ties_and_extremes():
-    """Hand-picked: exact ties in every mode, int32 extremes, shifts 0/31/-32."""
-    dut = RequantLanes(8, acc_bits=32)
+@pytest.mark.parametrize("has_slope", [True, False])
+def test_post_ties_and_extremes(has_slope):
+    """Hand-picked: exact ties in every mode, int32 extremes, shifts 0/31/-32, slopes none,
+    0, 1/256 and the largest (none only, on lanes built without the multiplier)."""
+    dut = RequantLanes(8, acc_bits=32, slope=has_slope)
     xs = [-(1 << 31), (1 << 31) - 1, -3 << 4, 3 << 4, -(1 << 4) - 8, (1 << 4) + 8, 1, -1]
     failures = []
 
@@ -130,18 +138,20 @@ def test_post_ties_and_extremes():
         for k, v in enumerate(xs):
             ctx.set(dut.acc[k], v)
             ctx.set(dut.bias[k], 0)
-        for mode, code in ROUND_MODES.items():
+        for mode, code, slope in ((m, c, sl) for m, c in ROUND_MODES.items()
+                                  for sl in ((SLOPE_ONE, 0, 1, 511) if has_slope else (SLOPE_ONE,))):
             ctx.set(dut.round, code)
+            ctx.set(dut.slope, slope)
             for shift in (-32, -31, -8, -7, -1, 0, 1, 4, 5, 30, 31):
                 ctx.set(dut.shift.as_value(), _pack([shift] * 8, 6))
                 for lo, hi in ((-128, 127), (0, 127), (-127, 6)):
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
-                    want = requantize(np.array(xs, np.int64), shift, mode, lo, hi)
-                    await ctx.tick().repeat(RequantLanes.LATENCY)
+                    want = requantize(np.array(xs, np.int64), shift, mode, lo, hi, slope)
+                    await ctx.tick().repeat(dut.latency)
                     got = [ctx.get(dut.y[k]) for k in range(8)]
                     if got != want.tolist():
-                        failures.append((mode, shift, lo, hi, got, want.tolist()))
+                        failures.append((mode, slope, shift, lo, hi, got, want.tolist()))
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 
@@ -149,7 +159,7 @@ def test_post_ties_and_extremes():
 @pytest.mark.parametrize("overlap", [True, False])
 def test_post_unit_lane_shifts(overlap):
     """PostUnit with its buffers played by the testbench: random POSTs, lane_shifts 0 and
-    1 (offsets of every size, the modulo-64 wrap included), n = 0 too; obuf after each
+    1 (offsets of every size, the modulo-64 wrap included), LeakyReLU slopes, n = 0 too; obuf after each
     equals the ISS's and the cycles from start to done the cycle model's."""
     import dataclasses
     from hwq.rtl.pe import ACC_BITS
@@ -172,7 +182,7 @@ def test_post_unit_lane_shifts(overlap):
                              bias=rng.randrange(cfg.bbuf_depth), n=rng.choice([0, 1, 2, 5, 9]),
                              shift=rng.randrange(-8, 12), round=rng.randrange(4),
                              lo=rng.choice([-128, 0, -5]), hi=rng.choice([127, 6, 100]),
-                             lane_shifts=lane)
+                             lane_shifts=lane, slope=rng.choice([SLOPE_ONE, 0, 26, 300]))
         if isa.range_violation(ins, cfg) is None:
             programs.append(ins)
     failures = []

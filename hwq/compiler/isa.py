@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
-ISA_VERSION = 4
+ISA_VERSION = 5
 INSTR_BITS = 128
 OPCODE_BITS = 4
 SRAM_ADDR_BITS = 14
@@ -53,7 +53,7 @@ ADDR_BITS = {buf: SRAM_ADDR_BITS for buf in BUFFERS}
 LOAD_TARGETS = ("ibuf", "wbuf", "bbuf", "obuf")  # LOAD's `buf` field indexes this
 
 # Status codes the accelerator reports when it stops.
-STATUS = {"ok": 0, "illegal_opcode": 1, "address_range": 2}
+STATUS = {"ok": 0, "illegal_opcode": 1, "address_range": 2, "unsupported": 3}
 
 
 @dataclass(frozen=True)
@@ -245,15 +245,19 @@ for o in range(n_outer):
         F("hi", 8, "clamp ceiling (127 none, 6*2^f ReLU6)", signed=True),
         F("lane_shifts", 1, "1: lane c shifts by shift + bbuf[bias + 1][c] (per-channel "
           "weights), 0: every lane by shift (the default when omitted)", default=0),
+        F("slope", 9, "LeakyReLU: negative sums times slope / 256 before the shift (256, "
+          "the default when omitted: none)", default=256),
     ), """\
 for j in range(n):
     for c in range(cols):
         off = bbuf[bias + 1][c] if lane_shifts else 0      # int32 lane
         s = (shift + off + 32) % 64 - 32     # modulo 64: only bits 5..0 of off count
-        obuf[out + j][c] = requantize(abuf[acc + j][c] + bbuf[bias][c], s, round, lo, hi)
-# requantize is hwq.compiler.quant.requant.requantize; the sum with the bias wraps at 32
-# bits. The compiler writes offsets 0..63 over shift = the least shift of the output
-# block, so shift + off is the lane's own shift, in -32..31: the modulo never acts.""",
+        x = abuf[acc + j][c] + bbuf[bias][c]               # wraps at 32 bits
+        if slope != 256:                      # x * slope / 256 if x < 0, one rounding
+            x, s = (x * slope if x < 0 else x << 8), s + 8
+        obuf[out + j][c] = requantize(x, s, round, lo, hi)
+# requantize is hwq.compiler.quant.requant.requantize (the slope step: its apply_slope).
+# The compiler writes offsets 0..63 over shift = the least shift of the output block, so shift + off is the lane's own shift, in -32..31: the modulo never acts.""",
        _post_extents),
     Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
         F("src", _SRAM, "obuf entry of input pixel (0, 0); rows are in_w entries"),
@@ -375,6 +379,16 @@ def range_violation(instr: Instr, cfg) -> Extent | None:
     for e in BY_NAME[instr.op].extents(instr.fields, cfg):
         if e.when and e.last >= memory_words(cfg, e.memory):
             return e
+    return None
+
+
+def unsupported(instr: Instr, cfg) -> str | None:
+    """The field of `instr` asking for what this hardware config leaves out (status
+    `unsupported`, checked before the ranges): a POST slope without the slope multiplier
+    (`leaky_relu: false`). None when the hardware has all it needs."""
+    if instr.op == "POST" and not cfg.leaky_relu \
+            and instr["slope"] != BY_NAME["POST"].field("slope").default:
+        return "slope"
     return None
 
 
@@ -513,7 +527,9 @@ def reference_markdown() -> str:
            "Generated from `hwq/compiler/isa.py` by `hwq isa-doc`; do not edit by hand.", "",
            __doc__.split("\n\n", 2)[2].strip(), "",
            f"Opcodes not listed are illegal: the accelerator stops with status "
-           f"`illegal_opcode` ({STATUS['illegal_opcode']}). Status codes: "
+           f"`illegal_opcode` ({STATUS['illegal_opcode']}); a POST slope other than 256 on "
+           f"hardware built without the slope multiplier (`leaky_relu: false`) stops with "
+           f"`unsupported`. Status codes: "
            + ", ".join(f"`{k}` = {v}" for k, v in STATUS.items()) + ".", ""]
     sizes = ", ".join(f"{b}: `{b}_depth` entries" for b in BUFFERS)
     out += [f"Memory sizes: {sizes}; dram: `dram_words` words (the hardware config).", ""]

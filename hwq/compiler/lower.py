@@ -35,7 +35,7 @@ import numpy as np
 from hwq.compiler import isa
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.layout import MemoryMap, Region, TensorLayout, padded_channels
-from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
 from hwq.config import HwConfig
 from hwq.errors import HwqError
 from hwq.sim import cycles
@@ -616,7 +616,8 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
             out = blocks % plan.outputs * out_slot
             stores.post(tile, dict(acc=st.acc, out=out, bias=st.bias, n=st.rows * out_w,
                                     shift=int(shift[st.co]), round=ROUND_MODES[layer.round_mode],
-                                    lo=layer.lo, hi=layer.hi, lane_shifts=int(per == 2)),
+                                    lo=layer.lo, hi=layer.hi, lane_shifts=int(per == 2),
+                                    slope=_post_slope(layer, cfg)),
                          dict(sram=out, dram=dst.region.word + st.r0 * out_w * pout + (co0 + st.co) * ew,
                               y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
@@ -651,11 +652,17 @@ def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
     return 0
 
 
-def _refuse_post_changes(layer: QLayer) -> None:
-    """What the POST unit of this ISA version cannot do (hardware_check says it first)."""
-    if layer.act == "leaky_relu":
-        raise HwqError(f"layer '{layer.name}': LeakyReLU needs a slope multiply in the POST "
-                       "unit, not in this ISA version; use ReLU")
+def _post_slope(layer: QLayer, cfg: HwConfig) -> int:
+    """POST's slope field: the layer's LeakyReLU slope over 2**ALPHA_BITS, else none."""
+    if layer.act != "leaky_relu":
+        return SLOPE_ONE
+    _need(cfg.leaky_relu, layer, f"LeakyReLU needs POST's slope multipliers, which hardware "
+          f"config '{cfg.name}' leaves out (leaky_relu: false); use ReLU or another board")
+    field = isa.BY_NAME["POST"].field("slope")
+    _need(field.lo <= layer.alpha_q <= field.hi, layer,
+          f"LeakyReLU slope {layer.alpha_q}/{SLOPE_ONE} is outside POST's {field.lo}..{field.hi}; "
+          f"the negative slope must be in [0, {(field.hi + 0.5) / SLOPE_ONE:.3f})")
+    return layer.alpha_q
 
 
 def _conv_like(layer: QLayer, weight: np.ndarray, **changes) -> QLayer:
@@ -665,7 +672,6 @@ def _conv_like(layer: QLayer, weight: np.ndarray, **changes) -> QLayer:
 
 
 def _lower_conv_layer(layer, srcs, dst, cfg, image, emit) -> int:
-    _refuse_post_changes(layer)
     return lower_conv(layer, srcs[:1], dst, cfg, image, emit)
 
 
@@ -673,7 +679,6 @@ def lower_avgpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
                   image: _Image, emit: _Emitter) -> int:
     """Average pool = depthwise conv whose every weight is the reciprocal multiplier: the
     window sum times it, requantized by the layer's shift, as the golden model does."""
-    _refuse_post_changes(layer)
     k, m, c = layer.kernel, layer.multiplier, layer.in_shape[0]
     if not -128 <= m <= 127:
         raise HwqError(f"layer '{layer.name}': average pool multiplier {m} (1/{k * k} at fix "
@@ -687,7 +692,6 @@ def lower_add(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: H
     """Add = 1x1 conv over the inputs' channels side by side, weights
     [diag(2^(top - f_1)); diag(2^(top - f_2)); ...]: each input aligned to the finest fix
     position `top`, summed, requantized by top - f_out, as the golden model does."""
-    _refuse_post_changes(layer)
     c, top = layer.out_shape[0], max(layer.f_ins)
     if max(layer.f_ins) - min(layer.f_ins) > 6:
         raise HwqError(f"layer '{layer.name}': adding inputs at fix positions {layer.f_ins} scales "
@@ -706,7 +710,6 @@ def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg
     """Concat = per input a 1x1 identity conv (POST shift f_i - f_out, the layer's rounding
     and clamp, as the golden model requantizes each input) into the output blocks of its
     part of the output (MemoryMap.concatenation)."""
-    _refuse_post_changes(layer)
     co0, macs = 0, 0
     for i, (src, f) in enumerate(zip(srcs, layer.f_ins)):
         c = src.channel_index.size

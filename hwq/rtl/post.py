@@ -1,9 +1,14 @@
-"""Post-processing: accumulator + bias, shift with rounding, clamp to int8.
+"""Post-processing: accumulator + bias, LeakyReLU slope, shift with rounding, clamp to int8.
 
 Implements hwq.compiler.quant.requant.requantize (DESIGN.md rule 2) lane by lane; the
 tests hold `RequantLanes` to that function, exhaustively on a narrow accumulator.
 
-Right shift s in 1..31: floor = x >> s (arithmetic), and the rounding looks at the
+The slope step (requant.apply_slope) always runs: v = x * (slope if x < 0 else 256)
+shifted by s + 8, which for slope 256 is the plain x shifted by s -- one datapath, no
+mode. v has acc_bits + 9 bits. Without it (`slope=False`, hardware configs with
+`leaky_relu: false`) the lanes shift x by s and have one stage less.
+
+Right shift s in 1..39: floor = x >> s (arithmetic), and the rounding looks at the
 round bit b = bit s-1 of x and the sticky bit t = (bits s-2..0 of x) != 0 (one log
 shifter by s - 1 gives b, floor and, OR-ing what each stage drops, t):
     half_up   up = b              (rem >= half)
@@ -21,7 +26,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.compiler import isa
-from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.compiler.ir import ALPHA_BITS
+from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
@@ -30,6 +36,7 @@ _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
 ROUND_BITS = _POST["round"].bits
 CLAMP_BITS = _POST["lo"].bits
+SLOPE_BITS = _POST["slope"].bits
 INT8_MIN, INT8_MAX = -(1 << 7), (1 << 7) - 1
 
 
@@ -48,12 +55,15 @@ def _sat8(m, v, name):
 
 
 class RequantLanes(wiring.Component):
-    """`lanes` requantizers, a shift each, sharing round/lo/hi, pipelined LATENCY cycles:
+    """`lanes` requantizers, a shift each, sharing round/lo/hi/slope, pipelined `latency`
+    cycles:
 
-    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi)
+    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi, slope)
 
-    of the acc/bias presented LATENCY cycles earlier (shift, round, lo and hi held).
-    Stage 1 registers x = acc + bias; stage 2 registers the shifted value's low byte,
+    of the acc/bias presented `latency` cycles earlier (shift, round, lo, hi, slope held).
+    Stage 1 registers x = acc + bias; with the slope, a stage registers its product v (a
+    multiplier of its own: after the adder it would be the longest path); the next stage
+    the shifted value's low byte,
     whether it fits int8 and the rounding decision (a left shift is done and saturated
     there: it does not round); the output rounds and clamps with 8-bit arithmetic only
     -- the whole path in one cycle ran the iCE40 at ~10 MHz.
@@ -61,15 +71,16 @@ class RequantLanes(wiring.Component):
     fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
 
-    LATENCY = 2
-
-    def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None):
-        self.lanes, self.acc_bits, self.fault = lanes, acc_bits, fault
+    def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None,
+                 slope: bool = True):
+        self.lanes, self.acc_bits, self.fault, self.has_slope = lanes, acc_bits, fault, slope
+        self.latency = 2 + slope
         super().__init__({
             "acc": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "shift": In(data.ArrayLayout(signed(SHIFT_BITS), lanes)),
             "round": In(unsigned(ROUND_BITS)),
+            "slope": In(unsigned(SLOPE_BITS)),
             "lo": In(signed(CLAMP_BITS)),
             "hi": In(signed(CLAMP_BITS)),
             "y": Out(data.ArrayLayout(signed(8), lanes)),
@@ -78,34 +89,45 @@ class RequantLanes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         W = self.acc_bits
+        # x * slope: |x| <= 2**(W-1), slope < 2**SLOPE_BITS; right shifts up to 31 + 8
+        V, stages = (W + SLOPE_BITS, SHIFT_BITS) if self.has_slope else (W, SHIFT_BITS - 1)
         mode = self.round
         for k in range(self.lanes):
-            # ---- the lane's shift, decoded (held for the instruction) ----
-            s = self.shift[k]
+            # ---- the lane's shift (after the slope: s + 8, registered; it is held) ----
+            if self.has_slope:
+                s = Signal(signed(SHIFT_BITS + 1), name=f"s{k}")        # -24..39
+                m.d.sync += s.eq(self.shift[k] + ALPHA_BITS)
+            else:
+                s = self.shift[k]
             right = Signal(name=f"right{k}")
-            rs = Signal(range(1 << (SHIFT_BITS - 1)), name=f"rs{k}")   # right shift 1..31
+            rs = Signal(range(1 << stages), name=f"rs{k}")              # right shift
             ls = Signal(range(9), name=f"ls{k}")                        # left shift, capped at 8
             m.d.comb += [
                 right.eq(s > 0),
-                rs.eq(s[:SHIFT_BITS - 1]),
+                rs.eq(s[:stages]),
                 ls.eq(Mux(-s > 8, 8, -s)),
             ]
-            rs1 = Signal(range(1 << (SHIFT_BITS - 1)), name=f"rs1_{k}")
+            rs1 = Signal(range(1 << stages), name=f"rs1_{k}")
             m.d.comb += rs1.eq(rs - 1)
             # ---- stage 1: the sum ----
             x = Signal(signed(W), name=f"x{k}")
             m.d.sync += x.eq((self.acc[k] + self.bias[k])[:W])
-            # ---- stage 2: shift, round decision, int8 fit ----
+            # ---- the slope ----
+            if self.has_slope:
+                v = Signal(signed(V), name=f"v{k}")
+                m.d.sync += v.eq(x * Mux(x[-1], self.slope, SLOPE_ONE))
+                x = v
+            # ---- shift, round decision, int8 fit ----
             # t = x >> (s - 1) by a log shifter that ORs the bits each stage drops: they
             # are bits s-2..0 of x, the sticky bit; t[0] is the round bit, t >> 1 the floor
             t, sticky = x, Signal(name=f"sticky{k}")
             dropped = []
-            for b in range(SHIFT_BITS - 1):
-                step = Signal(signed(W), name=f"t{k}_{b}")
+            for b in range(stages):
+                step = Signal(signed(V), name=f"t{k}_{b}")
                 m.d.comb += step.eq(Mux(rs1[b], t >> (1 << b), t))
-                dropped.append(rs1[b] & (t[:min(1 << b, W)] != 0))
+                dropped.append(rs1[b] & (t[:min(1 << b, V)] != 0))
                 t = step
-            floor = Signal(signed(W), name=f"floor{k}")
+            floor = Signal(signed(V), name=f"floor{k}")
             rbit = Signal(name=f"rbit{k}")
             up = Signal(name=f"up{k}")
             m.d.comb += [
@@ -151,10 +173,10 @@ class RequantLanes(wiring.Component):
 
 
 class PostUnit(wiring.Component):
-    """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias]) for j < n, lane c
-    shifted by shift (+ bbuf[bias + 1][c] with lane_shifts, modulo 64).
+    """POST: obuf[out + j] = requantize(abuf[acc + j] + bbuf[bias], slope) for j < n, lane
+    c shifted by shift (+ bbuf[bias + 1][c] with lane_shifts, modulo 64).
 
-    Timeline (cycle 0 = start, L = RequantLanes.LATENCY): cycle 0 reads bbuf[bias] --
+    Timeline (cycle 0 = start, L = the lanes' latency): cycle 0 reads bbuf[bias] --
     with lane_shifts bbuf[bias + 1], the lanes' shift offsets, and cycle 1 bbuf[bias] --
     the bias then held on the read port for the whole instruction; cycle 1 registers
     each lane's shift; cycles 1..n read abuf[acc + j]; each result is registered and
@@ -175,10 +197,10 @@ class PostUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a0, a, C = self.args, held_args(m, self, self.cfg), self.cfg.cols
-        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault)
+        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault, self.cfg.leaky_relu)
         # abuf read, the lanes, and a register on their output: the round and clamp would
         # otherwise run on into obuf's write port in the same cycle
-        L = 1 + RequantLanes.LATENCY + 1
+        L = 1 + lanes.latency + 1
         j = Signal.like(a.n)
         aptr = Signal(isa.SRAM_ADDR_BITS)
         optr = Signal(isa.SRAM_ADDR_BITS)
@@ -187,8 +209,8 @@ class PostUnit(wiring.Component):
         dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
         issue = Signal()
         y = Signal.like(lanes.y)
-        # each lane's shift, registered in cycle 1 (used from cycle 3, the first result's
-        # shift stage): shift + the low SHIFT_BITS bits of its offset, modulo 2**SHIFT_BITS
+        # each lane's shift, registered in cycle 1 (the first result's shift stage is in
+        # cycle 3, or 4 after the slope: the lanes register the shift + 8 in cycle 2): shift + the low SHIFT_BITS bits of its offset, modulo 2**SHIFT_BITS
         shifts = Signal(data.ArrayLayout(signed(SHIFT_BITS), C), name="lane_shift")
         offsets = [Mux(a.lane_shifts, self.bbuf.data[k * ACC_BITS:k * ACC_BITS + SHIFT_BITS], 0)
                    for k in range(C)]
@@ -198,7 +220,7 @@ class PostUnit(wiring.Component):
         m.d.comb += [
             lanes.acc.eq(self.abuf.data), lanes.bias.eq(self.bbuf.data),
             lanes.shift.eq(shifts), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
-            lanes.hi.eq(a.hi),
+            lanes.hi.eq(a.hi), lanes.slope.eq(a.slope),
             self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(y),
         ]
         drain = Signal(range(L + 1))

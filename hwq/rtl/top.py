@@ -234,8 +234,14 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.trace.busy.eq(Cat(u.busy | (gemm.draining if u is gemm else 0)
                                             for u in units.values())),
                      all_idle.eq(~self.trace.busy.any())]
+        # isa.unsupported: a POST slope where the config leaves the multipliers out
+        unsupported = Signal()
+        if not cfg.leaky_relu:
+            post_slope = args_of(dec.fields, "POST").slope
+            m.d.comb += unsupported.eq(dec.op[op_index("POST")] & (
+                post_slope != isa.BY_NAME["POST"].field("slope").default))
         stops = Signal()
-        m.d.comb += stops.eq(~dec.legal | ~chk.in_range | dec.op[op_index("END")])
+        m.d.comb += stops.eq(~dec.legal | unsupported | ~chk.in_range | dec.op[op_index("END")])
 
         # ---- control ----
         pc = Signal(PC_BITS)
@@ -305,8 +311,9 @@ class Accelerator(wiring.Component):
                     with m.If(all_idle):
                         m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
                         status = Mux(~dec.legal, isa.STATUS["illegal_opcode"],
-                                     Mux(~chk.in_range, isa.STATUS["address_range"],
-                                         isa.STATUS["ok"]))
+                                     Mux(unsupported, isa.STATUS["unsupported"],
+                                         Mux(~chk.in_range, isa.STATUS["address_range"],
+                                             isa.STATUS["ok"])))
                         m.d.sync += [self.done.eq(1), self.status.eq(status)]
                         m.next = "IDLE"
                     with m.Else():

@@ -29,7 +29,8 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
   GEMM     O - 1       O = max(V + 1, rows, cols), V = n_outer*n_inner: the unit takes the
                        next GEMM in cycle O while the array drains; its last accumulator
                        write is in cycle V + rows + cols + 1 (none for V = 0)
-  POST     n + 4       one abuf read a cycle, each write 4 cycles later
+  POST     n + 5       one abuf read a cycle, each write 5 cycles later (n + 4, 4 without
+                       the slope multiplier: `leaky_relu: false`)
   MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w)
 
 Every cycle of a run is counted once in the front end's counters: `fetch` (fetching,
@@ -84,7 +85,7 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "GEMM":
         return gemm_occupancy(instr, cfg) - 1
     if instr.op == "POST":
-        return f["n"] + 4
+        return f["n"] + 4 + cfg.leaky_relu
     if instr.op == "MAXPOOL":
         return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1
     raise ValueError(f"{instr.op} runs on no unit")

@@ -45,7 +45,7 @@ import torch
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
 from hwq.compiler.quant.config import load_quant_config
-from hwq.compiler.quant.requant import quantize_float, requantize_fast
+from hwq.compiler.quant.requant import apply_slope, quantize_float, requantize_fast
 from hwq.errors import HwqError
 
 # Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
@@ -341,8 +341,7 @@ def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.
     """acc + bias (channels last) -> int8 with the layer's activation; `shifts` and `bias`
     are one per channel or one for all."""
     if layer.act == "leaky_relu":
-        acc = np.add(acc, bias, dtype=np.int64)
-        acc, bias = np.where(acc < 0, acc * np.int64(layer.alpha_q), acc << ALPHA_BITS), 0
+        acc, bias = apply_slope(np.add(acc, bias, dtype=np.int64), layer.alpha_q), 0
         shifts = shifts + ALPHA_BITS
     return requantize_fast(acc, shifts, layer.round_mode, layer.lo, layer.hi, bias, out)
 

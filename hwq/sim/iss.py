@@ -107,14 +107,14 @@ class Machine:
         self.buf["abuf"][a] = product.astype(np.int32)  # two's-complement wrap, as the adders
         return a.size
 
-    def POST(self, acc, out, bias, n, shift, round, lo, hi, lane_shifts):
+    def POST(self, acc, out, bias, n, shift, round, lo, hi, lane_shifts, slope):
         if n == 0:                      # touches nothing, bbuf[bias] included (isa extents)
             return
         mode = _MODE_OF_CODE[round]
         accs = self.buf["abuf"][acc + np.arange(n)]
         total = (accs.astype(np.int64) + self.buf["bbuf"][bias]).astype(np.int32)
         if not lane_shifts:
-            self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi)
+            self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi, slope)
             return
         # the lane's shift: shift + the offset in bbuf[bias + 1], modulo 64 into -32..31
         shifts = (shift + self.buf["bbuf"][bias + 1].astype(np.int64) + _SHIFT_HALF) \
@@ -122,7 +122,7 @@ class Machine:
         result = np.empty(total.shape, np.int8)
         for s in np.unique(shifts):     # the one requantize, per group of equal shifts
             lanes = shifts == s
-            result[:, lanes] = requantize(total[:, lanes], int(s), mode, lo, hi)
+            result[:, lanes] = requantize(total[:, lanes], int(s), mode, lo, hi, slope)
         self.buf["obuf"][out + np.arange(n)] = result
 
     def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
@@ -148,6 +148,8 @@ class Machine:
             instr = isa.decode(self.fetch(pc))
         except isa.IsaError:
             return Step(None, "illegal_opcode")
+        if isa.unsupported(instr, self.cfg) is not None:
+            return Step(instr, "unsupported")
         if isa.range_violation(instr, self.cfg) is not None:
             return Step(instr, "address_range")
         if instr.op == "END":

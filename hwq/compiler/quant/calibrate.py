@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hwq.compiler import isa
 from hwq.compiler.ir import ALPHA_BITS, Graph, Layer, QLayer, QModel
 from hwq.compiler.quant.config import QuantConfig, TensorQuant
 from hwq.compiler.quant.methods import choose_fix, combine, fake_quant, fix_position
@@ -75,21 +76,23 @@ def activation(layer: Layer, y: torch.Tensor) -> torch.Tensor:
 
 
 def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
-    """Refuse what the int8 power-of-two array cannot run, before anything is compiled:
-    what needs a POST unit other than this ISA version's (a LeakyReLU slope). Per-channel
-    weights run on POST's per-lane shifts; grouped convs, average pools, adds and
-    concatenations lower onto the array (hwq/compiler/lower.py)."""
+    """Refuse what the int8 power-of-two array cannot run, before anything is compiled: a
+    LeakyReLU slope outside POST's unsigned slope field. Per-channel weights run on POST's
+    per-lane shifts; grouped convs, average pools, adds and concatenations lower onto the
+    array (hwq/compiler/lower.py)."""
+    field = isa.BY_NAME["POST"].field("slope")
     for layer in qmodel_or_graph.layers:
-        if layer.act == "leaky_relu":
-            raise HwqError(f"layer '{layer.name}': LeakyReLU needs a slope multiply in the POST "
-                           "unit, not in this ISA version; use ReLU")
+        if layer.act == "leaky_relu" and not field.lo <= round(layer.alpha * 2 ** ALPHA_BITS) <= field.hi:
+            raise HwqError(f"layer '{layer.name}': LeakyReLU negative_slope {layer.alpha:g} is "
+                           f"outside what the hardware multiplies by ({field.lo}..{field.hi} "
+                           f"/ {2 ** ALPHA_BITS}); use a slope in [0, 1.99]")
 
 
 def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: bool = True,
              hardware: bool = True, batch_size: int = CALIB_BATCH) -> QModel:
     """Quantize `graph` with fix positions calibrated on `calib`, (N, C, H, W) float
     samples of the model's input. `hardware` refuses, up front, settings the array cannot
-    run (LeakyReLU); software-only runs pass False. The config's
+    run (a LeakyReLU slope out of range); software-only runs pass False. The config's
     weight_clustering clusters the float weights first, its fast_finetune tunes the
     calibrated weights after; both learn from `calib`."""
     calib = np.asarray(calib)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwq.compiler.ir import ALPHA_BITS
+
 # Vitis AI names; the code is what the POST instruction's `round` field carries.
 ROUND_MODES = {"half_up": 0, "half_even": 1, "half_down": 2, "std_round": 3}
 INT8_MIN, INT8_MAX = -128, 127
@@ -40,9 +42,27 @@ def round_shift(x, shift: int, mode: str) -> np.ndarray:
     return floor + up
 
 
-def requantize(acc, shift: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
-    """int32 accumulator (bias already added) -> int8: shift with rounding, then clamp to
-    [lo, hi]. ReLU is lo=0; ReLU6 is hi=min(127, 6 * 2**f_out); narrow range is lo=-127."""
+SLOPE_ONE = 1 << ALPHA_BITS     # a slope of 1: no LeakyReLU
+
+
+def apply_slope(acc, slope: int) -> np.ndarray:
+    """LeakyReLU on the accumulator, ahead of a shift ALPHA_BITS longer: negative sums
+    times slope (the negative slope is slope / 2**ALPHA_BITS), the others times
+    2**ALPHA_BITS. Scaling both sides keeps one rounding, after the slope (as the DPU)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    return np.where(acc < 0, acc * np.int64(slope), acc << ALPHA_BITS)
+
+
+def requantize(acc, shift: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX,
+               slope: int = SLOPE_ONE) -> np.ndarray:
+    """int32 accumulator (bias already added) -> int8: LeakyReLU's slope (`apply_slope`;
+    SLOPE_ONE is none), shift with rounding, then clamp to [lo, hi]. ReLU is lo=0; ReLU6
+    is hi=min(127, 6 * 2**f_out); narrow range is lo=-127. With slope SLOPE_ONE the
+    slope step changes nothing: round_shift(x << A, s + A) == round_shift(x, s)."""
+    if slope != SLOPE_ONE:
+        acc, shift = apply_slope(acc, slope), shift + ALPHA_BITS
+    if shift < 0:   # a left shift saturates anyway; the clip keeps the int64 exact
+        acc = np.clip(acc, -(1 << 8), 1 << 8)
     return np.clip(round_shift(acc, shift, mode), lo, hi).astype(np.int8)
 
 
