@@ -45,7 +45,7 @@ import torch
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
 from hwq.compiler.quant.config import load_quant_config
-from hwq.compiler.quant.requant import quantize_float, requantize_fast
+from hwq.compiler.quant.requant import Requantizer, quantize_float, requantize_fast
 from hwq.errors import HwqError
 
 # Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
@@ -169,7 +169,8 @@ class _Conv:
         self.macs = int(np.prod(layer.out_shape)) * self.kk          # per image
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
         # every partial sum is at most 128 * sum|w| in magnitude
-        self.f32_exact = 128 * int(mass.max(initial=0)) <= _F32_EXACT
+        self.bound = 128 * int(mass.max(initial=0))
+        self.f32_exact = self.bound <= _F32_EXACT
         # and the int8 kernel's int32 sums never overflow
         self.int8_fits = _INT8_KERNEL and 128 * int(mass.max(initial=0)) < 1 << 31
         # per-tensor weights: one shift, which requantizes faster than a vector of them
@@ -178,7 +179,7 @@ class _Conv:
         # and with the bias too (then the int8 kernel adds it)
         self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
         self._weight = None
-        self._packed, self._rows = {}, {}
+        self._packed, self._rows, self._requantizers = {}, {}, {}
 
     def __call__(self, xs, threads: int = 1) -> np.ndarray:
         """The layer's int8 output; a big conv's images are shared among `threads` threads."""
@@ -207,8 +208,24 @@ class _Conv:
             self._rows[m] = (t * self.cout, *(np.tile(v, t) if np.ndim(v) else v
                                                for v in (self.shifts, self.bias)))
         width, shifts, bias = self._rows[m]
-        _requantize_blocks(self.layer, acc.reshape(-1, width), shifts, 0 if biased else bias,
-                           out.reshape(-1, width))
+        acc, out = acc.reshape(-1, width), out.reshape(-1, width)
+        if self.layer.act == "leaky_relu":
+            _requantize_blocks(self.layer, acc, shifts, 0 if biased else bias, out)
+            return
+        key = (width, biased)
+        if key not in self._requantizers:
+            # its constants made once; int32 arithmetic where the accumulators' bound allows
+            layer = self.layer
+            self._requantizers[key] = Requantizer(
+                shifts, layer.round_mode, layer.lo, layer.hi, 0 if biased else bias,
+                self.bound + (int(np.abs(self.bias).max(initial=0)) if biased else 0))
+        requantizer = self._requantizers[key]
+        rows = max(1, _REQUANT_BLOCK // width)
+        if rows >= len(acc):
+            requantizer(acc, out)
+            return
+        for i in range(0, len(acc), rows):
+            requantizer(acc[i:i + rows], out[i:i + rows])
 
     def accumulate(self, x: np.ndarray, big: bool | None = None) -> tuple[np.ndarray, bool]:
         """conv(x, weight) of pixel-major int8 x: (N, OH, OW, Cout) integers, int32 or held
