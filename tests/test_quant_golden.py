@@ -196,10 +196,15 @@ def direct_conv(x, w, b, stride, padding, groups):
 KERNELS = ["float", "int8"] if golden._INT8_KERNEL else ["float"]
 
 
-def use_kernel(monkeypatch, kernel: str, block: int = golden._REQUANT_BLOCK) -> None:
-    """Run every conv on one kernel, requantizing in blocks of `block` accumulators."""
+def use_kernel(monkeypatch, kernel: str, block: int = golden._REQUANT_BLOCK, band: bool | None = None) -> None:
+    """Run every conv on one kernel, requantizing in blocks of `block` accumulators; the
+    float GEMM on im2col (band=False), on the banded weights wherever it can (True) or as
+    the golden model chooses (None)."""
     monkeypatch.setattr(golden, "_SMALL_MACS", 0 if kernel == "int8" else 1 << 62)
     monkeypatch.setattr(golden, "_REQUANT_BLOCK", block)
+    if band is not None:
+        monkeypatch.setattr(golden, "_BAND_WIDTH", 1 << 20 if band else 0)
+        monkeypatch.setattr(golden, "_BAND_ELEMENTS", 1 << 62 if band else 0)
 
 
 def check_conv(layer: QLayer, x: np.ndarray) -> None:
@@ -243,7 +248,7 @@ def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k,
     if seed % 3 == 0:
         x[:] = -128
     with pytest.MonkeyPatch.context() as mp:
-        use_kernel(mp, kernel, block)
+        use_kernel(mp, kernel, block, data.draw(st.sampled_from([None, False, True])))
         check_conv(layer, x)
 
 
@@ -277,7 +282,7 @@ def test_golden_conv_at_the_float32_bound(data, k, groups, wfill, xfill, kernel,
     bound = 128 * np.abs(weight.astype(np.int64)).sum(axis=(1, 2, 3)).max()
     assert golden._Conv(layer).f32_exact == (bound <= 2 ** 24)
     with pytest.MonkeyPatch.context() as mp:
-        use_kernel(mp, kernel)
+        use_kernel(mp, kernel, band=data.draw(st.booleans()))
         check_conv(layer, x)
 
 

@@ -60,6 +60,12 @@ _IM2COL_ELEMENTS = 1 << 23
 # Geometries (batch, input shape, weight shape, stride, padding, groups, with bias, torch
 # threads) the int8 kernel was checked on, and whether it got them right.
 _INT8_CHECKED: dict[tuple, bool] = {}
+# A conv over narrow rows (padded width at most _BAND_WIDTH windows: the GEMM's work grows
+# by that ratio) whose banded weight matrix has at most _BAND_ELEMENTS runs as one GEMM of
+# k input rows against that matrix: tiny layers' im2col GEMMs run far below the machine's
+# speed, and rows copy whole.
+_BAND_WIDTH = 4
+_BAND_ELEMENTS = 1 << 16
 # Accumulators per requantization step (its int64 temporaries stay in L2), and per row.
 _REQUANT_BLOCK = 1 << 18
 _REQUANT_ROW = 1 << 10
@@ -178,6 +184,11 @@ class _Conv:
         self.bias = layer.bias.astype(np.int64)
         # and with the bias too (then the int8 kernel adds it)
         self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
+        _, _, w = layer.in_shape
+        self.band = (not (k == 1 and layer.stride == 1 and not layer.padding)
+                     and w + 2 * layer.padding <= _BAND_WIDTH * k
+                     and k * (w + 2 * layer.padding) * cin_g * self.g * layer.out_shape[2] * cout
+                     <= _BAND_ELEMENTS)
         self._weight = None
         self._packed, self._rows, self._requantizers = {}, {}, {}
 
@@ -297,6 +308,17 @@ class _Conv:
         else:
             xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype)
             xp[:, p:p + h, p:p + w] = x
+            if self.band:
+                # each output row from the k input rows it reads, (N * OH, k * Wp * C), times
+                # the banded weights: band[ky, ix, c, ox, o] = weight[o, c, ky, ix - ox * stride]
+                # inside the window (and group), else 0. Each output's sum is its window's
+                # products and zeros: the bound above holds as for the im2col GEMM.
+                sn, sh, sw, sc = xp.strides
+                rows = np.ndarray((n, oh, k, w + 2 * p, c), dtype, xp, 0,
+                                  (sn, layer.stride * sh, sh, sw, sc)).reshape(n * oh, -1)
+                if self._weight is None:
+                    self._weight = torch.from_numpy(self._banded(dtype))
+                return torch.mm(torch.from_numpy(rows), self._weight).numpy().reshape(n, oh, ow, self.cout)
             win = _windows(xp, k, layer.stride).reshape(n, oh, ow, k, k, g, c // g)
             # copied along whichever runs longer, a window row (k * c) or an output row (ow)
             if ow > k * c:
@@ -314,6 +336,19 @@ class _Conv:
         else:                                           # (groups, M, Cout/groups)
             acc = torch.bmm(torch.from_numpy(a), self._weight).numpy().transpose(1, 0, 2)
         return acc.reshape(n, oh, ow, self.cout)
+
+    def _banded(self, dtype) -> np.ndarray:
+        """The (k * Wp * C, OW * Cout) banded weight matrix of the `band` GEMM."""
+        layer, k, g, s = self.layer, self.k, self.g, self.layer.stride
+        cout_g, cin_g = self.cout // g, layer.weight.shape[1]
+        wp, ow = layer.in_shape[2] + 2 * layer.padding, layer.out_shape[2]
+        band = np.zeros((k, wp, g * cin_g, ow, self.cout), dtype)
+        for grp in range(g):
+            ci, co = slice(grp * cin_g, (grp + 1) * cin_g), slice(grp * cout_g, (grp + 1) * cout_g)
+            taps = layer.weight[co].transpose(2, 3, 1, 0)           # (ky, kx, c, o)
+            for ox in range(ow):
+                band[:, ox * s:ox * s + k, ci, ox, co] = taps
+        return band.reshape(k * wp * g * cin_g, ow * self.cout)
 
     def _int8(self, u: np.ndarray, biased: bool = False) -> np.ndarray:
         """conv(u, weight) (+ bias) of pixel-major u8 u on the int8 kernel, as float32."""
