@@ -2,7 +2,7 @@
 
 Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C): conv
 (grouped too) is int8 x int8 products summed exactly, plus the int32 bias, then the
-requantization rule (`requantize_fast`, proven equal to `requantize`; one shift per channel
+requantization rule (`Requantizer`, `requantize_fast`: tested equal to `requantize`; one shift per channel
 with per-channel weights; LeakyReLU scales the negative accumulators by its slope first).
 avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
 to the finer fix position and sums; concat requantizes each input to the output's fix
@@ -14,7 +14,9 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
 
 - a float GEMM (im2col, torch.mm): float32 holds every integer of magnitude <= 2**24, so
   with B <= 2**24 every product and every partial sum is exact; above that the GEMM runs
-  in float64 (exact to 2**53).
+  in float64 (exact to 2**53). Tiny convs over narrow rows multiply k input rows by a
+  banded weight matrix instead (zeros off the window): each output's sum is still its
+  window's products, plus zeros, so the same bound holds.
 - oneDNN's int8 convolution (torch.ops.onednn, inductor's x86 kernel), on CPUs whose int8
   dot products (VNNI, AMX) sum u8 x s8 products into int32 without saturating, and which
   converts the int32 sum once to float32: exact while |sum| <= 2**24. Its activations are
@@ -28,8 +30,9 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
   once, on random operands.
 
 The int8 kernel runs the big convs (it costs ~40 us a call; the float GEMM wins below
-`_SMALL_MACS`). Requantization runs in row blocks that keep its int64 temporaries in
-cache. A big conv's images are shared among as many threads as torch uses, each running
+`_SMALL_MACS`). Requantization (a `Requantizer` per layer, its constants made once) runs
+in int32 where B + |bias| + the rounding constant stays under 2**31, else in int64, in
+row blocks that keep its temporaries in cache. A big conv's images are shared among as many threads as torch uses, each running
 the kernel (torch set to one thread meanwhile) and requantizing its own (NumPy and torch
 release the GIL): no OpenMP barriers, and no OpenMP thread spinning beside NumPy.
 """
