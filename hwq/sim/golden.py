@@ -2,8 +2,9 @@
 
 Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C): conv
 (grouped too) is int8 x int8 products summed exactly, plus the int32 bias, then the
-requantization rule (`Requantizer`, `requantize_fast`: tested equal to `requantize`; one shift per channel
-with per-channel weights; LeakyReLU scales the negative accumulators by its slope first).
+requantization rule (`Requantizer`, `requantize_fast`: tested equal to `requantize`; one
+shift per channel with per-channel weights; LeakyReLU scales the negative accumulators by
+its slope first).
 avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
 to the finer fix position and sums; concat requantizes each input to the output's fix
 position. max-pool and flatten move int8 values unchanged.
@@ -32,9 +33,10 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
 The int8 kernel runs the big convs (it costs ~40 us a call; the float GEMM wins below
 `_SMALL_MACS`). Requantization (a `Requantizer` per layer, its constants made once) runs
 in int32 where B + |bias| + the rounding constant stays under 2**31, else in int64, in
-row blocks that keep its temporaries in cache. A big conv's images are shared among as many threads as torch uses, each running
-the kernel (torch set to one thread meanwhile) and requantizing its own (NumPy and torch
-release the GIL): no OpenMP barriers, and no OpenMP thread spinning beside NumPy.
+row blocks that keep its temporaries in cache. A big conv's images are shared among as
+many threads as torch uses, each running the kernel (torch set to one thread meanwhile)
+and requantizing its own (NumPy and torch release the GIL): no OpenMP barriers, and no
+OpenMP thread spinning beside NumPy.
 """
 from __future__ import annotations
 
