@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
-from hwq.compiler.quant.requant import (ROUND_MODES, requantize, requantize_fast, round_shift,
-                                        round_shift_fast)
+from hwq.compiler.quant.requant import (ROUND_MODES, Requantizer, requantize, requantize_fast,
+                                        round_shift, round_shift_fast)
 from hwq.sim import golden
 from hwq.sim.golden import run_golden
 
@@ -124,6 +124,58 @@ def test_round_shift_fast_equals_round_shift(x, shifts, mode):
         assert np.array_equal(requantize_fast(v32, s, mode, -100, 90, offset[:, None]), want)
 
 
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 6),
+       shifts=st.lists(st.integers(-32, 31), min_size=1, max_size=6), mode=MODES, magnitude=st.sampled_from([1, 8, 20, 24, 30, 31]), per_channel=st.booleans(),
+       with_offset=st.booleans(), clamp=st.sampled_from([(-128, 127), (0, 127), (-127, 127), (0, 48),
+                                                          (-100, 90)]))
+def test_requantizer_equals_requantize(data, rows, shifts, mode, magnitude, per_channel, with_offset,
+                                       clamp):
+    """The prepared requantizer is the rule: every mode, shifts negative, zero and positive
+    (one, or one per channel), an offset (the bias) or none, saturation and every clamp,
+    ties, and accumulators as int64, int32, float64 and float32 (when it holds them
+    exactly), run in int32 where the bound lets it and in int64 past it."""
+    lo, hi = clamp
+    s = np.array(shifts if per_channel else shifts[:1])
+    c = len(s)
+    top = (1 << magnitude) - 1
+    acc = np.array(data.draw(st.lists(st.integers(-top, top), min_size=rows * c, max_size=rows * c)),
+                   np.int64).reshape(rows, c)
+    offset = (np.array(data.draw(st.lists(st.integers(-top, top), min_size=c, max_size=c)), np.int64)
+              if with_offset else 0)
+    if not per_channel and with_offset and data.draw(st.booleans()):
+        offset = int(offset[0])
+    if data.draw(st.booleans()):  # acc + offset on exact ties and their neighbours, where in range
+        sh = np.maximum(s, 1)
+        v = acc + offset
+        ties = ((v >> sh) << sh) + (1 << (sh - 1)) + data.draw(st.sampled_from([-1, 0, 0, 1])) - offset
+        acc = np.where(np.abs(ties) <= top, ties, acc)
+    total = acc + offset                    # the rule on acc + offset, channel by channel
+    want = np.stack([requantize(total[:, j], int(s[j]), mode, lo, hi) for j in range(c)], axis=1)
+    shift_arg = s if per_channel else int(s[0])
+    kinds = [np.int64, np.float64] + ([np.int32] if magnitude <= 31 else []) + \
+        ([np.float32] if magnitude <= 24 else [])
+    for bound in (top, None, top + int(np.abs(offset).max(initial=0))):
+        req = Requantizer(shift_arg, mode, lo, hi, offset, bound)
+        if bound is None:
+            assert req.dtype == np.int64
+        for kind in kinds:
+            got = req(acc.astype(kind))
+            assert got.dtype == np.int8 and np.array_equal(got, want), (kind, bound, req.dtype)
+            out = np.empty(acc.shape, np.int8)
+            assert req(acc.astype(kind), out) is out and np.array_equal(out, want)
+    # int32 whenever the bound allows it, int64 otherwise
+    half = (1 << max(int(s.max()), 0)) >> 1
+    fits = top + int(np.abs(offset).max(initial=0)) + half < 2 ** 31 and \
+        (top + int(np.abs(offset).max(initial=0))) << max(-int(s.min()), 0) < 2 ** 31
+    assert Requantizer(shift_arg, mode, lo, hi, offset, top).dtype == (np.int32 if fits else np.int64)
+
+
+def test_requantizer_rejects_unknown_mode():
+    with pytest.raises(ValueError):
+        Requantizer(3, "half_odd")
+
+
 def direct_conv(x, w, b, stride, padding, groups):
     """conv + bias by definition, in int64, one kernel tap at a time (no BLAS)."""
     n, cin, h, wd = x.shape
@@ -144,10 +196,16 @@ def direct_conv(x, w, b, stride, padding, groups):
 KERNELS = ["float", "int8"] if golden._INT8_KERNEL else ["float"]
 
 
-def use_kernel(monkeypatch, kernel: str, block: int = golden._REQUANT_BLOCK) -> None:
-    """Run every conv on one kernel, requantizing in blocks of `block` accumulators."""
+def use_kernel(monkeypatch, kernel: str, block: int = golden._REQUANT_BLOCK,
+               band: bool | None = None) -> None:
+    """Run every conv on one kernel, requantizing in blocks of `block` accumulators; the
+    float GEMM on im2col (band=False), on the banded weights wherever it can (True) or as
+    the golden model chooses (None)."""
     monkeypatch.setattr(golden, "_SMALL_MACS", 0 if kernel == "int8" else 1 << 62)
     monkeypatch.setattr(golden, "_REQUANT_BLOCK", block)
+    if band is not None:
+        monkeypatch.setattr(golden, "_BAND_WIDTH", 1 << 20 if band else 0)
+        monkeypatch.setattr(golden, "_BAND_ELEMENTS", 1 << 62 if band else 0)
 
 
 def check_conv(layer: QLayer, x: np.ndarray) -> None:
@@ -191,7 +249,7 @@ def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k,
     if seed % 3 == 0:
         x[:] = -128
     with pytest.MonkeyPatch.context() as mp:
-        use_kernel(mp, kernel, block)
+        use_kernel(mp, kernel, block, data.draw(st.sampled_from([None, False, True])))
         check_conv(layer, x)
 
 
@@ -225,7 +283,7 @@ def test_golden_conv_at_the_float32_bound(data, k, groups, wfill, xfill, kernel,
     bound = 128 * np.abs(weight.astype(np.int64)).sum(axis=(1, 2, 3)).max()
     assert golden._Conv(layer).f32_exact == (bound <= 2 ** 24)
     with pytest.MonkeyPatch.context() as mp:
-        use_kernel(mp, kernel)
+        use_kernel(mp, kernel, band=data.draw(st.booleans()))
         check_conv(layer, x)
 
 

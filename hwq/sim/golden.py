@@ -2,8 +2,9 @@
 
 Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C): conv
 (grouped too) is int8 x int8 products summed exactly, plus the int32 bias, then the
-requantization rule (`requantize_fast`, proven equal to `requantize`; one shift per channel
-with per-channel weights; LeakyReLU scales the negative accumulators by its slope first).
+requantization rule (`Requantizer`, `requantize_fast`: tested equal to `requantize`; one
+shift per channel with per-channel weights; LeakyReLU scales the negative accumulators by
+its slope first).
 avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
 to the finer fix position and sums; concat requantizes each input to the output's fix
 position. max-pool and flatten move int8 values unchanged.
@@ -14,7 +15,9 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
 
 - a float GEMM (im2col, torch.mm): float32 holds every integer of magnitude <= 2**24, so
   with B <= 2**24 every product and every partial sum is exact; above that the GEMM runs
-  in float64 (exact to 2**53).
+  in float64 (exact to 2**53). Tiny convs over narrow rows multiply k input rows by a
+  banded weight matrix instead (zeros off the window): each output's sum is still its
+  window's products, plus zeros, so the same bound holds.
 - oneDNN's int8 convolution (torch.ops.onednn, inductor's x86 kernel), on CPUs whose int8
   dot products (VNNI, AMX) sum u8 x s8 products into int32 without saturating, and which
   converts the int32 sum once to float32: exact while |sum| <= 2**24. Its activations are
@@ -28,10 +31,12 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
   once, on random operands.
 
 The int8 kernel runs the big convs (it costs ~40 us a call; the float GEMM wins below
-`_SMALL_MACS`). Requantization runs in row blocks that keep its int64 temporaries in
-cache. A big conv's images are shared among as many threads as torch uses, each running
-the kernel (torch set to one thread meanwhile) and requantizing its own (NumPy and torch
-release the GIL): no OpenMP barriers, and no OpenMP thread spinning beside NumPy.
+`_SMALL_MACS`). Requantization (a `Requantizer` per layer, its constants made once) runs
+in int32 where B + |bias| + the rounding constant stays under 2**31, else in int64, in
+row blocks that keep its temporaries in cache. A big conv's images are shared among as
+many threads as torch uses, each running the kernel (torch set to one thread meanwhile)
+and requantizing its own (NumPy and torch release the GIL): no OpenMP barriers, and no
+OpenMP thread spinning beside NumPy.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import torch
 
 from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
 from hwq.compiler.quant.config import load_quant_config
-from hwq.compiler.quant.requant import apply_slope, quantize_float, requantize_fast
+from hwq.compiler.quant.requant import Requantizer, apply_slope, quantize_float, requantize_fast
 from hwq.errors import HwqError
 
 # Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
@@ -60,6 +65,12 @@ _IM2COL_ELEMENTS = 1 << 23
 # Geometries (batch, input shape, weight shape, stride, padding, groups, with bias, torch
 # threads) the int8 kernel was checked on, and whether it got them right.
 _INT8_CHECKED: dict[tuple, bool] = {}
+# A conv over narrow rows (padded width at most _BAND_WIDTH windows: the GEMM's work grows
+# by that ratio) whose banded weight matrix has at most _BAND_ELEMENTS runs as one GEMM of
+# k input rows against that matrix: tiny layers' im2col GEMMs run far below the machine's
+# speed, and rows copy whole.
+_BAND_WIDTH = 4
+_BAND_ELEMENTS = 1 << 16
 # Accumulators per requantization step (its int64 temporaries stay in L2), and per row.
 _REQUANT_BLOCK = 1 << 18
 _REQUANT_ROW = 1 << 10
@@ -169,7 +180,8 @@ class _Conv:
         self.macs = int(np.prod(layer.out_shape)) * self.kk          # per image
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
         # every partial sum is at most 128 * sum|w| in magnitude
-        self.f32_exact = 128 * int(mass.max(initial=0)) <= _F32_EXACT
+        self.bound = 128 * int(mass.max(initial=0))
+        self.f32_exact = self.bound <= _F32_EXACT
         # and the int8 kernel's int32 sums never overflow
         self.int8_fits = _INT8_KERNEL and 128 * int(mass.max(initial=0)) < 1 << 31
         # per-tensor weights: one shift, which requantizes faster than a vector of them
@@ -177,8 +189,13 @@ class _Conv:
         self.bias = layer.bias.astype(np.int64)
         # and with the bias too (then the int8 kernel adds it)
         self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
+        _, _, w = layer.in_shape
+        self.band = (not (k == 1 and layer.stride == 1 and not layer.padding)
+                     and w + 2 * layer.padding <= _BAND_WIDTH * k
+                     and k * (w + 2 * layer.padding) * cin_g * self.g * layer.out_shape[2] * cout
+                     <= _BAND_ELEMENTS)
         self._weight = None
-        self._packed, self._rows = {}, {}
+        self._packed, self._rows, self._requantizers = {}, {}, {}
 
     def __call__(self, xs, threads: int = 1) -> np.ndarray:
         """The layer's int8 output; a big conv's images are shared among `threads` threads."""
@@ -207,8 +224,24 @@ class _Conv:
             self._rows[m] = (t * self.cout, *(np.tile(v, t) if np.ndim(v) else v
                                                for v in (self.shifts, self.bias)))
         width, shifts, bias = self._rows[m]
-        _requantize_blocks(self.layer, acc.reshape(-1, width), shifts, 0 if biased else bias,
-                           out.reshape(-1, width))
+        acc, out = acc.reshape(-1, width), out.reshape(-1, width)
+        if self.layer.act == "leaky_relu":
+            _requantize_blocks(self.layer, acc, shifts, 0 if biased else bias, out)
+            return
+        key = (width, biased)
+        if key not in self._requantizers:
+            # its constants made once; int32 arithmetic where the accumulators' bound allows
+            layer = self.layer
+            self._requantizers[key] = Requantizer(
+                shifts, layer.round_mode, layer.lo, layer.hi, 0 if biased else bias,
+                self.bound + (int(np.abs(self.bias).max(initial=0)) if biased else 0))
+        requantizer = self._requantizers[key]
+        rows = max(1, _REQUANT_BLOCK // width)
+        if rows >= len(acc):
+            requantizer(acc, out)
+            return
+        for i in range(0, len(acc), rows):
+            requantizer(acc[i:i + rows], out[i:i + rows])
 
     def accumulate(self, x: np.ndarray, big: bool | None = None) -> tuple[np.ndarray, bool]:
         """conv(x, weight) of pixel-major int8 x: (N, OH, OW, Cout) integers, int32 or held
@@ -280,6 +313,17 @@ class _Conv:
         else:
             xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype)
             xp[:, p:p + h, p:p + w] = x
+            if self.band:
+                # each output row from the k input rows it reads, (N * OH, k * Wp * C), times
+                # the banded weights: band[ky, ix, c, ox, o] = weight[o, c, ky, ix - ox * stride]
+                # inside the window (and group), else 0. Each output's sum is its window's
+                # products and zeros: the bound above holds as for the im2col GEMM.
+                sn, sh, sw, sc = xp.strides
+                rows = np.ndarray((n, oh, k, w + 2 * p, c), dtype, xp, 0,
+                                  (sn, layer.stride * sh, sh, sw, sc)).reshape(n * oh, -1)
+                if self._weight is None:
+                    self._weight = torch.from_numpy(self._banded(dtype))
+                return torch.mm(torch.from_numpy(rows), self._weight).numpy().reshape(n, oh, ow, self.cout)
             win = _windows(xp, k, layer.stride).reshape(n, oh, ow, k, k, g, c // g)
             # copied along whichever runs longer, a window row (k * c) or an output row (ow)
             if ow > k * c:
@@ -297,6 +341,19 @@ class _Conv:
         else:                                           # (groups, M, Cout/groups)
             acc = torch.bmm(torch.from_numpy(a), self._weight).numpy().transpose(1, 0, 2)
         return acc.reshape(n, oh, ow, self.cout)
+
+    def _banded(self, dtype) -> np.ndarray:
+        """The (k * Wp * C, OW * Cout) banded weight matrix of the `band` GEMM."""
+        layer, k, g, s = self.layer, self.k, self.g, self.layer.stride
+        cout_g, cin_g = self.cout // g, layer.weight.shape[1]
+        wp, ow = layer.in_shape[2] + 2 * layer.padding, layer.out_shape[2]
+        band = np.zeros((k, wp, g * cin_g, ow, self.cout), dtype)
+        for grp in range(g):
+            ci, co = slice(grp * cin_g, (grp + 1) * cin_g), slice(grp * cout_g, (grp + 1) * cout_g)
+            taps = layer.weight[co].transpose(2, 3, 1, 0)           # (ky, kx, c, o)
+            for ox in range(ow):
+                band[:, ox * s:ox * s + k, ci, ox, co] = taps
+        return band.reshape(k * wp * g * cin_g, ow * self.cout)
 
     def _int8(self, u: np.ndarray, biased: bool = False) -> np.ndarray:
         """conv(u, weight) (+ bias) of pixel-major u8 u on the int8 kernel, as float32."""
@@ -343,6 +400,8 @@ def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.
     if layer.act == "leaky_relu":
         acc, bias = apply_slope(np.add(acc, bias, dtype=np.int64), layer.alpha_q), 0
         shifts = shifts + ALPHA_BITS
+        if np.any(shifts < 0):  # a left shift saturates; the clip keeps the int64 exact
+            acc = np.where(shifts < 0, np.clip(acc, -(1 << 8), 1 << 8), acc)
     return requantize_fast(acc, shifts, layer.round_mode, layer.lo, layer.hi, bias, out)
 
 

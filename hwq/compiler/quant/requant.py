@@ -10,6 +10,13 @@ import numpy as np
 
 from hwq.compiler.ir import ALPHA_BITS
 
+try:  # np.clip's ufunc, without the wrapper's per-call argument checks (~5 us)
+    from numpy._core.umath import clip as _clip
+except ImportError:  # NumPy 1.x
+    from numpy.core.umath import clip as _clip
+if not isinstance(_clip, np.ufunc):
+    _clip = np.clip
+
 # Vitis AI names; the code is what the POST instruction's `round` field carries.
 ROUND_MODES = {"half_up": 0, "half_even": 1, "half_down": 2, "std_round": 3}
 INT8_MIN, INT8_MAX = -128, 127
@@ -149,4 +156,71 @@ def requantize_fast(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_M
     y = round_shift_fast(acc, shifts, mode, offset)
     if out is None:
         out = np.empty(y.shape, np.int8)
-    return np.clip(y, lo, hi, out=out, casting="unsafe")
+    return _clip(y, lo, hi, out=out, casting="unsafe")
+
+
+class Requantizer:
+    """requantize_fast(acc, shifts, mode, lo, hi, offset, out) with its constants made once,
+    for accumulators requantized again and again with the same shifts and offset (a golden
+    model's layer): the same int8 values. `shifts` and `offset` are ints or arrays
+    broadcast against `acc` along its last axis.
+
+    `bound` is a bound on |acc| the caller guarantees (None: |acc + offset| < 2**62). When
+    |acc| + |offset| plus the rounding constant (at most 2**(s-1)), and |acc + offset|
+    shifted left by a negative shift, stay below 2**31, every sum is exact in int32 and the
+    arithmetic runs in int32 (half the bytes of int64); else in int64, as requantize_fast.
+    `acc` may be integers or floats holding integers exactly (a float GEMM's sums): the
+    first pass converts them. Half_up and half_down are then three passes (convert and add
+    the constant, shift, clamp into int8), the constant folded in as round_shift_fast does.
+    tests/test_quant_golden.py checks it against requantize for every mode.
+    """
+
+    def __init__(self, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX, offset=0,
+                 bound: int | None = None):
+        if mode not in ROUND_MODES:
+            raise ValueError(f"unknown round mode {mode!r}; choose one of {', '.join(ROUND_MODES)}")
+        s = np.asarray(shifts, dtype=np.int64)
+        off = np.asarray(offset, dtype=np.int64)
+        right, left = np.maximum(s, 0), np.maximum(-s, 0)
+        half = (1 << right) >> 1
+        dtype = np.int64
+        if bound is not None:
+            top = int(bound) + int(np.abs(off).max(initial=0))      # |acc + offset| <= top
+            if top + int(half.max(initial=0)) < 1 << 31 and top << int(left.max(initial=0)) < 1 << 31:
+                dtype = np.int32
+        self.mode, self.lo, self.hi, self.dtype = mode, lo, hi, dtype
+        if mode == "half_up":
+            add = off + half
+        elif mode == "half_down":
+            add = off + np.maximum(half - 1, 0)
+        else:
+            add = off
+        # right shifts by 0 are skipped, left ones only if there are any
+        self.add = add.astype(dtype) if add.ndim else (dtype(add) if add else None)
+        self.right = (right.astype(dtype) if right.ndim else int(right)) if np.any(right) else None
+        self.left = (left.astype(dtype) if left.ndim else int(left)) if np.any(left) else None
+        if mode == "half_even":
+            self.round = (np.maximum(half - 1, 0).astype(dtype), (right > 0).astype(dtype),
+                          right.astype(dtype))
+        elif mode == "std_round":
+            self.round = (half.astype(dtype), (right > 0).astype(dtype))
+
+    def __call__(self, acc, out: np.ndarray | None = None) -> np.ndarray:
+        """The int8 values of acc, written into `out` when given."""
+        acc = np.asarray(acc)
+        y = acc.astype(self.dtype)            # always a new array, then worked on in place
+        if self.add is not None:
+            np.add(y, self.add, out=y)
+        if self.mode == "half_even":         # + 2**(s-1) - 1 + (odd floor), where s > 0
+            c, shifted, right = self.round
+            y += c + ((y >> right) & 1) * shifted
+        elif self.mode == "std_round":       # + 2**(s-1) - (y < 0), where s > 0
+            c, shifted = self.round
+            y += c - (y < 0) * shifted
+        if self.left is not None:
+            np.left_shift(y, self.left, out=y)
+        if self.right is not None:
+            np.right_shift(y, self.right, out=y)
+        if out is None:
+            out = np.empty(y.shape, np.int8)
+        return _clip(y, self.lo, self.hi, out=out, casting="unsafe")
