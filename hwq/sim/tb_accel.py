@@ -5,7 +5,10 @@ simulated accelerator and writes the results (JSON, path in the spec). The DRAM 
 preloaded by the Verilog top; job writes and region reads go through $readmemh /
 $writememh host commands (see hwq/rtl/export.py), so Python touches the design only a
 few times per job: it never polls per cycle -- it awaits `done` or a watchdog Timer, and
-the clock runs inside the Verilog top.
+the clock runs inside the Verilog top. It steps cycle by cycle on `tb_tick` (toggled at
+every posedge), not on `clk`, which is a pulse within one time step in the normal build:
+what it writes there is what the next posedge sees, what it reads is the state after the
+last posedge.
 Only the standard library and cocotb are imported here (fast simulator start-up).
 """
 from __future__ import annotations
@@ -16,9 +19,17 @@ import time
 from pathlib import Path
 
 import cocotb
-from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
+from cocotb.triggers import First, ReadWrite, RisingEdge, Timer
 
 CLOCK_PERIOD_NS = 10
+
+
+async def _step(dut) -> None:
+    """To the next posedge, then past its NBA region (where a value-change callback on
+    `tb_tick` may come, on Icarus, before the other registers are updated): there reads
+    see the state after the posedge, and writes reach the next one."""
+    await dut.tb_tick.value_change
+    await ReadWrite()
 
 
 def _words_hex(words: dict[int, int], width_hex: int) -> str:
@@ -56,9 +67,9 @@ class Host:
         d.tb_lo.value = lo
         d.tb_hi.value = hi
         d.tb_cmd.value = cmd
-        await FallingEdge(d.clk)
+        await _step(d)
         d.tb_cmd.value = 0
-        await FallingEdge(d.clk)
+        await _step(d)
 
     def _runs(self, addr: int, nwords: int):
         """Contiguous (lo, hi) word ranges covering nwords from addr, wrapping."""
@@ -107,19 +118,19 @@ async def run_jobs(dut):
     max_cycles = spec["max_cycles"]
     results = []
     for _ in range(5):                    # past the power-on reset
-        await FallingEdge(dut.clk)
+        await _step(dut)
     for idx, job in enumerate(spec["jobs"]):
         t0 = time.time()
         await host.write([(a, bytes.fromhex(h)) for a, h in job["writes"]])
         dut.tb_start_pc.value = spec["start_pc"]
         dut.tb_start.value = 1
-        await FallingEdge(dut.clk)
+        await _step(dut)
         dut.tb_start.value = 0
         stops = [RisingEdge(dut.done), Timer(max_cycles * CLOCK_PERIOD_NS, unit="ns")]
         if spec.get("window"):            # a waveform window: end with it
             stops.append(RisingEdge(dut.wave_done))
         await First(*stops)
-        await FallingEdge(dut.clk)
+        await _step(dut)
         if spec.get("window") and int(dut.wave_done.value) == 1:
             results.append({"status": None, "pc": int(dut.pc.value), "cycles": 0, "macs": 0,
                             "perf": "0", "reads": []})
@@ -134,9 +145,9 @@ async def run_jobs(dut):
                "perf": f"{int(dut.perf.value):x}"}
         if status is None:                # watchdog: reset the accelerator, keep going
             dut.tb_rst.value = 1
-            await FallingEdge(dut.clk)
+            await _step(dut)
             dut.tb_rst.value = 0
-            await FallingEdge(dut.clk)
+            await _step(dut)
         res["reads"] = [(await host.read(a, n)).hex() for a, n in job["reads"]]
         results.append(res)
         results_path.write_text(json.dumps(results))
