@@ -115,53 +115,18 @@ def requantize_channels(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = IN
     return out
 
 
-def round_shift_fast(x, shifts, mode: str, offset=0) -> np.ndarray:
-    """round_shift(x + offset, shifts, mode) for |x + offset| < 2**62, in few int64 passes
-    (the golden model's hot path); `shifts` and `offset` are ints or arrays broadcast
-    against `x` (one per channel, last axis).
-
-    Every mode is one added constant and one arithmetic right shift. With
-    x = q * 2**s + r (0 <= r < 2**s) and h = 2**(s-1), (x + b) >> s = q + (r + b >= 2**s),
-    so `up` in round_shift is r + b >= 2**s for b = h (half_up: r >= h), b = h - 1
-    (half_down: r > h), b = h - 1 + (q & 1) (half_even: r > h, or r == h and q odd) and
-    b = h - (x < 0) (std_round: r >= h for x >= 0, r > h for x < 0). b <= h < 2**62, so
-    x + b does not overflow int64; a shift <= 0 is round_shift's left shift, with b = 0.
-    tests/test_quant_golden.py checks it against round_shift for every mode.
-    """
-    if mode not in ROUND_MODES:
-        raise ValueError(f"unknown round mode {mode!r}; choose one of {', '.join(ROUND_MODES)}")
-    s = np.asarray(shifts, dtype=np.int64)
-    right, left = np.maximum(s, 0), np.maximum(-s, 0)
-    half = (1 << right) >> 1                  # 2**(s-1), 0 when nothing is shifted out
-    if mode == "half_up":                     # the constant folds into the offset: one pass
-        y = np.add(x, offset + half, dtype=np.int64)
-    elif mode == "half_down":
-        y = np.add(x, offset + np.maximum(half - 1, 0), dtype=np.int64)
-    else:
-        y = np.add(x, offset, dtype=np.int64)
-        if mode == "half_even":
-            y += np.maximum(half - 1, 0) + ((y >> right) & 1) * (right > 0)
-        else:  # std_round
-            y += half - (y < 0) * (right > 0)
-    if np.any(left):
-        y <<= left
-    y >>= right
-    return y
-
-
 def requantize_fast(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX, offset=0,
                     out: np.ndarray | None = None) -> np.ndarray:
-    """requantize(acc + offset, ...) by `round_shift_fast`: the same int8 values for
-    |acc + offset| < 2**62, written into `out` (int8) when given."""
-    y = round_shift_fast(acc, shifts, mode, offset)
-    if out is None:
-        out = np.empty(y.shape, np.int8)
-    return _clip(y, lo, hi, out=out, casting="unsafe")
+    """requantize(acc + offset, ...) in few int64 passes (the golden model's path where a
+    layer's constants are not kept): the same int8 values for |acc + offset| < 2**62,
+    written into `out` (int8) when given; `shifts` and `offset` are ints or arrays
+    broadcast against `acc` (one per channel, last axis)."""
+    return Requantizer(shifts, mode, lo, hi, offset)(acc, out)
 
 
 class Requantizer:
-    """requantize_fast(acc, shifts, mode, lo, hi, offset, out) with its constants made once,
-    for accumulators requantized again and again with the same shifts and offset (a golden
+    """requantize(acc + offset, shifts, mode, lo, hi) with its constants made once, for
+    accumulators requantized again and again with the same shifts and offset (a golden
     model's layer): the same int8 values. `shifts` and `offset` are ints or arrays
     broadcast against `acc` along its last axis.
 
@@ -171,7 +136,14 @@ class Requantizer:
     arithmetic runs in int32 (half the bytes of int64); else in int64, as requantize_fast.
     `acc` may be integers or floats holding integers exactly (a float GEMM's sums): the
     first pass converts them. Half_up and half_down are then three passes (convert and add
-    the constant, shift, clamp into int8), the constant folded in as round_shift_fast does.
+    the constant, shift, clamp into int8).
+
+    Every mode is one added constant and one arithmetic right shift. With
+    x = q * 2**s + r (0 <= r < 2**s) and h = 2**(s-1), (x + b) >> s = q + (r + b >= 2**s),
+    so `up` in round_shift is r + b >= 2**s for b = h (half_up: r >= h), b = h - 1
+    (half_down: r > h), b = h - 1 + (q & 1) (half_even: r > h, or r == h and q odd) and
+    b = h - (x < 0) (std_round: r >= h for x >= 0, r > h for x < 0). b <= h < 2**62, so
+    x + b does not overflow int64; a shift <= 0 is round_shift's left shift, with b = 0.
     tests/test_quant_golden.py checks it against requantize for every mode.
     """
 
