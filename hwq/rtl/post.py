@@ -204,8 +204,11 @@ class PostUnit(wiring.Component):
         drain = Signal(range(L + 1))
         with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
+                # the first bbuf read's address does not wait for the start (which comes
+                # at the end of the dispatch logic): only the enable does
+                m.d.comb += self.bbuf.addr.eq(a0.bias + a0.lane_shifts)
                 with m.If(self.start):
-                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a0.bias + a0.lane_shifts)]
+                    m.d.comb += self.bbuf.en.eq(1)
                     m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                     with m.If(a0.n == 0):
                         m.next = "DRAIN"
