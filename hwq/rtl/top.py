@@ -255,7 +255,8 @@ class Accelerator(wiring.Component):
         m.d.sync += f_valid.eq(f_re & self.mem.ready)
         with m.If(f_valid):
             m.d.sync += ir.eq(Cat(ir[B:], self.mem.rdata))
-        m.d.comb += [self.pc.eq(pc), f_addr.eq(pc + k)]
+        # f_addr = pc + k, a register of its own: no adder before the DRAM port's address
+        m.d.comb += self.pc.eq(pc)
 
         m.d.comb += self.busy.eq(0)
         cycles = Signal(RUN_BITS)
@@ -290,7 +291,8 @@ class Accelerator(wiring.Component):
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(self.start_pc), k.eq(0), self.done.eq(0),
+                    m.d.sync += [pc.eq(self.start_pc), k.eq(0), f_addr.eq(self.start_pc),
+                                 self.done.eq(0),
                                  self.status.eq(isa.STATUS["ok"]),
                                  cycles.eq(0), macs.eq(0)]
                     m.next = "FETCH"
@@ -299,7 +301,7 @@ class Accelerator(wiring.Component):
                 go = Const(1) if cfg.overlap else all_idle
                 m.d.comb += [f_re.eq(go), front["fetch"].eq(go), front["stall_idle"].eq(~go)]
                 with m.If(go & self.mem.ready):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.sync += [k.eq(k + 1), f_addr.eq(f_addr + 1)]
                     with m.If(k == N - 1):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
@@ -332,6 +334,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
                     for name, unit in units.items():
                         m.d.comb += unit.start.eq(op[name])
-                    m.d.sync += [pc.eq(pc + N), k.eq(0)]
+                    m.d.sync += [pc.eq(pc + N), k.eq(0), f_addr.eq(pc + N)]
                     m.next = "FETCH"
         return m

@@ -28,8 +28,9 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
   STORE    1 + n*entry_words   one obuf read ahead, then one DRAM write per word
   GEMM     O - 1       O = max(V + 1, rows, cols), V = n_outer*n_inner: the unit takes the
                        next GEMM in cycle O while the array drains; its last accumulator
-                       write is in cycle V + rows + cols + 1 (none for V = 0)
-  POST     n + 4       one abuf read a cycle, each write 4 cycles later
+                       write is in cycle V + rows + cols + 3 (none for V = 0)
+  POST     n + 4 + o   one abuf read a cycle, each write 4 + o cycles later; o = 1 with
+                       `overlap` (POST registers its buffers' read data, hwq/rtl/post.py)
   MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w)
 
 Every cycle of a run is counted once in the front end's counters: `fetch` (fetching,
@@ -46,6 +47,12 @@ from hwq.config import HwConfig
 from hwq.rtl.perf import FRONT_END, UNIT_OF_OP
 
 CHECK_CYCLES = 5
+
+
+def post_in_reg(cfg: HwConfig) -> int:
+    """1 where POST registers abuf's and bbuf's read data before its adders (hwq/rtl/
+    post.py): with `overlap`; the builds without it are the nearly full small FPGAs."""
+    return 1 if cfg.overlap else 0
 
 
 def front_end_cycles(cfg: HwConfig) -> int:
@@ -84,7 +91,7 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "GEMM":
         return gemm_occupancy(instr, cfg) - 1
     if instr.op == "POST":
-        return f["n"] + 4
+        return f["n"] + 4 + post_in_reg(cfg)
     if instr.op == "MAXPOOL":
         return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1
     raise ValueError(f"{instr.op} runs on no unit")
@@ -197,7 +204,7 @@ class Timeline:
             r.dram_items = dram_items(instr, self.cfg)
         elif instr.op == "GEMM" and instr["n_outer"] * instr["n_inner"]:
             v = instr["n_outer"] * instr["n_inner"]
-            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 1)
+            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 3)
         self.running[instr.op] = r
         self.now = start + 1
         if len(self.fetches) > 64:         # fetches before every running DMA's first cycle
