@@ -124,22 +124,26 @@ class GemmUnit(wiring.Component):
         iaddr = Signal(A)
         abase = Signal(A)
         aaddr = Signal(A)
-        nz = (ga.n_outer != 0) & (ga.n_inner != 0)
-        last = (i == ga.n_inner - 1) & (o == ga.n_outer - 1)
+        # registered compares (set at the start, updated with i and o), so that `busy`,
+        # which the front end's dispatch and fetch logic wait on, is a few gates of
+        # registers: nz = V != 0, i_last = (i == n_inner - 1), o_last = (o == n_outer - 1)
+        nz, i_last, o_last = Signal(), Signal(), Signal()
+        last = i_last & o_last
         m.d.sync += pre.eq(0)
         with m.If(pre & nz):
             m.d.sync += streaming.eq(1)
         with m.If(streaming):
             m.d.comb += [self.ibuf.en.eq(1), self.ibuf.addr.eq(iaddr), self.vector.eq(1)]
-            with m.If(i == ga.n_inner - 1):
+            with m.If(i_last):
                 m.d.sync += [i.eq(0), o.eq(o + 1),
+                             i_last.eq(ga.n_inner == 1), o_last.eq(o + 1 == ga.n_outer - 1),
                              ibase.eq(ibase + ga.inp_so), iaddr.eq(ibase + ga.inp_so),
                              abase.eq(abase + ga.acc_so), aaddr.eq(abase + ga.acc_so)]
-                with m.If(o == ga.n_outer - 1):
+                with m.If(o_last):
                     m.d.sync += streaming.eq(0)
             with m.Else():
-                m.d.sync += [i.eq(i + 1), iaddr.eq(iaddr + ga.inp_si),
-                             aaddr.eq(aaddr + ga.acc_si)]
+                m.d.sync += [i.eq(i + 1), i_last.eq(i + 1 == ga.n_inner - 1),
+                             iaddr.eq(iaddr + ga.inp_si), aaddr.eq(aaddr + ga.acc_si)]
         # the first vector's swap tag: read in cycle 2, on the array's x in cycle 4
         sw_rd = Signal()
         sw_x = Signal()
@@ -190,6 +194,8 @@ class GemmUnit(wiring.Component):
                          # V = 0 streams nothing, so it would never swap these weights in
                          # (and its last wbuf read would come after its done)
                          w_active.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         nz.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         i_last.eq(a.n_inner == 1), o_last.eq(a.n_outer == 1),
                          o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
                          abase.eq(a.acc), aaddr.eq(a.acc)]
         return m

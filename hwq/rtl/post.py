@@ -25,7 +25,7 @@ from hwq.compiler.quant.requant import ROUND_MODES
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
-from hwq.sim.cycles import post_in_reg
+from hwq.sim.cycles import read_regs
 
 _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
@@ -160,7 +160,7 @@ class PostUnit(wiring.Component):
     the bias then held on the read port for the whole instruction; cycle 1 registers
     each lane's shift; cycles 1..n read abuf[acc + j]; each result is registered and
     written to obuf 2 + L + o cycles later; done in cycle n + 2 + L + o (with the last
-    write; n = 0 too). o = hwq.sim.cycles.post_in_reg: 1 where the read data is
+    write; n = 0 too). o = hwq.sim.cycles.read_regs: 1 where the read data is
     registered before the lanes.
     """
 
@@ -182,11 +182,11 @@ class PostUnit(wiring.Component):
         # otherwise run on into obuf's write port in the same cycle
         L = 1 + RequantLanes.LATENCY + 1
         # ---- with overlap, a register on abuf's and bbuf's read data (cycles.py,
-        # post_in_reg): the block RAMs' outputs would otherwise run straight into the
+        # read_regs): the block RAMs' outputs would otherwise run straight into the
         # lanes' 32-bit adders. One cycle more per POST; left out of the nearly full
         # small FPGAs (overlap off), where it would cost 64 flip-flops a lane.
         acc_in, bias_in = self.abuf.data, self.bbuf.data
-        if post_in_reg(self.cfg):
+        if read_regs(self.cfg):
             acc_in, bias_in = Signal.like(self.abuf.data), Signal.like(self.bbuf.data)
             m.d.sync += [acc_in.eq(self.abuf.data), bias_in.eq(self.bbuf.data)]
             L += 1

@@ -30,8 +30,10 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
                        next GEMM in cycle O while the array drains; its last accumulator
                        write is in cycle V + rows + cols + 3 (none for V = 0)
   POST     n + 4 + o   one abuf read a cycle, each write 4 + o cycles later; o = 1 with
-                       `overlap` (POST registers its buffers' read data, hwq/rtl/post.py)
-  MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w)
+                       `overlap` (read_regs: POST and MAXPOOL register their buffers'
+                       read data)
+  MAXPOOL  P*K + 1 + o one obuf read per window element (P = out_h*out_w, K = k_h*k_w),
+                       each folded in 1 + o cycles later
 
 Every cycle of a run is counted once in the front end's counters: `fetch` (fetching,
 checking, and the cycle that dispatches or stops), `stall_unit` (the instruction's unit
@@ -49,9 +51,10 @@ from hwq.rtl.perf import FRONT_END, UNIT_OF_OP
 CHECK_CYCLES = 5
 
 
-def post_in_reg(cfg: HwConfig) -> int:
-    """1 where POST registers abuf's and bbuf's read data before its adders (hwq/rtl/
-    post.py): with `overlap`; the builds without it are the nearly full small FPGAs."""
+def read_regs(cfg: HwConfig) -> int:
+    """1 where POST and MAXPOOL register their buffers' read data before their adders
+    and comparators (hwq/rtl/post.py, pool.py): with `overlap`; the builds without it
+    are the nearly full small FPGAs."""
     return 1 if cfg.overlap else 0
 
 
@@ -91,9 +94,9 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "GEMM":
         return gemm_occupancy(instr, cfg) - 1
     if instr.op == "POST":
-        return f["n"] + 4 + post_in_reg(cfg)
+        return f["n"] + 4 + read_regs(cfg)
     if instr.op == "MAXPOOL":
-        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1
+        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1 + read_regs(cfg)
     raise ValueError(f"{instr.op} runs on no unit")
 
 
