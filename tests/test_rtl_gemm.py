@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hwq.compiler import isa
 from hwq.config import HwConfig
-from hwq.rtl.array import array_latency
+from hwq.rtl.gemm import gemm_latency
 from hwq.rtl.gemm import GemmUnit
 
 WBUF, IBUF, ABUF = 32, 64, 64
@@ -50,7 +50,7 @@ def _reference(gemms, wbuf, ibuf, abuf, R):
 
 def _expected(R, C, gemms, starts):
     """The cycle contract of gemm.py for GEMM g started in cycle starts[g]."""
-    L = array_latency(R, C)
+    L = gemm_latency(R, C)
     busy, drain, wb, ib, ard, awr = set(), set(), [], [], [], []
     active_by = []                           # (start, cycles busy or draining)
     for f, S in zip(gemms, starts):

@@ -532,3 +532,77 @@ def test_store_unit(stall):
             _dma_verdict(cfg, ins, np.array_equal(dram, m.dram), cycles, stall, failures)
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
+
+
+# ---------------- MAXPOOL unit ----------------
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_pool_unit_in_place(overlap):
+    """PoolUnit with obuf played by the testbench (a synchronous read port, writes at
+    the clock edge): random MAXPOOLs whose destination overlaps their source just ahead
+    of the reads (each window reads what the previous windows wrote, in every position
+    of the forwarding), and disjoint ones; obuf after each equals the ISS's and the
+    cycles from start to done the cycle model's."""
+    import dataclasses
+    from hwq.rtl.pool import PoolUnit
+    from hwq.sim import cycles as cycle_model
+    from hwq.sim.iss import Machine
+    cfg = dataclasses.replace(_dma_cfg(), overlap=overlap)
+    C, rng = cfg.cols, random.Random(41 + overlap)
+    nrng = np.random.default_rng(42 + overlap)
+    dut = PoolUnit(cfg)
+    programs = []
+    while len(programs) < 60:
+        k_h, k_w, stride = rng.choice([1, 2, 3]), rng.choice([1, 2, 3]), rng.choice([1, 2])
+        out_h, out_w = rng.choice([0, 1, 2, 3]), rng.choice([1, 2, 4])
+        in_w = (out_w - 1) * stride + k_w + rng.randrange(2)
+        src = rng.randrange(20)
+        dst = src + rng.choice([-2, -1, 0, 1, 2, 3, 4, 40])
+        ins = isa.Instr.make("MAXPOOL", src=src, dst=max(0, dst), out_h=out_h, out_w=out_w,
+                             in_w=in_w, k_h=k_h, k_w=k_w, stride=stride)
+        if isa.range_violation(ins, cfg) is None:
+            programs.append(ins)
+    failures = []
+
+    async def bench(ctx):
+        obuf = nrng.integers(-128, 128, (cfg.obuf_depth, C)).astype(np.int8)
+        pending = 0
+
+        def memory():
+            nonlocal pending
+            ctx.set(dut.rd.data, pending)
+            if ctx.get(dut.rd.en):
+                pending = _pack(obuf[ctx.get(dut.rd.addr)].tolist(), 8)
+            if ctx.get(dut.wr.en):        # after the read: a read sees the old entry
+                obuf[ctx.get(dut.wr.addr)] = _unpack(ctx.get(dut.wr.data), 8, C)
+
+        for ins in programs:
+            m = Machine(cfg, b"")
+            m.buf["obuf"][:] = obuf
+            m.MAXPOOL(**ins.fields)
+            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
+            ctx.set(dut.start, 1)
+            memory()
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            if overlap:
+                ctx.set(dut.args.as_value(), 0)
+            cycles = 1
+            while True:
+                memory()
+                done = ctx.get(dut.done)
+                await ctx.tick()
+                if done:
+                    break
+                cycles += 1
+                assert cycles < 200
+            if not np.array_equal(obuf, m.buf["obuf"]):
+                failures.append((isa.format_instr(ins), "data"))
+                obuf[:] = m.buf["obuf"]
+            want = cycle_model.unit_cycles(ins, cfg)
+            if cycles != want:
+                failures.append((isa.format_instr(ins), cycles, want))
+            await ctx.tick()
+    _run(dut, bench, clock=True)
+    assert not failures, failures[:5]

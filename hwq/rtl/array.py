@@ -22,8 +22,10 @@ from hwq.rtl.pe import ACC_BITS, PE
 
 
 def array_latency(rows: int, cols: int) -> int:
-    """Cycles from a vector on `x` to its dot products on `y`."""
-    return rows + cols - 1
+    """Cycles from a vector on `x` to its dot products on `y`: the skew (rows - 1), a
+    product register and a partial-sum register in each PE (rows + 1), the de-skew
+    (cols - 1)."""
+    return rows + cols
 
 
 class SystolicArray(wiring.Component):

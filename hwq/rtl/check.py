@@ -190,6 +190,9 @@ class RangeCheck(wiring.Component):
             "last": Out(1),
             "in_range": Out(1),
             "extents": Out(extent_layout(cfg)),
+            # what `extents` registers: valid in check's last cycle (CHECK_CYCLES - 1),
+            # so that the top can register the hazard comparisons with the verdict
+            "extents_next": Out(extent_layout(cfg)),
         })
 
     def elaborate(self, platform):
@@ -209,9 +212,9 @@ class RangeCheck(wiring.Component):
                 # registered with the verdict: the sums stay off the dispatch logic's paths
                 if e.memory != "dram":
                     regs += [
-                        getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
-                        getattr(self.extents, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
-                regs.append(getattr(self.extents, f"{op.name}_{k_e}_when").eq(
+                        getattr(self.extents_next, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
+                        getattr(self.extents_next, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
+                regs.append(getattr(self.extents_next, f"{op.name}_{k_e}_when").eq(
                     Value.cast(when).bool()))
                 # sizes are powers of two and `last` is not negative where it counts:
                 # last >= size is a non-zero high part, no comparator
@@ -220,7 +223,8 @@ class RangeCheck(wiring.Component):
                            & Value.cast(last)[size.bit_length() - 1:].any())
             plans.append(sched.slots)
         m = Module()                        # after the schedule, which may raise
-        m.d.sync += regs
+        m.d.comb += regs
+        m.d.sync += self.extents.eq(self.extents_next)
 
         t = Signal(range(CHECK_CYCLES))
         with m.If(self.run):

@@ -62,6 +62,7 @@ class LoadUnit(wiring.Component):
         row = Signal(self.A, name="row")
         elem = Signal(self.A, name="elem")
         ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
+        addr = Signal(self.A, name="addr")     # = elem + k, kept so no adder feeds the port
         k_last = Signal.like(k, name="k_last")
         with m.Switch(a.buf):
             for code, t in enumerate(isa.LOAD_TARGETS):
@@ -88,7 +89,7 @@ class LoadUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 ptr.eq(a0.sram)]
+                                 addr.eq(a0.dram), ptr.eq(a0.sram)]
                     with m.If(((a0.pad_top + a0.y_size + a0.pad_bottom) == 0)
                               | ((a0.pad_left + a0.x_size + a0.pad_right) == 0)):
                         m.next = "DRAIN"
@@ -97,7 +98,7 @@ class LoadUnit(wiring.Component):
             with m.State("RUN"):
                 accepted = Signal()
                 with m.If(inside):
-                    m.d.comb += [self.dram.re.eq(1), self.dram.addr.eq(elem + k),
+                    m.d.comb += [self.dram.re.eq(1), self.dram.addr.eq(addr),
                                  accepted.eq(self.dram.ready)]
                 with m.Else():
                     # a padding entry waits for a granted cycle too: the instruction fetch
@@ -106,21 +107,23 @@ class LoadUnit(wiring.Component):
                 m.d.sync += [s_valid.eq(accepted), s_pad.eq(~inside), s_ptr.eq(ptr), s_k.eq(k)]
                 with m.If(accepted):
                     with m.If(inside & (k != k_last)):
-                        m.d.sync += k.eq(k + 1)
+                        m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
                     with m.Else():
-                        m.d.sync += [k.eq(0), ptr.eq(ptr + 1)]
+                        m.d.sync += [k.eq(0), ptr.eq(ptr + 1), addr.eq(elem)]
                         with m.If(x == W - 1):
                             m.d.sync += [x.eq(0), y.eq(y + 1)]
                             with m.If(inside_y):
-                                m.d.sync += [row.eq(row + a.y_stride), elem.eq(row + a.y_stride)]
+                                m.d.sync += [row.eq(row + a.y_stride), elem.eq(row + a.y_stride),
+                                             addr.eq(row + a.y_stride)]
                             with m.Else():
-                                m.d.sync += elem.eq(row)
+                                m.d.sync += [elem.eq(row), addr.eq(row)]
                             with m.If(y == H - 1):
                                 m.next = "DRAIN"
                         with m.Else():
                             m.d.sync += x.eq(x + 1)
                             with m.If(inside):
-                                m.d.sync += elem.eq(elem + a.x_stride)
+                                m.d.sync += [elem.eq(elem + a.x_stride),
+                                             addr.eq(elem + a.x_stride)]
             with m.State("DRAIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
@@ -148,12 +151,13 @@ class StoreUnit(wiring.Component):
         row = Signal(self.A, name="row")
         elem = Signal(self.A, name="elem")
         ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
+        addr = Signal(self.A, name="addr")     # = elem + k, kept so no adder feeds the port
         m.d.comb += self.rd.addr.eq(ptr)
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 ptr.eq(a0.sram)]
+                                 addr.eq(a0.dram), ptr.eq(a0.sram)]
                     with m.If((a0.y_size == 0) | (a0.x_size == 0)):
                         m.next = "DONE"
                     with m.Else():
@@ -163,18 +167,19 @@ class StoreUnit(wiring.Component):
                 m.d.sync += ptr.eq(ptr + 1)
                 m.next = "WRITE"
             with m.State("WRITE"):
-                m.d.comb += [self.dram.we.eq(1), self.dram.addr.eq(elem + k),
+                m.d.comb += [self.dram.we.eq(1), self.dram.addr.eq(addr),
                              self.dram.wdata.eq(self.rd.data.word_select(k, self.B))]
                 with m.If(self.dram.ready):
                     with m.If(k != self.E - 1):
-                        m.d.sync += k.eq(k + 1)
+                        m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
                     with m.Else():
                         m.d.sync += k.eq(0)
                         with m.If(x == a.x_size - 1):
                             m.d.sync += [x.eq(0), y.eq(y + 1), row.eq(row + a.y_stride),
-                                         elem.eq(row + a.y_stride)]
+                                         elem.eq(row + a.y_stride), addr.eq(row + a.y_stride)]
                         with m.Else():
-                            m.d.sync += [x.eq(x + 1), elem.eq(elem + a.x_stride)]
+                            m.d.sync += [x.eq(x + 1), elem.eq(elem + a.x_stride),
+                                         addr.eq(elem + a.x_stride)]
                         with m.If((x == a.x_size - 1) & (y == a.y_size - 1)):
                             m.d.comb += self.done.eq(1)
                             m.next = "IDLE"

@@ -7,26 +7,26 @@ vector's accumulator address and reset bit travel down a delay line with it, so 
 on the output side looks at `args` (which by then may be the next GEMM's).
 
 Timeline of one GEMM (cycle 0 = the cycle `start` is taken, R = rows, C = cols,
-V = n_outer * n_inner, L = R + C - 1 = array_latency, O = max(V + 1, R, C)):
+V = n_outer * n_inner, L = R + C + 1 = gemm_latency, O = max(V + 1, R, C)):
   cycle  0          start (taken only while busy is low, ignored otherwise); the args the
                     input side needs are copied (args are only valid in the start cycle)
   cycles 1..R       read wbuf[wgt + r] in cycle r + 1; array SHADOW row r latches it in
-                    cycle r + 2 (w_row one-hot). Not for V = 0: it would never swap
+                    cycle r + 3 (w_row one-hot, registered). Not for V = 0: it would never swap
                     them in, and its done (cycle O - 1) may come before cycle R.
   cycles 2..V+1     read ibuf for vector v in cycle v + 2 (o outer, i inner); it enters the
-                    array in cycle v + 3, vector 0 tagged swap (row r swaps to the new
-                    weights in cycle 3 + r, after its shadow load in cycle r + 2); its
+                    array in cycle v + 4 (registered), vector 0 tagged swap (row r swaps to
+                    the new weights in cycle 4 + r, after its shadow load in cycle r + 3); its
                     accumulator address a_v and reset bit enter the delay line then
   cycle  v+2+L      abuf[a_v] read issued (from the delay line)
   cycle  v+3+L      y of vector v on the array output; abuf[a_v] <= (reset ? 0 : old) + y
   busy              high in cycles 1..O-1, low from cycle O: a new start is taken from
                     cycle O on (S = start of the next GEMM >= O)
   draining          high from the ibuf read of a vector through its abuf write (cycles
-                    v+2 .. v+3+L): for a GEMM alone with V >= 1, cycles 2..V+R+C+1.
+                    v+2 .. v+3+L): for a GEMM alone with V >= 1, cycles 2..V+R+C+3.
                     (From the read cycle, not the one after: with V = 1 and R = C = 2,
                     cycle 2 = O is not busy, and busy | draining must not drop there.)
   done              in a cycle where busy | draining and, absent a new start, neither is
-                    high next cycle: alone, V >= 1: cycle V+R+C+1 (the last write);
+                    high next cycle: alone, V >= 1: cycle V+R+C+3 (the last write);
                     V = 0: cycle O-1 = max(R, C) - 1. It may fall in the cycle a new
                     GEMM is started (the start does not cancel it).
   vector            high in the ibuf read cycles (MAC counter)
@@ -37,8 +37,8 @@ Why S >= O is safe for the next GEMM (started in cycle S):
             abuf never has a read and a write of one entry in one cycle across GEMMs.
             (Within a GEMM the entries are distinct, ISA rule, so no RMW hazard.)
   S >= R:   its wbuf reads (S+1..S+R) come after this GEMM's (1..R).
-  S >= C:   its shadow row r loads at the end of cycle S+r+2 >= r+C+2, the cycle this
-            GEMM's swap tag reaches row r's last column (3+r+C-1), which takes the old
+  S >= C:   its shadow row r loads at the end of cycle S+r+3 >= r+C+3, the cycle this
+            GEMM's swap tag reaches row r's last column (4+r+C-1), which takes the old
             shadow into its active weight at that same edge.
   Between this GEMM's last ibuf read (V+1) and the next one's first (S+2) the array gets
   S - V bubble cycles: one when S = V + 1 (V + 1 >= R, C), i.e. V of every V + 1 cycles
@@ -56,6 +56,12 @@ from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, unit_members
+
+
+def gemm_latency(rows: int, cols: int) -> int:
+    """Cycles from an ibuf read's data to its dot products: the register on the array's
+    inputs, then the array."""
+    return 1 + array_latency(rows, cols)
 
 
 class GemmUnit(wiring.Component):
@@ -80,7 +86,7 @@ class GemmUnit(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
-        L = array_latency(R, C)
+        L = gemm_latency(R, C)
         A = isa.SRAM_ADDR_BITS
         m.submodules.array = arr = SystolicArray(R, C)
         take = Signal()                 # start accepted this cycle
@@ -101,7 +107,9 @@ class GemmUnit(wiring.Component):
             m.d.sync += [waddr.eq(waddr + 1), wk.eq(wk + 1), w_valid.eq(1), wk_d.eq(wk)]
             with m.If(wk == R - 1):
                 m.d.sync += w_active.eq(0)
-        m.d.comb += [
+        # the array's inputs are registered: the block RAMs' read data goes into
+        # registers, not straight into row 0's multipliers (or the shadow weights' muxes)
+        m.d.sync += [
             arr.w_row.eq(Mux(w_valid, 1 << wk_d, 0)),
             arr.w_data.eq(self.wbuf.data),
             arr.x.eq(self.ibuf.data),
@@ -116,27 +124,30 @@ class GemmUnit(wiring.Component):
         iaddr = Signal(A)
         abase = Signal(A)
         aaddr = Signal(A)
-        nz = (ga.n_outer != 0) & (ga.n_inner != 0)
-        last = (i == ga.n_inner - 1) & (o == ga.n_outer - 1)
+        # registered compares (set at the start, updated with i and o), so that `busy`,
+        # which the front end's dispatch and fetch logic wait on, is a few gates of
+        # registers: nz = V != 0, i_last = (i == n_inner - 1), o_last = (o == n_outer - 1)
+        nz, i_last, o_last = Signal(), Signal(), Signal()
+        last = i_last & o_last
         m.d.sync += pre.eq(0)
         with m.If(pre & nz):
             m.d.sync += streaming.eq(1)
         with m.If(streaming):
             m.d.comb += [self.ibuf.en.eq(1), self.ibuf.addr.eq(iaddr), self.vector.eq(1)]
-            with m.If(i == ga.n_inner - 1):
+            with m.If(i_last):
                 m.d.sync += [i.eq(0), o.eq(o + 1),
+                             i_last.eq(ga.n_inner == 1), o_last.eq(o + 1 == ga.n_outer - 1),
                              ibase.eq(ibase + ga.inp_so), iaddr.eq(ibase + ga.inp_so),
                              abase.eq(abase + ga.acc_so), aaddr.eq(abase + ga.acc_so)]
-                with m.If(o == ga.n_outer - 1):
+                with m.If(o_last):
                     m.d.sync += streaming.eq(0)
             with m.Else():
-                m.d.sync += [i.eq(i + 1), iaddr.eq(iaddr + ga.inp_si),
-                             aaddr.eq(aaddr + ga.acc_si)]
-        # the first vector's swap tag: read in cycle 2, on the array's x in cycle 3
+                m.d.sync += [i.eq(i + 1), i_last.eq(i + 1 == ga.n_inner - 1),
+                             iaddr.eq(iaddr + ga.inp_si), aaddr.eq(aaddr + ga.acc_si)]
+        # the first vector's swap tag: read in cycle 2, on the array's x in cycle 4
         sw_rd = Signal()
         sw_x = Signal()
-        m.d.sync += [sw_rd.eq(pre & nz), sw_x.eq(sw_rd)]
-        m.d.comb += arr.swap.eq(sw_x)
+        m.d.sync += [sw_rd.eq(pre & nz), sw_x.eq(sw_rd), arr.swap.eq(sw_x)]
 
         # ---- delay line: (valid, reset, a_v) of the vector read j+1 cycles ago ----
         tag = data.StructLayout({"valid": 1, "reset": 1, "addr": A})
@@ -183,6 +194,8 @@ class GemmUnit(wiring.Component):
                          # V = 0 streams nothing, so it would never swap these weights in
                          # (and its last wbuf read would come after its done)
                          w_active.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         nz.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         i_last.eq(a.n_inner == 1), o_last.eq(a.n_outer == 1),
                          o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
                          abase.eq(a.acc), aaddr.eq(a.acc)]
         return m

@@ -2,8 +2,9 @@
 
 PE(r, c) holds the int8 weight W[r][c]. Each cycle it takes an int8 activation from
 its left neighbour and an int32 partial sum from the PE above, passes the activation
-right (registered) and the partial sum plus activation x weight down (registered, int32
-two's-complement wrap).
+right (registered), registers activation x weight, and passes the partial sum plus the
+product registered the cycle before down (registered, int32 two's-complement wrap): the
+activation enters PE (r, c) in cycle T, the partial sum of its column in cycle T + 1.
 
 Double-buffered weight: `w_load` writes the SHADOW register, never the weight in use,
 so the next GEMM's weights can be preloaded while the previous GEMM's vectors are still
@@ -47,9 +48,14 @@ class PE(wiring.Component):
         w = Mux(self.sw_in, shadow, active)
         with m.If(self.sw_in):
             m.d.sync += active.eq(shadow)
+        # the product is registered before the add (a multiplier and a 32-bit adder in
+        # one cycle were a critical path): psum_out is psum_in + the product of the
+        # activation of the cycle before
+        prod = Signal(signed(16))
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.sw_out.eq(self.sw_in),
-            self.psum_out.eq((self.psum_in + self.x_in * w)[:self.acc_bits]),
+            prod.eq(self.x_in * w),
+            self.psum_out.eq((self.psum_in + prod)[:self.acc_bits]),
         ]
         return m

@@ -31,6 +31,7 @@ from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
+from hwq.sim.cycles import read_regs
 
 _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
@@ -180,8 +181,9 @@ class PostUnit(wiring.Component):
     with lane_shifts bbuf[bias + 1], the lanes' shift offsets, and cycle 1 bbuf[bias] --
     the bias then held on the read port for the whole instruction; cycle 1 registers
     each lane's shift; cycles 1..n read abuf[acc + j]; each result is registered and
-    written to obuf 2 + L cycles later; done in cycle n + 2 + L (with the last write;
-    n = 0 too).
+    written to obuf 2 + L + o cycles later; done in cycle n + 2 + L + o (with the last
+    write; n = 0 too). o = hwq.sim.cycles.read_regs: 1 where the read data is
+    registered before the lanes.
     """
 
     def __init__(self, cfg, fault: str | None = None):
@@ -201,6 +203,16 @@ class PostUnit(wiring.Component):
         # abuf read, the lanes, and a register on their output: the round and clamp would
         # otherwise run on into obuf's write port in the same cycle
         L = 1 + lanes.latency + 1
+        # ---- with overlap, a register on abuf's and bbuf's read data (cycles.py,
+        # read_regs): the block RAMs' outputs would otherwise run straight into the
+        # lanes' 32-bit adders. One cycle more per POST; left out of the nearly full
+        # small FPGAs (overlap off), where it would cost 64 flip-flops a lane.
+        acc_in, bias_in = self.abuf.data, self.bbuf.data
+        if read_regs(self.cfg):
+            acc_in, bias_in = Signal.like(self.abuf.data), Signal.like(self.bbuf.data)
+            m.d.sync += [acc_in.eq(self.abuf.data), bias_in.eq(self.bbuf.data)]
+            L += 1
+        # ----
         j = Signal.like(a.n)
         aptr = Signal(isa.SRAM_ADDR_BITS)
         optr = Signal(isa.SRAM_ADDR_BITS)
@@ -209,8 +221,10 @@ class PostUnit(wiring.Component):
         dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
         issue = Signal()
         y = Signal.like(lanes.y)
-        # each lane's shift, registered in cycle 1 (the first result's shift stage is in
-        # cycle 3, or 4 after the slope: the lanes register the shift + 8 in cycle 2): shift + the low SHIFT_BITS bits of its offset, modulo 2**SHIFT_BITS
+        # each lane's shift, registered in cycle 1 (used from cycle 3 + o, the first result's
+        # shift stage, o = 1 with read registers, + 1 more after the slope, for which the
+        # lanes register shift + 8): shift + the low SHIFT_BITS bits of its offset, modulo
+        # 2**SHIFT_BITS
         shifts = Signal(data.ArrayLayout(signed(SHIFT_BITS), C), name="lane_shift")
         offsets = [Mux(a.lane_shifts, self.bbuf.data[k * ACC_BITS:k * ACC_BITS + SHIFT_BITS], 0)
                    for k in range(C)]
@@ -218,7 +232,7 @@ class PostUnit(wiring.Component):
         m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, L)]
         m.d.sync += [dst[k].eq(dst[k - 1]) for k in range(1, L)]
         m.d.comb += [
-            lanes.acc.eq(self.abuf.data), lanes.bias.eq(self.bbuf.data),
+            lanes.acc.eq(acc_in), lanes.bias.eq(bias_in),
             lanes.shift.eq(shifts), lanes.round.eq(a.round), lanes.lo.eq(a.lo),
             lanes.hi.eq(a.hi), lanes.slope.eq(a.slope),
             self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(y),
@@ -226,8 +240,11 @@ class PostUnit(wiring.Component):
         drain = Signal(range(L + 1))
         with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
+                # the first bbuf read's address does not wait for the start (which comes
+                # at the end of the dispatch logic): only the enable does
+                m.d.comb += self.bbuf.addr.eq(a0.bias + a0.lane_shifts)
                 with m.If(self.start):
-                    m.d.comb += [self.bbuf.en.eq(1), self.bbuf.addr.eq(a0.bias + a0.lane_shifts)]
+                    m.d.comb += self.bbuf.en.eq(1)
                     m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                     with m.If(a0.n == 0):
                         m.next = "DRAIN"

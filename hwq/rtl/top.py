@@ -93,8 +93,10 @@ def _mux_write(m, port, unit_index, sources):
 
 def _mux_read(m, port, sources):
     """Drive a synchronous read port from whichever source enables a read; with no read
-    the port is disabled, so its data holds (a ReadPort's `en` defaults to 1)."""
-    m.d.comb += port.en.eq(0)
+    the port is disabled, so its data holds (a ReadPort's `en` defaults to 1). The last
+    source's address is the default: a port with one source takes its address straight
+    from it, off the enable's path."""
+    m.d.comb += [port.en.eq(0), port.addr.eq(sources[-1][0])]
     for k, (addr, en) in enumerate(sources):
         with (m.If if k == 0 else m.Elif)(en):
             m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
@@ -213,9 +215,15 @@ class Accelerator(wiring.Component):
         data_hazard = Signal()
         m.d.comb += unit_busy.eq(Cat(op[n] & u.busy for n, u in units.items()).any())
         if cfg.overlap:
+            # The extents' comparisons are registered: they compare the instruction's
+            # extents (chk.extents_next, final in check's last cycle) with the running
+            # units' (which change only at a dispatch), so the register taken in check's
+            # last cycle holds the right value for every dispatch cycle; dispatch itself
+            # only ANDs them with the units' busy signals.
             terms = {"port": [], "data": []}
+            n_meet = 0
             for new in units:
-                for e in extents_of(chk.extents, isa.BY_NAME[new], cfg):
+                for e in extents_of(chk.extents_next, isa.BY_NAME[new], cfg):
                     for other, unit in units.items():
                         if other == new:
                             continue
@@ -227,7 +235,10 @@ class Accelerator(wiring.Component):
                                 f = isa.Extent(f.memory, f.first, f.last, Const(1), f.access)
                             h = isa.hazard(e, f)
                             if h is not None:
-                                terms[h[0]].append(op[new] & live & h[1])
+                                meets = Signal(name=f"meets_{new.lower()}_{other.lower()}_{n_meet}")
+                                n_meet += 1
+                                m.d.sync += meets.eq(h[1])
+                                terms[h[0]].append(op[new] & live & meets)
             m.d.comb += [port_hazard.eq(Cat(*terms["port"]).any()),
                          data_hazard.eq(Cat(*terms["data"]).any())]
         all_idle = Signal()
@@ -250,7 +261,8 @@ class Accelerator(wiring.Component):
         m.d.sync += f_valid.eq(f_re & self.mem.ready)
         with m.If(f_valid):
             m.d.sync += ir.eq(Cat(ir[B:], self.mem.rdata))
-        m.d.comb += [self.pc.eq(pc), f_addr.eq(pc + k)]
+        # f_addr = pc + k, a register of its own: no adder before the DRAM port's address
+        m.d.comb += self.pc.eq(pc)
 
         m.d.comb += self.busy.eq(0)
         cycles = Signal(RUN_BITS)
@@ -285,7 +297,8 @@ class Accelerator(wiring.Component):
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(self.start_pc), k.eq(0), self.done.eq(0),
+                    m.d.sync += [pc.eq(self.start_pc), k.eq(0), f_addr.eq(self.start_pc),
+                                 self.done.eq(0),
                                  self.status.eq(isa.STATUS["ok"]),
                                  cycles.eq(0), macs.eq(0)]
                     m.next = "FETCH"
@@ -294,7 +307,7 @@ class Accelerator(wiring.Component):
                 go = Const(1) if cfg.overlap else all_idle
                 m.d.comb += [f_re.eq(go), front["fetch"].eq(go), front["stall_idle"].eq(~go)]
                 with m.If(go & self.mem.ready):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.sync += [k.eq(k + 1), f_addr.eq(f_addr + 1)]
                     with m.If(k == N - 1):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
@@ -328,6 +341,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
                     for name, unit in units.items():
                         m.d.comb += unit.start.eq(op[name])
-                    m.d.sync += [pc.eq(pc + N), k.eq(0)]
+                    m.d.sync += [pc.eq(pc + N), k.eq(0), f_addr.eq(pc + N)]
                     m.next = "FETCH"
         return m

@@ -28,10 +28,12 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
   STORE    1 + n*entry_words   one obuf read ahead, then one DRAM write per word
   GEMM     O - 1       O = max(V + 1, rows, cols), V = n_outer*n_inner: the unit takes the
                        next GEMM in cycle O while the array drains; its last accumulator
-                       write is in cycle V + rows + cols + 1 (none for V = 0)
-  POST     n + 5       one abuf read a cycle, each write 5 cycles later (n + 4, 4 without
-                       the slope multiplier: `leaky_relu: false`)
-  MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w)
+                       write is in cycle V + rows + cols + 3 (none for V = 0)
+  POST     n + 4 + o   one abuf read a cycle, each write 4 + o + l cycles later; o = 1 with
+           + l         `overlap` (read_regs: POST and MAXPOOL register their buffers'
+                       read data); l = 1 with the slope multipliers (`leaky_relu`)
+  MAXPOOL  P*K + 1 + o one obuf read per window element (P = out_h*out_w, K = k_h*k_w),
+                       each folded in 1 + o cycles later
 
 Every cycle of a run is counted once in the front end's counters: `fetch` (fetching,
 checking, and the cycle that dispatches or stops), `stall_unit` (the instruction's unit
@@ -47,6 +49,13 @@ from hwq.config import HwConfig
 from hwq.rtl.perf import FRONT_END, UNIT_OF_OP
 
 CHECK_CYCLES = 5
+
+
+def read_regs(cfg: HwConfig) -> int:
+    """1 where POST and MAXPOOL register their buffers' read data before their adders
+    and comparators (hwq/rtl/post.py, pool.py): with `overlap`; the builds without it
+    are the nearly full small FPGAs."""
+    return 1 if cfg.overlap else 0
 
 
 def front_end_cycles(cfg: HwConfig) -> int:
@@ -85,9 +94,9 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "GEMM":
         return gemm_occupancy(instr, cfg) - 1
     if instr.op == "POST":
-        return f["n"] + 4 + cfg.leaky_relu
+        return f["n"] + 4 + read_regs(cfg) + cfg.leaky_relu
     if instr.op == "MAXPOOL":
-        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1
+        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1 + read_regs(cfg)
     raise ValueError(f"{instr.op} runs on no unit")
 
 
@@ -198,7 +207,7 @@ class Timeline:
             r.dram_items = dram_items(instr, self.cfg)
         elif instr.op == "GEMM" and instr["n_outer"] * instr["n_inner"]:
             v = instr["n_outer"] * instr["n_inner"]
-            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 1)
+            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 3)
         self.running[instr.op] = r
         self.now = start + 1
         if len(self.fetches) > 64:         # fetches before every running DMA's first cycle
