@@ -3,13 +3,15 @@
     .venv/bin/python bench/sim_speed.py [--images N] [--sims verilator,icarus]
 
 Compiles two networks for the default 8x8 array -- the digits LeNet and a VGG-style
-32x32 net (conv/relu/maxpool/linear; hwq has no residual add yet, so ResNet-18 itself
-cannot run) -- and runs each on Verilator and Icarus in this one process. Build time is
+32x32 net (conv/relu/maxpool/linear, 202 k cycles: ResNet-18's 9.3 M would take hours on
+Icarus) -- and runs each on Verilator and Icarus in this one process. Build time is
 shown apart (a cache hit shows 0); the rate counts the accelerator's own cycle counter
 over the wall time of the simulator run minus its start-up (measured with a one-
 instruction program); `cpu c/s` is the same over the simulator process's CPU time (user +
-system), the figure to read on a shared, loaded machine. The reference point is the published TVM VTA cycle-accurate
-simulator: ResNet-18, 31 M cycles in 228 s, ~136 k cycles/s.
+system), the figure to read on a shared, loaded machine. A run not at least twice as long
+as the start-up shows no rate ("-": LeNet's few thousand cycles on Verilator are over
+before the start-up's noise). The reference point is the published TVM VTA
+cycle-accurate simulator: ResNet-18, 31 M cycles in 228 s, ~136 k cycles/s.
 """
 from __future__ import annotations
 
@@ -74,8 +76,9 @@ def _rate(compiled, x, sim):
     wall, cpu = time.time() - t0, _child_cpu() - c0
     assert all(r.status == "ok" for r in runs), [r.status for r in runs]
     cycles = sum(r.cycles for r in runs)
-    return (info, cycles, wall, startup, cycles / max(wall - startup, 1e-9),
-            cycles / max(cpu - cpu_startup, 1e-9))
+    measurable = wall > 2 * startup
+    return (info, cycles, wall, startup, cycles / (wall - startup) if measurable else None,
+            cycles / max(cpu - cpu_startup, 1e-9) if measurable else None)
 
 
 def main():
@@ -106,10 +109,10 @@ def main():
             xs = x[:a.icarus_images] if sim == "icarus" else x
             info, cycles, wall, startup, rate, cpu_rate = _rate(compiled, xs, sim)
             build = f"{info.seconds:.1f}" if info.built else "cached"
+            rates = (f"{rate:>10.3g} {rate / VTA_CYCLES_PER_S:>6.2f} {cpu_rate:>10.3g}" if rate
+                     else f"{'-':>10} {'-':>6} {'-':>10}")
             print(f"{name:<64} {sim:<10} {build:>8} {len(xs):>6} {cycles // len(xs):>11} "
-                  f"{wall:>7.2f} {startup:>7.2f} {rate:>10.3g} {rate / VTA_CYCLES_PER_S:>6.2f} "
-                  f"{cpu_rate:>10.3g}",
-                  flush=True)
+                  f"{wall:>7.2f} {startup:>7.2f} {rates}", flush=True)
 
 
 if __name__ == "__main__":
