@@ -30,14 +30,7 @@ def every_kind(seed=1):
 def test_every_layer_kind_on_rtl(name, sim):
     cfg, qmodel = CONFIGS[name], every_kind()
     x = np.random.default_rng(7).integers(-128, 128, (3, *qmodel.input_shape)).astype(np.int8)
-    compiled = compile_model(qmodel, cfg)
-    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
-    golden = run_golden(qmodel, x)
-    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
-    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, sim)
-    assert rtl.ok and iss.ok
-    assert first_mismatch(rtl, golden, list(golden), cfg.cols) is None
-    assert rtl.cycles == iss.cycles
+    _golden_iss_rtl(qmodel, cfg, x, sim)
 
 
 @pytest.mark.parametrize("sim", ["verilator", "icarus"])

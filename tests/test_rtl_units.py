@@ -156,6 +156,28 @@ def test_post_ties_and_extremes(has_slope):
     assert not failures, failures[:5]
 
 
+async def _run_unit(ctx, dut, ins, memory, overlap, limit):
+    """Start unit `dut` on `ins`, its buffers played by `memory()` (called every cycle),
+    and wait for done: the cycles from start to done. With overlap the fields are gone
+    after the start cycle (the unit must keep its own copy, held_args)."""
+    ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
+    ctx.set(dut.start, 1)
+    memory()
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    if overlap:
+        ctx.set(dut.args.as_value(), 0)
+    cycles = 1
+    while True:
+        memory()
+        done = ctx.get(dut.done)
+        await ctx.tick()
+        if done:
+            return cycles
+        cycles += 1
+        assert cycles < limit
+
+
 @pytest.mark.parametrize("overlap", [True, False])
 def test_post_unit_lane_shifts(overlap):
     """PostUnit with its buffers played by the testbench: random POSTs, lane_shifts 0 and
@@ -210,22 +232,7 @@ def test_post_unit_lane_shifts(overlap):
             m = Machine(cfg, b"")
             m.buf["abuf"][:], m.buf["bbuf"][:], m.buf["obuf"][:] = abuf, bbuf, obuf
             m.POST(**ins.fields)
-            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
-            ctx.set(dut.start, 1)
-            memory()
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            if overlap:                              # held_args must keep the fields
-                ctx.set(dut.args.as_value(), 0)
-            cycles = 1
-            while True:
-                memory()
-                done = ctx.get(dut.done)
-                await ctx.tick()
-                if done:
-                    break
-                cycles += 1
-                assert cycles < 100
+            cycles = await _run_unit(ctx, dut, ins, memory, overlap, 100)
             if not np.array_equal(obuf, m.buf["obuf"]):
                 failures.append((isa.format_instr(ins), "data"))
             want = cycle_model.unit_cycles(ins, cfg)
@@ -581,22 +588,7 @@ def test_pool_unit_in_place(overlap):
             m = Machine(cfg, b"")
             m.buf["obuf"][:] = obuf
             m.MAXPOOL(**ins.fields)
-            ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
-            ctx.set(dut.start, 1)
-            memory()
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            if overlap:
-                ctx.set(dut.args.as_value(), 0)
-            cycles = 1
-            while True:
-                memory()
-                done = ctx.get(dut.done)
-                await ctx.tick()
-                if done:
-                    break
-                cycles += 1
-                assert cycles < 200
+            cycles = await _run_unit(ctx, dut, ins, memory, overlap, 200)
             if not np.array_equal(obuf, m.buf["obuf"]):
                 failures.append((isa.format_instr(ins), "data"))
                 obuf[:] = m.buf["obuf"]
