@@ -156,10 +156,13 @@ def test_post_ties_and_extremes(has_slope):
     assert not failures, failures[:5]
 
 
-async def _run_unit(ctx, dut, ins, memory, overlap, limit):
+async def _run_unit(ctx, dut, cfg, ins, memory, overlap, limit, obuf, machine):
     """Start unit `dut` on `ins`, its buffers played by `memory()` (called every cycle),
-    and wait for done: the cycles from start to done. With overlap the fields are gone
-    after the start cycle (the unit must keep its own copy, held_args)."""
+    wait for done and compare with the ISS `machine` that ran it: what differs -- obuf
+    (then set to the ISS's, so the next instruction starts equal) or the cycles from start
+    to done against the cycle model. With overlap the fields are gone after the start
+    cycle (the unit must keep its own copy, held_args)."""
+    from hwq.sim import cycles as cycle_model
     ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
     ctx.set(dut.start, 1)
     memory()
@@ -173,20 +176,28 @@ async def _run_unit(ctx, dut, ins, memory, overlap, limit):
         done = ctx.get(dut.done)
         await ctx.tick()
         if done:
-            return cycles
+            break
         cycles += 1
         assert cycles < limit
+    failures = []
+    if not np.array_equal(obuf, machine.buf["obuf"]):
+        failures.append((isa.format_instr(ins), "data"))
+        obuf[:] = machine.buf["obuf"]
+    want = cycle_model.unit_cycles(ins, cfg)
+    if cycles != want:
+        failures.append((isa.format_instr(ins), cycles, want))
+    await ctx.tick()
+    return failures
 
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_post_unit_lane_shifts(overlap):
     """PostUnit with its buffers played by the testbench: random POSTs, lane_shifts 0 and
-    1 (offsets of every size, the modulo-64 wrap included), LeakyReLU slopes, n = 0 too; obuf after each
-    equals the ISS's and the cycles from start to done the cycle model's."""
+    1 (offsets of every size, the modulo-64 wrap included), LeakyReLU slopes, n = 0 too;
+    obuf after each equals the ISS's and the cycles from start to done the cycle model's."""
     import dataclasses
     from hwq.rtl.pe import ACC_BITS
     from hwq.rtl.post import PostUnit
-    from hwq.sim import cycles as cycle_model
     from hwq.sim.iss import Machine
     cfg = dataclasses.replace(_dma_cfg(), overlap=overlap)
     C, rng = cfg.cols, random.Random(31 + overlap)
@@ -232,13 +243,7 @@ def test_post_unit_lane_shifts(overlap):
             m = Machine(cfg, b"")
             m.buf["abuf"][:], m.buf["bbuf"][:], m.buf["obuf"][:] = abuf, bbuf, obuf
             m.POST(**ins.fields)
-            cycles = await _run_unit(ctx, dut, ins, memory, overlap, 100)
-            if not np.array_equal(obuf, m.buf["obuf"]):
-                failures.append((isa.format_instr(ins), "data"))
-            want = cycle_model.unit_cycles(ins, cfg)
-            if cycles != want:
-                failures.append((isa.format_instr(ins), cycles, want))
-            await ctx.tick()
+            failures.extend(await _run_unit(ctx, dut, cfg, ins, memory, overlap, 100, obuf, m))
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 
@@ -553,7 +558,6 @@ def test_pool_unit_in_place(overlap):
     cycles from start to done the cycle model's."""
     import dataclasses
     from hwq.rtl.pool import PoolUnit
-    from hwq.sim import cycles as cycle_model
     from hwq.sim.iss import Machine
     cfg = dataclasses.replace(_dma_cfg(), overlap=overlap)
     C, rng = cfg.cols, random.Random(41 + overlap)
@@ -588,13 +592,6 @@ def test_pool_unit_in_place(overlap):
             m = Machine(cfg, b"")
             m.buf["obuf"][:] = obuf
             m.MAXPOOL(**ins.fields)
-            cycles = await _run_unit(ctx, dut, ins, memory, overlap, 200)
-            if not np.array_equal(obuf, m.buf["obuf"]):
-                failures.append((isa.format_instr(ins), "data"))
-                obuf[:] = m.buf["obuf"]
-            want = cycle_model.unit_cycles(ins, cfg)
-            if cycles != want:
-                failures.append((isa.format_instr(ins), cycles, want))
-            await ctx.tick()
+            failures.extend(await _run_unit(ctx, dut, cfg, ins, memory, overlap, 200, obuf, m))
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
