@@ -52,14 +52,15 @@ def _wrap_shift(s):
 
 
 @pytest.mark.slow
-def test_post_exhaustive_narrow():
+@pytest.mark.parametrize("deep", [False, True])
+def test_post_exhaustive_narrow(deep):
     """Every 10-bit accumulator value x every shift (-32..31) x every rounding mode, with
     clamps drawn at random; bias adds wrap at the accumulator width. Each lane shifts by
     its own amount: the base shift plus a random per-lane offset, modulo 64 -- over the
     64 base shifts every lane still sees every shift. Each batch draws a LeakyReLU slope
-    (256: none) at random. The requantizer is pipelined: each result is read `latency`
-    clock cycles after its inputs."""
-    dut = RequantLanes(LANES, acc_bits=NARROW)
+    (256: none) at random. The requantizer is pipelined (deep: with the ECP5's two extra
+    stages): each result is read `latency` clock cycles after its inputs."""
+    dut = RequantLanes(LANES, acc_bits=NARROW, deep=deep)
     rng = random.Random(1)
     values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
     clamps = [(-128, 127), (0, 127), (0, 6), (-127, 127), (-5, 17), (3, -3), (0, 0)]
@@ -94,7 +95,7 @@ def test_post_exhaustive_narrow():
     assert not failures, failures[:10]
 
 
-_full = RequantLanes(4, acc_bits=32)
+_full = {deep: RequantLanes(4, acc_bits=32, deep=deep) for deep in (False, True)}
 
 
 @settings(max_examples=300, deadline=None)
@@ -103,10 +104,11 @@ _full = RequantLanes(4, acc_bits=32)
        shift=st.lists(st.integers(-32, 31), min_size=4, max_size=4),
        mode=st.sampled_from(sorted(ROUND_MODES)),
        lo=st.integers(-128, 127), hi=st.integers(-128, 127),
-       slope=st.one_of(st.just(SLOPE_ONE), st.integers(0, 511)))
-def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope):
-    """Per-lane shifts (one each) and a LeakyReLU slope on full-width accumulators."""
-    dut = _full
+       slope=st.one_of(st.just(SLOPE_ONE), st.integers(0, 511)), deep=st.booleans())
+def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope, deep):
+    """Per-lane shifts (one each) and a LeakyReLU slope on full-width accumulators, on
+    the lanes with and without the two extra stages."""
+    dut = _full[deep]
     got = []
 
     async def bench(ctx):
@@ -126,11 +128,11 @@ def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope):
     assert got == [int(requantize(t, s, mode, lo, hi, slope)) for t, s in zip(total, shift)]
 
 
-@pytest.mark.parametrize("has_slope", [True, False])
-def test_post_ties_and_extremes(has_slope):
+@pytest.mark.parametrize("has_slope,deep", [(True, False), (False, False), (True, True)])
+def test_post_ties_and_extremes(has_slope, deep):
     """Hand-picked: exact ties in every mode, int32 extremes, shifts 0/31/-32, slopes none,
     0, 1/256 and the largest (none only, on lanes built without the multiplier)."""
-    dut = RequantLanes(8, acc_bits=32, slope=has_slope)
+    dut = RequantLanes(8, acc_bits=32, slope=has_slope, deep=deep)
     xs = [-(1 << 31), (1 << 31) - 1, -3 << 4, 3 << 4, -(1 << 4) - 8, (1 << 4) + 8, 1, -1]
     failures = []
 

@@ -8,24 +8,27 @@ The extents multiply fields (counts by strides): one multiplier per product woul
 ~15 wide multipliers, more DSP blocks than a small FPGA has for the whole accelerator
 (the iCE40UP5K has 8, the array itself needs rows x cols). So the products are
 scheduled onto MULTIPLIERS multipliers shared by all ops. Each multiplier is a
-two-cycle pipeline, so that the operand selection and the multiply are not one path:
+three-cycle pipeline, so that the operand selection, the multiply and the clamp are not
+one path (together they were the ECP5's longest, 17 ns):
 
   cycle t      select the operands of the products issued in slot t (clamped fields of
                the instruction register, or earlier products), register them
-  cycle t + 1  multiply the registered operands, clamp, register the product; it is an
-               operand from cycle t + 2 on
+  cycle t + 1  multiply the registered operands, register the raw product
+  cycle t + 2  clamp it into slot t's product register; an operand from cycle t + 3 on
 
 A new pair of operands is taken every cycle, so the slots are cycles 0 .. STAGES - 1 (a
 product of products waits for its operand: MAXPOOL's (out_h - 1) x (stride x in_w) is
-issued in slot 2); the last product is registered in cycle STAGES, and the cycle after
-registers the verdict (and the extents). That is CHECK_CYCLES = STAGES + 2 cycles for
-every instruction (5: 3 slots), which hwq/sim/cycles.py counts:
+issued in slot 3); the last product is registered in cycle STAGES + 1, and the cycle
+after registers the verdict (and the extents). That is CHECK_CYCLES = STAGES + 3 cycles
+for every instruction (7: 4 slots), which hwq/sim/cycles.py counts:
 
   t = 0   slot 0 operands registered
-  t = 1   slot 1 operands registered, slot 0 products registered
-  t = 2   slot 2 operands registered, slot 1 products registered
-  t = 3                               slot 2 products registered
-  t = 4   sums and compares: the verdict (`in_range`) and the extents registered
+  t = 1   slot 1 operands registered, slot 0 raw products registered
+  t = 2   slot 2 operands registered, slot 1 raw products, slot 0 products registered
+  t = 3   slot 3 operands registered, slot 2 raw products, slot 1 products registered
+  t = 4                               slot 3 raw products, slot 2 products registered
+  t = 5                                                    slot 3 products registered
+  t = 6   sums and compares: the verdict (`in_range`) and the extents registered
 
 Every field, operand and product saturates at C = 2^n - 1 >= S + 1, S the largest
 memory's size and n the bit length of S + 1: wherever an extent is accessed (`when`),
@@ -50,8 +53,8 @@ from hwq.rtl.decode import instr_layout
 from hwq.sim.cycles import CHECK_CYCLES
 
 MULTIPLIERS = 2
-STAGES = CHECK_CYCLES - 2          # issue slots; a product is an operand 2 cycles on
-LATENCY = 2
+LATENCY = 3                        # operands, raw product, clamped product
+STAGES = CHECK_CYCLES - LATENCY    # issue slots; a product is an operand LATENCY cycles on
 
 
 class _Expr:
@@ -249,9 +252,10 @@ class RangeCheck(wiring.Component):
                     [(sel[k, s], Value.cast(p[side])) for k, s, p in pairs]))
                 ops.append(r)
             ra, rb = ops
-            # cycle t + 1: their product, clamped, registered for slot t
-            prod = Signal(signed(len(ra) + len(rb)), name=f"mul{j}_p")
-            m.d.comb += prod.eq(ra * rb)
+            # cycle t + 1: their product, registered as it leaves the DSP block; cycle
+            # t + 2: clamped into slot t's register
+            prod = Signal(signed(len(ra) + len(rb)), name=f"mul{j}_p", reset_less=True)
+            m.d.sync += prod.eq(ra * rb)
             clamped = _clamp(prod, sat)
             for s in range(STAGES):
                 with m.If(self.run & (t == s + LATENCY - 1)):

@@ -53,16 +53,20 @@ class LoadUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a0, a = self.args, held_args(m, self, self.cfg)
-        H = Signal(range(2 * 8 + (1 << len(a.y_size))), name="H")
-        W = Signal(range(2 * 8 + (1 << len(a.x_size))), name="W")
-        m.d.comb += [H.eq(a.pad_top + a.y_size + a.pad_bottom),
-                     W.eq(a.pad_left + a.x_size + a.pad_right), self.target.eq(a.buf)]
-        y, x = Signal.like(H, name="y"), Signal.like(W, name="x")
+        m.d.comb += self.target.eq(a.buf)
+        # positions in the padded block, and its bounds (registered at the start: the sums
+        # would otherwise run from the instruction into the counters' enables, the
+        # iCE40's longest path)
+        H = range(2 * 8 + (1 << len(a.y_size)))
+        W = range(2 * 8 + (1 << len(a.x_size)))
+        y, y_end, y_last = (Signal(H, name=n) for n in ("y", "y_end", "y_last"))
+        x, x_end, x_last = (Signal(W, name=n) for n in ("x", "x_end", "x_last"))
         k = Signal(range(max(2, self.lanes)), name="k")
         row = Signal(self.A, name="row")
         elem = Signal(self.A, name="elem")
         ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
         addr = Signal(self.A, name="addr")     # = elem + k, kept so no adder feeds the port
+        m.d.comb += self.dram.addr.eq(addr)    # valid with `re` (the top's default address)
         k_last = Signal.like(k, name="k_last")
         with m.Switch(a.buf):
             for code, t in enumerate(isa.LOAD_TARGETS):
@@ -71,8 +75,8 @@ class LoadUnit(wiring.Component):
         inside_y = Signal()
         inside = Signal()
         m.d.comb += [
-            inside_y.eq((y >= a.pad_top) & (y < a.pad_top + a.y_size)),
-            inside.eq(inside_y & (x >= a.pad_left) & (x < a.pad_left + a.x_size)),
+            inside_y.eq((y >= a.pad_top) & (y < y_end)),
+            inside.eq(inside_y & (x >= a.pad_left) & (x < x_end)),
         ]
         # write stage: the item issued last cycle
         s_valid, s_pad = Signal(), Signal()
@@ -88,18 +92,20 @@ class LoadUnit(wiring.Component):
         with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
+                    h0 = a0.pad_top + a0.y_size + a0.pad_bottom
+                    w0 = a0.pad_left + a0.x_size + a0.pad_right
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 addr.eq(a0.dram), ptr.eq(a0.sram)]
-                    with m.If(((a0.pad_top + a0.y_size + a0.pad_bottom) == 0)
-                              | ((a0.pad_left + a0.x_size + a0.pad_right) == 0)):
+                                 addr.eq(a0.dram), ptr.eq(a0.sram),
+                                 y_end.eq(a0.pad_top + a0.y_size), x_end.eq(a0.pad_left + a0.x_size),
+                                 y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
+                    with m.If((h0 == 0) | (w0 == 0)):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "RUN"
             with m.State("RUN"):
                 accepted = Signal()
                 with m.If(inside):
-                    m.d.comb += [self.dram.re.eq(1), self.dram.addr.eq(addr),
-                                 accepted.eq(self.dram.ready)]
+                    m.d.comb += [self.dram.re.eq(1), accepted.eq(self.dram.ready)]
                 with m.Else():
                     # a padding entry waits for a granted cycle too: the instruction fetch
                     # has priority on the port, and the cycle model counts granted cycles
@@ -110,14 +116,14 @@ class LoadUnit(wiring.Component):
                         m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
                     with m.Else():
                         m.d.sync += [k.eq(0), ptr.eq(ptr + 1), addr.eq(elem)]
-                        with m.If(x == W - 1):
+                        with m.If(x == x_last):
                             m.d.sync += [x.eq(0), y.eq(y + 1)]
                             with m.If(inside_y):
                                 m.d.sync += [row.eq(row + a.y_stride), elem.eq(row + a.y_stride),
                                              addr.eq(row + a.y_stride)]
                             with m.Else():
                                 m.d.sync += [elem.eq(row), addr.eq(row)]
-                            with m.If(y == H - 1):
+                            with m.If(y == y_last):
                                 m.next = "DRAIN"
                         with m.Else():
                             m.d.sync += x.eq(x + 1)
@@ -152,7 +158,7 @@ class StoreUnit(wiring.Component):
         elem = Signal(self.A, name="elem")
         ptr = Signal(isa.SRAM_ADDR_BITS, name="ptr")
         addr = Signal(self.A, name="addr")     # = elem + k, kept so no adder feeds the port
-        m.d.comb += self.rd.addr.eq(ptr)
+        m.d.comb += [self.rd.addr.eq(ptr), self.dram.addr.eq(addr)]   # valid with `we`
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -167,8 +173,7 @@ class StoreUnit(wiring.Component):
                 m.d.sync += ptr.eq(ptr + 1)
                 m.next = "WRITE"
             with m.State("WRITE"):
-                m.d.comb += [self.dram.we.eq(1), self.dram.addr.eq(addr),
-                             self.dram.wdata.eq(self.rd.data.word_select(k, self.B))]
+                m.d.comb += [self.dram.wdata.eq(self.rd.data.word_select(k, self.B))]
                 with m.If(self.dram.ready):
                     with m.If(k != self.E - 1):
                         m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
@@ -189,5 +194,7 @@ class StoreUnit(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        # outside the FSM's process: the top selects the DRAM address by it, and a
+        # 4-state simulator leaves an FSM's outputs unknown until its state first changes
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), self.dram.we.eq(fsm.ongoing("WRITE"))]
         return m

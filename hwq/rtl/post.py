@@ -31,7 +31,7 @@ from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
-from hwq.sim.cycles import read_regs
+from hwq.sim.cycles import lane_regs, read_regs
 
 _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
@@ -67,15 +67,19 @@ class RequantLanes(wiring.Component):
     the shifted value's low byte,
     whether it fits int8 and the rounding decision (a left shift is done and saturated
     there: it does not round); the output rounds and clamps with 8-bit arithmetic only
-    -- the whole path in one cycle ran the iCE40 at ~10 MHz.
+    -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
+    hwq.sim.cycles.lane_regs) adds two stages, each the longest path in turn on the
+    ECP5-85F: one registers the log shifter's result before the rounding decision, one
+    the rounded value before the clamp.
 
     fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
 
     def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None,
-                 slope: bool = True):
+                 slope: bool = True, deep: bool = False):
         self.lanes, self.acc_bits, self.fault, self.has_slope = lanes, acc_bits, fault, slope
-        self.latency = 2 + slope
+        self.deep = deep
+        self.latency = 2 + slope + 2 * deep
         super().__init__({
             "acc": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(acc_bits), lanes)),
@@ -128,13 +132,21 @@ class RequantLanes(wiring.Component):
                 m.d.comb += step.eq(Mux(rs1[b], t >> (1 << b), t))
                 dropped.append(rs1[b] & (t[:min(1 << b, V)] != 0))
                 t = step
+            m.d.comb += sticky.eq(Cat(*dropped).any())
+            nonneg = x >= 0
+            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
+            x8 = _sat8(m, x, f"x8_{k}")
+            shl = Signal(signed(8 + 8), name=f"shl{k}")
+            m.d.comb += shl.eq(x8 << ls)
+            if self.deep:
+                t, sticky, nonneg, shl = self._stage(m, k, t=t, sticky=sticky, nonneg=nonneg,
+                                                     shl=shl)
             floor = Signal(signed(V), name=f"floor{k}")
             rbit = Signal(name=f"rbit{k}")
             up = Signal(name=f"up{k}")
             m.d.comb += [
                 floor.eq(t >> 1),
                 rbit.eq(t[0]),
-                sticky.eq(Cat(*dropped).any()),
             ]
             with m.Switch(mode):
                 with m.Case(ROUND_MODES["half_up"]):
@@ -144,17 +156,13 @@ class RequantLanes(wiring.Component):
                 with m.Case(ROUND_MODES["half_even"]):
                     m.d.comb += up.eq(rbit & (sticky | floor[0]))
                 with m.Case(ROUND_MODES["std_round"]):
-                    m.d.comb += up.eq(rbit & (sticky | (x >= 0)))
+                    m.d.comb += up.eq(rbit & (sticky | nonneg))
             # the right-shift result floor + up, or the left-shifted sat8(x), as an int8
             # candidate `v` (low byte), whether it fits, and its sign if it does not
             v = Signal(signed(8), name=f"v{k}")
             v_up = Signal(name=f"v_up{k}")
             v_fits = Signal(name=f"v_fits{k}")
             v_neg = Signal(name=f"v_neg{k}")
-            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
-            x8 = _sat8(m, x, f"x8_{k}")
-            shl = Signal(signed(8 + 8), name=f"shl{k}")
-            m.d.comb += shl.eq(x8 << ls)
             with m.If(right):
                 m.d.sync += [v.eq(floor[:8]), v_up.eq(up), v_fits.eq(_fits8(floor)),
                              v_neg.eq(floor[-1])]
@@ -166,11 +174,23 @@ class RequantLanes(wiring.Component):
             m.d.comb += v8.eq(Mux(v_fits,
                                   Mux(v_up & (v == INT8_MAX), INT8_MAX, v + v_up),
                                   Mux(v_neg, INT8_MIN, INT8_MAX)))
+            if self.deep:
+                (v8,) = self._stage(m, k, rounded=v8)
             # np.clip(v, lo, hi) = min(max(v, lo), hi)
             lo_d = Signal(signed(8), name=f"lo_d{k}")
             m.d.comb += lo_d.eq(Mux(v8 < self.lo, self.lo, v8))
             m.d.comb += self.y[k].eq(Mux(lo_d > self.hi, self.hi, lo_d))
         return m
+
+    @staticmethod
+    def _stage(m, k, **values):
+        """A pipeline register for each of `values` (lane k's), in order."""
+        regs = []
+        for name, v in values.items():
+            r = Signal.like(v, name=f"{name}{k}_r")
+            m.d.sync += r.eq(v)
+            regs.append(r)
+        return regs
 
 
 class PostUnit(wiring.Component):
@@ -199,7 +219,8 @@ class PostUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a0, a, C = self.args, held_args(m, self, self.cfg), self.cfg.cols
-        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault, self.cfg.leaky_relu)
+        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault, self.cfg.leaky_relu,
+                                                   deep=bool(lane_regs(self.cfg)))
         # abuf read, the lanes, and a register on their output: the round and clamp would
         # otherwise run on into obuf's write port in the same cycle
         L = 1 + lanes.latency + 1

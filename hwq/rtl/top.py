@@ -196,14 +196,17 @@ class Accelerator(wiring.Component):
         ]
 
         # ---- DRAM port: the fetch first, then LOAD or STORE (never both: one port) ----
+        # LOAD's address is the default, not chosen by its request: that depends on its
+        # padding comparisons, which would otherwise run on into the RAM's address (the
+        # iCE40's longest path). STORE's write is a state of its FSM; the hazards never
+        # let it overlap a LOAD that reads DRAM.
         f_re = Signal()
         f_addr = Signal(self.A)
         with m.If(f_re):
             m.d.comb += [self.mem.re.eq(1), self.mem.addr.eq(f_addr)]
-        with m.Elif(load.dram.re):
-            m.d.comb += [self.mem.re.eq(1), self.mem.addr.eq(load.dram.addr)]
-        with m.Elif(store.dram.we):
-            m.d.comb += [self.mem.we.eq(1), self.mem.addr.eq(store.dram.addr),
+        with m.Else():
+            m.d.comb += [self.mem.re.eq(load.dram.re), self.mem.we.eq(store.dram.we),
+                         self.mem.addr.eq(Mux(store.dram.we, store.dram.addr, load.dram.addr)),
                          self.mem.wdata.eq(store.dram.wdata)]
         for u in (load, store):
             m.d.comb += [u.dram.rdata.eq(self.mem.rdata), u.dram.ready.eq(self.mem.ready & ~f_re)]
