@@ -307,7 +307,9 @@ def summarize(report: dict, board: Board, f_sync: float) -> dict:
     crit = ""
     for path in report.get("critical_paths", []):
         segs = path.get("path", [])
-        if path.get("from") == name and path.get("to") == name and segs:
+        # the endpoints read "posedge <clock>" (or "<async>")
+        ends = {(path.get(k) or "?").split()[-1] for k in ("from", "to")}
+        if ends == {name} and segs:
             logic = [s for s in segs if s.get("type") == "logic"]
             crit = (f"{segs[0]['from']['cell']} -> {segs[-1]['to']['cell']}: "
                     f"{len(logic)} logic levels, {sum(s['delay'] for s in segs):.2f} ns")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hwq.board import available_boards, build_bitstream, load_board
+from hwq.board import _prepare, available_boards, build_bitstream, load_board, summarize
 from hwq.cli import main
 from hwq.errors import HwqError
 from hwq.rtl.clocking import ecp5_pll, ice40_pll
@@ -32,6 +32,50 @@ def test_board_files_load():
     assert load_board("icebreaker").open_toolchain and not load_board("arty-a7-35").open_toolchain
     with pytest.raises(HwqError, match="available: .*icebreaker"):
         load_board("no-such-board")
+
+
+def _seg(kind, delay, cell):
+    return {"type": kind, "delay": delay, "from": {"cell": cell}, "to": {"cell": cell}}
+
+
+def test_summarize_reads_nextpnr_report():
+    """Fmax against the clock, peak GOPS at the lower of the two, and the sync clock's
+    critical path (nextpnr names its endpoints "posedge <net>"; I/O paths are "<async>")."""
+    board = load_board("ulx3s-85f")
+    clk = "$glbnet$clock.clk"
+    report = {
+        "fmax": {clk: {"achieved": 66.0, "constraint": 60.0},
+                 "$glbnet$clk25": {"achieved": 400.0, "constraint": 25.0}},
+        "utilization": {"MULT18X18D": {"used": 82, "available": 156},
+                        "DCCA": {"used": 0, "available": 56}},
+        "critical_paths": [
+            {"from": "<async>", "to": f"posedge {clk}",
+             "path": [_seg("routing", 3.5, "uart_rx"), _seg("setup", 0.0, "sync")]},
+            {"from": f"posedge {clk}", "to": f"posedge {clk}",
+             "path": [_seg("clk-to-q", 0.5, "a"), _seg("logic", 3.9, "mul"),
+                      _seg("routing", 2.0, "mul"), _seg("logic", 0.2, "b")]}]}
+    s = summarize(report, board, 60e6)
+    assert s["met"] and s["fmax_mhz"] == 66.0 and s["target_mhz"] == 60.0
+    assert s["peak_gops"] == 2 * 64 * 60e6 / 1e9
+    assert s["critical_path"] == "a -> b: 2 logic levels, 6.60 ns"
+    assert set(s["utilization"]) == {"MULT18X18D"}
+    assert not summarize(report, board, 70e6)["met"]
+
+
+@pytest.mark.parametrize("name", ["icebreaker", "ulx3s-85f"])
+def test_clock_constraint_names_the_pll_output(name):
+    """The board's clock constraint is on the PLL output net the synthesized design keeps
+    (`keep`): a constraint on a name nextpnr does not find is ignored with a warning."""
+    board = load_board(name)
+    _, top, plan = _prepare(board)
+    text = "".join(c if isinstance(c, str) else c.decode(errors="replace")
+                   for n, c in plan.files.items() if n.endswith((".pcf", ".lpf")))
+    f = top.clock.f_sync
+    assert (f"set_frequency clock.pll_clk {f / 1e6}" in text
+            or f'FREQUENCY NET "clock.pll_clk" {f} HZ;' in text), text
+    il = plan.files["hwq_soc.il"]
+    il = il if isinstance(il, str) else il.decode()
+    assert "attribute \\keep 1\n  wire width 1 \\pll_clk" in il
 
 
 def test_bad_board_file(tmp_path):

@@ -88,6 +88,8 @@ class BoardClock(Elaboratable):
             return m
         cd = self.domain            # defined by the parent; driven here
         locked = Signal()
+        pll_clk = Signal(attrs={"keep": 1})
+        m.d.comb += cd.clk.eq(pll_clk)
         p = self.params
         if self.family == "iCE40":
             # the PLL sits next to the clock pad and takes it straight from the pin
@@ -97,7 +99,7 @@ class BoardClock(Elaboratable):
                 p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
                 p_FILTER_RANGE=p["FILTER_RANGE"],
                 i_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
-                o_PLLOUTGLOBAL=cd.clk, o_LOCK=locked)
+                o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
         else:
             m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request(platform.default_clk,
                                                                              dir="-"))
@@ -108,10 +110,13 @@ class BoardClock(Elaboratable):
                 p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
                 p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"],
                 p_CLKOP_CPHASE=p["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
-                i_CLKI=clk_buf.i, i_CLKFB=cd.clk, i_RST=0,
+                i_CLKI=clk_buf.i, i_CLKFB=pll_clk, i_RST=0,
                 i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
                 i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-                o_CLKOP=cd.clk, o_LOCK=locked)
-        platform.add_clock_constraint(cd.clk, self.f_sync)
+                o_CLKOP=pll_clk, o_LOCK=locked)
+        # on the PLL's output net by the name it keeps through synthesis (nextpnr ignores a
+        # constraint on a name it does not find, and then places against the frequency it
+        # derives from the PLL, which gave a slower placement)
+        platform.add_clock_constraint(pll_clk, self.f_sync)
         m.submodules.rst = ResetSynchronizer(~locked, domain="sync")
         return m
