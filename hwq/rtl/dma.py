@@ -92,12 +92,11 @@ class LoadUnit(wiring.Component):
         with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    h0 = a0.pad_top + a0.y_size + a0.pad_bottom
-                    w0 = a0.pad_left + a0.x_size + a0.pad_right
+                    y_end0, x_end0 = a0.pad_top + a0.y_size, a0.pad_left + a0.x_size
+                    h0, w0 = y_end0 + a0.pad_bottom, x_end0 + a0.pad_right
                     m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 addr.eq(a0.dram), ptr.eq(a0.sram),
-                                 y_end.eq(a0.pad_top + a0.y_size), x_end.eq(a0.pad_left + a0.x_size),
-                                 y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
+                                 addr.eq(a0.dram), ptr.eq(a0.sram), y_end.eq(y_end0),
+                                 x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
                     with m.If((h0 == 0) | (w0 == 0)):
                         m.next = "DRAIN"
                     with m.Else():

@@ -190,11 +190,11 @@ class GemmUnit(wiring.Component):
             a = self.args
             if cfg.overlap:
                 m.d.sync += ga.eq(a)
+            streams = (a.n_outer != 0) & (a.n_inner != 0)
             m.d.sync += [kcnt.eq(K), pre.eq(1), streaming.eq(0), waddr.eq(a.wgt), wk.eq(0),
                          # V = 0 streams nothing, so it would never swap these weights in
                          # (and its last wbuf read would come after its done)
-                         w_active.eq((a.n_outer != 0) & (a.n_inner != 0)),
-                         nz.eq((a.n_outer != 0) & (a.n_inner != 0)),
+                         w_active.eq(streams), nz.eq(streams),
                          i_last.eq(a.n_inner == 1), o_last.eq(a.n_outer == 1),
                          o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
                          abase.eq(a.acc), aaddr.eq(a.acc)]
