@@ -34,6 +34,11 @@ def _unpack(word, bits, n):
     return out
 
 
+def _cfg(R, C):
+    return HwConfig(name="gemm", rows=R, cols=C, bus_bytes=1, ibuf_depth=IBUF,
+                    wbuf_depth=WBUF, bbuf_depth=8, abuf_depth=ABUF, obuf_depth=8, dram_words=64)
+
+
 def _reference(gemms, wbuf, ibuf, abuf, R):
     """isa.py's GEMM pseudo-code, one instruction after the other (int64, wrapped)."""
     abuf = abuf.astype(np.int64).copy()
@@ -50,7 +55,7 @@ def _reference(gemms, wbuf, ibuf, abuf, R):
 
 def _expected(R, C, gemms, starts):
     """The cycle contract of gemm.py for GEMM g started in cycle starts[g]."""
-    L = gemm_latency(R, C)
+    L = gemm_latency(_cfg(R, C))
     busy, drain, wb, ib, ard, awr = set(), set(), [], [], [], []
     active_by = []                           # (start, cycles busy or draining)
     for f, S in zip(gemms, starts):
@@ -83,8 +88,7 @@ def _expected(R, C, gemms, starts):
 def _run_gemms(R, C, gemms, gaps, seed):
     """Start gemms[g] `gaps[g]` cycles after busy is first seen low (0: at once), with
     the args scrambled outside start cycles; return what happened and the final abuf."""
-    cfg = HwConfig(name="gemm", rows=R, cols=C, bus_bytes=1, ibuf_depth=IBUF,
-                   wbuf_depth=WBUF, bbuf_depth=8, abuf_depth=ABUF, obuf_depth=8, dram_words=64)
+    cfg = _cfg(R, C)
     rng = np.random.default_rng(seed)
     wbuf = rng.integers(-128, 128, (WBUF, C))
     wbuf[0] = -128

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import signed
 from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -250,15 +251,72 @@ def test_post_unit_lane_shifts(overlap):
     assert not failures, failures[:5]
 
 
+# ---------------- registered multiplier ----------------
+
+@settings(max_examples=25, deadline=None)
+@given(a_bits=st.integers(2, 18), b_bits=st.integers(2, 18), a_signed=st.booleans(),
+       b_signed=st.booleans(), seed=st.integers(0, 2**31))
+def test_multiplier_product_and_latency(a_bits, b_bits, a_signed, b_signed, seed):
+    """p is the exact product of the operands presented LATENCY cycles earlier, a new
+    pair every cycle, extremes included."""
+    from amaranth.hdl import Shape
+
+    from hwq.rtl.mul import LATENCY, Multiplier
+    sa, sb = Shape(a_bits, a_signed), Shape(b_bits, b_signed)
+    dut = Multiplier(sa, sb)
+    rng = random.Random(seed)
+
+    def values(shape):
+        lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed \
+            else (0, (1 << shape.width) - 1)
+        return [lo, hi] + [rng.randint(lo, hi) for _ in range(10)]
+    pairs = list(zip(values(sa), values(sb)))
+    got = []
+
+    async def bench(ctx):
+        for t in range(len(pairs) + LATENCY):
+            if t < len(pairs):
+                ctx.set(dut.a, pairs[t][0])
+                ctx.set(dut.b, pairs[t][1])
+            await ctx.tick()
+            if t + 1 >= LATENCY:
+                got.append(ctx.get(dut.p))
+    _run(dut, bench, clock=True)
+    assert got[:len(pairs)] == [a * b for a, b in pairs]
+
+
+def test_multiplier_on_ecp5_is_a_registered_dsp_block():
+    """On an ECP5 the registers are the MULT18X18D's own: its A and B input registers and
+    its output register on CLK0 (the sync clock), signed 18-bit operands, and no fabric
+    multiplier; the other platforms and the simulator get the Amaranth pipeline."""
+    from amaranth.back import rtlil
+
+    from hwq.rtl.mul import Multiplier
+
+    class Ecp5:                         # what Multiplier looks at of a platform
+        family = "ecp5"
+    text = rtlil.convert(Multiplier(signed(8), signed(8)), platform=Ecp5())
+    assert "cell \\MULT18X18D" in text
+    for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"):
+        assert f'parameter \\{reg} "CLK0"' in text
+    assert 'parameter \\REG_PIPELINE_CLK "NONE"' in text
+    assert "$mul" not in text
+    assert "MULT18X18D" not in rtlil.convert(Multiplier(signed(8), signed(8)))
+    # too wide for one block: the Amaranth pipeline, which yosys maps as it can
+    assert "MULT18X18D" not in rtlil.convert(Multiplier(signed(20), signed(8)), platform=Ecp5())
+
+
 # ---------------- systolic array ----------------
 
-@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 4), (3, 5), (2, 7)])
-def test_systolic_array(rows, cols):
+@pytest.mark.parametrize("rows,cols,mul_regs", [(4, 4, 0), (4, 4, 1), (8, 4, 0), (3, 5, 1),
+                                                (2, 7, 0)])
+def test_systolic_array(rows, cols, mul_regs):
     """Three batches of vectors back to back, each with its own weights: the next
     batch's weights go to the shadow rows while the previous batch flows, and the
     `swap` tag on a batch's first vector makes them active. Batch 2's shadow rows load
     at the earliest cycle allowed (row r at t1 + r + C - 1, batch 1 started at t1),
-    batch 3's at the latest (row r at t3 + r - 1)."""
+    batch 3's at the latest (row r at t3 + r - 1). With and without the multipliers'
+    operand registers (mul_regs), which only delay the dot products."""
     rng = np.random.default_rng(rows * 10 + cols)
     R, C = rows, cols
     Ws = [rng.integers(-128, 128, (R, C)) for _ in range(3)]
@@ -266,8 +324,8 @@ def test_systolic_array(rows, cols):
     ns = [C + 2, max(R, C), 5]        # batch sizes (>= C: the shadow of row r is free
     Xs = [rng.integers(-128, 128, (n, R)) for n in ns]   # once the swap passed column C-1)
     Xs[0][0] = -128
-    dut = SystolicArray(R, C)
-    L = array_latency(R, C)
+    dut = SystolicArray(R, C, mul_regs=mul_regs)
+    L = array_latency(R, C, mul_regs)
     t1 = R                            # batch 1 weights preloaded in cycles 0..R-1
     ts = [t1, t1 + ns[0], t1 + ns[0] + ns[1]]
     loads = {r: (0, r) for r in range(R)}                         # cycle -> (batch, row)

@@ -7,8 +7,9 @@ Inputs: one R-lane int8 vector per cycle on `x` (lane r = input channel r) with 
 the partial sums flowing down the columns and the tag meets every PE together with the
 tagged vector, and de-skews the bottom row (column c delayed C-1-c cycles), so the C
 int32 dot products of the vector presented in cycle t appear together on `y` in cycle
-t + LATENCY. A `swap` vector is computed with the new (shadow) weights throughout; PE
-(r, c) swaps in cycle t + r + c, so `w_row[r]` may be high again from cycle
+t + LATENCY. `swap` is never high in two consecutive cycles (a GEMM takes at least two:
+cycles.gemm_occupancy). A `swap` vector is computed with the new (shadow) weights
+throughout; PE (r, c) swaps in cycle t + r + c, so `w_row[r]` may be high again from cycle
 t + r + C - 1 on (that load lands at the cycle's end, when the last column of row r has
 already taken the old shadow value).
 """
@@ -21,16 +22,16 @@ from amaranth.lib.wiring import In, Out
 from hwq.rtl.pe import ACC_BITS, PE
 
 
-def array_latency(rows: int, cols: int) -> int:
+def array_latency(rows: int, cols: int, mul_regs: int = 0) -> int:
     """Cycles from a vector on `x` to its dot products on `y`: the skew (rows - 1), a
     product register and a partial-sum register in each PE (rows + 1), the de-skew
-    (cols - 1)."""
-    return rows + cols
+    (cols - 1), and the multipliers' operand registers (`mul_regs`, pe.py)."""
+    return rows + cols + mul_regs
 
 
 class SystolicArray(wiring.Component):
-    def __init__(self, rows: int, cols: int, acc_bits: int = ACC_BITS):
-        self.rows, self.cols, self.acc_bits = rows, cols, acc_bits
+    def __init__(self, rows: int, cols: int, acc_bits: int = ACC_BITS, mul_regs: int = 0):
+        self.rows, self.cols, self.acc_bits, self.mul_regs = rows, cols, acc_bits, mul_regs
         super().__init__({
             "w_row": In(rows),                                   # one-hot shadow row load enable
             "w_data": In(data.ArrayLayout(signed(8), cols)),
@@ -42,7 +43,7 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.rows, self.cols
-        pes = [[PE(self.acc_bits) for _ in range(C)] for _ in range(R)]
+        pes = [[PE(self.acc_bits, self.mul_regs) for _ in range(C)] for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]

@@ -18,9 +18,12 @@ one path (together they were the ECP5's longest, 17 ns):
 
 A new pair of operands is taken every cycle, so the slots are cycles 0 .. STAGES - 1 (a
 product of products waits for its operand: MAXPOOL's (out_h - 1) x (stride x in_w) is
-issued in slot 3); the last product is registered in cycle STAGES + 1, and the cycle
-after registers the verdict (and the extents). That is CHECK_CYCLES = STAGES + 3 cycles
-for every instruction (7: 4 slots), which hwq/sim/cycles.py counts:
+issued in slot 3); the last product is registered in cycle STAGES + 1, the cycle after
+registers the extents and whether each leaves its memory, and the last cycle ORs those
+into the verdict while the top compares the registered extents with the running
+units' (the hazards; after the sums in one cycle, they were the ECP5's longest paths).
+That is CHECK_CYCLES = STAGES + 4 cycles for every instruction (8: 4 slots), which
+hwq/sim/cycles.py counts:
 
   t = 0   slot 0 operands registered
   t = 1   slot 1 operands registered, slot 0 raw products registered
@@ -28,7 +31,8 @@ for every instruction (7: 4 slots), which hwq/sim/cycles.py counts:
   t = 3   slot 3 operands registered, slot 2 raw products, slot 1 products registered
   t = 4                               slot 3 raw products, slot 2 products registered
   t = 5                                                    slot 3 products registered
-  t = 6   sums and compares: the verdict (`in_range`) and the extents registered
+  t = 6   sums and compares: the extents and their out-of-range bits registered
+  t = 7   the verdict (`in_range`) registered; the top registers the hazard terms
 
 Every field, operand and product saturates at C = 2^n - 1 >= S + 1, S the largest
 memory's size and n the bit length of S + 1: wherever an extent is accessed (`when`),
@@ -50,11 +54,13 @@ from amaranth.lib.wiring import In, Out
 from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.decode import instr_layout
+from hwq.rtl.mul import LATENCY as MUL_LATENCY
+from hwq.rtl.mul import Multiplier
 from hwq.sim.cycles import CHECK_CYCLES
 
 MULTIPLIERS = 2
-LATENCY = 3                        # operands, raw product, clamped product
-STAGES = CHECK_CYCLES - LATENCY    # issue slots; a product is an operand LATENCY cycles on
+LATENCY = MUL_LATENCY + 1          # operands, raw product (mul.py), clamped product
+STAGES = CHECK_CYCLES - LATENCY - 1   # issue slots; a product is an operand LATENCY cycles on
 
 
 class _Expr:
@@ -182,7 +188,8 @@ class RangeCheck(wiring.Component):
     (with `fields` and `op` steady); `in_range` is valid the cycle after, and `last` is
     high in the last of them. `extents`, valid with `in_range`, holds the instruction's
     extents (every op's view of it; the decoded op's is the one that counts) for the
-    hazard checks, in range wherever `in_range` holds."""
+    hazard checks, in range wherever `in_range` holds; it is valid a cycle earlier, in
+    the last one."""
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
@@ -193,9 +200,6 @@ class RangeCheck(wiring.Component):
             "last": Out(1),
             "in_range": Out(1),
             "extents": Out(extent_layout(cfg)),
-            # what `extents` registers: valid in check's last cycle (CHECK_CYCLES - 1),
-            # so that the top can register the hazard comparisons with the verdict
-            "extents_next": Out(extent_layout(cfg)),
         })
 
     def elaborate(self, platform):
@@ -203,7 +207,8 @@ class RangeCheck(wiring.Component):
         sat = (1 << (biggest + 1).bit_length()) - 1
         holders = [[Signal(range(-sat - 1, sat + 1), name=f"p{s}_{j}")
                     for j in range(MULTIPLIERS)] for s in range(STAGES)]
-        bad, plans, regs = [], [], []       # regs: the extents' registers (sync)
+        bad, plans, regs = [], [], []       # regs: the extents' registers, bad: each
+                                            # extent's out-of-range bit (both sync)
         for k, op in enumerate(isa.OPS):
             sched = _Schedule(holders, sat)
             view = self.fields[op.name]
@@ -212,22 +217,22 @@ class RangeCheck(wiring.Component):
             for k_e, e in enumerate(op.extents(f, self.cfg)):
                 first, last, when = (x.value if isinstance(x, _Expr) else x
                                      for x in (e.first, e.last, e.when))
-                # registered with the verdict: the sums stay off the dispatch logic's paths
                 if e.memory != "dram":
                     regs += [
-                        getattr(self.extents_next, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
-                        getattr(self.extents_next, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
-                regs.append(getattr(self.extents_next, f"{op.name}_{k_e}_when").eq(
+                        getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
+                        getattr(self.extents, f"{op.name}_{k_e}_last").eq(Value.cast(last))]
+                regs.append(getattr(self.extents, f"{op.name}_{k_e}_when").eq(
                     Value.cast(when).bool()))
                 # sizes are powers of two and `last` is not negative where it counts:
                 # last >= size is a non-zero high part, no comparator
                 size = isa.memory_words(self.cfg, e.memory)
-                bad.append(self.op[k] & Value.cast(when)
-                           & Value.cast(last)[size.bit_length() - 1:].any())
+                out = Signal(name=f"out_{op.name.lower()}_{k_e}")
+                regs.append(out.eq(self.op[k] & Value.cast(when)
+                                   & Value.cast(last)[size.bit_length() - 1:].any()))
+                bad.append(out)
             plans.append(sched.slots)
         m = Module()                        # after the schedule, which may raise
-        m.d.comb += regs
-        m.d.sync += self.extents.eq(self.extents_next)
+        m.d.sync += regs
 
         t = Signal(range(CHECK_CYCLES))
         with m.If(self.run):
@@ -241,22 +246,17 @@ class RangeCheck(wiring.Component):
                      if jj == j]
             if not pairs:
                 continue
-            # cycle t: the operands of slot t, registered (no reset: they are loaded every
-            # cycle and read only the cycle after, which lets an iCE40 SB_MAC16 take them)
+            # cycle t: the operands of slot t, registered; cycle t + 1: their product,
+            # registered (a Multiplier, mul.py: inside the DSP block where it can be);
+            # cycle t + 2: clamped into slot t's register
             sel = {(k, s): self.op[k] & (t == s) for k, s, _ in pairs}
-            ops = []
-            for side in (0, 1):
-                shape = _operand_shape([Value.cast(p[side]) for _, _, p in pairs])
-                r = Signal(shape, name=f"mul{j}_{'ab'[side]}", reset_less=True)
-                m.d.sync += r.eq(_one_hot_select(
+            shapes = [_operand_shape([Value.cast(p[side]) for _, _, p in pairs])
+                      for side in (0, 1)]
+            m.submodules[f"mul{j}"] = mul = Multiplier(*shapes)
+            for side, port in enumerate((mul.a, mul.b)):
+                m.d.comb += port.eq(_one_hot_select(
                     [(sel[k, s], Value.cast(p[side])) for k, s, p in pairs]))
-                ops.append(r)
-            ra, rb = ops
-            # cycle t + 1: their product, registered as it leaves the DSP block; cycle
-            # t + 2: clamped into slot t's register
-            prod = Signal(signed(len(ra) + len(rb)), name=f"mul{j}_p", reset_less=True)
-            m.d.sync += prod.eq(ra * rb)
-            clamped = _clamp(prod, sat)
+            clamped = _clamp(mul.p, sat)
             for s in range(STAGES):
                 with m.If(self.run & (t == s + LATENCY - 1)):
                     m.d.sync += holders[s][j].eq(clamped)

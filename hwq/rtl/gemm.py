@@ -7,7 +7,8 @@ vector's accumulator address and reset bit travel down a delay line with it, so 
 on the output side looks at `args` (which by then may be the next GEMM's).
 
 Timeline of one GEMM (cycle 0 = the cycle `start` is taken, R = rows, C = cols,
-V = n_outer * n_inner, L = R + C + 1 = gemm_latency, O = max(V + 1, R, C)):
+V = n_outer * n_inner, L = R + C + 1 + m = gemm_latency, m = 1 where the multipliers
+register their operands (hwq.sim.cycles.mul_regs), O = max(V + 1, R, C)):
   cycle  0          start (taken only while busy is low, ignored otherwise); the args the
                     input side needs are copied (args are only valid in the start cycle)
   cycles 1..R       read wbuf[wgt + r] in cycle r + 1; array SHADOW row r latches it in
@@ -56,12 +57,13 @@ from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, unit_members
+from hwq.sim.cycles import mul_regs
 
 
-def gemm_latency(rows: int, cols: int) -> int:
+def gemm_latency(cfg: HwConfig) -> int:
     """Cycles from an ibuf read's data to its dot products: the register on the array's
     inputs, then the array."""
-    return 1 + array_latency(rows, cols)
+    return 1 + array_latency(cfg.rows, cfg.cols, mul_regs(cfg))
 
 
 class GemmUnit(wiring.Component):
@@ -86,9 +88,9 @@ class GemmUnit(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
-        L = gemm_latency(R, C)
+        L = gemm_latency(cfg)
         A = isa.SRAM_ADDR_BITS
-        m.submodules.array = arr = SystolicArray(R, C)
+        m.submodules.array = arr = SystolicArray(R, C, mul_regs=mul_regs(cfg))
         take = Signal()                 # start accepted this cycle
         # with overlap the top's args change in the next GEMM's start cycle, which may be
         # this one's last ibuf read: the input side works from a copy. Without overlap

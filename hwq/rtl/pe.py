@@ -21,12 +21,14 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.rtl.mul import Multiplier
+
 ACC_BITS = 32
 
 
 class PE(wiring.Component):
-    def __init__(self, acc_bits: int = ACC_BITS):
-        self.acc_bits = acc_bits
+    def __init__(self, acc_bits: int = ACC_BITS, mul_regs: int = 0):
+        self.acc_bits, self.mul_regs = acc_bits, mul_regs
         super().__init__({
             "w_load": In(1),          # latch w_in into the SHADOW weight
             "w_in": In(signed(8)),
@@ -48,14 +50,26 @@ class PE(wiring.Component):
         w = Mux(self.sw_in, shadow, active)
         with m.If(self.sw_in):
             m.d.sync += active.eq(shadow)
+        # With mul_regs (the ECP5 builds) the tag's register reads its own output, so
+        # yosys cannot merge it with the other PEs' on its anti-diagonal (all hold `swap`
+        # delayed r + c cycles): the one register it kept fanned out across the array and
+        # was the ECP5-85F's longest path. Tags are never in consecutive cycles (the
+        # array's contract), so this is the plain delay; on the full iCE40 it would cost
+        # a LUT per PE.
+        m.d.sync += self.sw_out.eq(self.sw_in & ~self.sw_out if self.mul_regs else self.sw_in)
         # the product is registered before the add (a multiplier and a 32-bit adder in
         # one cycle were a critical path): psum_out is psum_in + the product of the
-        # activation of the cycle before
-        prod = Signal(signed(16))
+        # activation of the cycle before; with `mul_regs` the operands are registered
+        # too (mul.py), and it is the activation of two cycles before
+        if self.mul_regs:
+            m.submodules.mul = mul = Multiplier(signed(8), signed(8))
+            m.d.comb += [mul.a.eq(self.x_in), mul.b.eq(w)]
+            prod = mul.p
+        else:
+            prod = Signal(signed(16))
+            m.d.sync += prod.eq(self.x_in * w)
         m.d.sync += [
             self.x_out.eq(self.x_in),
-            self.sw_out.eq(self.sw_in),
-            prod.eq(self.x_in * w),
             self.psum_out.eq((self.psum_in + prod)[:self.acc_bits]),
         ]
         return m

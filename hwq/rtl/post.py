@@ -27,8 +27,10 @@ from amaranth.lib.wiring import In, Out
 
 from hwq.compiler import isa
 from hwq.compiler.ir import ALPHA_BITS
-from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
+from hwq.compiler.quant.requant import ROUND_MODES
 from hwq.rtl.decode import args_layout
+from hwq.rtl.mul import LATENCY as MUL_LATENCY
+from hwq.rtl.mul import Multiplier
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
 from hwq.sim.cycles import lane_regs, read_regs
@@ -62,15 +64,15 @@ class RequantLanes(wiring.Component):
     y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi, slope)
 
     of the acc/bias presented `latency` cycles earlier (shift, round, lo, hi, slope held).
-    Stage 1 registers x = acc + bias; with the slope, a stage registers its product v (a
-    multiplier of its own: after the adder it would be the longest path); the next stage
-    the shifted value's low byte,
-    whether it fits int8 and the rounding decision (a left shift is done and saturated
+    Stage 1 registers x = acc + bias; with the slope, 1 + mul.LATENCY stages compute its
+    product v on multipliers with registered operands and product (after the adder, or
+    with the sum of its partial products, it was the longest path); the next stage the
+    shifted value's low byte, whether it fits int8 and the rounding decision (a left shift is done and saturated
     there: it does not round); the output rounds and clamps with 8-bit arithmetic only
     -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
-    hwq.sim.cycles.lane_regs) adds two stages, each the longest path in turn on the
-    ECP5-85F: one registers the log shifter's result before the rounding decision, one
-    the rounded value before the clamp.
+    hwq.sim.cycles.lane_regs) adds a stage for each path that was in turn the longest
+    on the ECP5-85F: one registers the log shifter halfway, one its result before the
+    rounding decision, one the rounded value before the clamp.
 
     fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
@@ -79,7 +81,7 @@ class RequantLanes(wiring.Component):
                  slope: bool = True, deep: bool = False):
         self.lanes, self.acc_bits, self.fault, self.has_slope = lanes, acc_bits, fault, slope
         self.deep = deep
-        self.latency = 2 + slope + 2 * deep
+        self.latency = 2 + slope * (1 + MUL_LATENCY) + 3 * deep
         super().__init__({
             "acc": In(data.ArrayLayout(signed(acc_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(acc_bits), lanes)),
@@ -97,6 +99,8 @@ class RequantLanes(wiring.Component):
         # x * slope: |x| <= 2**(W-1), slope < 2**SLOPE_BITS; right shifts up to 31 + 8
         V, stages = (W + SLOPE_BITS, SHIFT_BITS) if self.has_slope else (W, SHIFT_BITS - 1)
         mode = self.round
+        clamp_hi = Signal()
+        m.d.comb += clamp_hi.eq(self.lo > self.hi)
         for k in range(self.lanes):
             # ---- the lane's shift (after the slope: s + 8, registered; it is held) ----
             if self.has_slope:
@@ -105,37 +109,59 @@ class RequantLanes(wiring.Component):
             else:
                 s = self.shift[k]
             right = Signal(name=f"right{k}")
-            rs = Signal(range(1 << stages), name=f"rs{k}")              # right shift
             ls = Signal(range(9), name=f"ls{k}")                        # left shift, capped at 8
-            m.d.comb += [
-                right.eq(s > 0),
-                rs.eq(s[:stages]),
-                ls.eq(Mux(-s > 8, 8, -s)),
-            ]
+            m.d.comb += [right.eq(s > 0), ls.eq(Mux(-s > 8, 8, -s))]
+            # the right shift - 1, registered: the shift is held from the first acc on, and
+            # the shifter reads it a cycle later at the earliest, so this costs no cycle;
+            # the subtract at the head of the shifter was on the iCE40's longest path
             rs1 = Signal(range(1 << stages), name=f"rs1_{k}")
-            m.d.comb += rs1.eq(rs - 1)
+            m.d.sync += rs1.eq(s[:stages] - 1)
             # ---- stage 1: the sum ----
             x = Signal(signed(W), name=f"x{k}")
             m.d.sync += x.eq((self.acc[k] + self.bias[k])[:W])
             # ---- the slope ----
             if self.has_slope:
+                # x * slope on multipliers with registered operands and product (mul.py),
+                # a wide x as two partial products (its low 17 bits and the rest: a DSP
+                # block's operands are signed 18-bit), then their sum, or x << ALPHA_BITS
+                # by the sign: in one cycle, routed into and out of the DSP blocks with
+                # the sum, it was the ECP5-85F's longest path
+                parts = [x] if W <= 18 else [x[:17], x[17:].as_signed()]
+                products = []
+                for n, operand in enumerate(parts):
+                    mul = Multiplier(operand.shape(), self.slope.shape())
+                    m.submodules[f"slope{k}_{n}"] = mul
+                    m.d.comb += [mul.a.eq(operand), mul.b.eq(self.slope)]
+                    products.append(mul.p)
+                prod = products[0] if len(products) == 1 else (products[1] << 17) + products[0]
+                (x_d,) = self._stage(m, k, x_d=x)
+                (x_d,) = self._stage(m, k, x_dd=x_d)
                 v = Signal(signed(V), name=f"v{k}")
-                m.d.sync += v.eq(x * Mux(x[-1], self.slope, SLOPE_ONE))
+                m.d.sync += v.eq(Mux(x_d[-1], prod, x_d << ALPHA_BITS))
                 x = v
             # ---- shift, round decision, int8 fit ----
             # t = x >> (s - 1) by a log shifter that ORs the bits each stage drops: they
             # are bits s-2..0 of x, the sticky bit; t[0] is the round bit, t >> 1 the floor
             t, sticky = x, Signal(name=f"sticky{k}")
             dropped = []
+            nonneg = x >= 0
+            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
+            x8 = _sat8(m, x, f"x8_{k}")
             for b in range(stages):
+                if self.deep and b == stages // 2:
+                    # `deep`: half the shifter, the saturation and the sticky bit so far
+                    # registered (the whole shifter and its OR in one cycle were a path
+                    # of 14 ns on the ECP5-85F)
+                    part = Signal(name=f"dropped{k}")
+                    m.d.comb += part.eq(Cat(*dropped).any())
+                    t, part, nonneg, x8 = self._stage(m, k, half=t, dropped=part,
+                                                      nonneg=nonneg, x8=x8)
+                    dropped = [part]
                 step = Signal(signed(V), name=f"t{k}_{b}")
                 m.d.comb += step.eq(Mux(rs1[b], t >> (1 << b), t))
                 dropped.append(rs1[b] & (t[:min(1 << b, V)] != 0))
                 t = step
             m.d.comb += sticky.eq(Cat(*dropped).any())
-            nonneg = x >= 0
-            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
-            x8 = _sat8(m, x, f"x8_{k}")
             shl = Signal(signed(8 + 8), name=f"shl{k}")
             m.d.comb += shl.eq(x8 << ls)
             if self.deep:
@@ -176,10 +202,10 @@ class RequantLanes(wiring.Component):
                                   Mux(v_neg, INT8_MIN, INT8_MAX)))
             if self.deep:
                 (v8,) = self._stage(m, k, rounded=v8)
-            # np.clip(v, lo, hi) = min(max(v, lo), hi)
-            lo_d = Signal(signed(8), name=f"lo_d{k}")
-            m.d.comb += lo_d.eq(Mux(v8 < self.lo, self.lo, v8))
-            m.d.comb += self.y[k].eq(Mux(lo_d > self.hi, self.hi, lo_d))
+            # np.clip(v, lo, hi) = min(max(v, lo), hi): hi where v > hi or lo > hi, else
+            # lo where v < lo (both compares side by side, not one after the other)
+            m.d.comb += self.y[k].eq(Mux((v8 > self.hi) | clamp_hi, self.hi,
+                                         Mux(v8 < self.lo, self.lo, v8)))
         return m
 
     @staticmethod

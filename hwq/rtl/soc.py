@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.config import HwConfig
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
+from hwq.sim.cycles import read_regs
 
 PROTOCOL_VERSION = 1
 CMD_IDENT, CMD_WRITE, CMD_READ, CMD_START, CMD_STATUS = b"I", b"W", b"R", b"S", b"Q"
@@ -53,7 +54,11 @@ class SinglePortRam(wiring.Component):
     cycle's `addr` unless last cycle wrote (`we`), in which case it holds -- what a
     single-port RAM does. On an iCE40 with SPRAM and 16-bit lanes it is SB_SPRAM256KA
     blocks side by side (yosys will not infer them for a memory that Amaranth gives an
-    initial value, even all zeros); elsewhere a Memory, which becomes block RAM."""
+    initial value, even all zeros); elsewhere a Memory, which becomes block RAM, written
+    a cycle late from registers: its address and data fan out to every block (32 on the
+    ECP5-85F), which took the whole cycle after the accelerator's STORE read its data.
+    Nothing reads a word in the cycle after writing it (a LOAD's first read comes two
+    cycles after the STORE before it ends; the host is slower still)."""
 
     SPRAM_WORDS, SPRAM_BITS, SPRAMS = 16384, 16, 4       # the iCE40UP5K's
 
@@ -77,8 +82,8 @@ class SinglePortRam(wiring.Component):
             return m
         m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         wr, rd = mem.write_port(), mem.read_port()
-        m.d.comb += [wr.addr.eq(self.addr), rd.addr.eq(self.addr), wr.en.eq(self.we),
-                     wr.data.eq(self.wdata), rd.en.eq(~self.we), self.rdata.eq(rd.data)]
+        m.d.sync += [wr.addr.eq(self.addr), wr.en.eq(self.we), wr.data.eq(self.wdata)]
+        m.d.comb += [rd.addr.eq(self.addr), rd.en.eq(~self.we), self.rdata.eq(rd.data)]
         return m
 
 
@@ -106,16 +111,24 @@ class Soc(wiring.Component):
         host_re, host_we = Signal(), Signal()
         host_addr = Signal(acc.A)
         host_wdata = Signal(B)
+        # the host holds the port in READ and WRITE: a register set on the way into them
+        # (host_re | host_we, a decode of the FSM state, would run on through the
+        # accelerator's ready into its DMA units)
         host_busy = Signal()
-        m.d.comb += [host_busy.eq(host_re | host_we), acc.mem.ready.eq(~host_busy),
-                     acc.mem.rdata.eq(dram.rdata)]
+        m.d.comb += [acc.mem.ready.eq(~host_busy), acc.mem.rdata.eq(dram.rdata)]
         with m.If(host_busy):
             m.d.comb += [dram.addr.eq(host_addr), dram.we.eq(host_we),
                          dram.wdata.eq(host_wdata)]
         with m.Else():
             m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
                          dram.wdata.eq(acc.mem.wdata)]
+        # the word read; where there is room (read_regs: the ECP5s) registered (READ_WAIT)
+        # before it joins `out`'s other sources: the block RAMs' output multiplexer into
+        # them was one of the ECP5-85F's longest paths
         rd = dram.rdata
+        if read_regs(cfg):
+            rd = Signal(B)
+            m.d.sync += rd.eq(dram.rdata)
 
         # ---- status LEDs ----
         m.d.comb += self.leds.eq(Cat(acc.busy, acc.done, acc.done & (acc.status != 0)))
@@ -143,6 +156,7 @@ class Soc(wiring.Component):
             m.d.sync += [out.eq(value), nout.eq(nbytes), after_send.eq(then)]
             m.next = "SEND"
 
+        m.d.sync += host_busy.eq(0)                # READ and WRITE last one cycle each
         with m.FSM(name="host"):
             with m.State("IDLE"):
                 m.d.comb += rx.data.ready.eq(1)
@@ -178,12 +192,14 @@ class Soc(wiring.Component):
                         with m.Elif(cmd == CMD_WRITE[0]):
                             m.next = "WDATA"
                         with m.Else():
+                            m.d.sync += host_busy.eq(1)
                             m.next = "READ"
             with m.State("WDATA"):
                 m.d.comb += rx.data.ready.eq(1)
                 with m.If(rx.data.valid):
                     m.d.sync += [word.eq(Cat(word[8:], rx.data.payload)), nbyte.eq(nbyte + 1)]
                     with m.If(nbyte == cfg.bus_bytes - 1):
+                        m.d.sync += host_busy.eq(1)
                         m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.comb += host_we.eq(1)
@@ -201,13 +217,17 @@ class Soc(wiring.Component):
             with m.State("READ"):
                 m.d.comb += host_re.eq(1)
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
-                m.next = "READ_DATA"
+                m.next = "READ_WAIT" if read_regs(cfg) else "READ_DATA"
+            if read_regs(cfg):
+                with m.State("READ_WAIT"):
+                    m.next = "READ_DATA"
             with m.State("READ_DATA"):
                 send(m, rd, cfg.bus_bytes, then=TO_READ)
             with m.State("SEND"):
                 m.d.comb += tx.data.valid.eq(nout != 0)
                 with m.If(nout == 0):
                     with m.If((after_send == TO_READ) & (count != 0)):
+                        m.d.sync += host_busy.eq(1)
                         m.next = "READ"
                     with m.Else():
                         m.next = "IDLE"

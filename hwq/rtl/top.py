@@ -83,23 +83,30 @@ class TraceSignature(wiring.Signature):
 
 
 def _mux_write(m, port, unit_index, sources):
-    """Drive a memory write port from whichever unit enables a write (the hazard rules
-    let one unit at a time write a buffer)."""
-    for k, (unit, addr, en, data) in enumerate(sources):
-        with (m.If if k == 0 else m.Elif)(en.any()):
-            m.d.comb += [port.addr.eq(addr), port.en.eq(en), port.data.eq(data),
-                         unit_index.eq(UNITS.index(unit))]
+    """Drive a memory write port from its sources, (unit, address, enables, data,
+    owner): it writes the lanes a source enables. Two units never write a buffer at
+    once (a port hazard, isa.hazard), so the address, the data and the unit's index are
+    chosen by which unit holds the port (the first whose `owner` is high, else the
+    last), off the enables' paths; a port with one source takes them straight from it."""
+    unit, addr, en, data, _ = sources[-1]
+    index = UNITS.index(unit)
+    for unit, a, e, d, owner in reversed(sources[:-1]):
+        addr, data = Mux(owner, a, addr), Mux(owner, d, data)
+        index = Mux(owner, UNITS.index(unit), index)
+        en = en | e
+    m.d.comb += [port.addr.eq(addr), port.en.eq(en), port.data.eq(data), unit_index.eq(index)]
 
 
 def _mux_read(m, port, sources):
-    """Drive a synchronous read port from whichever source enables a read; with no read
-    the port is disabled, so its data holds (a ReadPort's `en` defaults to 1). The last
-    source's address is the default: a port with one source takes its address straight
-    from it, off the enable's path."""
-    m.d.comb += [port.en.eq(0), port.addr.eq(sources[-1][0])]
-    for k, (addr, en) in enumerate(sources):
-        with (m.If if k == 0 else m.Elif)(en):
-            m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
+    """Drive a synchronous read port from its sources, (address, enable, owner): it reads
+    when a source enables it, and with no read it is disabled, so its data holds (a
+    ReadPort's `en` defaults to 1). Two units never read a buffer at once (a port
+    hazard, isa.hazard), so the address is chosen by which unit holds the port (the
+    first whose `owner` is high, else the last), off the enables' paths."""
+    addr = sources[-1][0]
+    for a, _, owner in reversed(sources[:-1]):
+        addr = Mux(owner, a, addr)
+    m.d.comb += [port.addr.eq(addr), port.en.eq(Cat(en for _, en, _ in sources).any())]
 
 
 class Accelerator(wiring.Component):
@@ -169,7 +176,7 @@ class Accelerator(wiring.Component):
             e = cfg.entry_words(t)
             sel = load.target == code
             load_wr[t] = ("LOAD", load.wr.addr, load.wr.en[:e] & sel.replicate(e),
-                          load.wr.data[:e * B])
+                          load.wr.data[:e * B], load.busy & sel)
         unit_of = {name: getattr(self.trace, f"{name}_unit") for name in isa.BUFFERS}
         _mux_write(m, wp["ibuf"], unit_of["ibuf"], [load_wr["ibuf"]])
         _mux_write(m, wp["wbuf"], unit_of["wbuf"], [load_wr["wbuf"]])
@@ -177,17 +184,18 @@ class Accelerator(wiring.Component):
         ew_o = cfg.entry_words("obuf")
         _mux_write(m, wp["obuf"], unit_of["obuf"], [
             load_wr["obuf"],
-            ("POST", post.obuf.addr, post.obuf.en.replicate(ew_o), post.obuf.data),
-            ("MAXPOOL", pool.wr.addr, pool.wr.en.replicate(ew_o), pool.wr.data)])
+            ("POST", post.obuf.addr, post.obuf.en.replicate(ew_o), post.obuf.data, post.busy),
+            ("MAXPOOL", pool.wr.addr, pool.wr.en.replicate(ew_o), pool.wr.data, None)])
         _mux_write(m, wp["abuf"], unit_of["abuf"],
-                   [("GEMM", gemm.abuf_wr.addr, gemm.abuf_wr.en, gemm.abuf_wr.data)])
+                   [("GEMM", gemm.abuf_wr.addr, gemm.abuf_wr.en, gemm.abuf_wr.data, None)])
 
-        _mux_read(m, rp["ibuf"], [(gemm.ibuf.addr, gemm.ibuf.en)])
-        _mux_read(m, rp["wbuf"], [(gemm.wbuf.addr, gemm.wbuf.en)])
-        _mux_read(m, rp["bbuf"], [(post.bbuf.addr, post.bbuf.en)])
-        _mux_read(m, rp["abuf"], [(gemm.abuf_rd.addr, gemm.abuf_rd.en),
-                                  (post.abuf.addr, post.abuf.en)])
-        _mux_read(m, rp["obuf"], [(store.rd.addr, store.rd.en), (pool.rd.addr, pool.rd.en)])
+        _mux_read(m, rp["ibuf"], [(gemm.ibuf.addr, gemm.ibuf.en, None)])
+        _mux_read(m, rp["wbuf"], [(gemm.wbuf.addr, gemm.wbuf.en, None)])
+        _mux_read(m, rp["bbuf"], [(post.bbuf.addr, post.bbuf.en, None)])
+        _mux_read(m, rp["abuf"], [(gemm.abuf_rd.addr, gemm.abuf_rd.en, gemm.draining),
+                                  (post.abuf.addr, post.abuf.en, None)])
+        _mux_read(m, rp["obuf"], [(store.rd.addr, store.rd.en, store.busy),
+                                  (pool.rd.addr, pool.rd.en, None)])
         m.d.comb += [
             gemm.ibuf.data.eq(rp["ibuf"].data), gemm.wbuf.data.eq(rp["wbuf"].data),
             gemm.abuf_rd.data.eq(rp["abuf"].data), post.abuf.data.eq(rp["abuf"].data),
@@ -218,30 +226,40 @@ class Accelerator(wiring.Component):
         data_hazard = Signal()
         m.d.comb += unit_busy.eq(Cat(op[n] & u.busy for n, u in units.items()).any())
         if cfg.overlap:
-            # The extents' comparisons are registered: they compare the instruction's
-            # extents (chk.extents_next, final in check's last cycle) with the running
-            # units' (which change only at a dispatch), so the register taken in check's
-            # last cycle holds the right value for every dispatch cycle; dispatch itself
-            # only ANDs them with the units' busy signals.
-            terms = {"port": [], "data": []}
-            n_meet = 0
+            # What dispatch waits for is registered in check's last cycle, a register per
+            # hazard kind and busy signal: whether the instruction (its op) meets an
+            # extent of that unit's running instruction. The instruction's extents
+            # (chk.extents, registered the cycle before) and the running units' change
+            # only at a dispatch, so the register holds for every dispatch cycle, and
+            # dispatch only ANDs each with its busy signal.
+            blocks = {}                      # (kind, busy signal's name) -> (busy, terms)
             for new in units:
-                for e in extents_of(chk.extents_next, isa.BY_NAME[new], cfg):
+                for e in extents_of(chk.extents, isa.BY_NAME[new], cfg):
                     for other, unit in units.items():
                         if other == new:
                             continue
                         for f in running[other]:
-                            live = unit.busy
                             if other == "GEMM" and f.memory == "abuf":
-                                # the array drains after the unit is free (cycles.py)
-                                live = gemm.draining | (gemm.busy & f.when)
-                                f = isa.Extent(f.memory, f.first, f.last, Const(1), f.access)
-                            h = isa.hazard(e, f)
-                            if h is not None:
-                                meets = Signal(name=f"meets_{new.lower()}_{other.lower()}_{n_meet}")
-                                n_meet += 1
-                                m.d.sync += meets.eq(h[1])
-                                terms[h[0]].append(op[new] & live & meets)
+                                # the array drains after the unit is free (cycles.py): this
+                                # extent counts while it drains, or while the unit is busy
+                                # where the running GEMM writes it
+                                h = isa.hazard(e, isa.Extent(f.memory, f.first, f.last,
+                                                             Const(1), f.access))
+                                lives = [("gemm_draining", gemm.draining, Const(1)),
+                                         ("gemm", gemm.busy, f.when)]
+                            else:
+                                h = isa.hazard(e, f)
+                                lives = [(other.lower(), unit.busy, Const(1))]
+                            if h is None:
+                                continue
+                            for name, busy, when in lives:
+                                blocks.setdefault((h[0], name), (busy, []))[1].append(
+                                    op[new] & h[1] & when)
+            terms = {"port": [], "data": []}
+            for (kind, name), (busy, meets) in blocks.items():
+                block = Signal(name=f"{kind}_{name}")
+                m.d.sync += block.eq(Cat(*meets).any())
+                terms[kind].append(busy & block)
             m.d.comb += [port_hazard.eq(Cat(*terms["port"]).any()),
                          data_hazard.eq(Cat(*terms["data"]).any())]
         all_idle = Signal()

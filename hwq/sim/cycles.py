@@ -28,11 +28,13 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
   STORE    1 + n*entry_words   one obuf read ahead, then one DRAM write per word
   GEMM     O - 1       O = max(V + 1, rows, cols), V = n_outer*n_inner: the unit takes the
                        next GEMM in cycle O while the array drains; its last accumulator
-                       write is in cycle V + rows + cols + 3 (none for V = 0)
+                       write is in cycle V + rows + cols + 3 + m (none for V = 0; m =
+                       mul_regs: 1 where the multipliers register their operands)
   POST     n + 4 + o   one abuf read a cycle, each write 4 + o + l + d cycles later; o = 1
            + l + d     with `overlap` (read_regs: POST and MAXPOOL register their buffers'
-                       read data); l = 1 with the slope multipliers (`leaky_relu`); d = 2
-                       with `overlap` (lane_regs: two more stages in POST's lanes)
+                       read data); l = 3 with the slope multipliers (`leaky_relu`,
+                       slope_regs); d = 3 with `overlap` (lane_regs: more stages in
+                       POST's lanes)
   MAXPOOL  P*K + 1 + o one obuf read per window element (P = out_h*out_w, K = k_h*k_w),
                        each folded in 1 + o cycles later
 
@@ -47,9 +49,10 @@ from dataclasses import dataclass, field
 
 from hwq.compiler import isa
 from hwq.config import HwConfig
+from hwq.rtl.mul import LATENCY as MUL_LATENCY
 from hwq.rtl.perf import FRONT_END, UNIT_OF_OP
 
-CHECK_CYCLES = 7
+CHECK_CYCLES = 8
 
 
 def read_regs(cfg: HwConfig) -> int:
@@ -59,10 +62,23 @@ def read_regs(cfg: HwConfig) -> int:
     return 1 if cfg.overlap else 0
 
 
+def mul_regs(cfg: HwConfig) -> int:
+    """1 where the array's multipliers register their operands as well as their product
+    (hwq/rtl/mul.py: inside the DSP blocks on an ECP5), one cycle more through the
+    array: where read_regs is 1, for the same FPGAs."""
+    return read_regs(cfg)
+
+
 def lane_regs(cfg: HwConfig) -> int:
-    """The stages POST's lanes add after their shifter and after their rounding
-    (hwq/rtl/post.py): 2 where read_regs is 1, for the same FPGAs."""
-    return 2 * read_regs(cfg)
+    """The stages POST's lanes add halfway through their shifter, after it and after
+    their rounding (hwq/rtl/post.py): 3 where read_regs is 1, for the same FPGAs."""
+    return 3 * read_regs(cfg)
+
+
+def slope_regs(cfg: HwConfig) -> int:
+    """The stages of POST's LeakyReLU multiply (hwq/rtl/post.py): its multipliers'
+    registered operands and product (hwq/rtl/mul.py), then the sum; 0 without it."""
+    return (MUL_LATENCY + 1) * cfg.leaky_relu
 
 
 def front_end_cycles(cfg: HwConfig) -> int:
@@ -101,7 +117,7 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "GEMM":
         return gemm_occupancy(instr, cfg) - 1
     if instr.op == "POST":
-        return f["n"] + 4 + read_regs(cfg) + cfg.leaky_relu + lane_regs(cfg)
+        return f["n"] + 4 + read_regs(cfg) + slope_regs(cfg) + lane_regs(cfg)
     if instr.op == "MAXPOOL":
         return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1 + read_regs(cfg)
     raise ValueError(f"{instr.op} runs on no unit")
@@ -214,7 +230,8 @@ class Timeline:
             r.dram_items = dram_items(instr, self.cfg)
         elif instr.op == "GEMM" and instr["n_outer"] * instr["n_inner"]:
             v = instr["n_outer"] * instr["n_inner"]
-            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 3)
+            self.drain = max(self.drain, start + v + self.cfg.rows + self.cfg.cols + 3
+                             + mul_regs(self.cfg))
         self.running[instr.op] = r
         self.now = start + 1
         if len(self.fetches) > 64:         # fetches before every running DMA's first cycle
