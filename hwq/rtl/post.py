@@ -67,9 +67,9 @@ class RequantLanes(wiring.Component):
     Stage 1 registers x = acc + bias; with the slope, 1 + mul.LATENCY stages compute its
     product v on multipliers with registered operands and product (after the adder, or
     with the sum of its partial products, it was the longest path); the next stage the
-    shifted value's low byte, whether it fits int8 and the rounding decision (a left shift is done and saturated
-    there: it does not round); the output rounds and clamps with 8-bit arithmetic only
-    -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
+    shifted value's low byte, whether it fits int8 and the rounding decision (a left
+    shift is done and saturated there: it does not round); the output rounds and clamps
+    with 8-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
     hwq.sim.cycles.lane_regs) adds a stage for each path that was in turn the longest
     on the ECP5-85F: one registers the log shifter halfway, one its result before the
     rounding decision, one the rounded value before the clamp.
@@ -134,6 +134,7 @@ class RequantLanes(wiring.Component):
                     m.d.comb += [mul.a.eq(operand), mul.b.eq(self.slope)]
                     products.append(mul.p)
                 prod = products[0] if len(products) == 1 else (products[1] << 17) + products[0]
+                # x beside the products: delayed by the multipliers' LATENCY (2)
                 (x_d,) = self._stage(m, k, x_d=x)
                 (x_d,) = self._stage(m, k, x_dd=x_d)
                 v = Signal(signed(V), name=f"v{k}")
