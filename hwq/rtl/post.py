@@ -134,9 +134,9 @@ class RequantLanes(wiring.Component):
                     m.d.comb += [mul.a.eq(operand), mul.b.eq(self.slope)]
                     products.append(mul.p)
                 prod = products[0] if len(products) == 1 else (products[1] << 17) + products[0]
-                # x beside the products: delayed by the multipliers' LATENCY (2)
-                (x_d,) = self._stage(m, k, x_d=x)
-                (x_d,) = self._stage(m, k, x_dd=x_d)
+                x_d = x                     # x beside the products
+                for n in range(MUL_LATENCY):
+                    (x_d,) = self._stage(m, k, **{f"x_d{n}_": x_d})
                 v = Signal(signed(V), name=f"v{k}")
                 m.d.sync += v.eq(Mux(x_d[-1], prod, x_d << ALPHA_BITS))
                 x = v
