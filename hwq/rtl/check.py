@@ -34,6 +34,11 @@ hwq/sim/cycles.py counts:
   t = 6   sums and compares: the extents and their out-of-range bits registered
   t = 7   the verdict (`in_range`) registered; the top registers the hazard terms
 
+With read registers (hwq.sim.cycles.read_regs: the ECP5 builds) an extent whose values
+are valid by t = 5 (all but MAXPOOL's source, a product of products) has its sums
+registered in t = 5 on their own, and t = 6 takes the extent and the compare from
+those registers: the sums and the compare in one cycle were a critical path.
+
 Every field, operand and product saturates at C = 2^n - 1 >= S + 1, S the largest
 memory's size and n the bit length of S + 1: wherever an extent is accessed (`when`),
 its `last` is a sum of non-negative terms (first address, (count - 1) x stride, a
@@ -56,7 +61,7 @@ from hwq.config import HwConfig
 from hwq.rtl.decode import instr_layout
 from hwq.rtl.mul import LATENCY as MUL_LATENCY
 from hwq.rtl.mul import Multiplier
-from hwq.sim.cycles import CHECK_CYCLES
+from hwq.sim.cycles import CHECK_CYCLES, read_regs
 
 MULTIPLIERS = 2
 LATENCY = MUL_LATENCY + 1          # operands, raw product (mul.py), clamped product
@@ -217,6 +222,18 @@ class RangeCheck(wiring.Component):
             for k_e, e in enumerate(op.extents(f, self.cfg)):
                 first, last, when = (x.value if isinstance(x, _Expr) else x
                                      for x in (e.first, e.last, e.when))
+                ready = max(x.ready if isinstance(x, _Expr) else 0
+                            for x in (e.first, e.last, e.when))
+                if read_regs(self.cfg) and ready <= CHECK_CYCLES - 3:
+                    # valid two cycles before the extents are due: the sums registered on
+                    # their own first (one register a value, at full width), then the
+                    # extents and the compare from those registers
+                    staged = []
+                    for x, n in ((first, "first"), (last, "last"), (when, "when")):
+                        r = Signal.like(Value.cast(x), name=f"sum_{op.name.lower()}_{k_e}_{n}")
+                        staged.append(r)
+                        regs.append(r.eq(x))
+                    first, last, when = staged
                 if e.memory != "dram":
                     regs += [
                         getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),

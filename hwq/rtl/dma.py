@@ -8,8 +8,9 @@ so both engines move one bus word per cycle. All DRAM address arithmetic is modu
 LoadUnit timeline (cycle 0 = start): cycles 1..I issue one item each -- a DRAM word read
 of an element inside the block, or a zero entry for a padding position, either one in a
 cycle with `ready` high (the top lowers it while it fetches an instruction) -- and each item
-is written into the buffer one cycle later (the read latency), so cycle I + 1 writes the
-last one and raises done. I = y_size * x_size * entry_words + padding entries.
+is written into the buffer 1 + o cycles later (the read latency; o =
+hwq.sim.cycles.read_regs: 1 where the write is from registers), so cycle I + 1 + o writes
+the last one and raises done. I = y_size * x_size * entry_words + padding entries.
 
 StoreUnit timeline: cycle 1 reads obuf entry 0; cycles 2..n*E+1 write the words, each
 element's last word overlapping the obuf read of the next element; done with the last
@@ -27,6 +28,7 @@ from hwq.config import HwConfig
 from hwq.errors import HwqError
 from hwq.rtl.decode import args_layout
 from hwq.rtl.ports import DramPort, SramRead, SramWrite, held_args, unit_members
+from hwq.sim.cycles import read_regs
 
 
 def dram_addr_bits(cfg: HwConfig) -> int:
@@ -83,12 +85,18 @@ class LoadUnit(wiring.Component):
         s_ptr = Signal(isa.SRAM_ADDR_BITS)
         s_k = Signal.like(k)
         m.d.sync += s_valid.eq(0)
-        m.d.comb += [
-            self.wr.addr.eq(s_ptr),
-            self.wr.en.eq(Mux(s_valid, Mux(s_pad, (1 << self.lanes) - 1, 1 << s_k), 0)),
-            self.wr.data.eq(Mux(s_pad, 0, Cat([self.dram.rdata] * self.lanes))),
-        ]
+        en = Mux(s_valid, Mux(s_pad, (1 << self.lanes) - 1, 1 << s_k), 0)
+        addr_w, word = s_ptr, Mux(s_pad, 0, self.dram.rdata)
+        if read_regs(self.cfg):
+            # the write a cycle later, from registers: the DRAM's block RAMs' read data
+            # would otherwise run on into the buffers' block RAMs
+            regs = Signal.like(self.wr.en), Signal.like(s_ptr), Signal.like(self.dram.rdata)
+            m.d.sync += [r.eq(v) for r, v in zip(regs, (en, addr_w, word))]
+            en, addr_w, word = regs
+        m.d.comb += [self.wr.addr.eq(addr_w), self.wr.en.eq(en),
+                     self.wr.data.eq(Cat([word] * self.lanes))]
 
+        tail = "LAST" if read_regs(self.cfg) else "DRAIN"
         with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -98,7 +106,7 @@ class LoadUnit(wiring.Component):
                                  addr.eq(a0.dram), ptr.eq(a0.sram), y_end.eq(y_end0),
                                  x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
                     with m.If((h0 == 0) | (w0 == 0)):
-                        m.next = "DRAIN"
+                        m.next = tail
                     with m.Else():
                         m.next = "RUN"
             with m.State("RUN"):
@@ -123,12 +131,15 @@ class LoadUnit(wiring.Component):
                             with m.Else():
                                 m.d.sync += [elem.eq(row), addr.eq(row)]
                             with m.If(y == y_last):
-                                m.next = "DRAIN"
+                                m.next = tail
                         with m.Else():
                             m.d.sync += x.eq(x + 1)
                             with m.If(inside):
                                 m.d.sync += [elem.eq(elem + a.x_stride),
                                              addr.eq(elem + a.x_stride)]
+            if read_regs(self.cfg):
+                with m.State("LAST"):           # the registered write of the last item
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"

@@ -18,7 +18,8 @@ register their operands (hwq.sim.cycles.mul_regs), O = max(V + 1, R, C)):
                     array in cycle v + 4 (registered), vector 0 tagged swap (row r swaps to
                     the new weights in cycle 4 + r, after its shadow load in cycle r + 3); its
                     accumulator address a_v and reset bit enter the delay line then
-  cycle  v+2+L      abuf[a_v] read issued (from the delay line)
+  cycle  v+2+L-o    abuf[a_v] read issued (from the delay line); o = 1 where the read
+                    data is registered (hwq.sim.cycles.read_regs)
   cycle  v+3+L      y of vector v on the array output; abuf[a_v] <= (reset ? 0 : old) + y
   busy              high in cycles 1..O-1, low from cycle O: a new start is taken from
                     cycle O on (S = start of the next GEMM >= O)
@@ -33,10 +34,11 @@ register their operands (hwq.sim.cycles.mul_regs), O = max(V + 1, R, C)):
   vector            high in the ibuf read cycles (MAC counter)
 
 Why S >= O is safe for the next GEMM (started in cycle S):
-  S >= V+1: its first abuf read (S+2+L) comes after this GEMM's last write (V+2+L), so a
-            GEMM reading what the previous one wrote (conv taps) sees the new value, and
-            abuf never has a read and a write of one entry in one cycle across GEMMs.
-            (Within a GEMM the entries are distinct, ISA rule, so no RMW hazard.)
+  S >= V+1: its first abuf read (S+2+L-o) comes no earlier than this GEMM's last write
+            (V+2+L), so a GEMM reading what the previous one wrote (conv taps) sees the
+            new value: from the memory, or with o = 1 forwarded from the write in the
+            read's cycle. (Within a GEMM the entries are distinct, ISA rule, so no RMW
+            hazard.)
   S >= R:   its wbuf reads (S+1..S+R) come after this GEMM's (1..R).
   S >= C:   its shadow row r loads at the end of cycle S+r+3 >= r+C+3, the cycle this
             GEMM's swap tag reaches row r's last column (4+r+C-1), which takes the old
@@ -57,7 +59,7 @@ from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, unit_members
-from hwq.sim.cycles import mul_regs
+from hwq.sim.cycles import mul_regs, read_regs
 
 
 def gemm_latency(cfg: HwConfig) -> int:
@@ -158,12 +160,29 @@ class GemmUnit(wiring.Component):
                      line[0].addr.eq(aaddr)]
         for j in range(1, L + 1):
             m.d.sync += line[j].eq(line[j - 1])
-        rd, wr = line[L - 1], line[L]   # read issue in cycle v+2+L, write in v+3+L
+        acc = data.ArrayLayout(signed(ACC_BITS), C)
+        new = Signal(acc)
+        wr = line[L]                    # the write in cycle v+3+L
+        if read_regs(cfg):
+            # abuf's read data registered before the adders (a block RAM's output through
+            # 32-bit adders into a block RAM's input was a critical path): the read goes
+            # out in cycle v+1+L, a cycle early. The entry may be written in that cycle
+            # by the previous GEMM's last vector (S = V + 1 above); the port reads the
+            # old value, so that write is forwarded. None is later: that write is in
+            # cycle V+2+L <= S+1+L. The reset bit zeroes the register, off the adders' path.
+            rd, mid = line[L - 2], line[L - 1]
+            fwd, fwd_data = Signal(), Signal(acc)
+            m.d.sync += [fwd.eq(rd.valid & wr.valid & (rd.addr == wr.addr)),
+                         fwd_data.eq(new)]
+            old = Signal(acc)
+            m.d.sync += old.eq(Mux(mid.reset, 0, Mux(fwd, fwd_data, self.abuf_rd.data)))
+        else:
+            rd = line[L - 1]            # read issue in cycle v+2+L
+            old = Signal(acc)
+            m.d.comb += old.eq(Mux(wr.reset, 0, self.abuf_rd.data))
         m.d.comb += [self.abuf_rd.en.eq(rd.valid), self.abuf_rd.addr.eq(rd.addr)]
-        old = data.ArrayLayout(signed(ACC_BITS), C)(self.abuf_rd.data)
-        new = Signal(data.ArrayLayout(signed(ACC_BITS), C))
         for c in range(C):
-            m.d.comb += new[c].eq((Mux(wr.reset, 0, old[c]) + arr.y[c])[:ACC_BITS])
+            m.d.comb += new[c].eq((old[c] + arr.y[c])[:ACC_BITS])
         m.d.comb += [self.abuf_wr.en.eq(wr.valid), self.abuf_wr.addr.eq(wr.addr),
                      self.abuf_wr.data.eq(new)]
 

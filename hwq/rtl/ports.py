@@ -67,6 +67,8 @@ def held_args(m, unit, cfg):
     if not cfg.overlap:
         return unit.args
     held = Signal(unit.args.shape(), name="held_args")
-    with m.If(unit.start & ~unit.busy):
+    # copied in every idle cycle, the start's among them: the start, the end of the
+    # dispatch logic, would otherwise run on into the enables of all these registers
+    with m.If(~unit.busy):
         m.d.sync += held.eq(unit.args)
     return held

@@ -99,8 +99,10 @@ class RequantLanes(wiring.Component):
         # x * slope: |x| <= 2**(W-1), slope < 2**SLOPE_BITS; right shifts up to 31 + 8
         V, stages = (W + SLOPE_BITS, SHIFT_BITS) if self.has_slope else (W, SHIFT_BITS - 1)
         mode = self.round
+        # registered: lo and hi are held from the first acc on, and the clamp is at
+        # least a cycle later
         clamp_hi = Signal()
-        m.d.comb += clamp_hi.eq(self.lo > self.hi)
+        m.d.sync += clamp_hi.eq(self.lo > self.hi)
         for k in range(self.lanes):
             # ---- the lane's shift (after the slope: s + 8, registered; it is held) ----
             if self.has_slope:
@@ -269,13 +271,21 @@ class PostUnit(wiring.Component):
         dst = [Signal(isa.SRAM_ADDR_BITS, name=f"s_out{k}") for k in range(L)]
         issue = Signal()
         y = Signal.like(lanes.y)
-        # each lane's shift, registered in cycle 1 (used from cycle 3 + o, the first result's
-        # shift stage, o = 1 with read registers, + 1 more after the slope, for which the
-        # lanes register shift + 8): shift + the low SHIFT_BITS bits of its offset, modulo
-        # 2**SHIFT_BITS
+        # each lane's shift: shift + the low SHIFT_BITS bits of its offset, modulo
+        # 2**SHIFT_BITS, registered in cycle 1 + o (o = 1 with read registers: from the
+        # registered read data, as the add after bbuf's output ran on from a block RAM's
+        # clock-to-output). In time: the lanes register shift - 1 from cycle 2 + o for the
+        # first result's shift stage in cycle 3 + o (after the slope, later still).
         shifts = Signal(data.ArrayLayout(signed(SHIFT_BITS), C), name="lane_shift")
-        offsets = [Mux(a.lane_shifts, self.bbuf.data[k * ACC_BITS:k * ACC_BITS + SHIFT_BITS], 0)
+        first_run = Signal()            # cycle 1
+        take_shifts, offsets_in = first_run, self.bbuf.data
+        if read_regs(self.cfg):
+            take_shifts, offsets_in = Signal(), bias_in
+            m.d.sync += take_shifts.eq(first_run)
+        offsets = [Mux(a.lane_shifts, offsets_in[k * ACC_BITS:k * ACC_BITS + SHIFT_BITS], 0)
                    for k in range(C)]
+        with m.If(take_shifts):
+            m.d.sync += [shifts[k].eq(a.shift + offsets[k]) for k in range(C)]
         m.d.sync += [valid[0].eq(issue), dst[0].eq(optr), y.eq(lanes.y)]
         m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, L)]
         m.d.sync += [dst[k].eq(dst[k - 1]) for k in range(1, L)]
@@ -291,9 +301,10 @@ class PostUnit(wiring.Component):
                 # the first bbuf read's address does not wait for the start (which comes
                 # at the end of the dispatch logic): only the enable does
                 m.d.comb += self.bbuf.addr.eq(a0.bias + a0.lane_shifts)
+                # the counters start over in every idle cycle: kept out of their enables
+                m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                 with m.If(self.start):
                     m.d.comb += self.bbuf.en.eq(1)
-                    m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                     with m.If(a0.n == 0):
                         m.next = "DRAIN"
                     with m.Else():
@@ -302,8 +313,8 @@ class PostUnit(wiring.Component):
                 m.d.comb += [self.abuf.en.eq(1), self.abuf.addr.eq(aptr), issue.eq(1)]
                 m.d.sync += [aptr.eq(aptr + 1), optr.eq(optr + 1), j.eq(j + 1)]
                 with m.If(j == 0):
-                    m.d.sync += [shifts[k].eq(a.shift + offsets[k]) for k in range(C)]
-                    m.d.comb += [self.bbuf.en.eq(a.lane_shifts), self.bbuf.addr.eq(a.bias)]
+                    m.d.comb += [first_run.eq(1), self.bbuf.en.eq(a.lane_shifts),
+                                 self.bbuf.addr.eq(a.bias)]
                 with m.If(j == a.n - 1):
                     m.next = "DRAIN"
             with m.State("DRAIN"):

@@ -23,8 +23,8 @@ while it runs, so its length depends on what is fetched meanwhile.
 Unit busy time after the start cycle, memory never stalling and nothing fetched:
 
   LOAD     items + 1   items = y_size*x_size*entry_words (DRAM reads) + padding entries
-                       (zero entries), one per cycle the DRAM port is free; +1: the last
-                       item's buffer write
+           + o         (zero entries), one per cycle the DRAM port is free; +1: the last
+                       item's buffer write, o (read_regs) cycles later from registers
   STORE    1 + n*entry_words   one obuf read ahead, then one DRAM write per word
   GEMM     O - 1       O = max(V + 1, rows, cols), V = n_outer*n_inner: the unit takes the
                        next GEMM in cycle O while the array drains; its last accumulator
@@ -35,8 +35,9 @@ Unit busy time after the start cycle, memory never stalling and nothing fetched:
                        read data); l = 3 with the slope multipliers (`leaky_relu`,
                        slope_regs); d = 3 with `overlap` (lane_regs: more stages in
                        POST's lanes)
-  MAXPOOL  P*K + 1 + o one obuf read per window element (P = out_h*out_w, K = k_h*k_w),
-                       each folded in 1 + o cycles later
+  MAXPOOL  P*K + 1     one obuf read per window element (P = out_h*out_w, K = k_h*k_w),
+           + 2*o       each folded in 1 + o cycles later, a window's result written o
+                       cycles after its last element's (from a register)
 
 Every cycle of a run is counted once in the front end's counters: `fetch` (fetching,
 checking, and the cycle that dispatches or stops), `stall_unit` (the instruction's unit
@@ -56,8 +57,9 @@ CHECK_CYCLES = 8
 
 
 def read_regs(cfg: HwConfig) -> int:
-    """1 where POST and MAXPOOL register their buffers' read data before their adders
-    and comparators (hwq/rtl/post.py, pool.py): with `overlap`; the builds without it
+    """1 where POST, MAXPOOL and GEMM's accumulate register their buffers' read data
+    before their adders and comparators, and MAXPOOL and LOAD their buffer writes
+    (hwq/rtl/post.py, pool.py, gemm.py, dma.py): with `overlap`; the builds without it
     are the nearly full small FPGAs."""
     return 1 if cfg.overlap else 0
 
@@ -111,7 +113,7 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     """Busy cycles after the start cycle with nothing fetched meanwhile."""
     f = instr.fields
     if instr.op == "LOAD":
-        return dram_items(instr, cfg) + 1
+        return dram_items(instr, cfg) + 1 + read_regs(cfg)
     if instr.op == "STORE":
         return 1 + dram_items(instr, cfg)
     if instr.op == "GEMM":
@@ -119,7 +121,7 @@ def unit_cycles(instr: isa.Instr, cfg: HwConfig) -> int:
     if instr.op == "POST":
         return f["n"] + 4 + read_regs(cfg) + slope_regs(cfg) + lane_regs(cfg)
     if instr.op == "MAXPOOL":
-        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1 + read_regs(cfg)
+        return f["out_h"] * f["out_w"] * f["k_h"] * f["k_w"] + 1 + 2 * read_regs(cfg)
     raise ValueError(f"{instr.op} runs on no unit")
 
 
@@ -172,7 +174,8 @@ class Timeline:
                 c = max(c, last + 1)
             else:
                 c += left
-            r.end = c if unit == "LOAD" else c - 1    # a LOAD writes its last item a cycle later
+            # a LOAD writes its last item 1 + read_regs cycles after its read
+            r.end = c + read_regs(self.cfg) if unit == "LOAD" else c - 1
             if r.end < self.now:                      # later fetches cannot move it any more
                 r.dram_items = 0
         return r.end
