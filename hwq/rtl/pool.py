@@ -17,7 +17,7 @@ from amaranth.lib import data, wiring
 from hwq.compiler import isa
 from hwq.config import HwConfig
 from hwq.rtl.decode import args_layout
-from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
+from hwq.rtl.ports import SramRead, SramWrite, held_args, hold, unit_members
 from hwq.sim.cycles import read_regs
 
 
@@ -47,13 +47,8 @@ class PoolUnit(wiring.Component):
             (a.k_w, "k_w1"), (a.k_h, "k_h1"), (a.out_w, "out_w1"), (a.out_h, "out_h1")))
         ends = [(row_step, step), (k_w1, a0.k_w - 1), (k_h1, a0.k_h - 1),
                 (out_w1, a0.out_w - 1), (out_h1, a0.out_h - 1)]
-        # registered with the held args, in every idle cycle (the start's among them),
-        # from the instruction's fields: these sums ran on into the address counters
-        if self.cfg.overlap:
-            with m.If(~self.busy):
-                m.d.sync += [r.eq(v) for r, v in ends]
-        else:
-            m.d.comb += [r.eq(v) for r, v in ends]
+        # held like the args (ports.hold): these sums ran on into the address counters
+        hold(m, self, self.cfg, ends)
 
         # stage s: the cycle after a read (its data on the port); with `o` (read_regs),
         # registered into stage u, which folds it into the running max and writes the

@@ -59,16 +59,26 @@ def unit_members(args_layout) -> dict:
     return {"start": In(1), "args": In(args_layout), "busy": Out(1), "done": Out(1)}
 
 
+def hold(m, unit, cfg, pairs):
+    """Drive each (register, value) pair, values made from the unit's fields: with
+    overlap the register takes a copy in every idle cycle, the start's among them, and
+    keeps it while the unit is busy (the start, the end of the dispatch logic, would
+    otherwise run on into the enables of all these registers); without overlap the
+    instruction register holds until every unit is idle, and the value is used as is."""
+    assigns = [r.eq(v) for r, v in pairs]
+    if cfg.overlap:
+        with m.If(~unit.busy):
+            m.d.sync += assigns
+    else:
+        m.d.comb += assigns
+
+
 def held_args(m, unit, cfg):
     """The unit's fields for the cycles after its start. With overlap the top moves on to
-    the next instruction at once, so the unit keeps a copy; that copy also keeps the
-    dispatch logic off every path through the unit's datapath. Without overlap the
-    instruction register holds until every unit is idle."""
+    the next instruction at once, so the unit keeps a copy (`hold`); that copy also keeps
+    the dispatch logic off every path through the unit's datapath."""
     if not cfg.overlap:
         return unit.args
     held = Signal(unit.args.shape(), name="held_args")
-    # copied in every idle cycle, the start's among them: the start, the end of the
-    # dispatch logic, would otherwise run on into the enables of all these registers
-    with m.If(~unit.busy):
-        m.d.sync += held.eq(unit.args)
+    hold(m, unit, cfg, [(held, unit.args)])
     return held
