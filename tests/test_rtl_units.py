@@ -164,9 +164,12 @@ async def _run_unit(ctx, dut, cfg, ins, memory, overlap, limit, obuf, machine):
     wait for done and compare with the ISS `machine` that ran it: what differs -- obuf
     (then set to the ISS's, so the next instruction starts equal) or the cycles from start
     to done against the cycle model. With overlap the fields are gone after the start
-    cycle (the unit must keep its own copy, held_args)."""
+    cycle (the unit must keep its own copy, held_args); before it they are there a cycle
+    early, as the top holds an instruction's fields through its check."""
     from hwq.sim import cycles as cycle_model
     ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
+    memory()
+    await ctx.tick()
     ctx.set(dut.start, 1)
     memory()
     await ctx.tick()

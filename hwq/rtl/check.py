@@ -34,10 +34,11 @@ hwq/sim/cycles.py counts:
   t = 6   sums and compares: the extents and their out-of-range bits registered
   t = 7   the verdict (`in_range`) registered; the top registers the hazard terms
 
-With read registers (hwq.sim.cycles.read_regs: the ECP5 builds) an extent whose values
-are valid by t = 5 (all but MAXPOOL's source, a product of products) has its sums
-registered in t = 5 on their own, and t = 6 takes the extent and the compare from
-those registers: the sums and the compare in one cycle were a critical path.
+With read registers (hwq.sim.cycles.read_regs: the ECP5 builds) each value of an extent
+is summed by an adder tree in the order its summands become valid, one adder and a
+register a cycle, the last register in t = 5; t = 6 takes the extent and the compare
+from those registers (a chain of sums and the compare in one cycle were critical
+paths). MAXPOOL's source, whose product of products comes in t = 6, adds it there.
 
 Every field, operand and product saturates at C = 2^n - 1 >= S + 1, S the largest
 memory's size and n the bit length of S + 1: wherever an extent is accessed (`when`),
@@ -52,7 +53,10 @@ and the sums as narrow as the addresses.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+import functools
+import operator
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -73,22 +77,39 @@ class _Expr:
     which it is valid (0: straight from the instruction register; s + LATENCY: the
     product issued in slot s). Products of two such values are handed to `sched`."""
 
-    def __init__(self, value, ready: int, sched: "_Schedule"):
+    def __init__(self, value, ready: int, sched: "_Schedule", terms=None):
         self.value, self.ready, self.sched = value, ready, sched
+        # the summands whose sum `value` is, (value, ready) each (itself if not a sum)
+        self.terms = terms if terms is not None else [(value, ready)]
 
-    def _op(self, other, fn, swap=False):
+    def _op(self, other, fn, swap=False, terms=None):
         if isinstance(other, _Expr):
             ov, r = other.value, max(self.ready, other.ready)
         else:
             ov, r = other, self.ready
         a, b = (ov, self.value) if swap else (self.value, ov)
-        return _Expr(fn(a, b), r, self.sched)
+        return _Expr(fn(a, b), r, self.sched, terms)
 
-    def __add__(self, o): return self._op(o, lambda a, b: a + b)
-    def __radd__(self, o): return self._op(o, lambda a, b: a + b, True)
-    def __sub__(self, o): return self._op(o, lambda a, b: a - b)
-    def __rsub__(self, o): return self._op(o, lambda a, b: a - b, True)
-    def __gt__(self, o): return self._op(o, lambda a, b: a > b)
+    def _plus(self, other, sign: int, swap=False):
+        mine = self.terms
+        theirs = other.terms if isinstance(other, _Expr) else [(other, 0)]
+        if swap:
+            mine, theirs = theirs, mine
+        terms = mine + [(v if sign > 0 else -v, r) for v, r in theirs]
+        return self._op(other, (lambda a, b: a + b) if sign > 0 else (lambda a, b: a - b),
+                        swap, terms)
+
+    def __add__(self, o): return self._plus(o, 1)
+    def __radd__(self, o): return self._plus(o, 1, True)
+    def __sub__(self, o): return self._plus(o, -1)
+    def __rsub__(self, o): return self._plus(o, -1, True)
+    def __gt__(self, o):
+        if isinstance(o, int) and o == 0 and all(
+                isinstance(v, Value) and not v.shape().signed for v, _ in self.terms):
+            # a sum of unsigned values (LOAD's padded height) is > 0 where one of them is
+            # not 0: an OR, not adders and a compare
+            return _Expr(Cat(*(v for v, _ in self.terms)).any(), self.ready, self.sched)
+        return self._op(o, lambda a, b: a > b)
     def __eq__(self, o): return self._op(o, lambda a, b: a == b)
     def __and__(self, o): return self._op(o, lambda a, b: a & b)
     def __rand__(self, o): return self._op(o, lambda a, b: a & b, True)
@@ -106,25 +127,39 @@ class _Schedule:
     """Places one op's products into (slot, multiplier) pairs, first fit in the order
     the extents ask for them, a slot no earlier than its operands are valid; the same
     product asked twice (LOAD's four targets) is computed once. regs[s][j] holds the
-    product issued in slot s on multiplier j."""
+    product issued in slot s on multiplier j. With `stage_sums` (read registers) an
+    operand that is a sum (a count minus one, LOAD's padded height) is registered first
+    and issued a cycle later: the adders, then the operand selection into a DSP block,
+    were the ECP5-85F's longest path; `sums` gets those registers' assignments."""
 
-    def __init__(self, regs, sat: int):
+    def __init__(self, regs, sat: int, stage_sums: bool = False, name: str = ""):
         self.regs, self.sat = regs, sat              # regs[stage][j]: the product registers
+        self.stage_sums, self.name = stage_sums, name
         self.slots: dict[tuple[int, int], tuple] = {}
         self.seen: dict[str, _Expr] = {}
+        self.sums: list = []
+
+    def _operand(self, v: _Expr):
+        """v clamped, and the cycle from which it can be issued."""
+        value = _clamp(Value.cast(v.value), self.sat)
+        if not (self.stage_sums and len(v.terms) > 1):
+            return value, v.ready
+        r = Signal.like(value, name=f"operand_{self.name}_{len(self.sums)}")
+        self.sums.append(r.eq(value))
+        return r, v.ready + 1
 
     def product(self, a: _Expr, b: _Expr) -> _Expr:
         key = " ".join(sorted((repr(a.value), repr(b.value))))
         if key not in self.seen:
-            for s in range(max(a.ready, b.ready), STAGES):
+            (va, ra), (vb, rb) = self._operand(a), self._operand(b)
+            for s in range(max(ra, rb), STAGES):
                 free = [j for j in range(MULTIPLIERS) if (s, j) not in self.slots]
                 if free:
                     break
             else:
                 raise ValueError(f"the ISA's extents need more than {STAGES} slots of "
                                  f"{MULTIPLIERS} multipliers; raise CHECK_CYCLES")
-            pair = sorted((_clamp(Value.cast(v.value), self.sat) for v in (a, b)), key=len)
-            self.slots[(s, free[0])] = tuple(pair)
+            self.slots[(s, free[0])] = tuple(sorted(((va, ra), (vb, rb)), key=lambda o: len(o[0])))
             self.seen[key] = _Expr(self.regs[s][free[0]], s + LATENCY, self)
         return self.seen[key]
 
@@ -144,6 +179,33 @@ def _clamp(v: Value, sat: int) -> Value:
     return Cat(v[:n] | over.replicate(n), v[-1]).as_signed()
 
 
+def _staged(x, name: str, regs: list):
+    """An extent's value from registers (read registers: `regs` gets their assignments)
+    for the cycle the extents and their compares are registered, t = CHECK_CYCLES - 2:
+    an adder tree by when the summands are valid -- those valid from cycle r added to
+    the sum of the earlier ones and registered, one adder a cycle (a chain of sums, or a
+    sum and the compare, in one cycle were critical paths) -- and a summand valid only
+    then (MAXPOOL's product of products) added after."""
+    if not isinstance(x, _Expr):
+        return x
+    due = CHECK_CYCLES - 3
+    late = [v for v, r in x.terms if r > due]
+    levels = sorted({r for _, r in x.terms if r <= due})
+    acc = []
+    for level in levels:
+        acc += [v for v, r in x.terms if r == level]
+        last = level == levels[-1]
+        if len(acc) > 1 or last:
+            r = Signal.like(Value.cast(_sum(acc)), name=name if last else f"{name}_{level}")
+            regs.append(r.eq(_sum(acc)))
+            acc = [r]
+    return _sum(acc + late)
+
+
+def _sum(values):
+    return functools.reduce(operator.add, values)
+
+
 def _one_hot_select(cases):
     """The value of the (select, value) case whose select is high, or 0; at most one is.
     An AND-OR, the cases with the same value merged (the ops' views of the instruction
@@ -152,10 +214,7 @@ def _one_hot_select(cases):
     for sel, v in cases:
         merged.setdefault(repr(v), (v, []))[1].append(sel)
     terms = [Mux(Cat(*sels).any(), v, 0) for v, sels in merged.values()]
-    out = terms[0]
-    for term in terms[1:]:
-        out = out | term
-    return out
+    return functools.reduce(operator.or_, terms, Const(0))
 
 
 def _operand_shape(values):
@@ -215,25 +274,18 @@ class RangeCheck(wiring.Component):
         bad, plans, regs = [], [], []       # regs: the extents' registers, bad: each
                                             # extent's out-of-range bit (both sync)
         for k, op in enumerate(isa.OPS):
-            sched = _Schedule(holders, sat)
+            sched = _Schedule(holders, sat, bool(read_regs(self.cfg)), op.name.lower())
             view = self.fields[op.name]
             f = {fld.name: _Expr(_clamp(Value.cast(getattr(view, fld.name)), sat), 0, sched)
                  for fld in op.fields}
             for k_e, e in enumerate(op.extents(f, self.cfg)):
-                first, last, when = (x.value if isinstance(x, _Expr) else x
-                                     for x in (e.first, e.last, e.when))
-                ready = max(x.ready if isinstance(x, _Expr) else 0
-                            for x in (e.first, e.last, e.when))
-                if read_regs(self.cfg) and ready <= CHECK_CYCLES - 3:
-                    # valid two cycles before the extents are due: the sums registered on
-                    # their own first (one register a value, at full width), then the
-                    # extents and the compare from those registers
-                    staged = []
-                    for x, n in ((first, "first"), (last, "last"), (when, "when")):
-                        r = Signal.like(Value.cast(x), name=f"sum_{op.name.lower()}_{k_e}_{n}")
-                        staged.append(r)
-                        regs.append(r.eq(x))
-                    first, last, when = staged
+                parts = {"first": e.first, "last": e.last, "when": e.when}
+                if read_regs(self.cfg):
+                    first, last, when = (_staged(x, f"sum_{op.name.lower()}_{k_e}_{n}", regs)
+                                         for n, x in parts.items())
+                else:
+                    first, last, when = (x.value if isinstance(x, _Expr) else x
+                                         for x in parts.values())
                 if e.memory != "dram":
                     regs += [
                         getattr(self.extents, f"{op.name}_{k_e}_first").eq(Value.cast(first)),
@@ -248,6 +300,7 @@ class RangeCheck(wiring.Component):
                                    & Value.cast(last)[size.bit_length() - 1:].any()))
                 bad.append(out)
             plans.append(sched.slots)
+            regs += sched.sums
         m = Module()                        # after the schedule, which may raise
         m.d.sync += regs
 
@@ -257,6 +310,26 @@ class RangeCheck(wiring.Component):
         with m.Else():
             m.d.sync += t.eq(0)
         m.d.comb += self.last.eq(self.run & (t == CHECK_CYCLES - 1))
+        # slot[s]: t == s, one-hot from a shift register (a compare of t fewer on the
+        # operand selection, the ECP5-85F's longest path); t is 0 in the first run cycle
+        slot = Signal(STAGES, init=1)
+        m.d.sync += slot.eq(Mux(self.run, slot << 1, 1))
+
+        # With read registers the operands issued from slot 1 on are selected by the op and
+        # taken from the fields as registered in the cycle before (they hold through the
+        # check): only slot 0's come from the instruction register through the decode and
+        # the clamps. From it, all in one select, they were the ECP5-85F's longest path.
+        late_regs = bool(read_regs(self.cfg))
+        op_r = Signal.like(self.op, name="op_r")
+        m.d.sync += op_r.eq(self.op)
+        copies = {}
+
+        def early(value):
+            """A field operand (valid from cycle 0), registered: valid from cycle 1."""
+            if repr(value) not in copies:
+                copies[repr(value)] = r = Signal.like(value, name=f"field_r{len(copies)}")
+                m.d.sync += r.eq(value)
+            return copies[repr(value)]
 
         for j in range(MULTIPLIERS):
             pairs = [(k, s, p) for k, slots in enumerate(plans) for (s, jj), p in slots.items()
@@ -266,13 +339,18 @@ class RangeCheck(wiring.Component):
             # cycle t: the operands of slot t, registered; cycle t + 1: their product,
             # registered (a Multiplier, mul.py: inside the DSP block where it can be);
             # cycle t + 2: clamped into slot t's register
-            sel = {(k, s): self.op[k] & (t == s) for k, s, _ in pairs}
-            shapes = [_operand_shape([Value.cast(p[side]) for _, _, p in pairs])
+            shapes = [_operand_shape([Value.cast(p[side][0]) for _, _, p in pairs])
                       for side in (0, 1)]
             m.submodules[f"mul{j}"] = mul = Multiplier(*shapes)
             for side, port in enumerate((mul.a, mul.b)):
-                m.d.comb += port.eq(_one_hot_select(
-                    [(sel[k, s], Value.cast(p[side])) for k, s, p in pairs]))
+                now, later = [], []          # each a one-hot select; ORed, as one is 0
+                for k, s, p in pairs:
+                    value, ready = p[side]
+                    if late_regs and s > 0:
+                        later.append((op_r[k] & slot[s], value if ready else early(value)))
+                    else:
+                        now.append((self.op[k] & slot[s], value))
+                m.d.comb += port.eq(_one_hot_select(now) | _one_hot_select(later))
             clamped = _clamp(mul.p, sat)
             for s in range(STAGES):
                 with m.If(self.run & (t == s + LATENCY - 1)):

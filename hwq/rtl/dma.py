@@ -86,26 +86,34 @@ class LoadUnit(wiring.Component):
         s_k = Signal.like(k)
         m.d.sync += s_valid.eq(0)
         en = Mux(s_valid, Mux(s_pad, (1 << self.lanes) - 1, 1 << s_k), 0)
-        addr_w, word = s_ptr, Mux(s_pad, 0, self.dram.rdata)
+        addr_w, pad, data = s_ptr, s_pad, self.dram.rdata
         if read_regs(self.cfg):
             # the write a cycle later, from registers: the DRAM's block RAMs' read data
-            # would otherwise run on into the buffers' block RAMs
-            regs = Signal.like(self.wr.en), Signal.like(s_ptr), Signal.like(self.dram.rdata)
-            m.d.sync += [r.eq(v) for r, v in zip(regs, (en, addr_w, word))]
-            en, addr_w, word = regs
+            # would otherwise run on into the buffers' block RAMs (the padding's zero is
+            # chosen after the register, off the path from the DRAM)
+            regs = (Signal.like(self.wr.en), Signal.like(s_ptr), Signal.like(s_pad),
+                    Signal.like(self.dram.rdata))
+            m.d.sync += [r.eq(v) for r, v in zip(regs, (en, addr_w, pad, data))]
+            en, addr_w, pad, data = regs
+        word = Mux(pad, 0, data)
         m.d.comb += [self.wr.addr.eq(addr_w), self.wr.en.eq(en),
                      self.wr.data.eq(Cat([word] * self.lanes))]
 
         tail = "LAST" if read_regs(self.cfg) else "DRAIN"
         with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
+                # the counters and bounds start over in every idle cycle: the start, at
+                # the end of the dispatch logic, stays out of their enables
+                y_end0, x_end0 = a0.pad_top + a0.y_size, a0.pad_left + a0.x_size
+                h0, w0 = y_end0 + a0.pad_bottom, x_end0 + a0.pad_right
+                m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
+                             addr.eq(a0.dram), ptr.eq(a0.sram), y_end.eq(y_end0),
+                             x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
                 with m.If(self.start):
-                    y_end0, x_end0 = a0.pad_top + a0.y_size, a0.pad_left + a0.x_size
-                    h0, w0 = y_end0 + a0.pad_bottom, x_end0 + a0.pad_right
-                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 addr.eq(a0.dram), ptr.eq(a0.sram), y_end.eq(y_end0),
-                                 x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
-                    with m.If((h0 == 0) | (w0 == 0)):
+                    # h0 or w0 is 0 where its (unsigned) summands all are: no adders
+                    empty = (~Cat(a0.pad_top, a0.y_size, a0.pad_bottom).any()
+                             | ~Cat(a0.pad_left, a0.x_size, a0.pad_right).any())
+                    with m.If(empty):
                         m.next = tail
                     with m.Else():
                         m.next = "RUN"
@@ -175,10 +183,11 @@ class StoreUnit(wiring.Component):
         m.d.comb += [self.rd.addr.eq(ptr), self.dram.addr.eq(addr)]   # valid with `we`
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
+                # the counters start over in every idle cycle (as LOAD's)
+                m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
+                             addr.eq(a0.dram), ptr.eq(a0.sram), y_last.eq(a0.y_size - 1),
+                             x_last.eq(a0.x_size - 1)]
                 with m.If(self.start):
-                    m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
-                                 addr.eq(a0.dram), ptr.eq(a0.sram), y_last.eq(a0.y_size - 1),
-                                 x_last.eq(a0.x_size - 1)]
                     with m.If((a0.y_size == 0) | (a0.x_size == 0)):
                         m.next = "DONE"
                     with m.Else():

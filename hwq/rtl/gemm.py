@@ -58,7 +58,7 @@ from hwq.config import HwConfig
 from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
-from hwq.rtl.ports import SramRead, SramWrite, unit_members
+from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
 from hwq.sim.cycles import mul_regs, read_regs
 
 
@@ -95,9 +95,9 @@ class GemmUnit(wiring.Component):
         m.submodules.array = arr = SystolicArray(R, C, mul_regs=mul_regs(cfg))
         take = Signal()                 # start accepted this cycle
         # with overlap the top's args change in the next GEMM's start cycle, which may be
-        # this one's last ibuf read: the input side works from a copy. Without overlap
-        # they hold until every unit is idle.
-        ga = Signal(args_layout("GEMM")) if cfg.overlap else self.args
+        # this one's last ibuf read: the input side works from a copy (held_args). Without
+        # overlap they hold until every unit is idle.
+        ga = held_args(m, self, cfg)
 
         # ---- weight preload: R reads, latched one cycle later into shadow row wk_d ----
         waddr = Signal(A)
@@ -206,17 +206,20 @@ class GemmUnit(wiring.Component):
         m.d.comb += self.done.eq((self.busy | self.draining) & ~more)
 
         # ---- start (last: it overrides the bookkeeping of the GEMM ending now) ----
-        m.d.comb += take.eq(self.start & ~self.busy)
-        with m.If(take):
-            a = self.args
-            if cfg.overlap:
-                m.d.sync += ga.eq(a)
-            streams = (a.n_outer != 0) & (a.n_inner != 0)
-            m.d.sync += [kcnt.eq(K), pre.eq(1), streaming.eq(0), waddr.eq(a.wgt), wk.eq(0),
-                         # V = 0 streams nothing, so it would never swap these weights in
-                         # (and its last wbuf read would come after its done)
-                         w_active.eq(streams), nz.eq(streams),
+        # The fields and counters start over in every cycle the unit is free, the
+        # start's among them: the start, at the end of the dispatch logic, stays out of
+        # their enables, only the state bits take it. What a free unit still does (the
+        # last vector's read, the last wbuf read) uses them in that cycle, not after.
+        a = self.args
+        streams = (a.n_outer != 0) & (a.n_inner != 0)
+        with m.If(~self.busy):
+            m.d.sync += [waddr.eq(a.wgt), wk.eq(0), nz.eq(streams),
                          i_last.eq(a.n_inner == 1), o_last.eq(a.n_outer == 1),
                          o.eq(0), i.eq(0), ibase.eq(a.inp), iaddr.eq(a.inp),
                          abase.eq(a.acc), aaddr.eq(a.acc)]
+        m.d.comb += take.eq(self.start & ~self.busy)
+        with m.If(take):
+            # V = 0 streams nothing, so it would never swap these weights in (and its
+            # last wbuf read would come after its done)
+            m.d.sync += [kcnt.eq(K), pre.eq(1), streaming.eq(0), w_active.eq(streams)]
         return m

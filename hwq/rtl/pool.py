@@ -48,7 +48,7 @@ class PoolUnit(wiring.Component):
         ends = [(row_step, step), (k_w1, a0.k_w - 1), (k_h1, a0.k_h - 1),
                 (out_w1, a0.out_w - 1), (out_h1, a0.out_h - 1)]
         # held like the args (ports.hold): these sums ran on into the address counters
-        hold(m, self, self.cfg, ends)
+        hold(m, self.busy, self.cfg, ends)
 
         # stage s: the cycle after a read (its data on the port); with `o` (read_regs),
         # registered into stage u, which folds it into the running max and writes the

@@ -59,15 +59,15 @@ def unit_members(args_layout) -> dict:
     return {"start": In(1), "args": In(args_layout), "busy": Out(1), "done": Out(1)}
 
 
-def hold(m, unit, cfg, pairs):
-    """Drive each (register, value) pair, values made from the unit's fields: with
-    overlap the register takes a copy in every idle cycle, the start's among them, and
-    keeps it while the unit is busy (the start, the end of the dispatch logic, would
+def hold(m, busy, cfg, pairs):
+    """Drive each (register, value) pair, values made from a unit's fields: with
+    overlap the register takes a copy in every cycle the unit is idle (`busy` low), the
+    start's among them, and keeps it while the unit is busy (the start, the end of the dispatch logic, would
     otherwise run on into the enables of all these registers); without overlap the
     instruction register holds until every unit is idle, and the value is used as is."""
     assigns = [r.eq(v) for r, v in pairs]
     if cfg.overlap:
-        with m.If(~unit.busy):
+        with m.If(~busy):
             m.d.sync += assigns
     else:
         m.d.comb += assigns
@@ -80,5 +80,5 @@ def held_args(m, unit, cfg):
     if not cfg.overlap:
         return unit.args
     held = Signal(unit.args.shape(), name="held_args")
-    hold(m, unit, cfg, [(held, unit.args)])
+    hold(m, unit.busy, cfg, [(held, unit.args)])
     return held

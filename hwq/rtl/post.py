@@ -112,7 +112,10 @@ class RequantLanes(wiring.Component):
                 s = self.shift[k]
             right = Signal(name=f"right{k}")
             ls = Signal(range(9), name=f"ls{k}")                        # left shift, capped at 8
-            m.d.comb += [right.eq(s > 0), ls.eq(Mux(-s > 8, 8, -s))]
+            # `deep`: registered too (held like rs1 below); the compare and cap ran on into
+            # the left shift, the ECP5-85F's longest path
+            held = m.d.sync if self.deep else m.d.comb
+            held += [right.eq(s > 0), ls.eq(Mux(-s > 8, 8, -s))]
             # the right shift - 1, registered: the shift is held from the first acc on, and
             # the shifter reads it a cycle later at the earliest, so this costs no cycle;
             # the subtract at the head of the shifter was on the iCE40's longest path
@@ -296,15 +299,25 @@ class PostUnit(wiring.Component):
             self.obuf.en.eq(valid[-1]), self.obuf.addr.eq(dst[-1]), self.obuf.data.eq(y),
         ]
         drain = Signal(range(L + 1))
+        first_bias = a0.bias + a0.lane_shifts
+        if read_regs(self.cfg):
+            baddr = Signal(isa.SRAM_ADDR_BITS)
+            m.d.sync += baddr.eq(first_bias)        # in every cycle, busy or not
+            first_bias = baddr
         with m.FSM(name="post") as fsm:
             with m.State("IDLE"):
                 # the first bbuf read's address does not wait for the start (which comes
-                # at the end of the dispatch logic): only the enable does
-                m.d.comb += self.bbuf.addr.eq(a0.bias + a0.lane_shifts)
+                # at the end of the dispatch logic); with read registers neither does its
+                # enable -- bbuf is read in every idle cycle (only POST reads it), the
+                # start's read among them: from the start, the dispatch decision ran on
+                # into the block RAMs' enables -- and its address is registered, from the
+                # fields of the cycle before (the top holds an instruction through its
+                # check, CHECK_CYCLES cycles before any start): the add ran on into them
+                m.d.comb += [self.bbuf.addr.eq(first_bias),
+                             self.bbuf.en.eq(1 if read_regs(self.cfg) else self.start)]
                 # the counters start over in every idle cycle: kept out of their enables
                 m.d.sync += [j.eq(0), aptr.eq(a0.acc), optr.eq(a0.out), drain.eq(L - 1)]
                 with m.If(self.start):
-                    m.d.comb += self.bbuf.en.eq(1)
                     with m.If(a0.n == 0):
                         m.next = "DRAIN"
                     with m.Else():

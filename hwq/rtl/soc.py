@@ -31,7 +31,6 @@ from amaranth.lib.wiring import In, Out
 from hwq.config import HwConfig
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
-from hwq.sim.cycles import read_regs
 
 PROTOCOL_VERSION = 1
 CMD_IDENT, CMD_WRITE, CMD_READ, CMD_START, CMD_STATUS = b"I", b"W", b"R", b"S", b"Q"
@@ -122,13 +121,10 @@ class Soc(wiring.Component):
         with m.Else():
             m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
                          dram.wdata.eq(acc.mem.wdata)]
-        # the word read; where there is room (read_regs: the ECP5s) registered (READ_WAIT)
-        # before it joins `out`'s other sources: the block RAMs' output multiplexer into
-        # them was one of the ECP5-85F's longest paths
-        rd = dram.rdata
-        if read_regs(cfg):
-            rd = Signal(B)
-            m.d.sync += rd.eq(dram.rdata)
+        # the word read, registered (READ_DATA) before it joins `out`'s other sources:
+        # the block RAMs' outputs into that multiplexer were one of the ECP5-85F's
+        # longest paths
+        rd = Signal(B)
 
         # ---- status LEDs ----
         m.d.comb += self.leds.eq(Cat(acc.busy, acc.done, acc.done & (acc.status != 0)))
@@ -151,10 +147,18 @@ class Soc(wiring.Component):
         # `after_send`: where SEND goes once `out` is empty
         after_send = Signal(2)
         TO_IDLE, TO_READ = 0, 1
+        # an answer is chosen (`answer`, its length) in the state that decides it and
+        # taken into `out` in the next, LOAD_OUT: loaded from the states' decisions
+        # (a 32-bit count compare among them), `out`'s enable ran across its 150-odd
+        # flip-flops, one of the ECP5-85F's longest paths
+        answers = {"ident": ident, "status": status, "word": rd, "ack": ACK[0], "nak": NAK[0]}
+        answer = Signal(range(len(answers)))
+        nanswer = Signal.like(nout)
 
-        def send(m, value, nbytes, then=TO_IDLE):
-            m.d.sync += [out.eq(value), nout.eq(nbytes), after_send.eq(then)]
-            m.next = "SEND"
+        def send(m, name, nbytes, then=TO_IDLE):
+            m.d.sync += [answer.eq(list(answers).index(name)), nanswer.eq(nbytes),
+                         after_send.eq(then)]
+            m.next = "LOAD_OUT"
 
         m.d.sync += host_busy.eq(0)                # READ and WRITE last one cycle each
         with m.FSM(name="host"):
@@ -168,7 +172,7 @@ class Soc(wiring.Component):
                                 m.d.sync += nargs.eq(n)
                                 m.next = "ARGS" if n else "EXEC"
                         with m.Default():
-                            send(m, NAK[0], 1)
+                            send(m, "nak", 1)
             with m.State("ARGS"):
                 m.d.comb += rx.data.ready.eq(1)
                 with m.If(rx.data.valid):
@@ -179,12 +183,12 @@ class Soc(wiring.Component):
                 # a command with fewer than 8 argument bytes has them at the top of `args`
                 with m.Switch(cmd):
                     with m.Case(CMD_IDENT[0]):
-                        send(m, ident, IDENT_BYTES)
+                        send(m, "ident", IDENT_BYTES)
                     with m.Case(CMD_STATUS[0]):
-                        send(m, status, STATUS_BYTES)
+                        send(m, "status", STATUS_BYTES)
                     with m.Case(CMD_START[0]):
                         m.d.comb += [acc.start.eq(1), acc.start_pc.eq(args[32:])]
-                        send(m, ACK[0], 1)
+                        send(m, "ack", 1)
                     with m.Case(CMD_WRITE[0], CMD_READ[0]):
                         m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbyte.eq(0)]
                         with m.If(args[32:] == 0):
@@ -205,24 +209,29 @@ class Soc(wiring.Component):
                 m.d.comb += host_we.eq(1)
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), nbyte.eq(0)]
                 with m.If(count == 1):
-                    send(m, ACK[0], 1)
+                    send(m, "ack", 1)
                 with m.Else():
                     m.next = "WDATA"
             with m.State("WDONE"):
                 # n = 0: a write acknowledges at once, a read answers nothing
                 with m.If(cmd == CMD_WRITE[0]):
-                    send(m, ACK[0], 1)
+                    send(m, "ack", 1)
                 with m.Else():
                     m.next = "IDLE"
             with m.State("READ"):
                 m.d.comb += host_re.eq(1)
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
-                m.next = "READ_WAIT" if read_regs(cfg) else "READ_DATA"
-            if read_regs(cfg):
-                with m.State("READ_WAIT"):
-                    m.next = "READ_DATA"
+                m.next = "READ_DATA"
             with m.State("READ_DATA"):
-                send(m, rd, cfg.bus_bytes, then=TO_READ)
+                m.d.sync += rd.eq(dram.rdata)
+                send(m, "word", cfg.bus_bytes, then=TO_READ)
+            with m.State("LOAD_OUT"):
+                with m.Switch(answer):
+                    for k, value in enumerate(answers.values()):
+                        with m.Case(k):
+                            m.d.sync += out.eq(value)
+                m.d.sync += nout.eq(nanswer)
+                m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += tx.data.valid.eq(nout != 0)
                 with m.If(nout == 0):

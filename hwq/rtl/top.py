@@ -29,14 +29,16 @@ unit runs; END, illegal opcodes and out-of-range instructions stop there once ev
 is idle. The next FETCH begins the cycle after. With `cfg.overlap` off, FETCH waits
 until every unit is idle, so one instruction runs at a time and the units read their
 fields straight from the instruction register; with it on, each unit keeps a copy of its
-instruction's fields (hwq/rtl/ports.py held_args) and the top one of its extents (for
-the hazard checks), taken at dispatch.
+instruction's fields (hwq/rtl/ports.py held_args) and of its extents (for the hazard
+checks), both taken in every cycle it is idle (ports.hold), the dispatch's among them.
 hwq/sim/cycles.py is the cycle model of all this.
 
 `fault` builds a deliberately broken variant for the tests that prove the differential
 checks catch a bug: "post_round" makes POST's half_up rounding truncate.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
@@ -52,7 +54,7 @@ from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.perf import COUNTER_BITS, COUNTERS, RUN_BITS, UNIT_OF_OP, perf_layout
 from hwq.rtl.pool import PoolUnit
-from hwq.rtl.ports import DramPort
+from hwq.rtl.ports import DramPort, hold
 from hwq.rtl.post import PostUnit
 
 STATUS_BITS = 8
@@ -165,10 +167,24 @@ class Accelerator(wiring.Component):
         for name, unit in units.items():
             m.d.comb += unit.args.eq(args_of(dec.fields, name))   # units keep what they need
             if cfg.overlap:
+                # held like the unit's fields (copied in every idle cycle: the start,
+                # at the end of the dispatch logic, stays out of these registers' enables)
                 ext = Signal(extent_layout(cfg), name=f"{name.lower()}_extents")
-                with m.If(unit.start):
-                    m.d.sync += ext.eq(chk.extents)
+                hold(m, unit.busy, cfg, [(ext, chk.extents)])
                 running[name] = extents_of(ext, isa.BY_NAME[name], cfg)
+        # the array drains after GEMM is free (cycles.py), and GEMM's held extents are
+        # copied again from then on: its abuf extents are kept for the drain, taken from
+        # the held ones while it is busy (from the cycle after the start; the hazard
+        # blocks read them in a check's last cycle, the fetch and the check later)
+        drains = {}
+        if cfg.overlap:
+            for k, f in enumerate(running["GEMM"]):
+                if f.memory == "abuf":
+                    first = Signal.like(f.first, name=f"gemm_drain_{k}_first")
+                    last = Signal.like(f.last, name=f"gemm_drain_{k}_last")
+                    with m.If(gemm.busy):
+                        m.d.sync += [first.eq(f.first), last.eq(f.last)]
+                    drains[k] = isa.Extent(f.memory, first, last, Const(1), f.access)
 
         # LOAD -> ibuf / wbuf / bbuf / obuf (by its `buf` field)
         load_wr = {}
@@ -238,23 +254,19 @@ class Accelerator(wiring.Component):
                     for other, unit in units.items():
                         if other == new:
                             continue
-                        for f in running[other]:
-                            if other == "GEMM" and f.memory == "abuf":
-                                # the array drains after the unit is free (cycles.py): this
-                                # extent counts while it drains, or while the unit is busy
-                                # where the running GEMM writes it
-                                h = isa.hazard(e, isa.Extent(f.memory, f.first, f.last,
-                                                             Const(1), f.access))
-                                lives = [("gemm_draining", gemm.draining, Const(1)),
-                                         ("gemm", gemm.busy, f.when)]
+                        for k, f in enumerate(running[other]):
+                            if other == "GEMM" and k in drains:
+                                # this extent counts while the array drains, or while the
+                                # unit is busy where the running GEMM writes it
+                                lives = [("gemm_draining", gemm.draining, drains[k], Const(1)),
+                                         ("gemm", gemm.busy, dataclasses.replace(f, when=Const(1)), f.when)]
                             else:
-                                h = isa.hazard(e, f)
-                                lives = [(other.lower(), unit.busy, Const(1))]
-                            if h is None:
-                                continue
-                            for name, busy, when in lives:
-                                blocks.setdefault((h[0], name), (busy, []))[1].append(
-                                    op[new] & h[1] & when)
+                                lives = [(other.lower(), unit.busy, f, Const(1))]
+                            for name, busy, g, when in lives:
+                                h = isa.hazard(e, g)
+                                if h is not None:
+                                    blocks.setdefault((h[0], name), (busy, []))[1].append(
+                                        op[new] & h[1] & when)
             terms = {"port": [], "data": []}
             for (kind, name), (busy, meets) in blocks.items():
                 block = Signal(name=f"{kind}_{name}")
@@ -341,6 +353,9 @@ class Accelerator(wiring.Component):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.d.comb += self.busy.eq(1)
+                # the next fetch's counters, in every dispatch cycle: only the pc waits
+                # for the dispatch decision (the end of the hazard logic)
+                m.d.sync += [k.eq(0), f_addr.eq(pc + N)]
                 with m.If(stops):
                     with m.If(all_idle):
                         m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
@@ -362,6 +377,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += [self.trace.issue.eq(1), front["fetch"].eq(1)]
                     for name, unit in units.items():
                         m.d.comb += unit.start.eq(op[name])
-                    m.d.sync += [pc.eq(pc + N), k.eq(0), f_addr.eq(pc + N)]
+                    m.d.sync += pc.eq(pc + N)
                     m.next = "FETCH"
         return m
