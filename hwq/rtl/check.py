@@ -320,8 +320,9 @@ class RangeCheck(wiring.Component):
         # check): only slot 0's come from the instruction register through the decode and
         # the clamps. From it, all in one select, they were the ECP5-85F's longest path.
         late_regs = bool(read_regs(self.cfg))
-        op_r = Signal.like(self.op, name="op_r")
-        m.d.sync += op_r.eq(self.op)
+        if late_regs:
+            op_r = Signal.like(self.op, name="op_r")
+            m.d.sync += op_r.eq(self.op)
         copies = {}
 
         def early(value):
