@@ -26,9 +26,9 @@ from nets import PlainResNet18, ResNet18, lenet  # noqa: E402
 from hwq.compiler.datasets import calibration_set  # noqa: E402
 from hwq.compiler.frontend import trace  # noqa: E402
 from hwq.compiler.lower import compile_model  # noqa: E402
-from hwq.compiler.quant.calibrate import quantize  # noqa: E402
+from hwq.compiler.quant.pipeline import quantize  # noqa: E402
 from hwq.compiler.quant.config import load_quant_config  # noqa: E402
-from hwq.config import load_hw_config  # noqa: E402
+from hwq.arch.config import load_hw_config  # noqa: E402
 
 
 def timed(fn):

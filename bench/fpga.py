@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hwq.board import build_bitstream, load_board, summarize  # noqa: E402
+from hwq.board.bitstream import build_bitstream, summarize  # noqa: E402
+from hwq.board.spec import load_board  # noqa: E402
 from hwq.flow import build  # noqa: E402
 
 # board -> (what the issue asks, Fmax target in MHz; None: the board file's clock)
@@ -22,7 +23,7 @@ TARGETS = {"ulx3s-85f": ("ECP5-85F, 8x8 array, >= 100 MHz", 100.0),
            "icebreaker": ("iCE40UP5K, largest array that fits, >= 24 MHz", 24.0),
            "orangecrab-25f": ("ECP5-25F, 4x4 array, its board file's clock (no target in the "
                               "issue)", None)}
-LENET = str(ROOT / "examples" / "lenet_digits.py") + ":LeNet"
+LENET = str(ROOT / "hwq" / "examples" / "lenet_digits.py") + ":LeNet"
 
 
 def bench(name: str) -> None:

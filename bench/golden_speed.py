@@ -28,9 +28,9 @@ from torch_ao import torch_ao_int8  # noqa: E402
 
 from hwq.compiler.datasets import calibration_set  # noqa: E402
 from hwq.compiler.frontend import trace  # noqa: E402
-from hwq.compiler.quant.calibrate import quantize  # noqa: E402
+from hwq.compiler.quant.pipeline import quantize  # noqa: E402
 from hwq.compiler.quant.config import load_quant_config  # noqa: E402
-from hwq.sim.golden import GoldenModel, quantize_input  # noqa: E402
+from hwq.sim.golden import GoldenModel  # noqa: E402
 
 TARGET = 1.0
 PAUSE = 0.05     # s before each function's turn: OpenMP threads left spinning go to sleep
@@ -71,7 +71,7 @@ def main() -> None:
         model.eval()
         x = np.resize(calib, (args.batch, *shape)).astype(np.float32)
         q = quantize(trace(model, shape, name), calib, load_quant_config(), progress=False)
-        x_q = quantize_input(q, x)
+        x_q = q.quantize_input(x)
         ao = torch_ao_int8(model, calib[:32])
         xt = torch.from_numpy(x)
         golden = GoldenModel(q)

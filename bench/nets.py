@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "hwq" / "examples"))
 
 
 class PlainResNet18(nn.Module):

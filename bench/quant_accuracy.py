@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from hwq.compiler.datasets import digits_split
 from torch_ao import torch_ao_int8
 from hwq.compiler.frontend import trace
-from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.cluster import bits_per_weight, compression
 from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.qat import train_qat
 from hwq.compiler.quant.report import sqnr_db
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.sim.golden import run_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
@@ -43,7 +43,7 @@ QAT_EPOCHS = 10
 
 
 def _lenet():
-    spec = importlib.util.spec_from_file_location("lenet_digits", ROOT / "examples" / "lenet_digits.py")
+    spec = importlib.util.spec_from_file_location("lenet_digits", ROOT / "hwq" / "examples" / "lenet_digits.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -115,8 +115,8 @@ def _measure(name, logits, float_logits, y):
 
 
 def _golden_logits(qmodel, x):
-    out = run_golden(qmodel, quantize_input(qmodel, x))[qmodel.layers[-1].name]
-    return dequantize_output(qmodel, out).reshape(len(x), -1)
+    out = run_golden(qmodel, qmodel.quantize_input(x))[qmodel.layers[-1].name]
+    return qmodel.dequantize_output(out).reshape(len(x), -1)
 
 
 def _torch_ao(model, x_calib, x):

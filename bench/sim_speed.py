@@ -62,7 +62,7 @@ def _child_cpu() -> float:
 
 
 def _rate(compiled, x, sim):
-    from hwq.compiler import isa
+    from hwq.arch import isa
     from hwq.sim.rtl_sim import ensure_build, run_rtl
     cfg = compiled.cfg
     info = ensure_build(cfg, sim)
@@ -95,7 +95,7 @@ def main():
     calib = tmp / "calib32.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32))
     nets = {
-        "digits LeNet (1x8x8)": _compile(str(ROOT / "examples/lenet_digits.py") + ":LeNet",
+        "digits LeNet (1x8x8)": _compile(str(ROOT / "hwq/examples/lenet_digits.py") + ":LeNet",
                                          (1, 8, 8), "digits", a.images),
         "VGG-style 32x32 (ResNet-18's 9.3 M cycles take hours on Icarus)":
             _compile(f"{__file__}:VggSmall", (3, 32, 32), str(calib), a.images),

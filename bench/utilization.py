@@ -28,15 +28,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nets import PlainResNet18, ResNet18, lenet  # noqa: E402
 
-from hwq.compiler import isa  # noqa: E402
+from hwq.arch import isa  # noqa: E402
 from hwq.compiler.datasets import calibration_set  # noqa: E402
 from hwq.compiler.frontend import trace  # noqa: E402
 from hwq.compiler.lower import compile_model  # noqa: E402
-from hwq.compiler.quant.calibrate import quantize  # noqa: E402
+from hwq.compiler.quant.pipeline import quantize  # noqa: E402
 from hwq.compiler.quant.config import load_quant_config  # noqa: E402
-from hwq.config import load_hw_config  # noqa: E402
+from hwq.arch.config import load_hw_config  # noqa: E402
 from hwq.sim.cycles import Timeline  # noqa: E402
-from hwq.sim.golden import quantize_input  # noqa: E402
+
 from hwq.sim.rtl_sim import run_rtl  # noqa: E402
 
 TARGET = 0.85
@@ -122,7 +122,7 @@ def main() -> None:
         cfg = compiled.cfg
         peak = cfg.rows * cfg.cols
         t = time.perf_counter()
-        rtl = rtl_layer_cycles(compiled, quantize_input(q, x), args.sim)
+        rtl = rtl_layer_cycles(compiled, q.quantize_input(x), args.sim)
         seconds = time.perf_counter() - t
         model = model_layers(compiled)
         print(f"\n{name} on {cfg.rows}x{cfg.cols} ({len(compiled.program)} instructions; "

@@ -22,8 +22,7 @@ def _compile(a) -> None:
 
 
 def _quantize(a) -> None:
-    from hwq.compiler.quant.report import quantize_to_report
-    from hwq.flow import parse_shape
+    from hwq.flow import parse_shape, quantize_to_report
 
     text, _ = quantize_to_report(a.model, parse_shape(a.input_shape), a.calib, a.output,
                                  quant=a.quant_config, weights=a.weights, progress=not a.quiet)
@@ -42,9 +41,9 @@ def _simulate(a) -> None:
 
 
 def _run(a) -> None:
-    from hwq.board import load_board
+    from hwq.board.spec import load_board
     from hwq.errors import MismatchError
-    from hwq.host import Link, SerialTransport, run_package
+    from hwq.board.host import Link, SerialTransport, run_package
     from hwq.package import check_hardware, open_package
 
     pkg = open_package(a.package)
@@ -83,7 +82,7 @@ def _debug(a) -> None:
 
 
 def _disasm(a) -> None:
-    from hwq.compiler import isa
+    from hwq.arch import isa
     from hwq.package import open_package
 
     pkg = open_package(a.package)
@@ -92,7 +91,7 @@ def _disasm(a) -> None:
 
 
 def _isa_doc(a) -> None:
-    from hwq.compiler import isa
+    from hwq.arch import isa
 
     sys.stdout.write(isa.reference_markdown())
 
@@ -108,7 +107,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="path/to/file.py:ClassName")
     p.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
     p.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
-    p.add_argument("--quant-config", help="quantization YAML (default configs/quant_default.yaml)")
+    p.add_argument("--quant-config", help="quantization config: a name in hwq/configs/quant/ or a YAML path (default: default)")
     p.add_argument("--weights", help="state_dict file to load into the model")
     p.add_argument("-q", "--quiet", action="store_true")
 
@@ -121,8 +120,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="quantize and compile a model into a package")
     _model_arguments(c)
     c.add_argument("-o", "--output", required=True, help="package directory to write")
-    c.add_argument("--hw", help="hardware config name in configs/ or a YAML path (default: default)")
-    c.add_argument("--board", help="board in boards/ (or a board YAML): its hardware config, "
+    c.add_argument("--hw", help="hardware config: a name in hwq/configs/hw/ or a YAML path (default: default)")
+    c.add_argument("--board", help="board: a name in hwq/boards/ or a board YAML; its hardware config, "
                    "and a bitstream in the package")
     c.add_argument("--ref-images", type=int, default=32, help="sample inputs carried in the package")
     c.add_argument("--zip", action="store_true", help="also write PACKAGE.zip")
@@ -144,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a package's reference inputs on a board over its UART")
     r.add_argument("package")
     r.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
-    r.add_argument("--board", help="board in boards/ (default: the one the package was built for)")
+    r.add_argument("--board", help="board: a name in hwq/boards/ or a board YAML (default: the one the package was built for)")
     r.add_argument("--baud", type=int, help="override the board file's baud rate")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(run=_run)

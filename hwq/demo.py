@@ -9,7 +9,7 @@ import numpy as np
 from hwq.compiler.datasets import DIGITS_TEST_SIZE
 from hwq.flow import accuracy_ledger, build, compare_package, simulate_package, write
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+EXAMPLE = "hwq.examples.lenet_digits:LeNet"
 IMAGES = 64
 
 
@@ -20,7 +20,7 @@ def _step(text: str) -> float:
 
 def run_demo(sim: str = "verilator", out: Path = Path("build/lenet.hwq")) -> None:
     t0 = _step("training (or loading the cached) LeNet on scikit-learn digits, then compiling")
-    b = build(f"{EXAMPLE}:LeNet", (1, 8, 8), "digits", n_ref=IMAGES)
+    b = build(EXAMPLE, (1, 8, 8), "digits", n_ref=IMAGES)
     write(b, out)
     print(f"    package {out}: {len(b.compiled.program)} instructions "
           f"({time.perf_counter() - t0:.1f} s)")

@@ -3,6 +3,7 @@ compare its runs against the golden model. The CLI is a thin layer over these.""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import io
 import platform
@@ -15,48 +16,42 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from hwq.compiler import isa
+from hwq.arch import isa
 from hwq.compiler.datasets import calibration_set, digits_split
 from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, QModel
 from hwq.compiler.lower import Compiled, compile_model
-from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import load_quant_config
-from hwq.config import load_hw_config
+from hwq.compiler.quant.report import histogram_png, summary_markdown
+from hwq.arch.config import load_hw_config
 from hwq.errors import HwqError, MismatchError
 from hwq.package import Package, check_hardware, open_package, write_package
-from hwq.reports import compile_report
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.reports import compile_report, layer_sqnr, ledger
+from hwq.sim.golden import run_golden
 from hwq.sim.runner import SimResult, first_mismatch, simulate
 
 if TYPE_CHECKING:
-    from hwq.board import Board
+    from hwq.board.spec import Board
 
 REFERENCE_IMAGES = 32
 
 
 def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, str, str]:
-    """`path/to/file.py:Name` -> (module in eval mode, name, sha256 of its state).
+    """`path/to/file.py:Name` or `package.module:Name` -> (module in eval mode, name,
+    sha256 of its state).
 
     Name is an nn.Module class or a function returning a module; a class with a
     `pretrained()` classmethod is built through it (examples ship trained weights that
     way). `weights` is a state_dict file saved with torch.save."""
     path, sep, attr = spec.rpartition(":")
-    if not sep or not path.endswith(".py") or not attr:
-        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName")
-    if not Path(path).is_file():
-        raise HwqError(f"model file {path} not found")
-    mod_name = f"hwq_user_{hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]}"
-    loader = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[mod_name] = module
-    try:
-        loader.loader.exec_module(module)
-    except Exception as e:  # the user's file: report, do not trace back into it
-        raise HwqError(f"model file {path} failed to import: {type(e).__name__}: {e}") from None
+    if not sep or not path or not attr:
+        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName or "
+                       "package.module:ClassName")
+    module = _model_module(path)
     factory = getattr(module, attr, None)
     if factory is None:
-        raise HwqError(f"model file {path} defines no '{attr}'")
+        raise HwqError(f"model {'file ' if path.endswith('.py') else 'module '}{path} defines no '{attr}'")
     build = getattr(factory, "pretrained", factory) if weights is None else factory
     try:
         model = build()
@@ -75,6 +70,29 @@ def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, 
         digest.update(k.encode())
         digest.update(v.detach().cpu().numpy().tobytes())
     return model, attr, digest.hexdigest()
+
+
+def _model_module(path: str):
+    """The Python module a model spec names: a .py file, or an importable module."""
+    if not path.endswith(".py"):
+        try:
+            return importlib.import_module(path)
+        except ImportError as e:
+            raise HwqError(f"model module {path} cannot be imported ({e}); give "
+                           "path/to/file.py:ClassName for a file") from None
+        except Exception as e:  # the user's module: report, do not trace back into it
+            raise HwqError(f"model module {path} failed to import: {type(e).__name__}: {e}") from None
+    if not Path(path).is_file():
+        raise HwqError(f"model file {path} not found")
+    mod_name = f"hwq_user_{hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]}"
+    loader = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[mod_name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as e:  # the user's file: report, do not trace back into it
+        raise HwqError(f"model file {path} failed to import: {type(e).__name__}: {e}") from None
+    return module
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -133,7 +151,7 @@ def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | 
           weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
           board: str | None = None) -> Build:
     """With `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
-    from hwq.board import load_board
+    from hwq.board.spec import load_board
     brd = load_board(board) if board is not None else None
     cfg = brd.cfg if brd is not None else load_hw_config(hw)
     qcfg = load_quant_config(quant)
@@ -142,7 +160,7 @@ def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | 
     qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
     compiled = compile_model(qmodel, cfg)
     x, labels = reference_inputs(calib, input_shape, n_ref)
-    x_q = quantize_input(qmodel, x)
+    x_q = qmodel.quantize_input(x)
     golden = run_golden(qmodel, x_q)
     # The ISS must agree with the golden model before anything is written.
     iss = run_compiled(compiled, qmodel, x_q, "iss", progress=progress)
@@ -202,7 +220,7 @@ def write(b: Build, out: str | Path, zip_too: bool = False, progress: bool = Tru
     }
     manifest = manifest_of(b.qmodel, b.compiled, b.meta, b.iss)
     if b.board is not None:
-        from hwq.board import board_manifest, build_bitstream, hardware_report, tool_versions
+        from hwq.board.bitstream import board_manifest, build_bitstream, hardware_report, tool_versions
         bs = build_bitstream(b.board, progress=progress)
         if progress:
             print(f"  {bs.message}", file=sys.stderr)
@@ -241,7 +259,7 @@ def simulate_package(path, sim: str = "verilator", hw: str | None = None,
     meta = {"sim": sim, "status": result.status, "cycles": [int(c) for c in result.cycles],
             "images": len(result.status),
             "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0,
-            # performance counters (hwq/rtl/perf.py), summed over the images
+            # performance counters (hwq/arch/perf.py), summed over the images
             "counters": {k: int(sum(c[k] for c in result.counters)) for k in
                          (result.counters[0] if result.counters else {})}}
     pkg.save_run(sim, result.activations, meta)
@@ -306,7 +324,31 @@ def accuracy_ledger(model: torch.nn.Module, qmodel: QModel) -> dict[str, float]:
     _, _, x, y = digits_split()
     x = x.reshape(-1, *qmodel.input_shape)
     f = top1(float_outputs(model, x))
-    golden = run_golden(qmodel, quantize_input(qmodel, x))[qmodel.layers[-1].name]
-    q = top1(dequantize_output(qmodel, golden))
+    golden = run_golden(qmodel, qmodel.quantize_input(x))[qmodel.layers[-1].name]
+    q = top1(qmodel.dequantize_output(golden))
     return {"images": len(y), "float": float((f == y).mean()), "int8": float((q == y).mean()),
             "agreement": float((f == q).mean())}
+
+
+def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | None = None,
+                       weights: str | None = None, progress: bool = True) -> tuple[str, dict]:
+    """`hwq quantize`: post-training quantization of a model file in software (no hardware
+    limits), with its report written to `out`/summary.md and `out`/calibration.png.
+    Returns the summary and the ledger."""
+    config = load_quant_config(quant)
+    model, name, _ = load_model(spec, weights)
+    graph = trace(model, input_shape, name)
+    x_calib = calibration_set(calib, input_shape)
+    qmodel = quantize(graph, x_calib, config, progress=progress, hardware=False)
+    if calib == "digits":   # held-out labelled images
+        _, _, x, labels = digits_split()
+        x = x.reshape(-1, *input_shape)
+    else:
+        x, labels = x_calib, None
+    row = ledger(graph, qmodel, config, x, labels)
+    text = summary_markdown(qmodel, layer_sqnr(graph, qmodel, x), row)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(text)
+    (out / "calibration.png").write_bytes(histogram_png(qmodel))
+    return text, row

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hwq.compiler import isa
+from hwq.arch import isa
 from hwq.compiler.layout import TensorLayout
-from hwq.config import HwConfig
+from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 
 FORMAT_VERSION = 1

@@ -1,5 +1,6 @@
-"""What a person reads in a package's reports/: the per-layer quantization and schedule
-table, and a picture of where the quantization error is."""
+"""What a person reads: a package's reports/ (the per-layer quantization and schedule
+table, a picture of where the quantization error is) and `hwq quantize`'s ledger of
+float, fake-quant and integer golden accuracy."""
 from __future__ import annotations
 
 import io
@@ -7,17 +8,39 @@ from collections import Counter
 
 import numpy as np
 
-from hwq.compiler.quant.calibrate import run_float
-from hwq.compiler.quant.report import histogram_png, sqnr_db
+import torch
+
+from hwq.compiler.ir import Graph, QModel
+from hwq.compiler.quant.float_model import run_float
+from hwq.compiler.quant.report import fake_quant_net, histogram_png, sqnr_db
 from hwq.sim.cycles import schedule, span_cycles
+from hwq.sim.golden import run_golden
 
 
-def layer_sqnr(b) -> dict[str, float]:
-    """SQNR of every layer's int8 golden output against the float model's, in dB."""
-    floats = run_float(b.graph, b.reference["input_float"])
-    return {l.name: sqnr_db(floats[l.name], np.ldexp(b.reference[f"golden/{l.name}"]
-                                                     .astype(np.float64), -l.f_out))
-            for l in b.qmodel.layers}
+def layer_sqnr(graph: Graph, qmodel: QModel, x: np.ndarray) -> dict[str, float]:
+    """SQNR (dB) of every layer's int8 golden output against the float model's on x."""
+    floats = run_float(graph, x)
+    golden = run_golden(qmodel, qmodel.quantize_input(x))
+    return {l.name: sqnr_db(floats[l.name], np.ldexp(golden[l.name].astype(np.float64), -l.f_out))
+            for l in qmodel.layers}
+
+
+def ledger(graph: Graph, qmodel: QModel, config, x: np.ndarray, labels=None) -> dict[str, float]:
+    """Top-1 of float, fake-quant (torch) and integer golden on x: accuracy if labels are
+    given, and agreement with float; logits SQNR of the golden output."""
+    top = lambda v: v.reshape(len(v), -1).argmax(axis=1)  # noqa: E731
+    out = graph.layers[-1].name
+    f = run_float(graph, x)[out]
+    with torch.no_grad():
+        fake = fake_quant_net(graph, qmodel, config)(torch.from_numpy(x)).numpy()
+    golden = np.ldexp(run_golden(qmodel, qmodel.quantize_input(x))[out].astype(np.float64), -qmodel.f_output)
+    row = {"images": len(x), "agreement": float((top(f) == top(golden)).mean()),
+           "fake_quant_agreement": float((top(f) == top(fake)).mean()),
+           "logits_sqnr_db": sqnr_db(f, golden)}
+    if labels is not None:
+        row.update({"float": float((top(f) == labels).mean()), "fake_quant": float((top(fake) == labels).mean()),
+                    "int8": float((top(golden) == labels).mean())})
+    return row
 
 
 def _error_plot(sqnr: dict[str, float]) -> bytes:
@@ -46,7 +69,7 @@ def compile_report(b) -> dict[str, bytes]:
     instrs = Counter(b.compiled.layer_of)
     starts, total = schedule(b.compiled.program, cfg)
     cycles = span_cycles(b.compiled.layer_of, starts, total)
-    sqnr = layer_sqnr(b)
+    sqnr = layer_sqnr(b.graph, b.qmodel, b.reference["input_float"])
     lines = [f"# {b.meta['name']} on {cfg.rows}x{cfg.cols} ({cfg.name}, fingerprint {cfg.fingerprint})", "",
              f"- input fix position {q.f_input}, output fix position {q.f_output}",
              f"- {len(b.compiled.program)} instructions, {total} cycles per inference (ISS cycle model), "

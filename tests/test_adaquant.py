@@ -14,12 +14,12 @@ from hwq.cli import main
 from hwq.compiler.datasets import digits_split
 from hwq.compiler.frontend import trace
 from hwq.compiler.quant.adaquant import fast_finetune
-from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.report import fake_quant_net, sqnr_db
-from hwq.compiler.quant.requant import requantize
+from hwq.arch.requant import requantize
 from hwq.errors import HwqError
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.sim.golden import run_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = load_quant_config()
@@ -35,9 +35,9 @@ def config_with(**top):
     ({"fast_finetune": "yes"}, "fast_finetune: 'yes' must be true or false"),
     ({"fast_finetune": True, "fast_finetune_steps": 0}, "fast_finetune_steps: 0 must be in (0, 100000]"),
     ({"fast_finetune": True, "fast_finetune_steps": -5}, "fast_finetune_steps: -5 must be in (0, 100000]"),
-    ({"fast_finetune": True, "fast_finetune_steps": 2.5}, "fast_finetune_steps: 2.5 must be int"),
-    ({"fast_finetune": True, "fast_finetune_steps": "300"}, "fast_finetune_steps: '300' must be int"),
-    ({"fast_finetune": True, "fast_finetune_steps": True}, "fast_finetune_steps: True must be int"),
+    ({"fast_finetune": True, "fast_finetune_steps": 2.5}, "fast_finetune_steps: 2.5 must be an integer"),
+    ({"fast_finetune": True, "fast_finetune_steps": "300"}, "fast_finetune_steps: '300' must be an integer"),
+    ({"fast_finetune": True, "fast_finetune_steps": True}, "fast_finetune_steps: True must be an integer"),
     ({"fast_finetune_steps": 100}, "fast_finetune_steps: is set but fast_finetune is false, so it "
                                    "would do nothing; set fast_finetune: true or remove it"),
     ({"fast_finetune": True, "weight_clustering": True},
@@ -58,7 +58,7 @@ def test_config_fields_round_trip():
     assert (again.switches, again.options) == (config.switches, config.options)
     # off, its setting is not written out, so the copy reads back as valid
     assert "fast_finetune_steps" not in DEFAULT.as_dict() and DEFAULT.options["fast_finetune_steps"] == 300
-    shipped = load_quant_config(ROOT / "configs" / "quant_fast_finetune.yaml")
+    shipped = load_quant_config(ROOT / "hwq" / "configs" / "quant" / "fast_finetune.yaml")
     assert shipped.switches["fast_finetune"] and shipped.options["fast_finetune_steps"] == 300
 
 
@@ -97,17 +97,17 @@ def test_finetuned_mlp_runs_bit_exact(seed, mode):
     tuned = fast_finetune(graph, ptq, x, config, steps=6, progress=False)
     assert same_fix_positions(ptq, tuned)
     assert all(q.weight.dtype == np.int8 and q.bias.dtype == np.int32 for q in tuned.layers if q.kind == "conv")
-    x_int = quantize_input(tuned, x)
+    x_int = tuned.quantize_input(x)
     golden = run_golden(tuned, x_int)[tuned.layers[-1].name].reshape(len(x), -1)
     assert np.array_equal(golden, integer_mlp(tuned, x_int))
     with torch.no_grad():
         fake = fake_quant_net(graph, tuned, config)(torch.from_numpy(x)).numpy().reshape(len(x), -1)
-    assert np.array_equal(fake, dequantize_output(tuned, golden))
+    assert np.array_equal(fake, tuned.dequantize_output(golden))
 
 
 @pytest.fixture(scope="module")
 def lenet():
-    spec = importlib.util.spec_from_file_location("lenet_digits", ROOT / "examples" / "lenet_digits.py")
+    spec = importlib.util.spec_from_file_location("lenet_digits", ROOT / "hwq" / "examples" / "lenet_digits.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     x_train, _, x_test, _ = digits_split()
@@ -115,8 +115,8 @@ def lenet():
 
 
 def golden_logits(qmodel, x):
-    out = run_golden(qmodel, quantize_input(qmodel, x))[qmodel.layers[-1].name]
-    return dequantize_output(qmodel, out).reshape(len(x), -1)
+    out = run_golden(qmodel, qmodel.quantize_input(x))[qmodel.layers[-1].name]
+    return qmodel.dequantize_output(out).reshape(len(x), -1)
 
 
 def test_lenet_fits_float_better(lenet):
@@ -146,9 +146,9 @@ def test_progress(capsys):
 
 
 def test_quantize_report_shows_it(tmp_path, capsys):
-    (tmp_path / "ft.yaml").write_text((ROOT / "configs" / "quant_fast_finetune.yaml").read_text()
+    (tmp_path / "ft.yaml").write_text((ROOT / "hwq" / "configs" / "quant" / "fast_finetune.yaml").read_text()
                                       .replace("fast_finetune_steps: 300", "fast_finetune_steps: 20"))
-    assert main(["quantize", f"{ROOT / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
+    assert main(["quantize", f"{ROOT / 'hwq' / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
                  "--calib", "digits", "-o", str(tmp_path / "out"), "--quant-config", str(tmp_path / "ft.yaml"),
                  "-q"]) == 0
     out = capsys.readouterr().out

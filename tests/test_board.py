@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hwq.board import _prepare, available_boards, build_bitstream, load_board, summarize
+from hwq.board.bitstream import _prepare, build_bitstream, summarize
+from hwq.board.spec import available_boards, load_board
 from hwq.cli import main
 from hwq.errors import HwqError
 from hwq.rtl.clocking import ecp5_pll, ice40_pll
-from hwq.rtl.soc import IDENT_BYTES, ident_bytes
+from hwq.arch.host_protocol import IDENT_BYTES, ident_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-LENET = [f"{ROOT / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
+LENET = [f"{ROOT / 'hwq' / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
          "--calib", "digits"]
 
 
@@ -81,7 +82,10 @@ def test_clock_constraint_names_the_pll_output(name):
 def test_bad_board_file(tmp_path):
     f = tmp_path / "b.yaml"
     f.write_text(yaml.safe_dump({"board": {"platform": "x:Y", "clock": 1}, "hardware": {}}))
-    with pytest.raises(HwqError, match="unknown field.*clock.*missing clock_mhz"):
+    with pytest.raises(HwqError, match=r"board\.clock: unknown key; known: platform, clock_mhz"):
+        load_board(f)
+    f.write_text(yaml.safe_dump({"board": {"platform": "x:Y"}, "hardware": {}}))
+    with pytest.raises(HwqError, match=r"board\.clock_mhz is missing"):
         load_board(f)
 
 
@@ -97,9 +101,9 @@ def test_pll_domain_is_defined_above_its_users(tmp_path):
     propagation, which Amaranth 0.5 deprecates (RFC 59), on either PLL family."""
     import warnings
 
-    from hwq.board import _prepare
+    from hwq.board.bitstream import _prepare
     ice = tmp_path / "icebreaker-pll.yaml"
-    data = yaml.safe_load((ROOT / "boards" / "icebreaker.yaml").read_text())
+    data = yaml.safe_load((ROOT / "hwq" / "boards" / "icebreaker.yaml").read_text())
     data["board"]["clock_mhz"] = 24
     ice.write_text(yaml.safe_dump(data))
     for board in ("ulx3s-85f", ice):
@@ -121,7 +125,7 @@ def ice_package(tmp_path_factory):
     """The LeNet for the icebreaker's hardware, without a bitstream (fast)."""
     out = tmp_path_factory.mktemp("ice") / "lenet.hwq"
     code = main(["compile", *LENET, "-o", str(out), "-q", "--ref-images", "2",
-                 "--hw", str(ROOT / "boards" / "icebreaker.yaml")])
+                 "--hw", str(ROOT / "hwq" / "boards" / "icebreaker.yaml")])
     assert code == 0
     return out
 
@@ -130,7 +134,7 @@ def test_run_refuses_other_board_and_tampered_package(capsys, ice_package, tmp_p
     # the package is for the icebreaker's hardware: refused before the port is opened
     code, _, err = run(capsys, "run", ice_package, "--board", "ulx3s-85f", "--port", "/dev/null")
     assert code == 2 and err.count("\n") == 1 and "compiled for hardware" in err
-    code, _, err = run(capsys, "simulate", ice_package, "--hw", ROOT / "boards" / "ulx3s-85f.yaml")
+    code, _, err = run(capsys, "simulate", ice_package, "--hw", ROOT / "hwq" / "boards" / "ulx3s-85f.yaml")
     assert code == 2 and err.count("\n") == 1 and "compiled for hardware" in err
     code, _, err = run(capsys, "run", ice_package, "--port", "/dev/null")
     assert code == 2 and "without --board" in err
@@ -149,7 +153,7 @@ def test_run_refuses_other_board_and_tampered_package(capsys, ice_package, tmp_p
 @pytest.mark.slow
 def test_host_driver_on_soc_rtl(ice_package):
     """The driver of `hwq run`, unchanged, against the SoC's RTL through a simulated UART."""
-    from hwq.host_sim import run_host_sim
+    from hwq.board.host_sim import run_host_sim
     from hwq.package import open_package
 
     r = run_host_sim(ice_package)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hwq.cli import main
-from hwq.compiler import isa
+from hwq.arch import isa
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,11 +14,12 @@ from hypothesis import given, settings, strategies as st
 from hwq.cli import main
 from hwq.compiler.frontend import trace
 from hwq.compiler.ir import QLayer, QModel
-from hwq.compiler.quant.calibrate import quantize, run_float
+from hwq.compiler.quant.float_model import run_float
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.cluster import bits_per_weight, cluster_graph, compression, kmeans_1d
 from hwq.compiler.quant.report import fake_quant_net, summary_markdown
 from hwq.errors import HwqError
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.sim.golden import run_golden
 
 from test_adaquant import ROOT, config_with
 
@@ -27,7 +28,7 @@ from test_adaquant import ROOT, config_with
     ({"weight_clustering": 1}, "weight_clustering: 1 must be true or false"),
     ({"weight_clustering": True, "weight_clusters": 1}, "weight_clusters: 1 must be in (1, 256]"),
     ({"weight_clustering": True, "weight_clusters": 257}, "weight_clusters: 257 must be in (1, 256]"),
-    ({"weight_clustering": True, "weight_clusters": "16"}, "weight_clusters: '16' must be int"),
+    ({"weight_clustering": True, "weight_clusters": "16"}, "weight_clusters: '16' must be an integer"),
     ({"weight_clustering": True, "weight_cluster_steps": 0}, "weight_cluster_steps: 0 must be in (0, 100000]"),
     ({"weight_clusters": 16}, "weight_clusters: is set but weight_clustering is false"),
     ({"weight_cluster_steps": 10}, "weight_cluster_steps: is set but weight_clustering is false"),
@@ -116,11 +117,11 @@ def test_clustered_model_quantizes_and_runs_bit_exact(tiny):
     qmodel = quantize(graph, x, config, progress=False)
     convs = [q for q in qmodel.layers if q.kind == "conv"]
     assert len(convs) == 2 and all(len(np.unique(q.weight)) <= 4 for q in convs)
-    x_int = quantize_input(qmodel, x)
+    x_int = qmodel.quantize_input(x)
     golden = run_golden(qmodel, x_int)[qmodel.layers[-1].name].reshape(len(x), -1)
     with torch.no_grad():
         fake = fake_quant_net(graph, qmodel, config)(torch.from_numpy(x)).numpy().reshape(len(x), -1)
-    assert np.array_equal(fake, dequantize_output(qmodel, golden))
+    assert np.array_equal(fake, qmodel.dequantize_output(golden))
     rows = compression(qmodel)
     assert [r.layer for r in rows] == ["conv", "fc"] and all(r.index_bits <= 2 for r in rows)
     text = summary_markdown(qmodel, {q.name: 0.0 for q in qmodel.layers})
@@ -172,9 +173,9 @@ def test_index_bits_are_the_fewest_that_tell_the_codes_apart(codes, extra, seed)
 
 
 def test_quantize_report_prints_compression(tmp_path, capsys):
-    (tmp_path / "cl.yaml").write_text((ROOT / "configs" / "quant_default.yaml").read_text() +
+    (tmp_path / "cl.yaml").write_text((ROOT / "hwq" / "configs" / "quant" / "default.yaml").read_text() +
                                       "weight_clustering: true\nweight_clusters: 8\nweight_cluster_steps: 10\n")
-    assert main(["quantize", f"{ROOT / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
+    assert main(["quantize", f"{ROOT / 'hwq' / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
                  "--calib", "digits", "-o", str(tmp_path / "out"), "--quant-config", str(tmp_path / "cl.yaml"),
                  "-q"]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ from hwq.sim.runner import first_mismatch, simulate
 from test_lower import CONFIGS, conv, pool
 
 pytestmark = pytest.mark.slow
-LENET = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+LENET = Path(__file__).resolve().parent.parent / "hwq" / "examples" / "lenet_digits.py"
 
 
 def every_kind(seed=1):
@@ -77,14 +77,13 @@ def test_dag_kinds_on_rtl(name):
     """Residual add, depthwise and grouped conv, concat and both average pools, through
     the quantizer, compiled and run on the RTL: golden == ISS == RTL, cycles equal."""
     from hwq.compiler.frontend import trace
-    from hwq.compiler.quant.calibrate import quantize
+    from hwq.compiler.quant.pipeline import quantize
     from hwq.compiler.quant.config import load_quant_config
-    from hwq.sim.golden import quantize_input
     from test_lower_kinds import Block
     cfg = CONFIGS[name]
     xf = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
     qmodel = quantize(trace(Block(), (3, 8, 8), "block"), xf, load_quant_config(), progress=False)
-    _golden_iss_rtl(qmodel, cfg, quantize_input(qmodel, xf[:3]))
+    _golden_iss_rtl(qmodel, cfg, qmodel.quantize_input(xf[:3]))
 
 
 @pytest.mark.parametrize("name", ["default", "tall"])

@@ -9,10 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwq.compiler.frontend import trace
-from hwq.compiler.quant.calibrate import run_float
+from hwq.compiler.quant.float_model import run_float
 from hwq.errors import HwqError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+EXAMPLE = Path(__file__).resolve().parent.parent / "hwq" / "examples" / "lenet_digits.py"
 
 
 def load_example():

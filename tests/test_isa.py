@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from hwq.compiler import isa
+from hwq.arch import isa
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hwq.compiler import isa, lower
+from hwq.arch import isa
+from hwq.compiler import lower
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.lower import compile_model
-from hwq.config import HwConfig, load_hw_config
+from hwq.arch.config import HwConfig, load_hw_config
 from hwq.errors import HwqError
+from hwq.arch import timing
 from hwq.sim import cycles
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import first_mismatch, simulate
@@ -223,7 +225,7 @@ def test_streamed_weights_keep_the_array_busy():
     timeline = cycles.Timeline(cfg)
     starts = [(timeline.issue(i), i) for i in compiled.program if i.op != "END"]
     gemms = [(t, i) for t, i in starts if i.op == "GEMM"]
-    busy = sum(cycles.gemm_occupancy(i, cfg) for _, i in gemms[:-1])
+    busy = sum(timing.gemm_occupancy(i, cfg) for _, i in gemms[:-1])
     assert gemms[-1][0] - gemms[0][0] < 1.05 * busy
 
 

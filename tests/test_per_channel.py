@@ -18,8 +18,8 @@ from hwq.sim.runner import first_mismatch, simulate
 from test_lower import CONFIGS, conv
 
 ROOT = Path(__file__).resolve().parent.parent
-LENET = ROOT / "examples" / "lenet_digits.py"
-STUDY = ROOT / "configs" / "quant_percentile_perchannel.yaml"
+LENET = ROOT / "hwq" / "examples" / "lenet_digits.py"
+STUDY = ROOT / "hwq" / "configs" / "quant" / "percentile_perchannel.yaml"
 # bbuf for two blocks' entries only (one slot of bias + offsets each, and two slots)
 BIAS_ONE = dataclasses.replace(CONFIGS["small"], name="bias_one", bbuf_depth=2)
 BIAS_TWO = dataclasses.replace(CONFIGS["small"], name="bias_two", bbuf_depth=4)
@@ -113,7 +113,7 @@ def test_random_programs_with_lane_shifts_on_rtl(config):
     every counter."""
     import random
     from test_rtl_accel import _cfg, _compare, _job, _random_data, random_program
-    from hwq.compiler import isa
+    from hwq.arch import isa
     cfg = _cfg(config)
     r, flip = random.Random(77), random.Random(78)
     jobs = []

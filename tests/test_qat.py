@@ -11,15 +11,15 @@ import torch
 from hwq.compiler.datasets import digits_split
 from hwq.compiler.frontend import trace
 from hwq.compiler.lower import compile_model
-from hwq.compiler.quant.calibrate import quantize
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.qat import ROUNDERS, FakeQuantNet, round_clamp, train_qat
-from hwq.compiler.quant.requant import ROUND_MODES, quantize_float, round_shift
-from hwq.config import load_hw_config
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.arch.requant import ROUND_MODES, quantize_float, round_shift
+from hwq.arch.config import load_hw_config
+from hwq.sim.golden import run_golden
 from hwq.sim.runner import first_mismatch, simulate
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+EXAMPLE = Path(__file__).resolve().parent.parent / "hwq" / "examples" / "lenet_digits.py"
 
 
 def lenet():
@@ -61,8 +61,8 @@ def lenet_ptq():
 
 
 def golden_output(qmodel, x):
-    out = run_golden(qmodel, quantize_input(qmodel, x))[qmodel.layers[-1].name]
-    return dequantize_output(qmodel, out).reshape(len(x), -1)
+    out = run_golden(qmodel, qmodel.quantize_input(x))[qmodel.layers[-1].name]
+    return qmodel.dequantize_output(out).reshape(len(x), -1)
 
 
 def test_fake_quant_eval_is_golden(lenet_ptq):
@@ -99,7 +99,7 @@ def test_qat_export_is_bit_exact(lenet_ptq, fix_mode, per_channel):
     assert np.array_equal(fake, golden_output(exported, x_test))
     cfg = load_hw_config("default")
     compiled = compile_model(exported, cfg)
-    x_q = quantize_input(exported, x_test[:4])
+    x_q = exported.quantize_input(x_test[:4])
     shapes = {"input": exported.input_shape, **{l.name: l.out_shape for l in exported.layers}}
     result = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x_q, "iss")
     golden = run_golden(exported, x_q)

@@ -10,14 +10,17 @@ from hypothesis import given, settings, strategies as st
 from hwq.compiler.datasets import calibration_set, digits_split
 from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, Layer, QLayer, QModel
-from hwq.compiler.quant.calibrate import check_accumulator_bounds, quantize
+from hwq.compiler.quant.calibrate import check_accumulator_bounds
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.methods import ZERO_RANGE_FIX, fix_position
-from hwq.compiler.quant.config import DEFAULT_PATH, load_quant_config, parse_quant_config
-from hwq.compiler.quant.requant import ROUND_MODES, requantize
-from hwq.errors import HwqError
-from hwq.sim.golden import conv_accumulators, dequantize_output, quantize_input, run_golden
+from hwq.compiler.quant.config import CONFIGS, load_quant_config, parse_quant_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
+DEFAULT_PATH = CONFIGS / "default.yaml"
+from hwq.arch.requant import ROUND_MODES, requantize
+from hwq.errors import HwqError
+from hwq.sim.golden import conv_accumulators, run_golden
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "hwq" / "examples" / "lenet_digits.py"
 
 
 # --- config -------------------------------------------------------------------------
@@ -75,7 +78,7 @@ def set_key(*keys_value):
      ["calib_statistic_method: 'min' is not one of modal, max, mean, median"]),
     (set_key("tensor_quantize_config", "activation", "percentage", 101),
      ["tensor_quantize_config.activation.percentage: 101.0 must be in (0, 100]"]),
-    (set_key("overall_quantize_config", "bit_width", "8"), ["bit_width: '8' must be int"]),
+    (set_key("overall_quantize_config", "bit_width", "8"), ["bit_width: '8' must be an integer"]),
     (set_key("overall_quantize_config", "bit_width", 4),
      ["bit_width: 4 is not supported by the int8 power-of-two hardware; use 8"]),
     (set_key("overall_quantize_config", "symmetry", "yes please"), ["symmetry: 'yes please' must be true or false"]),
@@ -112,8 +115,14 @@ def test_config_errors(tmp_path, edit, fragments):
 
 
 def test_config_file_problems(tmp_path):
-    with pytest.raises(HwqError, match="cannot read it"):
+    with pytest.raises(HwqError, match="missing.yaml not found"):
         load_quant_config(tmp_path / "missing.yaml")
+    with pytest.raises(HwqError, match="quant config 'nosuch' not found; available: default, "
+                       "fast_finetune, percentile_perchannel"):
+        load_quant_config("nosuch")
+    (tmp_path / "latin1.yaml").write_bytes("m\xe9thode: maxmin\n".encode("latin-1"))
+    with pytest.raises(HwqError, match="not a text file"):
+        load_quant_config(tmp_path / "latin1.yaml")
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(HwqError, match="not valid YAML"):
         load_quant_config(tmp_path / "bad.yaml")
@@ -293,8 +302,8 @@ def test_input_quantization_and_output_dequantization():
     qmodel = conv_qmodel(np.ones((1, 2, 1, 1), np.int8), [0])
     qmodel.f_input, qmodel.layers[0].f_out = 4, 3
     x = np.array([0.5, -0.03125, 100.0, -0.09375], np.float32)   # 8, -0.5, clips, -1.5
-    assert quantize_input(qmodel, x).tolist() == [8, -1, 127, -2]  # std_round: ties away from 0
-    assert dequantize_output(qmodel, np.array([8, -128], np.int8)).tolist() == [1.0, -16.0]
+    assert qmodel.quantize_input(x).tolist() == [8, -1, 127, -2]  # std_round: ties away from 0
+    assert qmodel.dequantize_output(np.array([8, -128], np.int8)).tolist() == [1.0, -16.0]
 
 
 def load_example():
@@ -311,8 +320,8 @@ def test_lenet_int8_agrees_with_float():
     graph = trace(model, lenet.INPUT_SHAPE, "lenet")
     qmodel = quantize(graph, calibration_set("digits", lenet.INPUT_SHAPE), load_quant_config(),
                       progress=False)
-    golden = run_golden(qmodel, quantize_input(qmodel, x_test))
-    logits = dequantize_output(qmodel, golden["fc2"]).reshape(len(x_test), 10)
+    golden = run_golden(qmodel, qmodel.quantize_input(x_test))
+    logits = qmodel.dequantize_output(golden["fc2"]).reshape(len(x_test), 10)
     with torch.no_grad():
         float_pred = model(torch.from_numpy(x_test)).argmax(1).numpy()
     int8_pred = logits.argmax(1)

@@ -6,8 +6,8 @@ import pytest
 
 from hwq.cli import main
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet_digits.py"
-STUDY = Path(__file__).resolve().parent.parent / "configs" / "quant_percentile_perchannel.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "hwq" / "examples" / "lenet_digits.py"
+STUDY = Path(__file__).resolve().parent.parent / "hwq" / "configs" / "quant" / "percentile_perchannel.yaml"
 LEAKY = '''
 import torch, torch.nn as nn, torch.nn.functional as F
 class Leaky(nn.Module):

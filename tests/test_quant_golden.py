@@ -8,8 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
-from hwq.compiler.quant.requant import (ROUND_MODES, Requantizer, requantize, requantize_fast,
+from hwq.arch.requant import ALPHA_BITS
+from hwq.compiler.ir import QLayer, QModel
+from hwq.arch.requant import (ROUND_MODES, Requantizer, requantize, requantize_fast,
                                         round_shift)
 from hwq.sim import golden
 from hwq.sim.golden import run_golden

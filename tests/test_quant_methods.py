@@ -6,13 +6,14 @@ import torch.nn as nn
 
 from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, Layer
-from hwq.compiler.quant.calibrate import quantize, run_float
+from hwq.compiler.quant.float_model import run_float
+from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import load_quant_config, parse_quant_config
 from hwq.compiler.quant.methods import choose_fix, combine, kl_threshold
 from hwq.compiler.quant.report import sqnr_db
 from hwq.compiler.quant.rewrite import equalize
 from hwq.errors import HwqError
-from hwq.sim.golden import dequantize_output, quantize_input, run_golden
+from hwq.sim.golden import run_golden
 
 DEFAULT = load_quant_config()
 
@@ -104,7 +105,7 @@ def test_per_channel_weights():
     assert q.bias.tolist() == [round(0.1 * 2 ** (q.f_in + 7)), round(0.2 * 2 ** (q.f_in + 5)),
                                round(0.3 * 2 ** (q.f_in + 3))]
     qmodel = quantize(graph, calib, config, progress=False, hardware=False)
-    got = dequantize_output(qmodel, run_golden(qmodel, quantize_input(qmodel, calib))["c"])
+    got = qmodel.dequantize_output(run_golden(qmodel, qmodel.quantize_input(calib))["c"])
     assert sqnr_db(run_float(graph, calib)["c"], got) > 30
     # the array runs them (POST lane_shifts): the hardware check lets them through
     assert quantize(graph, calib, config, progress=False).layers[0].f_wc.tolist() == [7, 5, 3]

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.lower import compile_model
 from hwq.compiler.quant.methods import fix_position
-from hwq.compiler.quant.requant import ROUND_MODES, quantize_float
-from hwq.config import load_hw_config
+from hwq.arch.requant import ROUND_MODES, quantize_float
+from hwq.arch.config import load_hw_config
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import first_mismatch, simulate
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hwq.compiler.quant.requant import (ROUND_MODES, SLOPE_ONE, quantize_float, relu_clamp,
+from hwq.arch.requant import (ROUND_MODES, SLOPE_ONE, quantize_float, relu_clamp,
                                         requantize, round_shift)
 
 INT32 = st.integers(-(2 ** 31), 2 ** 31 - 1)

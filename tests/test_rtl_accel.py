@@ -15,11 +15,11 @@ import shutil
 import numpy as np
 import pytest
 
-from hwq.compiler import isa
-from hwq.compiler.quant.requant import ROUND_MODES
-from hwq.config import HwConfig, load_hw_config
-from hwq.rtl.perf import COUNTERS, FRONT_END
-from hwq.sim import cycles as cycle_model
+from hwq.arch import isa
+from hwq.arch.requant import ROUND_MODES
+from hwq.arch.config import HwConfig, load_hw_config
+from hwq.arch.perf import COUNTERS, FRONT_END
+from hwq.arch import timing as cycle_model
 from hwq.sim.iss import Machine
 from hwq.sim.rtl_sim import ensure_build, run_rtl
 

@@ -11,11 +11,11 @@ from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.gemm import gemm_latency
 from hwq.rtl.gemm import GemmUnit
-from hwq.sim.cycles import read_regs
+from hwq.arch.timing import read_regs
 
 WBUF, IBUF, ABUF = 32, 64, 64
 
@@ -38,7 +38,7 @@ def _unpack(word, bits, n):
 def _cfg(R, C):
     """With overlap, which back-to-back GEMMs need (without it the front end starts one
     when every unit is idle, and the unit reads the args after the start): the abuf read
-    register (cycles.read_regs) and multipliers' registers (cycles.mul_regs) with it."""
+    register (timing.read_regs) and multipliers' registers (timing.mul_regs) with it."""
     return HwConfig(name="gemm", rows=R, cols=C, bus_bytes=1, ibuf_depth=IBUF,
                     wbuf_depth=WBUF, bbuf_depth=8, abuf_depth=ABUF, obuf_depth=8, dram_words=64,
                     overlap=True)

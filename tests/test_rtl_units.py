@@ -10,8 +10,8 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwq.compiler import isa
-from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE, requantize
+from hwq.arch import isa
+from hwq.arch.requant import ROUND_MODES, SLOPE_ONE, requantize
 from hwq.rtl import decode
 from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.post import RequantLanes
@@ -166,7 +166,7 @@ async def _run_unit(ctx, dut, cfg, ins, memory, overlap, limit, obuf, machine):
     to done against the cycle model. With overlap the fields are gone after the start
     cycle (the unit must keep its own copy, held_args); before it they are there a cycle
     early, as the top holds an instruction's fields through its check."""
-    from hwq.sim import cycles as cycle_model
+    from hwq.arch import timing as cycle_model
     ctx.set(dut.args.as_value(), isa.encode(ins) >> isa.OPCODE_BITS)
     memory()
     await ctx.tick()
@@ -264,7 +264,8 @@ def test_multiplier_product_and_latency(a_bits, b_bits, a_signed, b_signed, seed
     pair every cycle, extremes included."""
     from amaranth.hdl import Shape
 
-    from hwq.rtl.mul import LATENCY, Multiplier
+    from hwq.arch.timing import MUL_LATENCY as LATENCY
+    from hwq.rtl.mul import Multiplier
     sa, sb = Shape(a_bits, a_signed), Shape(b_bits, b_signed)
     dut = Multiplier(sa, sb)
     rng = random.Random(seed)
@@ -421,9 +422,9 @@ def test_range_check_matches_isa():
     """RangeCheck (the RTL's dispatch check) agrees with isa.range_violation (the ISS's)
     on random instructions whose fields cluster around the memories' ends, after its
     CHECK_CYCLES."""
-    from hwq.config import load_hw_config
+    from hwq.arch.config import load_hw_config
     from hwq.rtl.check import RangeCheck
-    from hwq.sim.cycles import CHECK_CYCLES
+    from hwq.arch.timing import CHECK_CYCLES
     cfg = load_hw_config("small")
     dut = RangeCheck(cfg)
     rng = random.Random(3)
@@ -464,7 +465,7 @@ def test_range_check_schedule_is_tight(monkeypatch):
     waits for its pipelined operand -- so CHECK_CYCLES is no longer than it must be."""
     from amaranth.hdl import Fragment
 
-    from hwq.config import load_hw_config
+    from hwq.arch.config import load_hw_config
     from hwq.rtl import check
     cfg = load_hw_config("small")
     Fragment.get(check.RangeCheck(cfg), None)
@@ -480,7 +481,7 @@ DMA_CFG = dict(name="dma", rows=4, cols=8, bus_bytes=2, ibuf_depth=256, wbuf_dep
 
 
 def _dma_cfg():
-    from hwq.config import HwConfig
+    from hwq.arch.config import HwConfig
     return HwConfig(**DMA_CFG)
 
 
@@ -518,7 +519,7 @@ async def _run_dma(ctx, dut, ins, rng, stall, each_cycle) -> int:
 
 
 def _dma_verdict(cfg, ins, same: bool, cycles: int, stall: bool, failures: list) -> None:
-    from hwq.sim import cycles as cycle_model
+    from hwq.arch import timing as cycle_model
     if not same:
         failures.append((isa.format_instr(ins), "data"))
     expect = cycle_model.instr_cycles(ins, cfg) - cycle_model.fetch_cycles(cfg)

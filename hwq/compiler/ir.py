@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwq.arch.requant import INT8_MAX, INT8_MIN, quantize_float
+
 LAYER_KINDS = ("conv", "maxpool", "avgpool", "add", "concat", "flatten")
 ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
 # Layers that requantize their result and so can carry a fused activation.
 REQUANTIZING = ("conv", "add")
-# LeakyReLU's slope is applied on the int accumulator as alpha_q / 2**ALPHA_BITS (the DPU
-# uses 26/256 for 0.1).
-ALPHA_BITS = 8
 
 
 @dataclass
@@ -127,6 +126,20 @@ class QModel:
     @property
     def f_output(self) -> int:
         return self.layers[-1].f_out
+
+    def quantize_input(self, x_float: np.ndarray) -> np.ndarray:
+        """Float input (N, C, H, W) -> int8 at the model's input fix position, rounded as
+        its quantization config says for inputs (a hand-built QModel without one: the
+        default config's)."""
+        from hwq.compiler.quant.config import load_quant_config
+        config = self.quant_config or load_quant_config().as_dict()
+        tensor = config["tensor_quantize_config"]["input"]
+        lo = -127 if tensor["narrow_range"] else INT8_MIN
+        return quantize_float(x_float, self.f_input, tensor["round_mode"], lo, INT8_MAX)
+
+    def dequantize_output(self, y_int8: np.ndarray) -> np.ndarray:
+        """The model's int8 output as float32 values."""
+        return np.ldexp(np.asarray(y_int8, dtype=np.float32), -self.f_output).astype(np.float32)
 
     @property
     def output_shape(self) -> tuple[int, int, int]:

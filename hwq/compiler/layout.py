@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hwq.config import HwConfig
+from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 
 

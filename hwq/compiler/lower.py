@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hwq.compiler import isa
+from hwq.arch import isa
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.layout import MemoryMap, Region, TensorLayout, padded_channels
-from hwq.compiler.quant.requant import ROUND_MODES, SLOPE_ONE
-from hwq.config import HwConfig
+from hwq.arch.requant import ROUND_MODES, SLOPE_ONE
+from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
-from hwq.sim import cycles
+from hwq.arch import timing
 
 
 @dataclass
@@ -166,7 +166,7 @@ class _Prefetch:
     first. The accelerator starts instructions in order and its LOAD unit takes one at a
     time, so a LOAD that finds the unit busy holds back every instruction behind it: the
     next LOAD is emitted only once the GEMMs since the last one take as long as that one
-    moves words (hwq/sim/cycles.py's estimates, the DRAM port assumed free)."""
+    moves words (hwq/arch/timing.py's estimates, the DRAM port assumed free)."""
 
     def __init__(self, emit: _Emitter, cfg: HwConfig):
         self.emit, self.cfg = emit, cfg
@@ -182,7 +182,7 @@ class _Prefetch:
     def _load(self) -> None:
         _, _, note, fields = heapq.heappop(self.eligible)
         self.emit("LOAD", note, **fields)
-        self.busy = max(self.busy, 0) + cycles.dram_items(self.emit.program[-1], self.cfg)
+        self.busy = max(self.busy, 0) + timing.dram_items(self.emit.program[-1], self.cfg)
 
     def _release(self, now) -> None:
         while self.waiting and self.waiting[0][0] <= now:
@@ -200,8 +200,8 @@ class _Prefetch:
 
     def stream(self, now, gemm: isa.Instr) -> None:
         """`gemm` was emitted at `now`: emit what may load while it runs."""
-        self.busy -= max(cycles.gemm_occupancy(gemm, self.cfg),
-                         cycles.front_end_cycles(self.cfg) + 1)   # at least its own fetch
+        self.busy -= max(timing.gemm_occupancy(gemm, self.cfg),
+                         timing.front_end_cycles(self.cfg) + 1)   # at least its own fetch
         self._release(now)
         while self.eligible and self.busy <= 0:
             self._load()
@@ -213,11 +213,11 @@ class _Stores:
     its POST would hold the next GEMMs back until POST is done. (POST itself cannot run
     beside the array: both use abuf's read port.) A STORE goes before any POST that
     overwrites its obuf entries, and before the conv ends. Times are the array's
-    (hwq/sim/cycles.py), counted from GEMM to GEMM."""
+    (hwq/arch/timing.py), counted from GEMM to GEMM."""
 
     def __init__(self, emit: _Emitter, cfg: HwConfig, prefetch: _Prefetch):
         self.emit, self.cfg, self.prefetch = emit, cfg, prefetch
-        self.issue = cycles.front_end_cycles(cfg) + 1
+        self.issue = timing.front_end_cycles(cfg) + 1
         self.queue: collections.deque = collections.deque()   # (due, note, fields)
         self.clock = 0                  # start of the next GEMM
 
@@ -233,7 +233,7 @@ class _Stores:
         """`instr`, a GEMM, was emitted (and the LOADs that go beside it): emit the STOREs
         due once it has started, if no LOAD is expected to hold the DRAM port then."""
         start = self.clock
-        self.clock += max(cycles.gemm_occupancy(instr, self.cfg), self.issue)
+        self.clock += max(timing.gemm_occupancy(instr, self.cfg), self.issue)
         while self.queue and self.queue[0][0] <= start and self.prefetch.busy <= 0:
             self._store()
 
@@ -250,7 +250,7 @@ class _Stores:
         _, note, fields = self.queue.popleft()
         self.emit("STORE", note, **fields)
         # the next LOAD waits for the DRAM port: space it as after a LOAD
-        self.prefetch.busy = max(self.prefetch.busy, 0) + cycles.dram_items(self.emit.program[-1], self.cfg)
+        self.prefetch.busy = max(self.prefetch.busy, 0) + timing.dram_items(self.emit.program[-1], self.cfg)
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,7 @@ def _band_parts(plan: _ConvPlan, kk: int, tiles: np.ndarray) -> list[list]:
 
 
 def _conv_cost(plan: _ConvPlan, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) -> float:
-    """Estimated cycles of a conv cut by `plan`, from hwq/sim/cycles.py's numbers: the
+    """Estimated cycles of a conv cut by `plan`, from hwq/arch/timing.py's numbers: the
     steps in order on a model of the array and the DRAM port. A GEMM holds the array for
     its occupancy (at least the front end's instruction interval); a LOAD starts at its
     point in the program (_Slots) once the port is free, and runs slower by the
@@ -395,7 +395,7 @@ def _conv_cost(plan: _ConvPlan, g: _Geometry, cfg: HwConfig, tiles: np.ndarray) 
     LOAD and STORE instructions use up the front end's spare time between GEMMs first,
     then delay the array."""
     r, c, kk = cfg.rows, cfg.cols, g.k * g.k
-    issue, iw = cycles.front_end_cycles(cfg) + 1, cfg.instr_words
+    issue, iw = timing.front_end_cycles(cfg) + 1, cfg.instr_words
     ew_i, ew_w, ew_o = (cfg.entry_words(b) for b in ("ibuf", "wbuf", "obuf"))
     sums = np.concatenate([np.zeros((len(tiles), 1), np.int64), np.cumsum(tiles, axis=1)], axis=1)
     inputs, weights = _Slots(0, plan.inputs), _Slots(0, plan.weights)

@@ -8,7 +8,7 @@ the partial sums flowing down the columns and the tag meets every PE together wi
 tagged vector, and de-skews the bottom row (column c delayed C-1-c cycles), so the C
 int32 dot products of the vector presented in cycle t appear together on `y` in cycle
 t + LATENCY. `swap` is never high in two consecutive cycles (a GEMM takes at least two:
-cycles.gemm_occupancy). A `swap` vector is computed with the new (shadow) weights
+hwq/arch/timing.py gemm_occupancy). A `swap` vector is computed with the new (shadow) weights
 throughout; PE (r, c) swaps in cycle t + r + c, so `w_row[r]` may be high again from cycle
 t + r + C - 1 on (that load lands at the cycle's end, when the last column of row r has
 already taken the old shadow value).

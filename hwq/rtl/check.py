@@ -23,7 +23,7 @@ registers the extents and whether each leaves its memory, and the last cycle ORs
 into the verdict while the top compares the registered extents with the running
 units' (the hazards; after the sums in one cycle, they were the ECP5's longest paths).
 That is CHECK_CYCLES = STAGES + 4 cycles for every instruction (8: 4 slots), which
-hwq/sim/cycles.py counts:
+hwq/arch/timing.py counts:
 
   t = 0   slot 0 operands registered
   t = 1   slot 1 operands registered, slot 0 raw products registered
@@ -34,7 +34,7 @@ hwq/sim/cycles.py counts:
   t = 6   sums and compares: the extents and their out-of-range bits registered
   t = 7   the verdict (`in_range`) registered; the top registers the hazard terms
 
-With read registers (hwq.sim.cycles.read_regs: the ECP5 builds) each value of an extent
+With read registers (hwq.arch.timing.read_regs: the ECP5 builds) each value of an extent
 is summed by an adder tree in the order its summands become valid, one adder and a
 register a cycle, the last register in t = 5; t = 6 takes the extent and the compare
 from those registers (a chain of sums and the compare in one cycle were critical
@@ -60,12 +60,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.decode import instr_layout
-from hwq.rtl.mul import LATENCY as MUL_LATENCY
 from hwq.rtl.mul import Multiplier
-from hwq.sim.cycles import CHECK_CYCLES, read_regs
+from hwq.arch.timing import CHECK_CYCLES, MUL_LATENCY, read_regs
 
 MULTIPLIERS = 2
 LATENCY = MUL_LATENCY + 1          # operands, raw product (mul.py), clamped product

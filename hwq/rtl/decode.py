@@ -13,7 +13,7 @@ from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.compiler import isa
+from hwq.arch import isa
 
 
 def _field_shape(f: isa.Field):

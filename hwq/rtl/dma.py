@@ -9,7 +9,7 @@ LoadUnit timeline (cycle 0 = start): cycles 1..I issue one item each -- a DRAM w
 of an element inside the block, or a zero entry for a padding position, either one in a
 cycle with `ready` high (the top lowers it while it fetches an instruction) -- and each item
 is written into the buffer 1 + o cycles later (the read latency; o =
-hwq.sim.cycles.read_regs: 1 where the write is from registers), so cycle I + 1 + o writes
+hwq.arch.timing.read_regs: 1 where the write is from registers), so cycle I + 1 + o writes
 the last one and raises done. I = y_size * x_size * entry_words + padding entries.
 
 StoreUnit timeline: cycle 1 reads obuf entry 0; cycles 2..n*E+1 write the words, each
@@ -23,12 +23,12 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 from amaranth.utils import ceil_log2
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 from hwq.rtl.decode import args_layout
 from hwq.rtl.ports import DramPort, SramRead, SramWrite, held_args, unit_members
-from hwq.sim.cycles import read_regs
+from hwq.arch.timing import read_regs
 
 
 def dram_addr_bits(cfg: HwConfig) -> int:

@@ -43,10 +43,10 @@ from functools import lru_cache
 from amaranth.back import verilog
 from amaranth.hdl import Shape
 
-from hwq.config import HwConfig
+from hwq.arch.config import HwConfig
 from hwq.rtl.dma import dram_addr_bits
-from hwq.compiler import isa
-from hwq.rtl.perf import COUNTER_BITS, COUNTERS
+from hwq.arch import isa
+from hwq.arch.perf import COUNTER_BITS, COUNTERS
 from hwq.rtl.top import PC_BITS, STATUS_BITS, Accelerator, TraceSignature
 
 ACCEL_MODULE = "hwq_accel"

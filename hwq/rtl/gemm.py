@@ -8,7 +8,7 @@ on the output side looks at `args` (which by then may be the next GEMM's).
 
 Timeline of one GEMM (cycle 0 = the cycle `start` is taken, R = rows, C = cols,
 V = n_outer * n_inner, L = R + C + 1 + m = gemm_latency, m = 1 where the multipliers
-register their operands (hwq.sim.cycles.mul_regs), O = max(V + 1, R, C)):
+register their operands (hwq.arch.timing.mul_regs), O = max(V + 1, R, C)):
   cycle  0          start (taken only while busy is low, ignored otherwise); the args the
                     input side needs are copied (args are only valid in the start cycle)
   cycles 1..R       read wbuf[wgt + r] in cycle r + 1; array SHADOW row r latches it in
@@ -19,7 +19,7 @@ register their operands (hwq.sim.cycles.mul_regs), O = max(V + 1, R, C)):
                     the new weights in cycle 4 + r, after its shadow load in cycle r + 3); its
                     accumulator address a_v and reset bit enter the delay line then
   cycle  v+2+L-o    abuf[a_v] read issued (from the delay line); o = 1 where the read
-                    data is registered (hwq.sim.cycles.read_regs)
+                    data is registered (hwq.arch.timing.read_regs)
   cycle  v+3+L      y of vector v on the array output; abuf[a_v] <= (reset ? 0 : old) + y
   busy              high in cycles 1..O-1, low from cycle O: a new start is taken from
                     cycle O on (S = start of the next GEMM >= O)
@@ -53,13 +53,13 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.array import SystolicArray, array_latency
 from hwq.rtl.decode import args_layout
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
-from hwq.sim.cycles import mul_regs, read_regs
+from hwq.arch.timing import mul_regs, read_regs
 
 
 def gemm_latency(cfg: HwConfig) -> int:

@@ -1,5 +1,6 @@
 """A multiplier whose operands and product are registered: `p` is the product of the `a`
-and `b` presented LATENCY cycles earlier.
+and `b` presented MUL_LATENCY (hwq/arch/timing.py) cycles earlier: one register on the
+operands, one on the product.
 
 On an ECP5 those registers are the DSP block's own: a MULT18X18D with its input and
 output registers clocked by `sync`. yosys maps a `*` onto a MULT18X18D but never packs
@@ -18,7 +19,6 @@ from amaranth.hdl import ClockSignal, Instance, Module, Shape, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-LATENCY = 2
 _DSP_BITS = 18                   # a MULT18X18D's signed operands
 
 

@@ -2,7 +2,7 @@
 
 Timeline (cycle 0 = start, P = out_h * out_w, K = k_h * k_w): cycles 1..P*K read one
 window element each (output pixels in order, each window row by row); the element's data
-arrives a cycle later and -- with o = hwq.sim.cycles.read_regs(cfg) = 1, after a register
+arrives a cycle later and -- with o = hwq.arch.timing.read_regs(cfg) = 1, after a register
 -- is folded into the running max o cycles after that; the last element of a window
 writes obuf[dst + p] o cycles after that (from the running max's register), while later
 reads go out -- a read issued up to 2 * o cycles before the write of the entry it reads,
@@ -14,11 +14,11 @@ from __future__ import annotations
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.decode import args_layout
 from hwq.rtl.ports import SramRead, SramWrite, held_args, hold, unit_members
-from hwq.sim.cycles import read_regs
+from hwq.arch.timing import read_regs
 
 
 class PoolUnit(wiring.Component):

@@ -1,6 +1,6 @@
 """Post-processing: accumulator + bias, LeakyReLU slope, shift with rounding, clamp to int8.
 
-Implements hwq.compiler.quant.requant.requantize (DESIGN.md rule 2) lane by lane; the
+Implements hwq.arch.requant.requantize (DESIGN.md rule 2) lane by lane; the
 tests hold `RequantLanes` to that function, exhaustively on a narrow accumulator.
 
 The slope step (requant.apply_slope) always runs: v = x * (slope if x < 0 else 256)
@@ -25,15 +25,13 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.compiler import isa
-from hwq.compiler.ir import ALPHA_BITS
-from hwq.compiler.quant.requant import ROUND_MODES
+from hwq.arch import isa
+from hwq.arch.requant import ALPHA_BITS, ROUND_MODES
 from hwq.rtl.decode import args_layout
-from hwq.rtl.mul import LATENCY as MUL_LATENCY
 from hwq.rtl.mul import Multiplier
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import SramRead, SramWrite, held_args, unit_members
-from hwq.sim.cycles import lane_regs, read_regs
+from hwq.arch.timing import MUL_LATENCY, lane_regs, read_regs
 
 _POST = {f.name: f for f in isa.BY_NAME["POST"].fields}
 SHIFT_BITS = _POST["shift"].bits
@@ -64,13 +62,13 @@ class RequantLanes(wiring.Component):
     y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi, slope)
 
     of the acc/bias presented `latency` cycles earlier (shift, round, lo, hi, slope held).
-    Stage 1 registers x = acc + bias; with the slope, 1 + mul.LATENCY stages compute its
+    Stage 1 registers x = acc + bias; with the slope, 1 + MUL_LATENCY stages compute its
     product v on multipliers with registered operands and product (after the adder, or
     with the sum of its partial products, it was the longest path); the next stage the
     shifted value's low byte, whether it fits int8 and the rounding decision (a left
     shift is done and saturated there: it does not round); the output rounds and clamps
     with 8-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
-    hwq.sim.cycles.lane_regs) adds a stage for each path that was in turn the longest
+    hwq.arch.timing.lane_regs) adds a stage for each path that was in turn the longest
     on the ECP5-85F: one registers the log shifter halfway, one its result before the
     rounding decision, one the rounded value before the clamp.
 
@@ -234,7 +232,7 @@ class PostUnit(wiring.Component):
     the bias then held on the read port for the whole instruction; cycle 1 registers
     each lane's shift; cycles 1..n read abuf[acc + j]; each result is registered and
     written to obuf 2 + L + o cycles later; done in cycle n + 2 + L + o (with the last
-    write; n = 0 too). o = hwq.sim.cycles.read_regs: 1 where the read data is
+    write; n = 0 too). o = hwq.arch.timing.read_regs: 1 where the read data is
     registered before the lanes.
     """
 

@@ -1,23 +1,9 @@
 """The system on the board: the accelerator, its DRAM in on-chip memory, a UART host
-link and status LEDs.
+link speaking hwq/arch/host_protocol.py's protocol, and status LEDs.
 
-Host protocol (8N1 UART; every integer little-endian). The host sends a command byte
-and its arguments; the SoC answers as listed. Memory is addressed in DRAM words of
-`bus_bytes` bytes, the accelerator's own addressing (addresses wrap at `dram_words`).
-
-    'I'                        -> 'H' 'W' 'Q' PROTOCOL_VERSION, fingerprint (8 bytes),
-                                  bus_bytes (1), log2(dram_words) (1)        (IDENT_BYTES)
-    'W' addr:u32 n:u32 data    -> 'K' once the n words (n * bus_bytes bytes) are written
-    'R' addr:u32 n:u32         -> the n words (n * bus_bytes bytes)
-    'S' pc:u32                 -> 'K'; the accelerator starts at word pc (ignored if busy)
-    'Q'                        -> flags (bit 0 done, bit 1 busy), status (1), pc (u32),
-                                  cycles (u64), macs (u64)                  (STATUS_BYTES)
-    anything else              -> '?'
-
-The fingerprint is the hardware config's (hwq/config.py), so the host can refuse a
-package compiled for other hardware than the bitstream's. Host memory access has
-priority over the accelerator: while the SoC reads or writes a word the accelerator's
-DRAM port sees `ready` low (it holds its request; hwq/rtl/ports.py).
+Host memory access has priority over the accelerator: while the SoC reads or writes a
+word the accelerator's DRAM port sees `ready` low (it holds its request;
+hwq/rtl/ports.py).
 
 LEDs (as many as the board has): 0 busy, 1 done, 2 the last run stopped with an error.
 """
@@ -28,24 +14,14 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hwq.config import HwConfig
+from hwq.arch.config import HwConfig
+from hwq.arch.host_protocol import (ACK, ARG_BYTES, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS,
+                                    IDENT_BYTES, STATUS_BYTES,
+                                    CMD_WRITE, NAK, ident_bytes)
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
 
-PROTOCOL_VERSION = 1
-CMD_IDENT, CMD_WRITE, CMD_READ, CMD_START, CMD_STATUS = b"I", b"W", b"R", b"S", b"Q"
-ACK, NAK = b"K", b"?"
-IDENT_MAGIC = b"HWQ"
-IDENT_BYTES = 3 + 1 + 8 + 1 + 1
-STATUS_BYTES = 1 + 1 + 4 + 8 + 8
 LEDS = 3
-_ARG_BYTES = {CMD_WRITE: 8, CMD_READ: 8, CMD_START: 4, CMD_STATUS: 0, CMD_IDENT: 0}
-
-
-def ident_bytes(cfg: HwConfig) -> bytes:
-    """What 'I' answers for `cfg` (the host compares it with a package's)."""
-    return (IDENT_MAGIC + bytes([PROTOCOL_VERSION]) + bytes.fromhex(cfg.fingerprint)
-            + bytes([cfg.bus_bytes, cfg.dram_words.bit_length() - 1]))
 
 
 class SinglePortRam(wiring.Component):
@@ -167,7 +143,7 @@ class Soc(wiring.Component):
                 with m.If(rx.data.valid):
                     m.d.sync += [cmd.eq(rx.data.payload), nargs.eq(0)]
                     with m.Switch(rx.data.payload):
-                        for c, n in _ARG_BYTES.items():
+                        for c, n in ARG_BYTES.items():
                             with m.Case(c[0]):
                                 m.d.sync += nargs.eq(n)
                                 m.next = "ARGS" if n else "EXEC"

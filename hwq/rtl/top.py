@@ -12,7 +12,7 @@ Ports (Verilog names in brackets):
   macs [macs]             vectors streamed x rows x cols in the current / last run
   mem [mem__*]            the DRAM port (hwq/rtl/ports.py: DramPort protocol)
   perf [perf]             the performance counters of the current / last run
-                          (hwq/rtl/perf.py; cycles and macs repeat the ports above)
+                          (hwq/arch/perf.py; cycles and macs repeat the ports above)
   trace [trace__*]        for differential testing: `issue` pulses in the cycle an
                           instruction starts its unit or stops the run (`pc` is its
                           address), and each buffer's write port is mirrored (`<buf>_addr`,
@@ -45,14 +45,15 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.check import RangeCheck, extent_layout, extents_of
 from hwq.rtl.decode import Decoder, args_of, op_index
 from hwq.rtl.dma import LoadUnit, StoreUnit, dram_addr_bits
 from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.pe import ACC_BITS
-from hwq.rtl.perf import COUNTER_BITS, COUNTERS, RUN_BITS, UNIT_OF_OP, perf_layout
+from hwq.arch.perf import COUNTER_BITS, COUNTERS, RUN_BITS, UNIT_OF_OP
+from hwq.rtl.perf import perf_layout
 from hwq.rtl.pool import PoolUnit
 from hwq.rtl.ports import DramPort, hold
 from hwq.rtl.post import PostUnit
@@ -306,7 +307,7 @@ class Accelerator(wiring.Component):
         with m.If(gemm.vector):
             m.d.sync += macs.eq(macs + R * C)
 
-        # ---- performance counters (hwq/rtl/perf.py) ----
+        # ---- performance counters (hwq/arch/perf.py) ----
         # without overlap nothing waits in dispatch: those counters stay 0, and their
         # adders are ~5% of the iCE40 that runs that way
         never = ("cycles", "macs") + (() if cfg.overlap else ("stall_unit", "stall_port", "stall_data"))

@@ -22,6 +22,11 @@ from amaranth.lib.wiring import In, Out
 from hwq.errors import HwqError
 
 
+def uart_divisor(f_sync: float, baud: int) -> int:
+    """Clock cycles per bit for `baud` at a `f_sync` clock."""
+    return round(f_sync / baud)
+
+
 def _check_divisor(divisor: int) -> None:
     if not isinstance(divisor, int) or divisor < 4:
         raise HwqError(f"UART divisor {divisor!r} must be an integer >= 4 "

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.compiler import isa
-from hwq.config import HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
 from hwq.rtl.top import UNITS, write_lanes
 from hwq.sim.iss import IssError, Machine
 from hwq.sim.rtl_sim import cache_root, run_rtl

@@ -48,9 +48,9 @@ from functools import lru_cache, partial, reduce
 import numpy as np
 import torch
 
-from hwq.compiler.ir import ALPHA_BITS, QLayer, QModel
-from hwq.compiler.quant.config import load_quant_config
-from hwq.compiler.quant.requant import Requantizer, apply_slope, quantize_float, requantize_fast
+from hwq.arch.requant import ALPHA_BITS
+from hwq.compiler.ir import QLayer, QModel
+from hwq.arch.requant import Requantizer, apply_slope, requantize_fast
 from hwq.errors import HwqError
 
 # Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
@@ -104,7 +104,7 @@ class GoldenModel:
         x = np.asarray(x_int8)
         if x.dtype != np.int8 or x.ndim != 4 or x.shape[1:] != tuple(qmodel.input_shape):
             raise HwqError(f"model {qmodel.name}: golden input is {x.dtype} {x.shape}; it must be "
-                           f"int8 (N, {', '.join(map(str, qmodel.input_shape))}) (see quantize_input)")
+                           f"int8 (N, {', '.join(map(str, qmodel.input_shape))}) (see QModel.quantize_input)")
         # torch runs on one thread meanwhile: the threads are the golden model's own, each
         # running its share of a big conv's images, kernel and requantization together
         threads = torch.get_num_threads()
@@ -439,22 +439,3 @@ def _flatten(layer: QLayer, xs) -> np.ndarray:
 
 _LAYERS = {"maxpool": _maxpool, "avgpool": _avgpool, "add": _add,
            "concat": _concat, "flatten": _flatten}
-
-
-def quantize_input(qmodel: QModel, x_float: np.ndarray) -> np.ndarray:
-    """Float input (N, C, H, W) -> int8 at the model's input fix position, rounded as the
-    config says for inputs."""
-    tensor = _tensor_config(qmodel, "input")
-    lo = -127 if tensor["narrow_range"] else -128
-    return quantize_float(x_float, qmodel.f_input, tensor["round_mode"], lo, 127)
-
-
-def dequantize_output(qmodel: QModel, y_int8: np.ndarray) -> np.ndarray:
-    """The model's int8 output as float32 values."""
-    return np.ldexp(np.asarray(y_int8, dtype=np.float32), -qmodel.f_output).astype(np.float32)
-
-
-def _tensor_config(qmodel: QModel, tensor: str) -> dict:
-    # a hand-built QModel may carry no config; it then means the default one
-    config = qmodel.quant_config or load_quant_config().as_dict()
-    return config["tensor_quantize_config"][tensor]

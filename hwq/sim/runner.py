@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq.compiler.layout import TensorLayout
-from hwq.config import HwConfig
+from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 from hwq.progress import Progress
 from hwq.sim.iss import Machine
@@ -21,7 +21,7 @@ class SimResult:
     status: list[str]
     cycles: list[int]
     activations: dict[str, np.ndarray]    # layer name -> (N, C, H, W) int8
-    counters: list[dict[str, int]] = field(default_factory=list)   # per image (hwq/rtl/perf.py)
+    counters: list[dict[str, int]] = field(default_factory=list)   # per image (hwq/arch/perf.py)
 
     @property
     def ok(self) -> bool:

@@ -16,18 +16,16 @@ exactly as PTQ and QAT make theirs, so it runs bit-exact on the golden model lik
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hwq.compiler.ir import Graph, QModel
-from hwq.compiler.quant.calibrate import activation, run_float
+from hwq.compiler.quant.float_model import activation, one_torch_thread, run_float
 from hwq.compiler.quant.config import QuantConfig
 from hwq.compiler.quant.qat import FakeQuantNet
 from hwq.progress import Progress
-from hwq.sim.golden import quantize_input
 
 # Adam's step size, in units of the tensor's quantization step (weights: 2**-f_w of the
 # finest channel; bias: the output's 2**-f_out, where a bias change shows), decaying
@@ -36,19 +34,6 @@ from hwq.sim.golden import quantize_input
 # LeNet larger steps (0.005 and up) flip weights back and forth and end no better.
 STEP = 0.001
 BATCH = 64   # calibration samples per step
-
-
-@contextmanager
-def one_torch_thread():
-    """The fine-tunes (this one and clustering's) are thousands of small ops, where torch's
-    thread pool only adds barriers, and where another process holds a core those barriers
-    wait for it: the LeNet test took 30 s with the pool and 2 s without."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fast_finetune(graph: Graph, qmodel: QModel, calib: np.ndarray, config: QuantConfig,
@@ -62,7 +47,7 @@ def fast_finetune(graph: Graph, qmodel: QModel, calib: np.ndarray, config: Quant
     graph = dataclasses.replace(graph, layers=[dataclasses.replace(l, bn=None) for l in graph.layers])
     net = FakeQuantNet(graph, qmodel, config).eval()   # eval: PTQ's fix positions stay put
     floats = run_float(net.graph, calib)
-    env = {"input": (torch.from_numpy(quantize_input(qmodel, calib).astype(np.float64)), net.fix["input"]())}
+    env = {"input": (torch.from_numpy(qmodel.quantize_input(calib).astype(np.float64)), net.fix["input"]())}
     convs = [l for l in net.graph.layers if l.kind == "conv"]
     bar = Progress("fast finetune", steps * len(convs), "steps", enabled=progress)
     errors = {}

@@ -14,65 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hwq.compiler import isa
-from hwq.compiler.ir import ALPHA_BITS, Graph, Layer, QLayer, QModel
+from hwq.arch import isa
+from hwq.arch.requant import ALPHA_BITS, INT8_MAX, quantize_float, relu_clamp
+from hwq.compiler.ir import Graph, Layer, QLayer, QModel
 from hwq.compiler.quant.config import QuantConfig, TensorQuant
+from hwq.compiler.quant.float_model import run_float
 from hwq.compiler.quant.methods import choose_fix, combine, fake_quant, fix_position
-from hwq.compiler.quant.requant import INT8_MAX, quantize_float, relu_clamp
-from hwq.compiler.quant.rewrite import prepare
 from hwq.errors import HwqError
 from hwq.progress import Progress
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-_CHUNK = 256        # samples per float op, to bound memory on large calibration sets
 CALIB_BATCH = 32    # samples per calibration batch: the unit the statistic method combines
 HIST_BINS = 64      # of the |activation| histogram kept for the report
 _DIFFS_SAMPLES = 64  # calibration inputs diffs runs a layer on to choose its weights' fix
-
-
-def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The float reference of the Graph: every layer's float32 output (N, C, H, W)."""
-    env = {"input": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
-    for layer in graph.layers:
-        env[layer.name] = float_layer(layer, [env[s] for s in layer.sources])
-    return {layer.name: env[layer.name].numpy() for layer in graph.layers}
-
-
-def float_layer(layer: Layer, xs: list[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        parts = zip(*(torch.split(x, _CHUNK) for x in xs))
-        return torch.cat([float_op(layer, list(p)) for p in parts])
-
-
-def float_op(layer: Layer, xs: list[torch.Tensor], weight=None, bias=None) -> torch.Tensor:
-    """One layer in float torch; `weight`/`bias` (tensors) replace the layer's own, for QAT."""
-    x = xs[0]
-    if layer.kind == "maxpool":
-        return F.max_pool2d(x, layer.kernel, layer.stride)
-    if layer.kind == "avgpool":
-        return F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding)
-    if layer.kind == "flatten":
-        return x.reshape(len(x), -1, 1, 1)
-    if layer.kind == "concat":
-        return torch.cat(xs, dim=1)
-    if layer.kind == "add":
-        y = xs[0] + xs[1]
-    else:
-        if weight is None:
-            weight = torch.from_numpy(layer.weight)
-            bias = torch.from_numpy(layer.bias) if layer.bias is not None else None
-        y = F.conv2d(x, weight, bias, layer.stride, layer.padding, 1, layer.groups)
-    return activation(layer, y)
-
-
-def activation(layer: Layer, y: torch.Tensor) -> torch.Tensor:
-    if layer.act == "relu":
-        return y.clamp(min=0)
-    if layer.act == "relu6":
-        return y.clamp(0, 6)
-    if layer.act == "leaky_relu":
-        return F.leaky_relu(y, layer.alpha)
-    return y
 
 
 def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
@@ -88,26 +42,10 @@ def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
                            f"/ {2 ** ALPHA_BITS}); use a slope in [0, 1.99]")
 
 
-def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: bool = True,
-             hardware: bool = True, batch_size: int = CALIB_BATCH) -> QModel:
-    """Quantize `graph` with fix positions calibrated on `calib`, (N, C, H, W) float
-    samples of the model's input. `hardware` refuses, up front, settings the array cannot
-    run (a LeakyReLU slope out of range); software-only runs pass False. The config's
-    weight_clustering clusters the float weights first, its fast_finetune tunes the
-    calibrated weights after; both learn from `calib`."""
-    calib = np.asarray(calib)
-    if calib.ndim != 4 or calib.shape[1:] != tuple(graph.input_shape) or len(calib) == 0:
-        raise HwqError(f"model {graph.name}: calibration data has shape {calib.shape}; it must "
-                       f"be (N, {', '.join(map(str, graph.input_shape))}) with N >= 1")
-    config.check_layers(graph)
-    _check_power_of_two(config, graph)
-    if hardware:
-        hardware_check(graph, config)
-    user_graph, graph = graph, prepare(graph, config)
-    if config.switches["weight_clustering"]:
-        from hwq.compiler.quant.cluster import cluster_graph   # imports this module
-        graph = cluster_graph(graph, calib, config.options["weight_clusters"],
-                              config.options["weight_cluster_steps"], progress)
+def calibrate(graph: Graph, calib: np.ndarray, config: QuantConfig, batch_size: int = CALIB_BATCH,
+              progress: bool = True) -> QModel:
+    """The QModel of `graph` (already rewritten for quantization) with fix positions
+    calibrated on `calib`, proved free of int32 accumulator overflow."""
     floats = run_float(graph, calib)
     floats["input"] = np.asarray(calib, np.float32)
     _check_finite(floats["input"], "the calibration input", graph.name)
@@ -123,14 +61,10 @@ def quantize(graph: Graph, calib: np.ndarray, config: QuantConfig, progress: boo
     qmodel = QModel(name=graph.name, input_shape=tuple(graph.input_shape), f_input=fixes["input"],
                     layers=layers, quant_config=config.as_dict())
     check_accumulator_bounds(qmodel)
-    if config.switches["fast_finetune"]:
-        from hwq.compiler.quant.adaquant import fast_finetune   # imports this module
-        qmodel = fast_finetune(user_graph, qmodel, calib, config, config.options["fast_finetune_steps"],
-                               progress)
     return qmodel
 
 
-def _check_power_of_two(config: QuantConfig, graph: Graph) -> None:
+def check_power_of_two(config: QuantConfig, graph: Graph) -> None:
     tensors = [("input", config.input)] + [(f"layer '{l.name}' {t}", tq) for l in graph.layers
                                            for t, tq in config.for_layer(l).items()]
     for what, tq in tensors:

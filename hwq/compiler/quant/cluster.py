@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwq.compiler.ir import Graph, QModel
-from hwq.compiler.quant.calibrate import float_op, run_float
-from hwq.compiler.quant.adaquant import one_torch_thread
+from hwq.compiler.quant.float_model import float_op, one_torch_thread, run_float
 from hwq.progress import Progress
 
 KMEANS_ITERS = 100

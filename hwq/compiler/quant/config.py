@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from hwq.compiler.quant.requant import ROUND_MODES
-from hwq.config import CONFIG_DIR
+from hwq.arch.config import available, named_file
+from hwq.arch.requant import ROUND_MODES
 from hwq.errors import HwqError
+from hwq.schema import Rule, as_yaml, check, read_yaml
 
-DEFAULT_PATH = CONFIG_DIR / "quant_default.yaml"
+CONFIGS = resources.files("hwq") / "configs" / "quant"
 TENSOR_TYPES = ("input", "weights", "bias", "activation")
 LAYER_TENSORS = ("weights", "bias", "activation")   # what a layer override may set
 METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
@@ -35,37 +35,28 @@ LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"
                "flatten")
 
 
-@dataclass(frozen=True)
-class _Field:
-    type: type
-    values: tuple           # what vai_q_pytorch accepts
-    supported: tuple        # what hwq does (empty: every accepted value)
-    default: object = None  # optional field: its value when absent
-    bounds: tuple | None = None  # (lo, hi]: a number's range
-
-
 _TENSOR_FIELDS = {
-    "bit_width": _Field(int, (), (8,)),
-    "method": _Field(str, METHODS, ()),
-    "round_mode": _Field(str, tuple(ROUND_MODES), ()),
-    "symmetry": _Field(bool, (True, False), (True,)),
-    "per_channel": _Field(bool, (True, False), ()),
-    "signed": _Field(bool, (True, False), (True,)),
-    "narrow_range": _Field(bool, (True, False), ()),
-    "scale_type": _Field(str, ("float", "poweroftwo"), ()),
-    "calib_statistic_method": _Field(str, STATISTICS, ()),
-    "percentage": _Field(float, (), (), default=99.99, bounds=(0, 100)),   # the percentile method's
+    "bit_width": Rule(int, (), (8,)),
+    "method": Rule(str, METHODS, ()),
+    "round_mode": Rule(str, tuple(ROUND_MODES), ()),
+    "symmetry": Rule(bool, (True, False), (True,)),
+    "per_channel": Rule(bool, (True, False), ()),
+    "signed": Rule(bool, (True, False), (True,)),
+    "narrow_range": Rule(bool, (True, False), ()),
+    "scale_type": Rule(str, ("float", "poweroftwo"), ()),
+    "calib_statistic_method": Rule(str, STATISTICS, ()),
+    "percentage": Rule(float, (), (), default=99.99, bounds=(0, 100)),   # the percentile method's
 }
-_REQUIRED = [f for f, rule in _TENSOR_FIELDS.items() if rule.default is None]
+_REQUIRED = [f for f, rule in _TENSOR_FIELDS.items() if rule.required]
 # Vitis' global switches: those hwq does, and those it refuses with the reason.
 _SWITCHES = ("convert_relu6_to_relu", "include_cle", "include_bias_corr", "fast_finetune",
              "weight_clustering")
 # Settings of a switch: (the switch, the rule). Given while the switch is off they would do
 # nothing, so they are refused then.
 _OPTIONS = {
-    "fast_finetune_steps": ("fast_finetune", _Field(int, (), (), default=300, bounds=(0, 100_000))),
-    "weight_clusters": ("weight_clustering", _Field(int, (), (), default=16, bounds=(1, 256))),
-    "weight_cluster_steps": ("weight_clustering", _Field(int, (), (), default=200, bounds=(0, 100_000))),
+    "fast_finetune_steps": ("fast_finetune", Rule(int, (), (), default=300, bounds=(0, 100_000))),
+    "weight_clusters": ("weight_clustering", Rule(int, (), (), default=16, bounds=(1, 256))),
+    "weight_cluster_steps": ("weight_clustering", Rule(int, (), (), default=200, bounds=(0, 100_000))),
 }
 _REFUSED_SWITCHES = {
     "convert_silu_to_hswish": "hwq compiles no SiLU or Hardswish",
@@ -162,16 +153,15 @@ class QuantConfig:
         }
 
 
-def load_quant_config(path: str | Path | None = None) -> QuantConfig:
-    """Read a quantization config YAML file; None reads configs/quant_default.yaml."""
-    path = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise HwqError(f"quant config {path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise HwqError(f"quant config {path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_quant_config(data, str(path))
+def load_quant_config(name_or_path: str | Path | None = None) -> QuantConfig:
+    """A quantization config shipped in hwq/configs/quant/ by name (None: `default`), or a
+    YAML file by path."""
+    path = named_file(name_or_path or "default", CONFIGS, "quant config")
+    return parse_quant_config(read_yaml(path, "quant config"), str(path))
+
+
+def available_quant_configs() -> list[str]:
+    return available(CONFIGS)
 
 
 def parse_quant_config(data, source: str) -> QuantConfig:
@@ -193,7 +183,7 @@ def parse_quant_config(data, source: str) -> QuantConfig:
     def tensor_fields(d, key: str) -> dict:
         """Check a (possibly partial) mapping of tensor fields; return it validated."""
         known(mapping(d, key), _TENSOR_FIELDS, key)
-        return {name: _check(_TENSOR_FIELDS[name], value, lambda what, k=f"{key}.{name}": fail(k, what))
+        return {name: check(_TENSOR_FIELDS[name], value, lambda what, k=f"{key}.{name}": fail(k, what))
                 for name, value in d.items()}
 
     def per_tensor(d, key: str, types) -> dict:
@@ -211,7 +201,7 @@ def parse_quant_config(data, source: str) -> QuantConfig:
              f"[{', '.join(TENSOR_TYPES)}]")
     for switch, why in _REFUSED_SWITCHES.items():
         if data.get(switch, False) is not False:
-            fail(switch, f"{_yaml(data[switch])} is not supported: {why}; use false")
+            fail(switch, f"{as_yaml(data[switch])} is not supported: {why}; use false")
     switches = {}
     for switch in _SWITCHES:
         switches[switch] = data.get(switch, False)
@@ -225,7 +215,7 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         if name in data and not switches[switch]:
             fail(name, f"is set but {switch} is false, so it would do nothing; set {switch}: "
                  "true or remove it")
-        options[name] = _check(rule, data.get(name, rule.default), lambda what, k=name: fail(k, what))
+        options[name] = check(rule, data.get(name, rule.default), lambda what, k=name: fail(k, what))
 
     key = "overall_quantize_config"
     overall = tensor_fields(data.get(key), key)
@@ -264,22 +254,3 @@ def parse_quant_config(data, source: str) -> QuantConfig:
 
     return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source,
                        layer_rules=tuple(rules), switches=switches, options=options)
-
-
-def _check(rule: _Field, value, fail):
-    if rule.type is float and type(value) is int:
-        value = float(value)
-    if type(value) is not rule.type:
-        fail(f"{value!r} must be {'true or false' if rule.type is bool else rule.type.__name__}")
-    if rule.values and value not in rule.values:
-        fail(f"{value!r} is not one of {', '.join(map(_yaml, rule.values))}")
-    if rule.supported and value not in rule.supported:
-        fail(f"{_yaml(value)} is not supported by the int8 power-of-two hardware; "
-             f"use {' or '.join(map(_yaml, rule.supported))}")
-    if rule.bounds and not rule.bounds[0] < value <= rule.bounds[1]:
-        fail(f"{value} must be in ({rule.bounds[0]}, {rule.bounds[1]}]")
-    return value
-
-
-def _yaml(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from hwq.compiler.quant.requant import INT8_MAX, quantize_float
+from hwq.arch.requant import INT8_MAX, quantize_float
 
 # A tensor that is zero on the whole calibration set can take any fix position; this one
 # gives it the range [-1, 1), the usual range of normalised data.

@@ -24,10 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwq.compiler.ir import ALPHA_BITS, Graph, Layer, QModel
-from hwq.compiler.quant.calibrate import check_accumulator_bounds, make_qlayer, run_float
+from hwq.arch.requant import ALPHA_BITS
+from hwq.compiler.ir import Graph, Layer, QModel
+from hwq.compiler.quant.calibrate import check_accumulator_bounds, make_qlayer
+from hwq.compiler.quant.float_model import run_float
 from hwq.compiler.quant.config import QuantConfig
-from hwq.compiler.quant.requant import INT8_MAX
+from hwq.arch.requant import INT8_MAX
 from hwq.compiler.quant.rewrite import prepare
 
 FIX_MODES = ("derive", "learn", "keep")
@@ -154,7 +156,7 @@ class FakeQuantNet(nn.Module):
     # --- the integer-domain forward ------------------------------------------------
 
     def forward(self, x: torch.Tensor, round_output: bool = True) -> torch.Tensor:
-        """Float input -> the output as floats at its fix position (as dequantize_output).
+        """Float input -> the output as floats at its fix position (as QModel.dequantize_output).
         round_output False: the last layer's output before its rounding (still saturated),
         the value a distillation loss sees, as fast finetune's does: that rounding is noise
         of a fixed size the weights cannot remove, and only adds noise to the gradient."""

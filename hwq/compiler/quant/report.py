@@ -1,53 +1,24 @@
-"""What `hwq quantize` shows: per-layer fix positions, thresholds and SQNR against float,
-a calibration histogram per layer with its threshold marked, an accuracy ledger (float,
-fake-quant, integer golden), and, when the config asks for them, the weight clustering's
-compression and the fast finetune's per-layer errors."""
+"""The parts of a quantization report: per-layer fix positions, thresholds and SQNR
+against float, a calibration histogram per layer with its threshold marked, and, when
+the config asks for them, the weight clustering's compression and the fast finetune's
+per-layer errors (hwq/reports.py puts them together with the golden model's figures)."""
 from __future__ import annotations
 
 import dataclasses
 import io
 
 import numpy as np
-import torch
 
 from hwq.compiler.ir import Graph, QModel
-from hwq.compiler.quant.calibrate import run_float
 from hwq.compiler.quant.cluster import WEIGHT_BITS, bits_per_weight, compression
 from hwq.compiler.quant.config import QuantConfig
 from hwq.compiler.quant.qat import FakeQuantNet
-from hwq.sim.golden import quantize_input, run_golden
 
 
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
     signal = float(np.sum(reference.astype(np.float64) ** 2))
     return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
-
-
-def layer_sqnr(graph: Graph, qmodel: QModel, x: np.ndarray) -> dict[str, float]:
-    """SQNR (dB) of every layer's int8 golden output against the float model's on x."""
-    floats = run_float(graph, x)
-    golden = run_golden(qmodel, quantize_input(qmodel, x))
-    return {l.name: sqnr_db(floats[l.name], np.ldexp(golden[l.name].astype(np.float64), -l.f_out))
-            for l in qmodel.layers}
-
-
-def ledger(graph: Graph, qmodel: QModel, config, x: np.ndarray, labels=None) -> dict[str, float]:
-    """Top-1 of float, fake-quant (torch) and integer golden on x: accuracy if labels are
-    given, and agreement with float; logits SQNR of the golden output."""
-    top = lambda v: v.reshape(len(v), -1).argmax(axis=1)  # noqa: E731
-    out = graph.layers[-1].name
-    f = run_float(graph, x)[out]
-    with torch.no_grad():
-        fake = fake_quant_net(graph, qmodel, config)(torch.from_numpy(x)).numpy()
-    golden = np.ldexp(run_golden(qmodel, quantize_input(qmodel, x))[out].astype(np.float64), -qmodel.f_output)
-    row = {"images": len(x), "agreement": float((top(f) == top(golden)).mean()),
-           "fake_quant_agreement": float((top(f) == top(fake)).mean()),
-           "logits_sqnr_db": sqnr_db(f, golden)}
-    if labels is not None:
-        row.update({"float": float((top(f) == labels).mean()), "fake_quant": float((top(fake) == labels).mean()),
-                    "int8": float((top(golden) == labels).mean())})
-    return row
 
 
 def fake_quant_net(graph: Graph, qmodel: QModel, config: QuantConfig) -> FakeQuantNet:
@@ -142,35 +113,3 @@ def _clustering_lines(qmodel: QModel) -> list[str]:
               f"{r.bits_per_weight:.3f} | {r.ratio:.2f}x |" for r in rows]
     return lines + [f"| total | {sum(r.weights for r in rows)} | | | "
                     f"{sum(r.codes for r in rows) * WEIGHT_BITS} | {total:.3f} | {WEIGHT_BITS / total:.2f}x |"]
-
-
-def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | None = None,
-                       weights: str | None = None, progress: bool = True) -> tuple[str, dict]:
-    """`hwq quantize`: post-training quantization of a model file in software (no hardware
-    limits), with its report written to `out`/summary.md and `out`/calibration.png.
-    Returns the summary and the ledger."""
-    from pathlib import Path
-
-    from hwq.compiler.datasets import calibration_set, digits_split
-    from hwq.compiler.frontend import trace
-    from hwq.compiler.quant.calibrate import quantize
-    from hwq.compiler.quant.config import load_quant_config
-    from hwq.flow import load_model
-
-    config = load_quant_config(quant)
-    model, name, _ = load_model(spec, weights)
-    graph = trace(model, input_shape, name)
-    x_calib = calibration_set(calib, input_shape)
-    qmodel = quantize(graph, x_calib, config, progress=progress, hardware=False)
-    if calib == "digits":   # held-out labelled images
-        _, _, x, labels = digits_split()
-        x = x.reshape(-1, *input_shape)
-    else:
-        x, labels = x_calib, None
-    row = ledger(graph, qmodel, config, x, labels)
-    text = summary_markdown(qmodel, layer_sqnr(graph, qmodel, x), row)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(text)
-    (out / "calibration.png").write_bytes(histogram_png(qmodel))
-    return text, row

@@ -1,9 +1,9 @@
 """cocotb testbench of the host link: the SoC's RTL (hwq/rtl/soc.py) with the host
-driver (hwq/host.py) talking to it through a simulated UART.
+driver (hwq/board/host.py) talking to it through a simulated UART.
 
 The driver runs unchanged in a thread, on a `QueueTransport`; this coroutine side turns
 the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends on
-`uart_tx` back into bytes for it. Started by hwq/host_sim.py, which passes the package
+`uart_tx` back into bytes for it. Started by hwq/board/host_sim.py, which passes the package
 and the UART divisor in the JSON file named by $HWQ_SOC_SPEC and reads the results
 from the file the spec names.
 """
@@ -67,7 +67,7 @@ async def _receive(dut, out: queue.Queue, bit_ns: int) -> None:
 
 @cocotb.test()
 async def host_link(dut):
-    from hwq.host import Link, run_package
+    from hwq.board.host import Link, run_package
     from hwq.package import open_package
 
     spec = json.loads(Path(os.environ["HWQ_SOC_SPEC"]).read_text())

@@ -256,7 +256,7 @@ for j in range(n):
         if slope != 256:                      # x * slope / 256 if x < 0, one rounding
             x, s = (x * slope if x < 0 else x << 8), s + 8
         obuf[out + j][c] = requantize(x, s, round, lo, hi)
-# requantize is hwq.compiler.quant.requant.requantize (the slope step: its apply_slope).
+# requantize is hwq.arch.requant.requantize (the slope step: its apply_slope).
 # The compiler writes offsets 0..63 over shift = the least shift of the output block, so shift + off is the lane's own shift, in -32..31: the modulo never acts.""",
        _post_extents),
     Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
@@ -524,7 +524,7 @@ def hazard_rows() -> list[str]:
 def reference_markdown() -> str:
     """docs/isa.md, generated: the table above as a page (a test keeps the file fresh)."""
     out = [f"# hwq ISA, version {ISA_VERSION}", "",
-           "Generated from `hwq/compiler/isa.py` by `hwq isa-doc`; do not edit by hand.", "",
+           "Generated from `hwq/arch/isa.py` by `hwq isa-doc`; do not edit by hand.", "",
            __doc__.split("\n\n", 2)[2].strip(), "",
            f"Opcodes not listed are illegal: the accelerator stops with status "
            f"`illegal_opcode` ({STATUS['illegal_opcode']}); a POST slope other than 256 on "

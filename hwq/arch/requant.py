@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwq.compiler.ir import ALPHA_BITS
 
 try:  # np.clip's ufunc, without the wrapper's per-call argument checks (~5 us)
     from numpy._core.umath import clip as _clip
@@ -17,6 +16,9 @@ except ImportError:  # NumPy 1.x
 if not isinstance(_clip, np.ufunc):
     _clip = np.clip
 
+# LeakyReLU's slope is applied on the int accumulator as alpha_q / 2**ALPHA_BITS (the DPU
+# uses 26/256 for 0.1).
+ALPHA_BITS = 8
 # Vitis AI names; the code is what the POST instruction's `round` field carries.
 ROUND_MODES = {"half_up": 0, "half_even": 1, "half_down": 2, "std_round": 3}
 INT8_MIN, INT8_MAX = -128, 127

@@ -1,9 +1,10 @@
 """A small LeNet for scikit-learn's 8x8 handwritten digits: hwq's end-to-end example.
 
-    python examples/lenet_digits.py     # train (or load the cached weights) and report
+    python -m hwq.examples.lenet_digits    # train (or load the cached weights) and report
+    hwq compile hwq.examples.lenet_digits:LeNet --input-shape 1x8x8 --calib digits -o lenet.hwq
 
 Input is 1x8x8 in [0, 1]; `pretrained()` trains deterministically in a few seconds and
-caches the weights under build/cache/, keyed by this file's contents.
+caches the weights in hwq's cache directory (hwq/cache.py), keyed by this file's contents.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hwq.cache import cache_dir
 from hwq.compiler.datasets import digits_split
 
 INPUT_SHAPE = (1, 8, 8)
-CACHE_DIR = Path(__file__).resolve().parent.parent / "build" / "cache"
 
 
 class LeNet(nn.Module):
@@ -36,7 +37,7 @@ class LeNet(nn.Module):
 
     @classmethod
     def pretrained(cls) -> "LeNet":
-        """What `hwq compile examples/lenet_digits.py:LeNet` builds: the trained model."""
+        """What `hwq compile hwq.examples.lenet_digits:LeNet` builds: the trained model."""
         return pretrained()
 
     def forward(self, x):
@@ -79,11 +80,11 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
         return float((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def pretrained(cache_dir: str | Path | None = None) -> LeNet:
+def pretrained(directory: str | Path | None = None) -> LeNet:
     """A trained LeNet; trained once, then loaded from the cache."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    directory = Path(directory) if directory is not None else cache_dir("examples")
     key = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = cache_dir / f"lenet_digits-{key}.pt"
+    path = directory / f"lenet_digits-{key}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the initial weights; training then seeds its own shuffling
         model = LeNet()
@@ -91,9 +92,9 @@ def pretrained(cache_dir: str | Path | None = None) -> LeNet:
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     train(model)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     # write then rename, so a concurrent reader never sees half a file
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)

@@ -1,8 +1,8 @@
 """Run the host driver against the SoC's RTL on Verilator (the system test of the board
-flow without a board): hwq/host_tb.py is the testbench.
+flow without a board): hwq/board/host_tb.py is the testbench.
 
 The SoC (hwq/rtl/soc.py) is built for the package's hardware config with a UART of
-`divisor` clocks per bit; builds are cached under build/rtl-cache/ keyed by its Verilog.
+`divisor` clocks per bit; builds are cached in hwq's cache directory keyed by its Verilog.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hwq.config import REPO_ROOT
+from hwq.cache import PACKAGE_ROOT
 from hwq.errors import HwqError
 from hwq.package import open_package
 
@@ -34,8 +34,8 @@ def run_host_sim(package: str | Path, divisor: int = 4) -> dict:
     text = verilog.convert(Soc(pkg.cfg, divisor), name=SOC_MODULE, emit_src=False)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     build = cache_root() / f"soc-{pkg.cfg.name}-{key}"
-    if str(REPO_ROOT) not in sys.path:         # the simulator's Python imports hwq.host_tb
-        sys.path.append(str(REPO_ROOT))
+    if str(PACKAGE_ROOT.parent) not in sys.path:   # the simulator's Python imports hwq.board.host_tb
+        sys.path.append(str(PACKAGE_ROOT.parent))
     runner = cocotb_runner.get_runner("verilator")
     saved = os.environ.get("MAKEFLAGS")
     os.environ["MAKEFLAGS"] = " ".join([saved or ""] + [f"{k}={v}" for k, v in
@@ -54,7 +54,7 @@ def run_host_sim(package: str | Path, divisor: int = 4) -> dict:
         spec = {"package": str(Path(package).resolve()), "divisor": divisor,
                 "results": str(work / "results.json")}
         (work / "spec.json").write_text(json.dumps(spec))
-        runner.test(test_module="hwq.host_tb", hdl_toplevel=SOC_MODULE,
+        runner.test(test_module="hwq.board.host_tb", hdl_toplevel=SOC_MODULE,
                     hdl_toplevel_lang="verilog", build_dir=build / "sim", test_dir=work,
                     extra_env={"HWQ_SOC_SPEC": str(work / "spec.json")},
                     results_xml=str(work / "results.xml"), log_file=work / "sim.log")

@@ -1,20 +1,27 @@
 """The hardware config: the one object from which the RTL, the compiler and the ISS
-all take the shape of the accelerator (DESIGN.md rule 3)."""
+all take the shape of the accelerator.
+
+`HwConfig()` is the default, written once (the dataclass's defaults, grouped by what
+they size); every other config is a delta of it: a YAML file in hwq/configs/hw/ (or a
+board file's `hardware:` section) lists only the fields that differ, over the default
+or over the config its `base:` names, as Gemmini's configs are `.copy(...)`s of one.
+"""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from math import lcm
 from pathlib import Path
 
-import yaml
-
+from hwq.arch import isa
 from hwq.errors import HwqError
+from hwq.schema import Rule, check_fields, read_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+CONFIGS = resources.files("hwq") / "configs" / "hw"
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,6 @@ class HwConfig:
     leaky_relu: bool = True
 
     def __post_init__(self):
-        from hwq.compiler import isa  # the ISA's field widths bound what a config may ask
-
         def need(cond, what):
             if not cond:
                 raise HwqError(f"hardware config '{self.name}': {what}")
@@ -85,7 +90,6 @@ class HwConfig:
 
     @property
     def instr_words(self) -> int:
-        from hwq.compiler import isa
         return isa.INSTR_BITS // (8 * self.bus_bytes)
 
     def to_dict(self) -> dict:
@@ -93,52 +97,68 @@ class HwConfig:
 
     @property
     def fingerprint(self) -> str:
-        from hwq.compiler import isa
         blob = json.dumps({**self.to_dict(), "name": None, "isa": isa.ISA_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "HwConfig":
-        if not isinstance(data, dict):
-            raise HwqError(f"{source}: expected a mapping of hardware fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HwqError(f"{source}: unknown hardware field(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(sorted(known))}")
-        for k, v in data.items():
-            if k in _FLAGS:
-                if not isinstance(v, bool):
-                    raise HwqError(f"{source}: field '{k}' must be true or false, got {v!r}")
-            elif k != "name" and (not isinstance(v, int) or isinstance(v, bool)):
-                raise HwqError(f"{source}: field '{k}' must be an integer, got {v!r}")
-        return cls(**data)
+        """A config from all of its fields or some (the others default), checked."""
+        return cls(**check_fields(data, FIELDS, source, defaults=False))
 
 
-_FLAGS = {f.name for f in dataclasses.fields(HwConfig) if f.type in (bool, "bool")}
+# The keys a config file may give: every field, by its type.
+FIELDS = {f.name: Rule({"bool": bool, "int": int, "str": str}[str(f.type)], default=f.default)
+          for f in dataclasses.fields(HwConfig)}
+_MAX_BASES = 8       # `base:` chains longer than this are a loop
 
 
-def read_named_yaml(name_or_path: str | Path, directory: Path, what: str) -> tuple[Path, dict]:
-    """`<directory>/<name>.yaml`, or a YAML file path: its path and its mapping."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = directory / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise HwqError(f"{what} '{name_or_path}' not found (looked for {path}); "
-                       f"available: {', '.join(p.stem for p in sorted(directory.glob('*.yaml')))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HwqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise HwqError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
-    return path, data
+def named_file(name_or_path: str | Path, directory: Traversable, what: str) -> Traversable:
+    """The YAML file `name_or_path` names: `<directory>/<name>.yaml` for a bare name, else
+    the path itself. Fails naming what is available."""
+    text = str(name_or_path)
+    if Path(text).suffix in (".yaml", ".yml") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise HwqError(f"{what} file {path} not found")
+        return path
+    found = directory / f"{text}.yaml"
+    if not found.is_file():
+        raise HwqError(f"{what} '{text}' not found; available: {', '.join(available(directory))}"
+                       f" (or give a path to a .yaml file)")
+    return found
+
+
+def available(directory: Traversable) -> list[str]:
+    """The names of the YAML files shipped in `directory`."""
+    return sorted(f.name[:-5] for f in directory.iterdir() if f.name.endswith(".yaml"))
+
+
+def hardware_fields(data: dict, source: str, depth: int = 0) -> dict:
+    """The fields a config file's mapping (or a board file's `hardware:` section) sets,
+    its `base:` chain resolved: every field it sets over those of the config it names."""
+    data = dict(data)
+    base = data.pop("base", "default")
+    if not isinstance(base, str):
+        raise HwqError(f"{source}: base: {base!r} must name a hardware config")
+    fields = check_fields(data, FIELDS, source, "hardware" if depth == 0 else "", defaults=False)
+    if depth:
+        fields.pop("name", None)      # a base lends its fields, not its name
+    if base == "default":
+        return fields
+    if depth >= _MAX_BASES:
+        raise HwqError(f"{source}: base: the chain of bases is a loop")
+    path = named_file(base, CONFIGS, "hardware config")
+    under = read_yaml(path, "hardware config")
+    return {**hardware_fields(under.get("hardware", under), str(path), depth + 1), **fields}
 
 
 def load_hw_config(name_or_path: str | Path = "default") -> HwConfig:
-    """Load `configs/<name>.yaml` or a YAML file path; a board file's `hardware:` section
-    is accepted too."""
-    path, data = read_named_yaml(name_or_path, CONFIG_DIR, "hardware config")
-    data = data.get("hardware", data)
-    data.setdefault("name", path.stem)
-    return HwConfig.from_dict(data, source=str(path))
+    """A config shipped in hwq/configs/hw/ by name, or a YAML file by path; a board
+    file's `hardware:` section is read too."""
+    path = named_file(name_or_path, CONFIGS, "hardware config")
+    data = read_yaml(path, "hardware config")
+    section = data.get("hardware", data)
+    if "hardware" in data and not isinstance(section, dict):
+        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
+                       f"{type(section).__name__}")
+    return HwConfig(**{"name": Path(str(path)).stem, **hardware_fields(section, str(path))})

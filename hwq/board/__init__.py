@@ -1,0 +1,1 @@
+"""Boards: their files, bitstreams, and the host driver that runs a package on one."""

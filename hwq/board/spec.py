@@ -1,0 +1,93 @@
+"""Board files: hwq/boards/<name>.yaml (or a YAML path).
+
+A board file has a `board:` section -- the amaranth-boards platform class, the clock the
+design targets (a PLL is made when it is not the oscillator's), the UART baud rate, the
+nextpnr seed, optional `uart_pins` for a board without a UART, optional `synth_opts` for
+yosys -- and a `hardware:` section, the board's hardware config as a delta of the
+default (hwq/arch/config.py).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hwq.arch.config import HwConfig, available, hardware_fields, named_file
+from hwq.errors import HwqError
+from hwq.rtl.uart import uart_divisor
+from hwq.schema import Rule, check_fields, read_yaml
+
+BOARDS = resources.files("hwq") / "boards"
+OPEN_FAMILIES = ("iCE40", "ecp5")
+# The `board:` section's keys.
+FIELDS = {
+    "platform": Rule(str),                              # module:Class in amaranth_boards
+    "clock_mhz": Rule(float, bounds=(0, 1000)),
+    "baud": Rule(int, default=115200, bounds=(0, 100_000_000)),
+    "seed": Rule(int, default=1, bounds=(0, 1 << 31)),
+    "uart_pins": Rule(dict, default=None),              # {rx, tx, connector}
+    "synth_opts": Rule(str, default=""),
+}
+
+
+def available_boards() -> list[str]:
+    return available(BOARDS)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    path: Path
+    platform_ref: str        # "module:Class" in amaranth_boards
+    clock_hz: float          # the sync clock the design targets
+    baud: int
+    seed: int
+    uart_pins: dict | None
+    synth_opts: str          # extra yosys synth_<family> options
+    cfg: HwConfig
+
+    def platform(self):
+        mod, _, cls = self.platform_ref.partition(":")
+        try:
+            plat = getattr(importlib.import_module(mod), cls)()
+        except (ImportError, AttributeError) as e:
+            raise HwqError(f"board {self.name}: platform {self.platform_ref} not found ({e}); "
+                           "pip install amaranth-boards") from None
+        if self.uart_pins:
+            from amaranth.build import Attrs
+            from amaranth_boards.resources import UARTResource
+            p = self.uart_pins
+            attrs = Attrs(IO_TYPE="LVCMOS33") if plat.family == "ecp5" else Attrs()
+            plat.add_resources([UARTResource(0, rx=p["rx"], tx=p["tx"],
+                                             conn=(p["connector"], 0), attrs=attrs)])
+        return plat
+
+    @property
+    def family(self) -> str:
+        return self.platform().family
+
+    @property
+    def open_toolchain(self) -> bool:
+        return self.family in OPEN_FAMILIES
+
+    def uart_divisor(self, f_sync: float) -> int:
+        return uart_divisor(f_sync, self.baud)
+
+
+def load_board(name_or_path: str | Path) -> Board:
+    path = named_file(name_or_path, BOARDS, "board")
+    data = read_yaml(path, "board file")
+    unknown = sorted(set(data) - {"board", "hardware"})
+    if unknown or "board" not in data or "hardware" not in data:
+        raise HwqError(f"{path}: a board file has a 'board:' and a 'hardware:' section"
+                       + (f", not {', '.join(map(str, unknown))}" if unknown else ""))
+    b = check_fields(data["board"], FIELDS, str(path), "board")
+    if not isinstance(data["hardware"], dict):
+        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
+                       f"{type(data['hardware']).__name__}")
+    name = Path(str(path)).stem
+    cfg = HwConfig(**{"name": name, **hardware_fields(data["hardware"], str(path))})
+    return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],
+                 clock_hz=b["clock_mhz"] * 1e6, baud=b["baud"], seed=b["seed"],
+                 uart_pins=b["uart_pins"], synth_opts=b["synth_opts"], cfg=cfg)

@@ -1,0 +1,43 @@
+"""The layers point one way (import-linter's contracts in pyproject.toml), and a cached
+simulator build is keyed by every source file its generator reads."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from hwq.cache import PACKAGE_ROOT, source_digest, source_files
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_are_kept():
+    lint = Path(sys.executable).parent / "lint-imports"
+    run = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "0 broken" in run.stdout
+
+
+def test_the_rtl_generator_reads_only_arch_and_rtl():
+    files = {str(p.relative_to(PACKAGE_ROOT)) for p in source_files("hwq.rtl.export")}
+    assert {"arch/timing.py", "arch/isa.py", "arch/requant.py", "arch/config.py",
+            "rtl/top.py", "rtl/post.py"} <= files
+    assert not {f for f in files if f.split("/")[0] in ("sim", "compiler", "board")}
+
+
+def test_build_key_follows_every_file_the_generator_reads(tmp_path):
+    """A timing constant changed in a copy of the package changes the RTL's source digest;
+    a file the generator does not read leaves it as it is."""
+    copy = tmp_path / "hwq"
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_digest("hwq.rtl.export", copy)
+    assert before == source_digest("hwq.rtl.export")
+
+    flow = copy / "flow.py"
+    flow.write_text(flow.read_text() + "\n# a comment\n")
+    assert source_digest("hwq.rtl.export", copy) == before
+
+    timing = copy / "arch" / "timing.py"
+    text = timing.read_text()
+    assert "CHECK_CYCLES = 8" in text
+    timing.write_text(text.replace("CHECK_CYCLES = 8", "CHECK_CYCLES = 9"))
+    assert source_digest("hwq.rtl.export", copy) != before
