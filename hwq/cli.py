@@ -30,10 +30,51 @@ def _quantize(a) -> None:
     print(f"wrote {Path(a.output) / 'summary.md'} and {Path(a.output) / 'calibration.png'}")
 
 
-def _simulate(a) -> None:
-    from hwq.flow import simulate_package
+def _inputs(a):
+    """The array of --inputs (floats; int8 with --raw)."""
+    from hwq.compiler.datasets import load_array
+    return load_array(a.inputs, "inputs")
 
-    pkg, result = simulate_package(a.package, a.sim, hw=a.hw, progress=not a.quiet)
+
+def _save_outputs(path: str, y) -> None:
+    """Write the outputs to `path` (.npy) whole or not at all."""
+    import os
+    import tempfile
+
+    import numpy as np
+    target = Path(path)
+    if target.suffix != ".npy":
+        raise HwqError(f"outputs {target}: give a .npy file name")
+    if target.is_dir():
+        raise HwqError(f"outputs {target} is a directory; give a .npy file name")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
+                                   prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, y)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise HwqError(f"cannot write outputs {target}: {e.strerror or e}") from None
+
+
+def _simulate(a) -> None:
+    from hwq.arch.config import load_hw_config
+    from hwq.package import check_hardware, open_package
+
+    pkg = open_package(a.package)
+    if a.hw is not None:
+        check_hardware(pkg, load_hw_config(a.hw))
+    if a.inputs is not None:
+        y = pkg.predict(_inputs(a), sim=a.sim, raw=a.raw, progress=not a.quiet)
+        _save_outputs(a.outputs, y)
+        print(f"{a.sim}: {len(y) if y.ndim == 4 else 1} inputs; outputs {y.dtype} {y.shape} "
+              f"in {a.outputs}")
+        return
+    result = pkg.simulate(a.sim, progress=not a.quiet)
     cycles = sum(result.cycles) / len(result.cycles)
     print(f"{a.sim}: {len(result.status)} images, status {', '.join(sorted(set(result.status)))}, "
           f"{cycles:.0f} cycles/inference; results in {pkg.path / 'runs'}; "
@@ -41,9 +82,9 @@ def _simulate(a) -> None:
 
 
 def _run(a) -> None:
+    from hwq.board.host import Link, SerialTransport, load_package, run_inputs, run_package
     from hwq.board.spec import load_board
     from hwq.errors import MismatchError
-    from hwq.board.host import Link, SerialTransport, run_package
     from hwq.package import check_hardware, open_package
 
     pkg = open_package(a.package)
@@ -52,32 +93,41 @@ def _run(a) -> None:
         raise HwqError(f"{pkg.path} was compiled without --board; name the board with --board")
     board = load_board(name)
     check_hardware(pkg, board.cfg)
-    baud = a.baud or board.baud
-    run = run_package(pkg, Link(SerialTransport(a.port, baud), pkg.cfg.bus_bytes),
-                      progress=not a.quiet)
+    x = _inputs(a) if a.inputs is not None else None
+    link = Link(SerialTransport(a.port, a.baud or board.baud), pkg.cfg.bus_bytes)
+    if x is None:
+        run = run_package(pkg, link, progress=not a.quiet)
+    else:
+        qmodel = pkg.qmodel()
+        x_q, _ = pkg.quantize_inputs(x, raw=a.raw)
+        load_package(pkg, link, progress=not a.quiet)
+        run = run_inputs(pkg, link, x_q, progress=not a.quiet,
+                         golden=pkg.predict(x_q, "golden", raw=True))
+        _save_outputs(a.outputs, run.outputs if a.raw else qmodel.dequantize_output(run.outputs))
     n = len(run.cycles)
     if run.mismatches:
-        raise MismatchError(f"{len(run.mismatches)}/{n} images differ from the golden outputs "
-                            f"on {board.name} (first: image {run.mismatches[0]})")
-    print(f"{board.name}: {n}/{n} images bit-exact with the golden outputs; "
-          f"{sum(run.cycles) / n:.0f} cycles/inference")
+        raise MismatchError(f"{len(run.mismatches)}/{n} inputs differ from the golden outputs "
+                            f"on {board.name} (first: input {run.mismatches[0]})")
+    print(f"{board.name}: {n}/{n} inputs bit-exact with the golden model; "
+          f"{sum(run.cycles) / n:.0f} cycles/inference"
+          f"{f'; outputs in {a.outputs}' if x is not None else ''}")
 
 
 def _compare(a) -> None:
-    from hwq.flow import compare_package
+    from hwq.package import open_package
 
-    for line in compare_package(a.package):
+    for line in open_package(a.package).compare():
         print(line)
 
 
 def _debug(a) -> None:
-    from hwq.flow import debug_package
+    from hwq.errors import MismatchError
+    from hwq.package import open_package
 
-    d = debug_package(a.package, a.sim, a.image, waves=not a.no_waves)
+    d = open_package(a.package).debug(a.sim, a.image, waves=not a.no_waves)
     if d is None:
         print(f"{a.sim}: image {a.image}: the RTL and the ISS agree after every instruction")
         return
-    from hwq.errors import MismatchError
     raise MismatchError(f"{a.sim}: image {a.image}: first divergence at {d}")
 
 
@@ -102,6 +152,26 @@ def _demo(a) -> None:
     run_demo(sim=a.sim, out=Path(a.output))
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
+    return n
+
+
+def _io_arguments(p: argparse.ArgumentParser, where: str) -> None:
+    """--inputs / --outputs / --raw of `simulate` and `run`."""
+    p.add_argument("--inputs", help=f"a .npy of inputs (N, C, H, W) to run {where} instead of the "
+                   "package's reference inputs (floats; int8 with --raw)")
+    p.add_argument("--outputs", help="the .npy to write their outputs to (with --inputs)")
+    p.add_argument("--raw", action="store_true", help="inputs and outputs as int8 at the "
+                   "package's fix positions, not floats")
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """What `compile` and `quantize` both need to load and calibrate a model."""
     p.add_argument("model", help="path/to/file.py:ClassName")
@@ -123,7 +193,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--hw", help="hardware config: a name in hwq/configs/hw/ or a YAML path (default: default)")
     c.add_argument("--board", help="board: a name in hwq/boards/ or a board YAML; its hardware config, "
                    "and a bitstream in the package")
-    c.add_argument("--ref-images", type=int, default=32, help="sample inputs carried in the package")
+    c.add_argument("--ref-images", type=_count, default=32,
+                   help="sample inputs carried in the package (at least 1; default 32)")
     c.add_argument("--zip", action="store_true", help="also write PACKAGE.zip")
     c.set_defaults(run=_compile)
 
@@ -133,18 +204,21 @@ def parser() -> argparse.ArgumentParser:
     qz.add_argument("-o", "--output", default="build/quant", help="report directory")
     qz.set_defaults(run=_quantize)
 
-    s = sub.add_parser("simulate", help="run a package's reference inputs on a simulator")
+    s = sub.add_parser("simulate", help="run a package's reference inputs (or --inputs) on a simulator")
     s.add_argument("package")
-    s.add_argument("--sim", choices=SIMS, default="verilator")
+    s.add_argument("--sim", choices=("golden", *SIMS), default="verilator",
+                   help="golden (with --inputs), iss, verilator or icarus (default verilator)")
+    _io_arguments(s, "on the simulator")
     s.add_argument("--hw", help="hardware config to run on (refused unless it is the package's)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(run=_simulate)
 
-    r = sub.add_parser("run", help="run a package's reference inputs on a board over its UART")
+    r = sub.add_parser("run", help="run a package's reference inputs (or --inputs) on a board over its UART")
     r.add_argument("package")
     r.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     r.add_argument("--board", help="board: a name in hwq/boards/ or a board YAML (default: the one the package was built for)")
-    r.add_argument("--baud", type=int, help="override the board file's baud rate")
+    r.add_argument("--baud", type=_count, help="override the board file's baud rate")
+    _io_arguments(r, "on the board")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(run=_run)
 
@@ -176,7 +250,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if getattr(args, "inputs", None) is not None and not args.outputs:
+        p.error(f"{args.command} --inputs needs --outputs FILE.npy")
+    if getattr(args, "outputs", None) and args.inputs is None:
+        p.error(f"{args.command} --outputs needs --inputs FILE.npy")
+    if getattr(args, "sim", None) == "golden" and getattr(args, "inputs", None) is None:
+        p.error("--sim golden runs --inputs; the reference run needs iss, verilator or icarus")
     try:
         args.run(args)
     except HwqError as e:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from hwq.compiler.datasets import DIGITS_TEST_SIZE
-from hwq.flow import accuracy_ledger, build, compare_package, simulate_package, write
+from hwq.flow import accuracy_ledger, build, write
+from hwq.package import open_package
 
 EXAMPLE = "hwq.examples.lenet_digits:LeNet"
 IMAGES = 64
@@ -21,14 +22,14 @@ def _step(text: str) -> float:
 def run_demo(sim: str = "verilator", out: Path = Path("build/lenet.hwq")) -> None:
     t0 = _step("training (or loading the cached) LeNet on scikit-learn digits, then compiling")
     b = build(EXAMPLE, (1, 8, 8), "digits", n_ref=IMAGES)
-    write(b, out)
+    pkg = open_package(write(b, out))
     print(f"    package {out}: {len(b.compiled.program)} instructions "
           f"({time.perf_counter() - t0:.1f} s)")
     t1 = _step(f"simulating the RTL on {sim} for {IMAGES} test images")
-    pkg, result = simulate_package(out, sim)
+    result = pkg.simulate(sim, progress=True)
     print(f"    ({time.perf_counter() - t1:.1f} s)")
     _step("comparing RTL with the golden model")
-    for line in compare_package(out):
+    for line in pkg.compare():
         print(f"    {line}")
 
     acc = accuracy_ledger(b.model, b.qmodel)

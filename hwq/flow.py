@@ -1,5 +1,6 @@
-"""The user's jobs, end to end: compile a model into a package, simulate a package,
-compare its runs against the golden model. The CLI is a thin layer over these."""
+"""The user's jobs, end to end: compile a model into a package (`build` then `write`),
+quantize one in software with a report. Running a package is the Package's
+(hwq/package.py); the Python API (hwq/api.py) and the CLI are thin layers over both."""
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,14 @@ import torch
 from hwq.arch import isa
 from hwq.compiler.datasets import calibration_set, digits_split
 from hwq.compiler.frontend import trace
-from hwq.compiler.ir import Graph, QModel
+from hwq.compiler.ir import Graph, QModel, qmodel_to_npz
 from hwq.compiler.lower import Compiled, compile_model
 from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import load_quant_config
 from hwq.compiler.quant.report import histogram_png, summary_markdown
 from hwq.arch.config import load_hw_config
 from hwq.errors import HwqError, MismatchError
-from hwq.package import Package, check_hardware, open_package, write_package
+from hwq.package import check_target, write_package
 from hwq.reports import compile_report, layer_sqnr, ledger
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import SimResult, first_mismatch, simulate
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
     from hwq.board.spec import Board
 
 REFERENCE_IMAGES = 32
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state: its parameter and buffer names and values."""
+    digest = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, str, str]:
@@ -65,11 +75,7 @@ def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, 
         except (OSError, RuntimeError) as e:
             raise HwqError(f"weights {weights} do not load into {attr}: {str(e).splitlines()[0]}") from None
     model.eval()
-    digest = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        digest.update(k.encode())
-        digest.update(v.detach().cpu().numpy().tobytes())
-    return model, attr, digest.hexdigest()
+    return model, attr, model_digest(model)
 
 
 def _model_module(path: str):
@@ -107,10 +113,10 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return dims
 
 
-def reference_inputs(calib: str, input_shape, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+def reference_inputs(calib: str | np.ndarray, input_shape, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Sample inputs the package carries (and labels where the data set has them): the
     digits test split for `digits`, else the last n calibration samples."""
-    if calib == "digits":
+    if isinstance(calib, str) and calib == "digits":
         _, _, x, y = digits_split()
         calibration_set(calib, input_shape)  # same shape check as calibration
         return x[:n].reshape(-1, *input_shape), y[:n]
@@ -147,15 +153,26 @@ class Build:
     board: Board | None = None         # with a board: a bitstream goes into the package
 
 
-def build(spec: str, input_shape, calib: str, hw: str = "default", quant: str | None = None,
-          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
-          board: str | None = None) -> Build:
-    """With `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
+def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray, hw: str = "default",
+          quant: str | None = None, weights: str | None = None, n_ref: int = REFERENCE_IMAGES,
+          progress: bool = True, board: str | None = None) -> Build:
+    """`model` is a spec (`file.py:Name`, `module:Name`; `weights` a state_dict file for
+    it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs. With
+    `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
     from hwq.board.spec import load_board
+    if n_ref < 1:
+        raise HwqError(f"reference images: {n_ref} must be at least 1 (the package proves "
+                       "itself on them)")
     brd = load_board(board) if board is not None else None
     cfg = brd.cfg if brd is not None else load_hw_config(hw)
     qcfg = load_quant_config(quant)
-    model, name, model_hash = load_model(spec, weights)
+    if isinstance(model, torch.nn.Module):
+        spec, name = f"{type(model).__module__}.{type(model).__qualname__}", type(model).__name__
+        model = model.eval()
+        model_hash = model_digest(model)
+    else:
+        spec = model
+        model, name, model_hash = load_model(spec, weights)
     graph = trace(model, input_shape, name)
     qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
     compiled = compile_model(qmodel, cfg)
@@ -215,6 +232,7 @@ def write(b: Build, out: str | Path, zip_too: bool = False, progress: bool = Tru
         "program.asm": isa.disassemble(program, b.compiled.notes).encode(),
         "dram.bin": b.compiled.image[:b.compiled.start_pc * b.compiled.cfg.bus_bytes],
         "reference.npz": buf.getvalue(),
+        "qmodel.npz": qmodel_to_npz(b.qmodel),
         "rtl/hwq_accelerator.v": generate_verilog(b.compiled.cfg).encode(),
         **compile_report(b),
     }
@@ -231,88 +249,14 @@ def write(b: Build, out: str | Path, zip_too: bool = False, progress: bool = Tru
     return write_package(Path(out), manifest, files, zip_too)
 
 
-def compile_package(spec: str, input_shape, calib: str, out: str | Path, hw: str = "default",
-                    quant: str | None = None, weights: str | None = None,
-                    n_ref: int = REFERENCE_IMAGES, zip_too: bool = False,
-                    progress: bool = True, board: str | None = None) -> Path:
-    return write(build(spec, input_shape, calib, hw, quant, weights, n_ref, progress, board),
+def compile_package(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray,
+                    out: str | Path, hw: str = "default", quant: str | None = None,
+                    weights: str | None = None, n_ref: int = REFERENCE_IMAGES,
+                    zip_too: bool = False, progress: bool = True,
+                    board: str | None = None) -> Path:
+    check_target(Path(out))         # before the work: a path hwq must not replace is refused now
+    return write(build(model, input_shape, calib, hw, quant, weights, n_ref, progress, board),
                  out, zip_too, progress)
-
-
-def simulate_package(path, sim: str = "verilator", hw: str | None = None,
-                     progress: bool = True) -> tuple[Package, SimResult]:
-    pkg = open_package(path)
-    cfg = pkg.cfg
-    if hw is not None:
-        check_hardware(pkg, load_hw_config(hw))
-    if sim != "iss":
-        from hwq.rtl.export import generate_verilog
-        rtl = hashlib.sha256(generate_verilog(cfg).encode()).hexdigest()
-        if rtl != pkg.manifest["files"]["rtl/hwq_accelerator.v"]:
-            raise HwqError(f"{pkg.path}: its rtl/ is not what this hwq generates for hardware "
-                           f"{cfg.fingerprint}; recompile the package")
-    ref = pkg.reference()
-    result = simulate(cfg, pkg.image(), pkg.start_pc, pkg.tensors(), pkg.shapes(),
-                      ref["input_int8"], sim, progress)
-    useful = pkg.manifest["program"]["useful_macs"]
-    cycles = float(np.mean(result.cycles))
-    meta = {"sim": sim, "status": result.status, "cycles": [int(c) for c in result.cycles],
-            "images": len(result.status),
-            "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0,
-            # performance counters (hwq/arch/perf.py), summed over the images
-            "counters": {k: int(sum(c[k] for c in result.counters)) for k in
-                         (result.counters[0] if result.counters else {})}}
-    pkg.save_run(sim, result.activations, meta)
-    return pkg, result
-
-
-def compare_package(path) -> list[str]:
-    """Check every recorded run against the golden activations; lines of a report,
-    or MismatchError saying where the first difference is."""
-    pkg = open_package(path)
-    runs = pkg.runs()
-    if not runs:
-        raise HwqError(f"{pkg.path} has no simulation runs; run 'hwq simulate {pkg.path}' first")
-    golden = pkg.golden()
-    lines, failures = [], []
-    for sim, (acts, meta) in runs.items():
-        bad_status = [s for s in meta["status"] if s != "ok"]
-        if bad_status:
-            failures.append(f"{sim}: the accelerator stopped with status {bad_status[0]}")
-            continue
-        result = SimResult(sim, meta["status"], meta["cycles"], acts)
-        where = first_mismatch(result, golden, pkg.layer_order(), pkg.cfg.cols)
-        if where:
-            hint = (f"; find the first diverging instruction with 'hwq debug {pkg.path} --sim "
-                    f"{sim} --image {where.image}'" if sim != "iss" else "")
-            failures.append(f"{sim}: mismatch at {where}{hint}")
-        else:
-            n = meta["images"]
-            lines.append(f"{sim}: {n}/{n} images bit-exact with the golden model on all "
-                         f"{len(pkg.layer_order())} layers; {np.mean(meta['cycles']):.0f} cycles/inference, "
-                         f"MAC utilization {100 * meta['mac_utilization']:.1f}%")
-    if failures:
-        raise MismatchError("; ".join(failures))
-    return lines
-
-
-def debug_package(path, sim: str = "verilator", image: int = 0, waves: bool = True):
-    """Run reference image `image` of a package on the ISS and the RTL side by side,
-    comparing every buffer and DRAM after each instruction; the first divergence (a
-    hwq.sim.difftest.Divergence, with a waveform of that instruction) or None."""
-    from hwq.sim.difftest import first_divergence
-
-    if sim == "iss":
-        raise HwqError("debug compares the ISS with an RTL simulator; choose --sim verilator or icarus")
-    pkg = open_package(path)
-    x = pkg.reference()["input_int8"]
-    if not 0 <= image < len(x):
-        raise HwqError(f"{pkg.path} carries {len(x)} reference images; --image {image} is not one")
-    inp = pkg.tensors()["input"]
-    notes = isa.disassembly_notes((pkg.path / "program.asm").read_text())
-    return first_divergence(pkg.cfg, pkg.image(), pkg.start_pc,
-                            [(inp.region.word, inp.pack(x[image:image + 1]))], sim=sim,
-                            notes=notes, waves=waves)
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

@@ -334,12 +334,26 @@ def test_calibration_sets(tmp_path):
     x = calibration_set("digits", (1, 8, 8), n=100)
     assert x.shape == (100, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert calibration_set("digits", (64, 1, 1), n=5).shape == (5, 64, 1, 1)
-    with pytest.raises(HwqError, match="digits has 1x8x8 samples but the model's input is 3x8x8"):
+    with pytest.raises(HwqError, match=r"digits has 1x8x8 images \(or 64-vectors\) but the "
+                       "model's input is 3x8x8"):
         calibration_set("digits", (3, 8, 8))
+    with pytest.raises(HwqError, match="model's input is 4x4x4"):   # 64 values, not the image
+        calibration_set("digits", (4, 4, 4))
     with pytest.raises(HwqError, match="unknown calibration set 'imagenet'; choose one of digits"):
         calibration_set("imagenet", (1, 8, 8))
     path = tmp_path / "calib.npy"
     np.save(path, np.ones((10, 2, 3, 3), np.float64))
     assert calibration_set(str(path), (2, 3, 3), n=4).shape == (4, 2, 3, 3)
-    with pytest.raises(HwqError, match=r"it must hold floats of shape \(N, 1, 3, 3\)"):
+    with pytest.raises(HwqError, match=r"it must hold real numbers of shape \(N, 1, 3, 3\)"):
         calibration_set(str(path), (1, 3, 3))
+    assert calibration_set(np.zeros((3, 2, 3, 3)), (2, 3, 3)).dtype == np.float32
+    with open(tmp_path / "two.npy", "wb") as f:            # an .npz under an .npy name
+        np.savez(f, a=np.ones(3))
+    with pytest.raises(HwqError, match="is an .npz archive, not an .npy array"):
+        calibration_set(str(tmp_path / "two.npy"), (2, 3, 3))
+    (tmp_path / "text.npy").write_text("1 2 3\n")
+    with pytest.raises(HwqError, match="not a NumPy .npy file"):
+        calibration_set(str(tmp_path / "text.npy"), (2, 3, 3))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(HwqError, match=r"Python objects \(pickled data\)"):
+        calibration_set(str(tmp_path / "obj.npy"), (2, 3, 3))

@@ -28,6 +28,7 @@ from pathlib import Path
 from hwq.board.spec import OPEN_FAMILIES, Board
 from hwq.cache import cache_dir
 from hwq.errors import HwqError
+from hwq.progress import Progress
 from hwq.rtl.board_top import BoardTop
 
 TOP = "hwq_soc"
@@ -111,8 +112,9 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
     with open(log, "w") as out:
         proc = subprocess.Popen(["sh", f"build_{TOP}.sh"], cwd=build_dir, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-        t0 = time.time()
         stop = threading.Event()
+
+        bar = Progress(f"bitstream {family}", None, enabled=progress)
 
         def show():
             stages = ((f"{TOP}.tim", f"nextpnr-{family.lower()}"), (f"{TOP}.rpt", "yosys"))
@@ -127,9 +129,7 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
                                      if ln.strip()]
                         stage, last = name, (lines[-1].strip() if lines else "")
                         break
-                el = time.time() - t0
-                print(f"\r\033[K  bitstream {int(el // 60):02d}:{int(el % 60):02d} {stage}: "
-                      f"{last[:90]}", end="", file=sys.stderr, flush=True)
+                bar.update(0, f"{stage}: {last[:90]}")
 
         watcher = threading.Thread(target=show, daemon=True) if progress else None
         if watcher:
@@ -140,7 +140,7 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
             stop.set()
             if watcher:
                 watcher.join()
-                print(file=sys.stderr)
+            bar.close()
     if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise HwqError(f"bitstream build failed (exit {code}): {' | '.join(tail)[:300]}; "

@@ -149,34 +149,46 @@ class HostRun:
     mismatches: list[int]        # indices of the images whose output differs from golden
 
 
-def run_package(pkg: Package, link: Link, progress: bool = False,
-                timeout: float = 10.0) -> HostRun:
+def load_package(pkg: Package, link: Link, progress: bool = False) -> None:
+    """Check that the board runs the package's hardware, then write its DRAM image (data,
+    then program)."""
     check_ident(pkg, link.ident())
-    tensors, shapes = pkg.tensors(), pkg.shapes()
-    inp = tensors["input"]
-    out_name = pkg.manifest["output"]["tensor"]
-    out = tensors[out_name]
-    ref = pkg.reference()
-    x = ref["input_int8"]
-    golden = pkg.golden()[out_name]
     if progress:
         print(f"  loading {len(pkg.image())} bytes of DRAM image", file=sys.stderr, flush=True)
     link.write(0, pkg.image())
+
+
+def run_inputs(pkg: Package, link: Link, x_int8: np.ndarray, progress: bool = False,
+               timeout: float = 10.0, golden: np.ndarray | None = None) -> HostRun:
+    """Run int8 inputs (N, C, H, W) one after the other on a board loaded with the
+    package; with `golden`, the outputs each input must give."""
+    tensors, shapes = pkg.tensors(), pkg.shapes()
+    inp, out = tensors["input"], tensors[pkg.output_name]
     outputs, cycles, bad = [], [], []
-    for i in range(len(x)):
-        link.write(inp.region.word, inp.pack(x[i:i + 1]))
+    for i in range(len(x_int8)):
+        link.write(inp.region.word, inp.pack(x_int8[i:i + 1]))
         st = link.run(pkg.start_pc, timeout)
         if st.status != 0:
-            raise HwqError(f"image {i}: the accelerator stopped with status {st.status} "
+            raise HwqError(f"input {i}: the accelerator stopped with status {st.status} "
                            f"at pc {st.pc}")
-        y = out.unpack(link.read(out.region.word, out.nbytes), 1, shapes[out_name])
+        y = out.unpack(link.read(out.region.word, out.nbytes), 1, shapes[pkg.output_name])
         outputs.append(y)
         cycles.append(st.cycles)
-        if not np.array_equal(y, golden[i:i + 1]):
+        if golden is not None and not np.array_equal(y, golden[i:i + 1]):
             bad.append(i)
         if progress:
-            print(f"\r  image {i + 1}/{len(x)}: {st.cycles} cycles, "
-                  f"{'ok' if i not in bad else 'MISMATCH'}", end="", file=sys.stderr, flush=True)
+            print(f"\r  input {i + 1}/{len(x_int8)}: {st.cycles} cycles"
+                  f"{'' if golden is None else ', ok' if i not in bad else ', MISMATCH'}",
+                  end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     return HostRun(np.concatenate(outputs), cycles, bad)
+
+
+def run_package(pkg: Package, link: Link, progress: bool = False,
+                timeout: float = 10.0) -> HostRun:
+    """Load the package and run its reference inputs, each checked against its golden
+    output."""
+    load_package(pkg, link, progress)
+    return run_inputs(pkg, link, pkg.reference()["input_int8"], progress, timeout,
+                      golden=pkg.golden()[pkg.output_name])

@@ -9,6 +9,9 @@ Activations are (C, H, W) per sample; a flattened vector is (N, 1, 1).
 """
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,3 +147,55 @@ class QModel:
     @property
     def output_shape(self) -> tuple[int, int, int]:
         return self.layers[-1].out_shape
+
+
+_ARRAYS = ("weight", "bias", "f_wc")          # the QLayer fields that are arrays
+
+
+def _plain(value):
+    """A value as JSON holds it: arrays and NumPy scalars as lists and Python numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def qmodel_to_npz(qmodel: QModel) -> bytes:
+    """The QModel as an .npz: every layer's arrays under `<index>/<field>`, everything else
+    as JSON under `meta` (no pickles: np.load with allow_pickle=False reads it)."""
+    arrays, layers = {}, []
+    for i, layer in enumerate(qmodel.layers):
+        fields = {}
+        for f in dataclasses.fields(layer):
+            value = getattr(layer, f.name)
+            if f.name in _ARRAYS:
+                if value is not None:
+                    arrays[f"{i}/{f.name}"] = np.asarray(value)
+            else:
+                fields[f.name] = _plain(value)
+        layers.append(fields)
+    meta = {"name": qmodel.name, "input_shape": list(qmodel.input_shape),
+            "f_input": qmodel.f_input, "quant_config": _plain(qmodel.quant_config),
+            "layers": layers}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def qmodel_from_npz(blob: bytes) -> QModel:
+    """Inverse of qmodel_to_npz."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes())
+        layers = []
+        for i, fields in enumerate(meta["layers"]):
+            arrays = {name: z[f"{i}/{name}"] for name in _ARRAYS if f"{i}/{name}" in z.files}
+            layers.append(QLayer(**{**fields, "in_shape": tuple(fields["in_shape"]),
+                                    "out_shape": tuple(fields["out_shape"]), **arrays}))
+    return QModel(meta["name"], tuple(meta["input_shape"]), meta["f_input"], layers,
+                  meta["quant_config"])

@@ -163,7 +163,10 @@ class Machine:
         timeline = cycle_model.Timeline(cfg)
         instructions = macs = 0
         while instructions < max_instructions:
-            st = self.step(pc)
+            try:
+                st = self.step(pc)
+            except IssError as e:
+                raise IssError(f"pc {pc}: {e}") from None
             instructions += 1
             macs += st.macs
             if st.status is not None:

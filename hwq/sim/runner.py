@@ -10,7 +10,7 @@ from hwq.compiler.layout import TensorLayout
 from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 from hwq.progress import Progress
-from hwq.sim.iss import Machine
+from hwq.sim.iss import IssError, Machine
 
 SIMULATORS = ("iss", "verilator", "icarus")
 
@@ -43,12 +43,19 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
     jobs = [{"writes": [(inp.region.word, blobs[i].tobytes())], "reads": reads} for i in range(n)]
     if sim == "iss":
         # One machine for the batch, as the RTL keeps its buffers and DRAM between jobs.
-        runs, m = [], Machine(cfg, image)
+        try:
+            m = Machine(cfg, image)
+        except IssError as e:
+            raise HwqError(f"iss: {e}") from None
+        runs = []
         bar = Progress("iss", n, "images", enabled=progress)
         for i, job in enumerate(jobs):
             for word, blob in job["writes"]:
                 m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
-            r = m.run(start_pc)
+            try:
+                r = m.run(start_pc)
+            except IssError as e:          # a program that breaks a rule the ISA states
+                raise HwqError(f"iss: input {i}: {e}; the program is not one hwq compiles") from None
             runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads], r.counters))
             bar.update(i + 1)
     else:
