@@ -36,20 +36,26 @@ def _inputs(a):
     return load_array(a.inputs, "inputs")
 
 
-def _save_outputs(path: str, y) -> None:
-    """Write the outputs to `path` (.npy) whole or not at all."""
-    import os
-    import tempfile
-
-    import numpy as np
+def _outputs_path(path: str) -> Path:
+    """The --outputs file, checked before any work: a .npy name in a directory."""
     target = Path(path)
     if target.suffix != ".npy":
         raise HwqError(f"outputs {target}: give a .npy file name")
     if target.is_dir():
         raise HwqError(f"outputs {target} is a directory; give a .npy file name")
+    if not target.parent.is_dir():
+        raise HwqError(f"outputs {target}: directory {target.parent} does not exist")
+    return target
+
+
+def _save_outputs(target: Path, y) -> None:
+    """Write the outputs whole or not at all."""
+    import os
+    import tempfile
+
+    import numpy as np
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
-                                   prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, y)
@@ -69,8 +75,9 @@ def _simulate(a) -> None:
     if a.hw is not None:
         check_hardware(pkg, load_hw_config(a.hw))
     if a.inputs is not None:
+        target = _outputs_path(a.outputs)
         y = pkg.predict(_inputs(a), sim=a.sim, raw=a.raw, progress=not a.quiet)
-        _save_outputs(a.outputs, y)
+        _save_outputs(target, y)
         print(f"{a.sim}: {len(y) if y.ndim == 4 else 1} inputs; outputs {y.dtype} {y.shape} "
               f"in {a.outputs}")
         return
@@ -93,6 +100,7 @@ def _run(a) -> None:
         raise HwqError(f"{pkg.path} was compiled without --board; name the board with --board")
     board = load_board(name)
     check_hardware(pkg, board.cfg)
+    target = _outputs_path(a.outputs) if a.inputs is not None else None
     x = _inputs(a) if a.inputs is not None else None
     link = Link(SerialTransport(a.port, a.baud or board.baud), pkg.cfg.bus_bytes)
     if x is None:
@@ -103,7 +111,7 @@ def _run(a) -> None:
         load_package(pkg, link, progress=not a.quiet)
         run = run_inputs(pkg, link, x_q, progress=not a.quiet,
                          golden=pkg.predict(x_q, "golden", raw=True))
-        _save_outputs(a.outputs, run.outputs if a.raw else qmodel.dequantize_output(run.outputs))
+        _save_outputs(target, run.outputs if a.raw else qmodel.dequantize_output(run.outputs))
     n = len(run.cycles)
     if run.mismatches:
         raise MismatchError(f"{len(run.mismatches)}/{n} inputs differ from the golden outputs "
@@ -182,10 +190,17 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the arguments told in one line (not the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hwq", description="PyTorch model -> power-of-two int8 "
+    p = _Parser(prog="hwq", description="PyTorch model -> power-of-two int8 "
                                 "systolic accelerator, proven bit-exact in RTL simulation")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("compile", help="quantize and compile a model into a package")
     _model_arguments(c)
@@ -256,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.command} --inputs needs --outputs FILE.npy")
     if getattr(args, "outputs", None) and args.inputs is None:
         p.error(f"{args.command} --outputs needs --inputs FILE.npy")
-    if getattr(args, "sim", None) == "golden" and getattr(args, "inputs", None) is None:
-        p.error("--sim golden runs --inputs; the reference run needs iss, verilator or icarus")
+    if args.command == "simulate" and args.sim == "golden" and args.inputs is None:
+        p.error("simulate --sim golden runs --inputs; the reference run needs iss, verilator "
+                "or icarus")
     try:
         args.run(args)
     except HwqError as e:
