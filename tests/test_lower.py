@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hwq.arch import isa
-from hwq.compiler import lower
 from hwq.compiler.ir import QLayer, QModel
 from hwq.compiler.lower import compile_model
+from hwq.compiler.lower.plan import conv_cost
 from hwq.arch.config import HwConfig, load_hw_config
 from hwq.errors import HwqError
 from hwq.arch import timing
@@ -203,14 +203,14 @@ def test_the_plan_is_the_fastest_candidate_on_the_cycle_model(monkeypatch, name,
     cfg = CONFIGS[name]
     model = QModel("m", (cin, h, w), 4, [conv(rng, "c", "input", cin, cout, k, h, w, stride, 1, "none")])
     seen = []
-    cost = lower._conv_cost
-    monkeypatch.setattr(lower, "_conv_cost", lambda plan, *a: seen.append(plan) or cost(plan, *a))
+    monkeypatch.setattr("hwq.compiler.lower.plan.conv_cost",
+                        lambda plan, *a: seen.append(plan) or conv_cost(plan, *a))
     chosen, _ = check(model, cfg, n=1)
-    monkeypatch.setattr(lower, "_conv_cost", cost)
+    monkeypatch.setattr("hwq.compiler.lower.plan.conv_cost", conv_cost)
     assert len(seen) > 1
     times = []
     for plan in seen:
-        monkeypatch.setattr(lower, "_conv_plan", lambda *a, plan=plan: plan)
+        monkeypatch.setattr("hwq.compiler.lower.conv.conv_plan", lambda *a, plan=plan: plan)
         times.append(cycles.schedule(compile_model(model, cfg).program, cfg)[1])
     assert cycles.schedule(chosen.program, cfg)[1] <= 1.02 * min(times)
 

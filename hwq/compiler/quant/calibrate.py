@@ -33,7 +33,7 @@ def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
     """Refuse what the int8 power-of-two array cannot run, before anything is compiled: a
     LeakyReLU slope outside POST's unsigned slope field. Per-channel weights run on POST's
     per-lane shifts; grouped convs, average pools, adds and concatenations lower onto the
-    array (hwq/compiler/lower.py)."""
+    array (hwq/compiler/lower/)."""
     field = isa.BY_NAME["POST"].field("slope")
     for layer in qmodel_or_graph.layers:
         if layer.act == "leaky_relu" and not field.lo <= round(layer.alpha * 2 ** ALPHA_BITS) <= field.hi:

@@ -1,0 +1,123 @@
+"""Back end: lower each quantized layer onto the array and emit the whole network as one
+program plus the DRAM image it runs over.
+
+Every layer reads its input from DRAM and writes its output to DRAM; the host only
+writes the input slot and reads the output slot. A conv (Linear is a 1x1 conv over one
+pixel) is cut into bands of output rows; a band's input is loaded with the zero padding
+made by the DMA, all its input-channel blocks at once or in groups, and the weight-
+stationary array streams the band once per (input block, ky, kx) tile of each output
+block, accumulating in abuf, before POST requantizes and STORE writes the block back.
+Output blocks go in runs that accumulate side by side, so that each input group is
+loaded once per run; tiles whose weights are all zero (across the groups of a grouped
+conv) are skipped. The cut -- band height, input groups, run length -- is the cheapest
+of a few candidates by an estimate on the cycle model's numbers (`plan.conv_cost`).
+
+The accelerator overlaps its units but starts instructions in program order (isa.py), so
+the schedule decides what overlaps: a conv splits obuf into two slots (POST of the next
+block beside STORE of this one), abuf into two where the runs allow, and, where weights
+stream, wbuf (the next chunk loads while this one's GEMMs run), and ibuf (the next input
+group loads while the array streams this one); each LOAD is placed after the first GEMM
+that no longer needs the slot it fills, spaced so that it never waits for the DRAM port
+in the way of the GEMMs behind it, and each STORE among the next block's GEMMs once its
+POST is done. Max-pool gains nothing from slots: its LOAD, MAXPOOL and STORE share obuf
+ports or the DRAM port.
+
+The modules, each importing only those after it: kinds (the lowering of each layer
+kind), conv (a conv onto the array), plan (how a conv is cut), schedule (where its
+LOADs and STOREs go among the GEMMs), emit (the program and the DRAM image).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
+from hwq.compiler.ir import QModel
+from hwq.compiler.layout import MemoryMap, TensorLayout
+from hwq.compiler.lower.emit import Emitter, Image
+from hwq.compiler.lower.kinds import LOWERINGS, flatten_view
+from hwq.errors import HwqError
+
+
+@dataclass
+class Compiled:
+    """A network compiled for `cfg`: the program, the DRAM image it runs over, and where
+    everything lies in it."""
+    cfg: HwConfig
+    program: list[isa.Instr]
+    notes: dict[int, str]                 # instruction index -> "layer / tile"
+    layer_of: list[str]                   # instruction index -> layer name
+    image: bytes                          # DRAM from word 0: data, then the program
+    memmap: MemoryMap
+    layouts: dict[str, TensorLayout]      # "input" and every layer's output
+    start_pc: int
+    layer_macs: dict[str, int]            # real MACs of one inference (no padding lanes)
+
+    @property
+    def useful_macs(self) -> int:
+        return sum(self.layer_macs.values())
+
+    @property
+    def program_bytes(self) -> bytes:
+        return isa.to_bytes(self.program)
+
+
+def _last_uses(qmodel: QModel) -> dict[str, int]:
+    """Index of the last layer that reads each tensor's memory (a flatten view reads its
+    source's)."""
+    owner = {"input": "input"}
+    last = {}
+    for k, layer in enumerate(qmodel.layers):
+        for src in layer.sources:
+            last[owner[src]] = k
+        owner[layer.name] = owner[layer.sources[0]] if layer.kind == "flatten" else layer.name
+    return last
+
+
+def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False) -> Compiled:
+    """`reuse_activations`: a tensor's DRAM is given to later activations once its last
+    reader is lowered (liveness), so only the input and the output survive the run: the
+    layouts then hold just those two, and per-layer checks of the run are not possible."""
+    memmap = MemoryMap(cfg)
+    image = Image(memmap)
+    emit = Emitter(cfg)
+    layouts = {"input": memmap.activation("input", "input", qmodel.input_shape)}
+    macs = {}
+    last = qmodel.layers[-1].name
+    dies_after = {}
+    for name, k in _last_uses(qmodel).items():
+        dies_after.setdefault(k, []).append(name)
+    dead = set()
+    for index, layer in enumerate(qmodel.layers):
+        emit.layer = layer.name
+        srcs = [layouts[s] for s in layer.sources]
+        if layer.kind == "flatten":
+            layouts[layer.name] = flatten_view(srcs[0])
+            continue
+        if layer.kind not in LOWERINGS:
+            raise HwqError(f"layer '{layer.name}': no lowering for kind '{layer.kind}'")
+        kind = "output" if layer.name == last else "activation"
+        c, h, w = layer.out_shape
+        if layer.kind == "concat":
+            dst = memmap.concatenation(layer.name, kind, [t.channel_index.size for t in srcs], h, w)
+        else:
+            dst = memmap.activation(layer.name, kind, layer.out_shape,
+                                    like=srcs[0] if layer.kind == "maxpool" else None)
+        layouts[layer.name] = dst
+        macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
+        if reuse_activations:
+            for name in dies_after.get(index, []):
+                if name not in ("input", last):
+                    memmap.release(layouts[name].region)
+                    dead.add(name)
+    if reuse_activations:   # views of dead tensors die with them
+        layouts = {n: t for n, t in layouts.items()
+                   if n in ("input", last) or t.region.name not in dead}
+    emit.layer = "end"
+    emit("END")
+    program = isa.to_bytes(emit.program)
+    code = memmap.allocate("program", "program", len(program))
+    data = image.assemble(memmap.next_word)
+    data[code.word * cfg.bus_bytes:] = program
+    return Compiled(cfg, emit.program, emit.notes, emit.layer_of, bytes(data), memmap, layouts,
+                    code.word, macs)

@@ -1,0 +1,214 @@
+"""A conv onto the array (a Linear is a 1x1 conv over one pixel; a grouped conv is a
+dense one whose tiles across groups are zero, and no GEMM streams those): its weights
+and biases go into the DRAM image in the order the buffers take them, each step of the
+plan gets its buffer slots and queues the loads that fill them, then the GEMMs, POSTs
+and STOREs are emitted with the loads among them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.arch import isa
+from hwq.arch.config import HwConfig
+from hwq.arch.requant import ROUND_MODES, SLOPE_ONE
+from hwq.compiler.ir import QLayer
+from hwq.compiler.layout import TensorLayout
+from hwq.compiler.lower.emit import Emitter, Image, require
+from hwq.compiler.lower.plan import Geometry, band_parts, conv_plan
+from hwq.compiler.lower.schedule import BEFORE, BEFORE_POST, STREAMING, Prefetch, Slots, Stores
+
+
+def _runs(buf: int, sram: int, dram: int, entries: int, entry_words: int):
+    """LOAD fields for `entries` consecutive entries, in as many instructions as x_size needs."""
+    most = isa.BY_NAME["LOAD"].field("x_size").hi
+    for first in range(0, entries, most):
+        yield dict(buf=buf, sram=sram + first, dram=dram + first * entry_words, y_size=1,
+                   x_size=min(most, entries - first), y_stride=0, x_stride=entry_words,
+                   pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+
+
+@dataclass
+class _Step:
+    """The GEMMs of output rows r0..r0+rows-1, output block co, over the non-zero weight
+    tiles among t0..t1-1 (tiles run over (input block, ky, kx)): those of input blocks
+    ci0..ci1-1, which ibuf holds, with wbuf holding tiles w0..w1-1."""
+    r0: int
+    rows: int
+    co: int
+    ci0: int
+    ci1: int
+    w0: int
+    w1: int
+    t0: int
+    t1: int
+    first: bool        # the block's first step: its first GEMM resets the accumulators
+    last: bool         # the block's last step: POST and STORE follow
+    run: int           # the run of output blocks it belongs to (numbered from 0 in each band)
+    inp: int = 0       # ibuf entry of input block ci0
+    wgt: int = 0       # wbuf entry of tile w0
+    acc: int = 0       # abuf entry of the block's accumulators
+    bias: int = 0      # bbuf entry of the block's bias
+
+
+def _dense_weight(layer: QLayer) -> np.ndarray:
+    """(Cout, Cin, k, k) int8: a grouped conv's weight with zeros across groups."""
+    g = layer.groups
+    if g == 1:
+        return layer.weight
+    cout, cin_g, k, _ = layer.weight.shape
+    dense = np.zeros((cout, cin_g * g, k, k), np.int8)
+    group = np.arange(cout) // (cout // g)
+    dense[np.arange(cout)[:, None], group[:, None] * cin_g + np.arange(cin_g)[None, :]] = layer.weight
+    return dense
+
+
+def _post_slope(layer: QLayer, cfg: HwConfig) -> int:
+    """POST's slope field: the layer's LeakyReLU slope over 2**ALPHA_BITS, else none."""
+    if layer.act != "leaky_relu":
+        return SLOPE_ONE
+    require(cfg.leaky_relu, layer, f"LeakyReLU needs POST's slope multipliers, which hardware "
+            f"config '{cfg.name}' leaves out (leaky_relu: false); use ReLU or another board")
+    field = isa.BY_NAME["POST"].field("slope")
+    require(field.lo <= layer.alpha_q <= field.hi, layer,
+            f"LeakyReLU slope {layer.alpha_q}/{SLOPE_ONE} is outside POST's {field.lo}..{field.hi}; "
+            f"the negative slope must be in [0, {(field.hi + 0.5) / SLOPE_ONE:.3f})")
+    return layer.alpha_q
+
+
+def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+               image: Image, emit: Emitter, co0: int = 0, tag: str = "") -> int:
+    """Lower conv `layer` (grouped: with zero tiles across groups, which no GEMM streams)
+    reading the concatenation of the channels of `srcs` (one input block after the
+    other; all of one size), writing output blocks co0.. of `dst`. `tag` names this
+    part's weights when a layer lowers to several convs. The real MACs."""
+    r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
+    cout, cin_g, k, _ = layer.weight.shape
+    s, p = layer.stride, layer.padding
+    require(p <= 7, layer, f"padding {p} exceeds the DMA's 7")
+    src = srcs[0]
+    assert all((t.h, t.w) == (src.h, src.w) for t in srcs)
+    firsts = np.cumsum([0] + [t.stored_channels for t in srcs])     # stored channel offsets
+    n_ci, n_co = int(firsts[-1]) // r, -(-cout // cfg.channel_block) * cfg.channel_block // c
+    g = Geometry(k, s, p, n_ci, n_co, src.h, src.w, dst.h, dst.w)
+    out_h, out_w, wp = dst.h, dst.w, g.wp
+    block_src = np.repeat(np.arange(len(srcs)), [t.stored_channels // r for t in srcs])
+
+    # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
+    # the taps of any run of input blocks are contiguous in DRAM.
+    w = np.zeros((n_co * c, firsts[-1], k, k), np.int8)
+    index = np.concatenate([t.channel_index + f for t, f in zip(srcs, firsts)])
+    w[np.arange(cout)[:, None], index[None, :]] = _dense_weight(layer)
+    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
+    taps = n_ci * k * k                       # weight tiles per output block
+    w_region = image.put(f"{layer.name}{tag}.weight", "weights", np.ascontiguousarray(tiles))
+    # GEMMs run only over non-zero tiles (grouped convs are block-diagonal); a block
+    # without any keeps its first (zero) tile, which clears the accumulators for the bias
+    live = tiles.reshape(n_co, taps, -1).any(axis=2)
+    live[~live.any(axis=1), 0] = True
+    plan = conv_plan(layer, g, cfg, live)
+    # bbuf entries per output block: the bias, and with per-channel weights the lanes'
+    # shift offsets over the block's least shift (POST lane_shifts)
+    per = plan.bias_entries
+    bias = np.zeros((n_co, per, c), np.int32)
+    flat = np.zeros(n_co * c, np.int32)
+    flat[:cout] = layer.bias
+    bias[:, 0] = flat.reshape(n_co, c)
+    shift = np.full(n_co, layer.shift)
+    if per == 2:
+        shifts = layer.shifts
+        lo_s, hi_s = isa.BY_NAME["POST"].field("shift").lo, isa.BY_NAME["POST"].field("shift").hi
+        require(lo_s <= shifts.min() and shifts.max() <= hi_s, layer,
+                f"per-channel shifts {shifts.min()}..{shifts.max()} exceed POST's {lo_s}..{hi_s}")
+        blocked = np.full(n_co * c, shifts.max(), np.int64)
+        blocked[:cout] = shifts
+        shift = blocked.reshape(n_co, c).min(axis=1)
+        offsets = np.zeros(n_co * c, np.int64)
+        offsets[:cout] = shifts - np.repeat(shift, c)[:cout]
+        bias[:, 1] = offsets.reshape(n_co, c)
+    b_region = image.put(f"{layer.name}{tag}.bias", "bias", bias)
+    ew = c // bus  # words per wbuf entry, and per output block of a pixel
+    pout = dst.pixel_words(cfg)
+
+    def input_block(st: _Step, ci: int) -> dict:
+        """LOAD fields of input block ci for the band of `st`, zero padding included."""
+        t = srcs[block_src[ci]]
+        pin, local = t.pixel_words(cfg), ci - firsts[block_src[ci]] // r
+        top = st.r0 * s - p                   # first input row the band reads (may be < 0)
+        n = g.in_rows(st.rows)
+        y0, y1 = max(top, 0), min(top + n, src.h)
+        if y1 <= y0:                          # the band reads padding only (k <= padding)
+            y0 = y1 = 0
+            pad_top, pad_bottom = n, 0
+        else:
+            pad_top, pad_bottom = y0 - top, top + n - y1
+        return dict(buf=0, sram=st.inp + (ci - st.ci0) * n * wp,
+                    dram=t.region.word + y0 * src.w * pin + local * (r // bus),
+                    y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
+                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+
+    # Pass 1: give every step its slots, and queue the loads that fill them.
+    heights = {}
+    steps = []
+    for r0 in range(0, out_h, plan.band):
+        rows = min(plan.band, out_h - r0)
+        if rows not in heights:
+            heights[rows] = band_parts(plan, k * k, live)
+        steps += [_Step(r0, rows, *part) for part in heights[rows]]
+    prefetch = Prefetch(emit, cfg)
+    stores = Stores(emit, cfg, prefetch)
+    inputs = Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
+    weights = Slots(plan.chunk * r if plan.chunk else taps * r, plan.weights)
+    biases = Slots(plan.bias_run * per, plan.biases)
+    accs = Slots(cfg.abuf_depth // plan.accs, plan.accs)
+    for i, st in enumerate(steps):
+        rows = f"rows {st.r0}..{st.r0 + st.rows - 1}"
+        st.inp, ready = inputs.use((st.r0, st.ci0), i)
+        if ready:
+            prefetch.add(ready, (i, BEFORE), f"{rows} input blocks {st.ci0}..{st.ci1 - 1}",
+                         [input_block(st, ci) for ci in range(st.ci0, st.ci1)])
+        st.wgt, ready = weights.use((st.co, st.w0), i)
+        if ready:
+            prefetch.add(ready, (i, BEFORE), f"output block {st.co} weights {st.w0}..{st.w1 - 1}",
+                         _runs(1, st.wgt, w_region.word + (st.co * taps + st.w0) * r * ew,
+                               (st.w1 - st.w0) * r, ew))
+        st.acc = accs.use((st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
+        if st.last:
+            first = st.co - st.co % plan.bias_run     # the slot holds blocks first.. biases
+            base, ready = biases.use(first, i)
+            st.bias = base + (st.co - first) * per
+            if ready:
+                note = f"output block {st.co} bias" if plan.bias_run == 1 else "biases"
+                prefetch.add(ready, (i, BEFORE_POST), note, _runs(
+                    2, base, b_region.word + first * per * 4 * ew, plan.bias_run * per, 4 * ew))
+
+    # Pass 2: the instructions, the loads among the GEMMs.
+    out_slot = cfg.obuf_depth // plan.outputs
+    blocks = 0
+    for i, st in enumerate(steps):
+        tile = f"rows {st.r0}..{st.r0 + st.rows - 1} output block {co0 + st.co}"
+        span = g.in_rows(st.rows) * wp
+        prefetch.due((i, BEFORE))
+        for t in np.flatnonzero(live[st.co, st.t0:st.t1]) + st.t0:
+            ci, tap = divmod(int(t), k * k)
+            ky, kx = divmod(tap, k)
+            emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
+                 wgt=st.wgt + (t - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
+                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=s * wp,
+                 inp_si=s, acc_so=out_w, acc_si=1)
+            st.first = False
+            gemm = emit.program[-1]
+            prefetch.stream((i, STREAMING), gemm)
+            stores.gemm(gemm)
+        if st.last:
+            prefetch.due((i, BEFORE_POST))
+            out = blocks % plan.outputs * out_slot
+            stores.post(tile, dict(acc=st.acc, out=out, bias=st.bias, n=st.rows * out_w,
+                                    shift=int(shift[st.co]), round=ROUND_MODES[layer.round_mode],
+                                    lo=layer.lo, hi=layer.hi, lane_shifts=int(per == 2),
+                                    slope=_post_slope(layer, cfg)),
+                         dict(sram=out, dram=dst.region.word + st.r0 * out_w * pout + (co0 + st.co) * ew,
+                              y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
+            blocks += 1
+    stores.flush()
+    return out_h * out_w * cout * cin_g * k * k

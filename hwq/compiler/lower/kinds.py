@@ -1,0 +1,117 @@
+"""Lowerings by layer kind, the table compile_model looks them up in (LOWERINGS): a conv
+as it is, max pool on the MAXPOOL unit, and average pool, add and concat as convs whose
+weights make the sums the golden model computes; flatten moves no data, its output is
+a view of its input's bytes (flatten_view)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hwq.arch.config import HwConfig
+from hwq.compiler.ir import QLayer
+from hwq.compiler.layout import TensorLayout, padded_channels
+from hwq.compiler.lower.conv import lower_conv
+from hwq.compiler.lower.emit import Emitter, Image
+from hwq.compiler.lower.plan import band_rows
+from hwq.errors import HwqError
+
+
+def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+                  image: Image, emit: Emitter) -> int:
+    """Max pool, per channel block and band of output rows: LOAD the band's input rows into
+    obuf, MAXPOOL them into the entries after them, STORE those. No slots: the three
+    share obuf's ports or the DRAM port, so none runs beside another."""
+    src = srcs[0]
+    k, s, c, bus = layer.kernel, layer.stride, cfg.cols, cfg.bus_bytes
+    out_h, out_w = dst.h, dst.w
+
+    def in_rows(rows: int) -> int:
+        return (rows - 1) * s + k
+
+    band = band_rows(layer, out_h, lambda rows: in_rows(rows) * src.w + rows * out_w
+                     <= cfg.obuf_depth and rows <= 255)
+    pix = src.pixel_words(cfg)
+    for cb in range(src.stored_channels // c):
+        for r0 in range(0, out_h, band):
+            rows = min(band, out_h - r0)
+            tile = f"rows {r0}..{r0 + rows - 1} channel block {cb}"
+            emit("LOAD", tile, buf=3, sram=0, dram=src.region.word + r0 * s * src.w * pix + cb * (c // bus),
+                 y_size=in_rows(rows), x_size=src.w, y_stride=src.w * pix, x_stride=pix,
+                 pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+            emit("MAXPOOL", tile, src=0, dst=in_rows(rows) * src.w, out_h=rows, out_w=out_w,
+                 in_w=src.w, k_h=k, k_w=k, stride=s)
+            emit("STORE", tile, sram=in_rows(rows) * src.w,
+                 dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
+                 y_size=rows, x_size=out_w, y_stride=out_w * pix, x_stride=pix)
+    return 0
+
+
+def _conv_like(layer: QLayer, weight: np.ndarray, **changes) -> QLayer:
+    """`layer` as a conv with `weight` (bias 0), the requantization otherwise its own."""
+    return dataclasses.replace(layer, kind="conv", weight=weight, groups=changes.pop("groups", 1),
+                               bias=np.zeros(len(weight), np.int32), f_wc=None, **changes)
+
+
+def _lower_conv_layer(layer, srcs, dst, cfg, image, emit) -> int:
+    return lower_conv(layer, srcs[:1], dst, cfg, image, emit)
+
+
+def lower_avgpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+                  image: Image, emit: Emitter) -> int:
+    """Average pool = depthwise conv whose every weight is the reciprocal multiplier: the
+    window sum times it, requantized by the layer's shift, as the golden model does."""
+    k, m, c = layer.kernel, layer.multiplier, layer.in_shape[0]
+    if not -128 <= m <= 127:
+        raise HwqError(f"layer '{layer.name}': average pool multiplier {m} (1/{k * k} at fix "
+                       f"position {layer.f_w}) does not fit an int8 weight")
+    conv = _conv_like(layer, np.full((c, 1, k, k), m, np.int8), groups=c)
+    return lower_conv(conv, srcs[:1], dst, cfg, image, emit)
+
+
+def lower_add(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+              image: Image, emit: Emitter) -> int:
+    """Add = 1x1 conv over the inputs' channels side by side, weights
+    [diag(2^(top - f_1)); diag(2^(top - f_2)); ...]: each input aligned to the finest fix
+    position `top`, summed, requantized by top - f_out, as the golden model does."""
+    c, top = layer.out_shape[0], max(layer.f_ins)
+    if max(layer.f_ins) - min(layer.f_ins) > 6:
+        raise HwqError(f"layer '{layer.name}': adding inputs at fix positions {layer.f_ins} scales "
+                       f"one by 2**{top - min(layer.f_ins)}, beyond an int8 weight (at most 2**6); "
+                       "their ranges differ too much")
+    weight = np.zeros((c, c * len(srcs), 1, 1), np.int8)
+    for i, f in enumerate(layer.f_ins):
+        weight[np.arange(c), i * c + np.arange(c)] = 1 << (top - f)
+    conv = _conv_like(layer, weight, f_in=top, f_w=0, stride=1, padding=0)
+    lower_conv(conv, srcs, dst, cfg, image, emit)
+    return dst.h * dst.w * c * len(srcs)                 # one product per input element
+
+
+def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
+                 image: Image, emit: Emitter) -> int:
+    """Concat = per input a 1x1 identity conv (POST shift f_i - f_out, the layer's rounding
+    and clamp, as the golden model requantizes each input) into the output blocks of its
+    part of the output (MemoryMap.concatenation)."""
+    co0, macs = 0, 0
+    for i, (src, f) in enumerate(zip(srcs, layer.f_ins)):
+        c = src.channel_index.size
+        conv = _conv_like(layer, np.eye(c, dtype=np.int8)[:, :, None, None], f_in=f, f_w=0,
+                          stride=1, padding=0, out_shape=(c, dst.h, dst.w))
+        lower_conv(conv, [src], dst, cfg, image, emit, co0=co0, tag=f".{i}")
+        co0 += padded_channels(c, cfg) // cfg.cols
+        macs += dst.h * dst.w * c                           # one product per input element
+    return macs
+
+
+LOWERINGS = {"conv": _lower_conv_layer, "maxpool": lower_maxpool, "avgpool": lower_avgpool,
+             "add": lower_add, "concat": lower_concat}
+
+
+def flatten_view(src: TensorLayout) -> TensorLayout:
+    """Flatten moves no data: the pixel-major bytes are read as one long pixel, and
+    torch's channel-major order (c, y, x) is mapped onto them."""
+    c = src.channel_index.size
+    yx = np.arange(src.h * src.w)
+    index = (yx[None, :] * src.stored_channels + src.channel_index[:, None]).ravel()
+    assert index.size == c * src.h * src.w
+    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index)
