@@ -43,7 +43,6 @@ from hwq.sim.runner import SIMULATORS, SimResult, first_mismatch, simulate
 
 FORMAT_VERSION = 2
 MANIFEST, DIGEST = "manifest.yaml", "manifest.sha256"
-UNHASHED = (MANIFEST, DIGEST, "runs/")
 PREDICTORS = ("golden", *SIMULATORS)
 # What every manifest holds, section by section (a crafted or truncated one is refused).
 _REQUIRED = {"model": (), "hardware": ("config", "fingerprint"), "isa_version": (),

@@ -317,8 +317,8 @@ def test_lenet_int8_agrees_with_float():
     lenet = load_example()
     model = lenet.pretrained()
     _, _, x_test, y_test = digits_split()
-    graph = trace(model, lenet.INPUT_SHAPE, "lenet")
-    qmodel = quantize(graph, calibration_set("digits", lenet.INPUT_SHAPE), load_quant_config(),
+    graph = trace(model, (1, 8, 8), "lenet")
+    qmodel = quantize(graph, calibration_set("digits", (1, 8, 8)), load_quant_config(),
                       progress=False)
     golden = run_golden(qmodel, qmodel.quantize_input(x_test))
     logits = qmodel.dequantize_output(golden["fc2"]).reshape(len(x_test), 10)

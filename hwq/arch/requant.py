@@ -108,15 +108,6 @@ def relu_clamp(act: str, f_out: int, narrow_range: bool = False) -> tuple[int, i
     raise ValueError(f"unknown activation {act!r}")
 
 
-def requantize_channels(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
-    """`requantize` with one shift per channel (axis 1 of `acc`): per-channel weights."""
-    acc = np.asarray(acc)
-    out = np.empty(acc.shape, np.int8)
-    for c, shift in enumerate(shifts):
-        out[:, c] = requantize(acc[:, c], int(shift), mode, lo, hi)
-    return out
-
-
 def requantize_fast(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX, offset=0,
                     out: np.ndarray | None = None) -> np.ndarray:
     """requantize(acc + offset, ...) in few int64 passes (the golden model's path where a

@@ -18,8 +18,6 @@ import numpy as np
 
 from hwq.arch.requant import INT8_MAX, INT8_MIN, quantize_float
 
-LAYER_KINDS = ("conv", "maxpool", "avgpool", "add", "concat", "flatten")
-ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
 # Layers that requantize their result and so can carry a fused activation.
 REQUANTIZING = ("conv", "add")
 

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from hwq.cache import cache_dir
 from hwq.compiler.datasets import digits_split
 
-INPUT_SHAPE = (1, 8, 8)
 
 
 class LeNet(nn.Module):

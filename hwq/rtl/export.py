@@ -37,7 +37,6 @@ in top.UNITS; default: every unit) is idle, to `<HWQ_DIR>/window.vcd`, then rais
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 from amaranth.back import verilog
@@ -58,10 +57,6 @@ CLOCK_PERIOD_NS = 10
 def generate_verilog(cfg: HwConfig, fault: str | None = None) -> str:
     """Verilog of `Accelerator(cfg, fault)` as module `hwq_accel`."""
     return verilog.convert(Accelerator(cfg, fault), name=ACCEL_MODULE, emit_src=False)
-
-
-def verilog_hash(cfg: HwConfig) -> str:
-    return hashlib.sha256(generate_verilog(cfg).encode()).hexdigest()[:16]
 
 
 def _trace_logic(cfg: HwConfig) -> tuple[str, str]:

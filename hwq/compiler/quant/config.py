@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from hwq.arch.config import available, named_file
+from hwq.arch.config import named_file
 from hwq.arch.requant import ROUND_MODES
 from hwq.errors import HwqError
 from hwq.schema import Rule, as_yaml, check, read_yaml
@@ -158,10 +158,6 @@ def load_quant_config(name_or_path: str | Path | None = None) -> QuantConfig:
     YAML file by path."""
     path = named_file(name_or_path or "default", CONFIGS, "quant config")
     return parse_quant_config(read_yaml(path, "quant config"), str(path))
-
-
-def available_quant_configs() -> list[str]:
-    return available(CONFIGS)
 
 
 def parse_quant_config(data, source: str) -> QuantConfig:

@@ -40,11 +40,6 @@ def fix_position(absmax: float) -> int:
     return f
 
 
-def threshold(f: int) -> float:
-    """The largest magnitude representable at fix position f."""
-    return INT8_MAX * 2.0 ** -f
-
-
 def fake_quant(x: np.ndarray, f: int, round_mode: str, lo: int) -> np.ndarray:
     """x quantized to int8 at fix f (by the one rounding rule) and back to float64."""
     return np.ldexp(quantize_float(x, f, round_mode, lo, INT8_MAX).astype(np.float64), -f)
