@@ -14,8 +14,8 @@ from hwq.arch import isa
 from hwq.arch.config import HwConfig
 from hwq.arch.perf import COUNTERS
 from hwq.rtl.buffers import (BUFFER_BITS, READERS, UNIT_PORTS, WRITERS, BufferCrossbar,
-                             load_lanes, member, write_lanes)
-from hwq.rtl.dma import DramArbiter
+                             member, write_lanes)
+from hwq.rtl.dma import DramArbiter, load_lanes
 from hwq.rtl.perf import PerfCounters
 from hwq.rtl.ports import UNITS
 from hwq.rtl.scoreboard import Scoreboard

@@ -28,6 +28,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.arch import isa
 from hwq.arch.config import HwConfig
 from hwq.arch.perf import UNIT_OF_OP
+from hwq.rtl.dma import load_lanes
 from hwq.rtl.pe import ACC_BITS
 from hwq.rtl.ports import UNITS, SramRead, SramWrite
 
@@ -59,11 +60,6 @@ def member(unit: str, port: str) -> str:
 def write_lanes(cfg: HwConfig, buf: str) -> int:
     """Write-enable bits of a buffer: one per bus word of an entry (abuf: one)."""
     return 1 if buf == "abuf" else cfg.entry_words(buf)
-
-
-def load_lanes(cfg: HwConfig) -> int:
-    """Lanes (bus words) of LOAD's write port: those of its widest target's entries."""
-    return max(cfg.entry_words(t) for t in isa.LOAD_TARGETS)
 
 
 class WriteTrace(wiring.Signature):

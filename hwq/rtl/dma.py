@@ -38,13 +38,18 @@ def dram_addr_bits(cfg: HwConfig) -> int:
     return max(1, ceil_log2(cfg.dram_words))
 
 
+def load_lanes(cfg: HwConfig) -> int:
+    """Lanes (bus words) of LOAD's buffer write port: an entry of its widest target."""
+    return max(cfg.entry_words(t) for t in isa.LOAD_TARGETS)
+
+
 class LoadUnit(wiring.Component):
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
         self.A = dram_addr_bits(cfg)
         self.B = 8 * cfg.bus_bytes
         self.E = {t: cfg.entry_words(t) for t in isa.LOAD_TARGETS}
-        self.lanes = max(self.E.values())
+        self.lanes = load_lanes(cfg)
         super().__init__({
             **unit_members(args_layout("LOAD")),
             "dram": Out(DramPort(self.A, self.B)),
