@@ -83,9 +83,6 @@ def load_board(name_or_path: str | Path) -> Board:
         raise HwqError(f"{path}: a board file has a 'board:' and a 'hardware:' section"
                        + (f", not {', '.join(map(str, unknown))}" if unknown else ""))
     b = check_fields(data["board"], FIELDS, str(path), "board")
-    if not isinstance(data["hardware"], dict):
-        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
-                       f"{type(data['hardware']).__name__}")
     name = Path(str(path)).stem
     cfg = HwConfig(**{"name": name, **hardware_fields(data["hardware"], str(path))})
     return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],
