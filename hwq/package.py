@@ -139,6 +139,28 @@ def write_package(out: Path, manifest: dict, files: dict[str, bytes], zip_too: b
     return out
 
 
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) into `directory` (made if need be), each whole or not
+    at all: each is written to a temporary beside its target and renamed into place once
+    all are written, so a failure or an interrupt leaves no file half-written and no
+    temporary, and concurrent writers each leave whole files (the last one's stay).
+    Raises OSError."""
+    directory.mkdir(parents=True, exist_ok=True)
+    temps = []
+    try:
+        for name, blob in files.items():
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 would hide them from others
+        for name, tmp in zip(files, temps):
+            os.replace(tmp, directory / name)
+    finally:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def _zip(out: Path) -> None:
     target = out.with_suffix(out.suffix + ".zip")
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -354,23 +376,12 @@ class Package:
         runs = self.path / "runs"
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        target = runs / f"{sim}.npz"
         try:
-            runs.mkdir(exist_ok=True)
-            for blob, dest in ((buf.getvalue(), target),
-                               (yaml.safe_dump(meta, sort_keys=False).encode(), runs / f"{sim}.yaml")):
-                fd, tmp = tempfile.mkstemp(dir=runs, prefix=f".{dest.name}.", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(blob)
-                    os.chmod(tmp, 0o666 & ~_umask())
-                    os.replace(tmp, dest)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+            write_files(runs, {f"{sim}.npz": buf.getvalue(),
+                               f"{sim}.yaml": yaml.safe_dump(meta, sort_keys=False).encode()})
         except OSError as e:
             raise HwqError(f"cannot record the run in {runs}: {e.strerror or e}") from None
-        return target
+        return runs / f"{sim}.npz"
 
     def runs(self) -> dict[str, tuple[dict[str, np.ndarray], dict]]:
         out = {}

@@ -261,8 +261,92 @@ def test_trace_failures():
                 return self.conv(x)
             return x
 
-    expect_error(Branchy(), "model m: torch.fx cannot trace its forward", "control flow")
+    line = Branchy.forward.__code__.co_firstlineno + 1
+    expect_error(Branchy(), "model m: torch.fx cannot trace its forward: symbolically traced "
+                 f"variables cannot be used as inputs to control flow at {__file__}:{line} "
+                 "(hwq needs a forward without data-dependent control flow)")
     expect_error(Sequential(nn.Conv2d(3, 2, 3)),
                  "model m: node 'steps_0' (forward line ", "fails on an input of shape (1, 8, 8)")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: x.reshape(1, -1)),
                  "must flatten (N, C, H, W) to (N, C*H*W)")
+
+
+def test_forward_that_raises_is_not_blamed_on_control_flow():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            raise ValueError("boom")
+
+    line = Boom.forward.__code__.co_firstlineno + 1
+    message = expect_error(Boom(), f"model m: the model's forward raised ValueError: boom at "
+                           f"{__file__}:{line}")
+    assert "control flow" not in message
+
+
+def test_forward_with_two_inputs():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x, y):
+            return self.conv(x) + self.conv(y)
+
+    message = expect_error(Two(), "model m: hwq compiles models with one input tensor; its "
+                           "forward takes 2 (x, y)")
+    assert "input shape" not in message
+
+
+class Activated(nn.Module):
+    """conv -> activation -> flatten -> linear, the activation given as a callable."""
+
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fn = act
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.fn(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize("act, plain", [
+    (torch.relu_, F.relu),
+    (lambda x: x.relu_(), F.relu),
+    (lambda x: F.relu(x, inplace=True), F.relu),
+    (nn.ReLU(inplace=True), F.relu),
+    (lambda x: F.leaky_relu_(x, 0.25), lambda x: F.leaky_relu(x, 0.25)),
+])
+def test_inplace_activations_trace_as_plain_ones(act, plain):
+    graph, reference = (trace(Activated(a).eval(), (1, 8, 8), "m") for a in (act, plain))
+    assert [(l.kind, l.act, l.alpha) for l in graph.layers] == \
+        [(l.kind, l.act, l.alpha) for l in reference.layers]
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    assert np.array_equal(run_float(graph, x)["fc"], run_float(reference, x)["fc"])
+
+
+def test_inplace_relu_compiles_to_the_golden_output_of_relu():
+    import hwq
+
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    inplace, plain = (hwq.compile(Activated(a).eval(), (1, 8, 8), x, n_ref=1)
+                      for a in (torch.relu_, F.relu))
+    assert np.array_equal(inplace.predict(x, "golden"), plain.predict(x, "golden"))
+
+
+def test_inplace_activation_of_a_shared_tensor_is_refused():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.relu_(y) + y     # y is rectified too: not conv + relu(conv)
+
+    expect_error(Shared(), "ReLU at node 'relu_'", "the output of 'conv' it would be folded "
+                 "into is also used by 'add'")

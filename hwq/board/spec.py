@@ -87,9 +87,6 @@ def load_board(name_or_path: str | Path) -> Board:
     b = check_fields(data["board"], FIELDS, str(path), "board")
     if b["uart_pins"] is not None:
         check_fields(b["uart_pins"], UART_PINS, str(path), "board.uart_pins")
-    if not isinstance(data["hardware"], dict):
-        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
-                       f"{type(data['hardware']).__name__}")
     name = Path(str(path)).stem
     cfg = HwConfig(**{"name": name, **hardware_fields(data["hardware"], str(path))})
     return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],

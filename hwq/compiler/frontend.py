@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwq.compiler.ir import REQUANTIZING, Graph, Layer
-from hwq.errors import HwqError
+from hwq.errors import HwqError, raise_interrupt
 
 SUPPORTED = ("Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
              "AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
@@ -33,12 +34,15 @@ _MODULE_KINDS = {
     nn.BatchNorm2d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
-_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
+# In-place spellings (torch.relu_, F.leaky_relu_, x.relu_()) are the same ops: an in-place
+# activation whose input is read elsewhere too is refused when it is fused (FuseActivation).
+_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+                   F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
                    torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
                    F.adaptive_avg_pool2d: "avgpool", torch.add: "add", operator.add: "add",
                    operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
-_METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten",
-                 "add": "add", "size": "shape", "dim": "shape"}
+_METHOD_KINDS = {"relu": "relu", "relu_": "relu", "view": "flatten", "reshape": "flatten",
+                 "flatten": "flatten", "add": "add", "size": "shape", "dim": "shape"}
 _ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
 _OPERATORS = {f for f in vars(operator).values() if callable(f)}
@@ -95,6 +99,10 @@ def trace(module: nn.Module, input_shape: tuple[int, int, int], name: str) -> Gr
                        "ints (C, H, W)")
     module.eval()
     gm = _symbolic_trace(module, name)
+    inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise HwqError(f"model {name}: hwq compiles models with one input tensor; its forward "
+                       f"takes {len(inputs)}" + (f" ({', '.join(inputs)})" if inputs else ""))
     _propagate_shapes(gm, input_shape, name)
     net = _net_of(gm, name)
     run_passes(net)
@@ -197,11 +205,25 @@ def _symbolic_trace(module: nn.Module, name: str) -> fx.GraphModule:
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(module)
-    except Exception as e:  # fx raises many types; all mean "cannot trace this forward"
+    except Exception as e:  # the forward's own errors and fx's refusals, of any type
+        raise_interrupt(e)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HwqError(f"model {name}: torch.fx cannot trace its forward: {reason} "
-                       "(hwq needs a forward without data-dependent control flow)") from None
+        at = _raised_at(e)
+        at = f" at {at}" if at else ""
+        if isinstance(e, fx.proxy.TraceError):   # a tensor's value steered the forward
+            raise HwqError(f"model {name}: torch.fx cannot trace its forward: {reason}{at} "
+                           "(hwq needs a forward without data-dependent control flow)") from None
+        raise HwqError(f"model {name}: the model's forward raised {type(e).__name__}: "
+                       f"{reason}{at}") from None
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def _raised_at(error: BaseException) -> str:
+    """'file:line' of the innermost frame outside torch and this file where `error` was
+    raised (the user's forward), or ''."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 class _ShapeProbe(fx.Interpreter):
@@ -211,6 +233,7 @@ class _ShapeProbe(fx.Interpreter):
         try:
             result = super().run_node(node)
         except Exception as e:
+            raise_interrupt(e)
             raise _ProbeFailed(node, e) from None
         if isinstance(result, torch.Tensor):
             node.meta["hwq_shape"] = tuple(result.shape)
@@ -295,10 +318,7 @@ def _data_args(node: fx.Node, kind: str, op: Op) -> list[fx.Node]:
 def _net_of(gm: fx.GraphModule, name: str) -> Net:
     """Check the traced graph uses supported ops only and turn it into a Net of Ops."""
     nodes = list(gm.graph.nodes)
-    inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise HwqError(f"model {name}: forward must take exactly one tensor; it takes {len(inputs)}")
-    shape_nodes, data = set(), {inputs[0]: "input"}
+    shape_nodes, data = set(), {next(n for n in nodes if n.op == "placeholder"): "input"}
     ops = []
     for node in nodes:
         if not node.op.startswith("call_"):

@@ -179,10 +179,29 @@ def _integer_weights(q: QLayer, layer: Layer, f_w, tensors: dict) -> None:
         q.weight = quantize_float(layer.weight, q.f_w, wq.round_mode, lo, INT8_MAX)
     bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0], np.float32)
     acc_fix = q.f_in + (q.f_wc if q.f_wc is not None else np.full(len(bias), q.f_w))
+    _check_bias_fits(layer, bias, acc_fix, q.f_in, q.f_wc is not None)
     q.bias = np.array([quantize_float(b, int(f), bq.round_mode, INT32_MIN, INT32_MAX, dtype=np.int32)
                        for b, f in zip(bias, acc_fix)], np.int32)
     q.stats["weight_absmax"] = float(np.abs(layer.weight).max())
     q.stats["weight_method"] = wq.method
+
+
+def _check_bias_fits(layer: Layer, bias: np.ndarray, acc_fix: np.ndarray, f_in: int,
+                     per_channel: bool) -> None:
+    """Refuse a bias that does not fit int32 at the accumulator's fix position f_in + f_w.
+    The weights' fix position follows their magnitude, so weights tiny next to the bias
+    (a layer whose output is its bias alone) push the bias out of int32."""
+    scaled = np.abs(bias.astype(np.float64)) * np.ldexp(1.0, acc_fix)
+    if not (scaled > INT32_MAX).any():
+        return
+    c = int(np.argmax(scaled))
+    w = np.abs(layer.weight[c] if per_channel else layer.weight).max()
+    where = f" ({layer.source})" if layer.source else ""
+    whose = f"output channel {c}'s weights" if per_channel else "weights"
+    raise HwqError(f"layer '{layer.name}'{where}: its {whose} (max |w| = {w:.3g}) are too small "
+                   f"to represent in int8 next to its bias ({bias[c]:.3g}): at their fix position "
+                   f"{int(acc_fix[c]) - f_in} the bias overflows int32 and the layer's output is "
+                   "its bias alone (a dead layer?); check that its weights are trained or loaded")
 
 
 def _bias_corrected(layer: Layer, x_in: np.ndarray, f_w, wq: TensorQuant, stats: dict) -> Layer:
