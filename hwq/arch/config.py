@@ -151,6 +151,8 @@ def hardware_fields(data: dict, source: str, depth: int = 0) -> dict:
         return fields
     if depth >= _MAX_BASES:
         raise HwqError(f"{source}: base: the chain of bases is a loop")
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute():
+        base = str(Path(source).parent / base)      # a path is relative to the file naming it
     path = named_file(base, CONFIGS, "hardware config")
     under = read_yaml(path, "hardware config")
     return {**hardware_fields(under.get("hardware", under), str(path), depth + 1), **fields}
