@@ -105,21 +105,38 @@ def choose_fix(method: str, x: np.ndarray, tq, lo: int, respond=None) -> int:
     """The fix position `method` gives tensor `x` quantized as `tq` (a TensorQuant) with
     lowest code `lo`. `respond` maps a (fake-quantized) x to the layer output that diffs
     compares; by default that output is x itself."""
+    return choose_fixes((method,), x, tq, lo, respond)[method]
+
+
+def choose_fixes(methods, x: np.ndarray, tq, lo: int, respond=None) -> dict[str, int]:
+    """choose_fix for each of `methods` on one tensor; mse and diffs share their search's
+    fake-quantized tensors."""
     a = np.abs(np.asarray(x, np.float64)).ravel()
     f0 = fix_position(float(a.max()) if a.size else 0.0)
-    if method == "maxmin":
-        return f0
-    if method == "percentile":
-        return fix_position(float(np.percentile(a, tq.percentage)))
-    if method == "entropy":
-        return fix_position(kl_threshold(a))
-    respond = respond or (lambda v: v)
-    reference = respond(np.asarray(x, np.float64))
-    errors = []
-    for f in range(f0, f0 + SEARCH_SPAN + 1):
-        diff = respond(fake_quant(x, f, tq.round_mode, lo)) - reference
-        errors.append(np.mean(diff ** 2) if method == "mse" else np.mean(np.abs(diff)))
-    return f0 + int(np.argmin(errors))   # ties: the first, i.e. the wider range
+    fixes = {}
+    if "maxmin" in methods:
+        fixes["maxmin"] = f0
+    if "percentile" in methods:
+        fixes["percentile"] = fix_position(float(np.percentile(a, tq.percentage)))
+    if "entropy" in methods:
+        fixes["entropy"] = fix_position(kl_threshold(a))
+    searched = [m for m in ("mse", "diffs") if m in methods]
+    if searched:
+        respond = respond or (lambda v: v)
+        reference = respond(np.asarray(x, np.float64))
+        errors = {m: [] for m in searched}
+        for f in range(f0, f0 + SEARCH_SPAN + 1):
+            diff = respond(fake_quant(x, f, tq.round_mode, lo)) - reference
+            if "mse" in errors:
+                errors["mse"].append(np.mean(diff ** 2))
+            if "diffs" in errors:
+                errors["diffs"].append(np.mean(np.abs(diff)))
+        for m, e in errors.items():
+            fixes[m] = f0 + int(np.argmin(e))   # ties: the first, i.e. the wider range
+    unknown = set(methods) - set(fixes)
+    if unknown:
+        raise ValueError(f"unknown calibration method {', '.join(sorted(unknown))}")
+    return fixes
 
 
 def combine(fixes: list[int], how: str) -> int:
