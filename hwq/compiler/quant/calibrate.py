@@ -20,7 +20,7 @@ from hwq.compiler.ir import Graph, Layer, QLayer, QModel
 from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
 from hwq.compiler.quant.emulate import before_rounding, dequantized, output
 from hwq.compiler.quant.float_model import float_layer, run_float
-from hwq.compiler.quant.methods import choose_fix, choose_fixes, combine, fake_quant, fix_position
+from hwq.compiler.quant.methods import choose_fix, choose_fixes, combine, fix_position
 from hwq.errors import HwqError
 from hwq.progress import Progress
 
@@ -146,32 +146,36 @@ def _quantize_layer(layer: Layer, fixes: dict, floats: dict, path: dict | None, 
         if path is not None:
             path[layer.name] = before_rounding(q, layer, xs)
         return q
-    f_w, correction, y = None, None, None
+    f_w, codes, correction, y = None, None, None, None
     if layer.kind == "conv":
         f_w = _weight_fix(layer, floats[layer.input], tensors["weights"])
+        # made once: bias correction, auto and the layer itself use the same int8 weights
+        codes = weight_codes(layer.weight, f_w, tensors["weights"])
         if config.switches["include_bias_corr"]:
-            layer, correction = _bias_corrected(layer, floats[layer.input], path[layer.input], f_w,
-                                                tensors["weights"])
+            f = np.broadcast_to(np.asarray(f_w, np.int32), (len(codes),))[:, None, None, None]
+            layer, correction = _bias_corrected(layer, floats[layer.input], path[layer.input],
+                                                np.ldexp(codes.astype(np.float32), -f))
     act = tensors["activation"]
     if act.method == AUTO:
         # the int8 weights and bias do not depend on the output's fix position
-        y = before_rounding(make_qlayer(layer, f_ins, 0, f_w, tensors), layer, xs)
+        y = before_rounding(make_qlayer(layer, f_ins, 0, f_w, tensors, codes=codes), layer, xs)
         f_out, stats = _auto_fix(floats[layer.name], y, act, layer.act, batch_size)
     else:
         f_out, stats = _activation_fix(floats[layer.name], act, batch_size)
     if correction is not None:
         stats["bias_correction"] = correction
-    q = make_qlayer(layer, f_ins, f_out, f_w, tensors, stats)
+    q = make_qlayer(layer, f_ins, f_out, f_w, tensors, stats, codes)
     if path is not None:
         path[layer.name] = output(q, y if y is not None else before_rounding(q, layer, xs))
     return q
 
 
 def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
-                stats: dict | None = None) -> QLayer:
+                stats: dict | None = None, codes: np.ndarray | None = None) -> QLayer:
     """The integer layer for float `layer` at the given fix positions (f_w: an int, a
-    (Cout,) vector for per-channel weights, or None for layers without weights). PTQ and
-    the QAT export both make their QModel here."""
+    (Cout,) vector for per-channel weights, or None for layers without weights); `codes`
+    are its int8 weights when already made (weight_codes). PTQ and the QAT export both
+    make their QModel here."""
     act = tensors["activation"]
     q = QLayer(name=layer.name, kind=layer.kind, input=layer.input, in_shape=layer.in_shape,
                out_shape=layer.out_shape, f_in=f_ins[0], f_out=f_out, source=layer.source,
@@ -188,7 +192,7 @@ def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
         q.f_w = fix_position(1 / window)
         q.multiplier = int(quantize_float(1 / window, q.f_w, "half_up"))
     if layer.kind == "conv":
-        _integer_weights(q, layer, f_w, tensors)
+        _integer_weights(q, layer, f_w, tensors, codes)
     return q
 
 
@@ -218,38 +222,41 @@ def _respond(layer: Layer, x_in: np.ndarray, channel: int | None = None):
     return run
 
 
-def _integer_weights(q: QLayer, layer: Layer, f_w, tensors: dict) -> None:
+def _integer_weights(q: QLayer, layer: Layer, f_w, tensors: dict, codes: np.ndarray | None) -> None:
     wq, bq = tensors["weights"], tensors["bias"]
-    lo = _lowest(wq)
     if np.ndim(f_w):
         q.f_wc = np.asarray(f_w, np.int64)
         q.f_w = int(q.f_wc.min())   # the scalar keeps a meaning: the coarsest channel's
-        q.weight = np.concatenate([quantize_float(w_c[None], int(f), wq.round_mode, lo, INT8_MAX)
-                                   for w_c, f in zip(layer.weight, q.f_wc)])
     else:
         q.f_w = int(f_w)
-        q.weight = quantize_float(layer.weight, q.f_w, wq.round_mode, lo, INT8_MAX)
+    q.weight = codes if codes is not None else weight_codes(layer.weight, f_w, wq)
     bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0], np.float32)
     acc_fix = q.f_in + (q.f_wc if q.f_wc is not None else np.full(len(bias), q.f_w))
-    q.bias = np.array([quantize_float(b, int(f), bq.round_mode, INT32_MIN, INT32_MAX, dtype=np.int32)
-                       for b, f in zip(bias, acc_fix)], np.int32)
+    # each bias at its own accumulator's fix: scaled by 2**fix exactly, then rounded once
+    q.bias = quantize_float(np.ldexp(np.asarray(bias, np.float32), acc_fix.astype(np.int32)), 0,
+                            bq.round_mode, INT32_MIN, INT32_MAX, dtype=np.int32)
     q.stats["weight_absmax"] = float(np.abs(layer.weight).max())
     q.stats["weight_method"] = wq.method
 
 
-def _bias_corrected(layer: Layer, x_float: np.ndarray, x_quant: np.ndarray, f_w,
-                    wq: TensorQuant) -> tuple[Layer, float]:
+def weight_codes(weight: np.ndarray, f_w, wq: TensorQuant) -> np.ndarray:
+    """The int8 weights at fix f_w, an int or one per output channel (each channel scaled
+    by its own 2**f exactly, then rounded once)."""
+    if np.ndim(f_w):
+        weight, f_w = np.ldexp(weight, np.asarray(f_w, np.int32)[:, None, None, None]), 0
+    return quantize_float(weight, int(f_w), wq.round_mode, _lowest(wq), INT8_MAX)
+
+
+def _bias_corrected(layer: Layer, x_float: np.ndarray, x_quant: np.ndarray,
+                    rounded: np.ndarray) -> tuple[Layer, float]:
     """Empirical bias correction (Nagel et al. 2019): the mean shift of the layer's
     output (before its activation) that quantization causes on the calibration data goes
     back into the bias. The shift is the float layer on float inputs against the layer
-    with its weights rounded on the quantized model's inputs `x_quant`, so it takes in
-    the inputs' rounding and clipping and the error they bring from upstream, not only
-    the weights' rounding. A conv is linear in its input, zero padding included, so the
-    mean of its outputs over the set is its output on the set's mean input: one image
-    per side. Returns the layer and the largest correction."""
-    # every channel at its own fix position: scaling by 2**f is exact, then one rounding
-    f = np.broadcast_to(np.asarray(f_w), (len(layer.weight),))[:, None, None, None]
-    rounded = np.ldexp(fake_quant(np.ldexp(layer.weight, f), 0, wq.round_mode, _lowest(wq)), -f).astype(np.float32)
+    with its `rounded` weights (the int8 ones, dequantized) on the quantized model's
+    inputs `x_quant`, so it takes in the inputs' rounding and clipping and the error they
+    bring from upstream, not only the weights' rounding. A conv is linear in its input,
+    zero padding included, so the mean of its outputs over the set is its output on the
+    set's mean input: one image per side. Returns the layer and the largest correction."""
     plain = dataclasses.replace(layer, act="none", bias=None)
     mean = lambda x: torch.from_numpy(x.astype(np.float64).mean(axis=0, keepdims=True).astype(np.float32))  # noqa: E731
     exact = float_layer(plain, [mean(x_float)])
