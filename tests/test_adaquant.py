@@ -156,4 +156,5 @@ def test_quantize_report_shows_it(tmp_path, capsys):
                  "-q"]) == 0
     out = capsys.readouterr().out
     assert "fast finetune (20 steps per layer)" in out and "| fc2 | " in out
+    assert "| conv1 | conv | auto: " in out   # the config's method auto, with what each layer took
     assert "fake_quant_agreement" in out
