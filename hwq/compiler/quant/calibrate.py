@@ -4,7 +4,9 @@ The float model runs over the calibration set; each activation gets, batch by ba
 fix position its calibration method chooses, and the batches' positions are combined by
 the statistic method. Weights get theirs from their own values (per tensor or per output
 channel), biases land in int32 at the accumulator's fix position, and every layer is
-proved not to overflow its int32 accumulator.
+proved not to overflow its int32 accumulator. Bias correction and `method: auto` also
+need the quantized model's activations: layer by layer, as each layer is calibrated, it
+runs on its inputs as the quantized model makes them (emulate.py).
 """
 from __future__ import annotations
 
