@@ -100,6 +100,17 @@ def set_key(*keys_value):
      ["layer_quantize_config[0].overall_quantize_config.method: 'avg' is not one of maxmin"]),
     (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"per_channel": True}}]),
      ["layer_quantize_config[0]: per_channel true would apply to the activation"]),
+    (set_key("overall_quantize_config", "method", "auto"),
+     ["overall_quantize_config.method: auto is for activations only: it compares each layer's "
+      "quantized output with float, and input is no layer's output; set it under "
+      "tensor_quantize_config.activation and give input one of maxmin, percentile, entropy, mse, diffs"]),
+    (set_key("tensor_quantize_config", "weights", "method", "auto"),
+     ["tensor_quantize_config.weights.method: auto is for activations only"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"method": "auto"}}]),
+     ["layer_quantize_config[0]: method auto would apply to the weights, and it is for activations "
+      "only; set it under tensor_quantize_config.activation"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "tensor_quantize_config": {"weights": {"method": "auto"}}}]),
+     ["layer_quantize_config[0]: method auto would apply to the weights"]),
     (set_key("target_device", "CPU"), ["target_device: 'CPU' is not supported"]),
     (lambda d: d["overall_quantize_config"].pop("signed"), ["overall_quantize_config: missing signed"]),
     (set_key("tensor_quantize_config", "bias", 3), ["tensor_quantize_config.bias: must be a mapping"]),
@@ -126,6 +137,17 @@ def test_config_file_problems(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(HwqError, match="not valid YAML"):
         load_quant_config(tmp_path / "bad.yaml")
+
+
+def test_auto_method_parses(tmp_path):
+    config = load_quant_config(write_config(tmp_path, set_key("tensor_quantize_config", "activation", "method", "auto")))
+    assert (config.activation.method, config.input.method, config.weights.method) == ("auto", "maxmin", "maxmin")
+    assert config.uses_auto() and not load_quant_config().uses_auto()
+    assert parse_quant_config(config.as_dict(), "copy").activation == config.activation
+    rule = set_key("layer_quantize_config", [{"layer_name": "c", "tensor_quantize_config": {"activation": {"method": "auto"}}}])
+    by_rule = load_quant_config(write_config(tmp_path, rule))
+    assert by_rule.activation.method == "maxmin" and by_rule.uses_auto()
+    assert by_rule.for_layer(Layer("c", "conv", "input", (1, 1, 1), (1, 1, 1)))["activation"].method == "auto"
 
 
 def test_per_tensor_override(tmp_path):
