@@ -51,8 +51,8 @@ def test_lenet_layers():
         ("fc2", "conv", "fc1", (32, 1, 1), (10, 1, 1), "none"),
     ]
     conv1, pool1, fc1 = graph.layers[0], graph.layers[1], graph.layers[5]
-    assert (conv1.weight.shape, conv1.bias.shape, conv1.padding, conv1.stride) == ((8, 1, 3, 3), (8,), 1, 1)
-    assert (pool1.kernel, pool1.stride) == (2, 2)
+    assert (conv1.weight.shape, conv1.bias.shape, conv1.padding, conv1.stride) == ((8, 1, 3, 3), (8,), (1, 1), (1, 1))
+    assert (pool1.kernel, pool1.stride) == ((2, 2), (2, 2))
     assert fc1.weight.shape == (32, 64, 1, 1) and fc1.weight.dtype == np.float32
     assert conv1.source.startswith("forward line ")
 
@@ -181,7 +181,7 @@ def test_dag_layers():
         ("flatten", "flatten", ["gap"], (8, 1, 1), "none", 1),
         ("fc", "conv", ["flatten"], (5, 1, 1), "none", 1),
     ]
-    assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == 4
+    assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == (4, 4)
     assert graph.layers[0].bn["weight"].shape == (8, 3, 3, 3)
     x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
     with torch.no_grad():
@@ -233,7 +233,6 @@ def test_dag_refusals():
 @pytest.mark.parametrize("layer, fragments", [
     (nn.Conv2d(2, 2, 3, dilation=2), ["node 'steps_1'", "dilation=(2, 2)"]),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ["padding_mode='reflect'"]),
-    (nn.Conv2d(2, 2, (3, 1)), ["kernel_size=(3, 1) is not square"]),
     (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=1"]),
     (nn.MaxPool2d(2, ceil_mode=True), ["ceil_mode=True"]),
 ])

@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwq.compiler.ir import REQUANTIZING, Graph, Layer
+from hwq.compiler.ir import REQUANTIZING, Graph, Layer, pair
 from hwq.errors import HwqError
 
 SUPPORTED = ("Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
@@ -346,15 +346,6 @@ def _chw(node: fx.Node, op: Op) -> tuple[int, int, int]:
                    f"this one is (N, {', '.join(map(str, shape))})")
 
 
-def _square(value, what: str, op: Op) -> int:
-    if isinstance(value, int):
-        return value
-    if len(set(value)) != 1:
-        raise HwqError(f"{_where(op)}: {what}={tuple(value)} is not square; hwq supports "
-                       f"equal {what} in both dimensions only")
-    return int(value[0])
-
-
 def _need(cond: bool, op: Op, what: str) -> None:
     if not cond:
         raise HwqError(f"{_where(op)}: {what}")
@@ -417,50 +408,49 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
 
 
 def _build_maxpool(op: Op, pool: nn.MaxPool2d) -> None:
-    _need(_square(pool.padding, "padding", op) == 0, op,
+    _need(pair(pool.padding) == (0, 0), op,
           f"MaxPool2d padding={pool.padding} is not supported (use padding=0)")
-    _need(_square(pool.dilation, "dilation", op) == 1, op,
+    _need(pair(pool.dilation) == (1, 1), op,
           f"MaxPool2d dilation={pool.dilation} is not supported (use dilation=1)")
     _need(not pool.ceil_mode, op, "MaxPool2d ceil_mode=True is not supported")
     _need(not pool.return_indices, op, "MaxPool2d return_indices=True is not supported")
-    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
-    op.layer.stride = _square(pool.stride, "stride", op)
+    op.layer.kernel = pair(pool.kernel_size)
+    op.layer.stride = pair(pool.stride)
 
 
 def _build_avgpool(op: Op, pool: nn.AvgPool2d) -> None:
     _need(not pool.ceil_mode, op, "AvgPool2d ceil_mode=True is not supported")
     _need(pool.divisor_override is None, op, "AvgPool2d divisor_override is not supported")
-    op.layer.padding = _square(pool.padding, "padding", op)
-    _need(op.layer.padding == 0 or pool.count_include_pad, op,
+    op.layer.padding = pair(pool.padding)
+    _need(op.layer.padding == (0, 0) or pool.count_include_pad, op,
           "AvgPool2d count_include_pad=False with padding is not supported (the divisor "
           "must be the window size)")
-    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
-    op.layer.stride = _square(pool.stride, "stride", op)
+    op.layer.kernel = pair(pool.kernel_size)
+    op.layer.stride = pair(pool.stride)
 
 
 def _build_global_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
     _, h, w = op.layer.in_shape
     _need(pool.output_size in (1, (1, 1)), op, f"AdaptiveAvgPool2d output_size="
           f"{pool.output_size} is not supported (use 1: global average pooling)")
-    _need(h == w, op, f"global average pooling of a {h}x{w} map: hwq pools square windows only")
-    op.layer.kernel = op.layer.stride = h
+    op.layer.kernel = op.layer.stride = (h, w)
 
 
 def _build_conv(op: Op, mod: nn.Conv2d) -> None:
     layer = op.layer
-    _need(_square(mod.dilation, "dilation", op) == 1, op,
+    _need(pair(mod.dilation) == (1, 1), op,
           f"Conv2d dilation={mod.dilation} is not supported (use dilation=1)")
     _need(mod.padding_mode == "zeros", op,
           f"Conv2d padding_mode='{mod.padding_mode}' is not supported (use 'zeros')")
-    kernel = _square(mod.kernel_size, "kernel_size", op)
     layer.weight = mod.weight.detach().numpy().astype(np.float32).copy()
     layer.groups = mod.groups
-    layer.stride = _square(mod.stride, "stride", op)
+    layer.stride = pair(mod.stride)
+    kernel = pair(mod.kernel_size)
     if mod.padding == "valid":
-        layer.padding = 0
+        layer.padding = (0, 0)
     elif mod.padding == "same":
-        _need(kernel % 2 == 1, op, f"Conv2d padding='same' with even kernel_size={kernel} pads "
-              "unevenly; give padding as an int")
-        layer.padding = kernel // 2
+        _need(all(k % 2 for k in kernel), op, f"Conv2d padding='same' with kernel_size="
+              f"{mod.kernel_size} pads an even kernel unevenly; give padding as ints")
+        layer.padding = (kernel[0] // 2, kernel[1] // 2)
     else:
-        layer.padding = _square(mod.padding, "padding", op)
+        layer.padding = pair(mod.padding)

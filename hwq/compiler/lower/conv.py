@@ -15,7 +15,7 @@ from hwq.arch.requant import ROUND_MODES, SLOPE_ONE
 from hwq.compiler.ir import QLayer
 from hwq.compiler.layout import TensorLayout
 from hwq.compiler.lower.emit import Emitter, Image, require
-from hwq.compiler.lower.plan import Geometry, band_parts, conv_plan
+from hwq.compiler.lower.plan import Geometry, band_parts, band_rows_read, conv_plan
 from hwq.compiler.lower.schedule import BEFORE, BEFORE_POST, STREAMING, Prefetch, Slots, Stores
 
 
@@ -52,12 +52,12 @@ class _Step:
 
 
 def _dense_weight(layer: QLayer) -> np.ndarray:
-    """(Cout, Cin, k, k) int8: a grouped conv's weight with zeros across groups."""
+    """(Cout, Cin, kh, kw) int8: a grouped conv's weight with zeros across groups."""
     g = layer.groups
     if g == 1:
         return layer.weight
-    cout, cin_g, k, _ = layer.weight.shape
-    dense = np.zeros((cout, cin_g * g, k, k), np.int8)
+    cout, cin_g, kh, kw = layer.weight.shape
+    dense = np.zeros((cout, cin_g * g, kh, kw), np.int8)
     group = np.arange(cout) // (cout // g)
     dense[np.arange(cout)[:, None], group[:, None] * cin_g + np.arange(cin_g)[None, :]] = layer.weight
     return dense
@@ -83,24 +83,24 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     other; all of one size), writing output blocks co0.. of `dst`. `tag` names this
     part's weights when a layer lowers to several convs. The real MACs."""
     r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
-    cout, cin_g, k, _ = layer.weight.shape
-    s, p = layer.stride, layer.padding
-    require(p <= 7, layer, f"padding {p} exceeds the DMA's 7")
+    cout, cin_g, kh, kw = layer.weight.shape
+    pads = layer.pads
+    require(max(pads) <= 7, layer, f"padding {max(pads)} exceeds the DMA's 7")
     src = srcs[0]
     assert all((t.h, t.w) == (src.h, src.w) for t in srcs)
     firsts = np.cumsum([0] + [t.stored_channels for t in srcs])     # stored channel offsets
     n_ci, n_co = int(firsts[-1]) // r, -(-cout // cfg.channel_block) * cfg.channel_block // c
-    g = Geometry(k, s, p, n_ci, n_co, src.h, src.w, dst.h, dst.w)
+    g = Geometry(kh, kw, *layer.stride, *pads, n_ci, n_co, src.h, src.w, dst.h, dst.w)
     out_h, out_w, wp = dst.h, dst.w, g.wp
     block_src = np.repeat(np.arange(len(srcs)), [t.stored_channels // r for t in srcs])
 
     # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
     # the taps of any run of input blocks are contiguous in DRAM.
-    w = np.zeros((n_co * c, firsts[-1], k, k), np.int8)
+    w = np.zeros((n_co * c, firsts[-1], kh, kw), np.int8)
     index = np.concatenate([t.channel_index + f for t, f in zip(srcs, firsts)])
     w[np.arange(cout)[:, None], index[None, :]] = _dense_weight(layer)
-    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
-    taps = n_ci * k * k                       # weight tiles per output block
+    tiles = w.reshape(n_co, c, n_ci, r, kh, kw).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
+    taps = n_ci * g.kk                        # weight tiles per output block
     w_region = image.put(f"{layer.name}{tag}.weight", "weights", np.ascontiguousarray(tiles))
     # GEMMs run only over non-zero tiles (grouped convs are block-diagonal); a block
     # without any keeps its first (zero) tile, which clears the accumulators for the bias
@@ -134,18 +134,11 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         """LOAD fields of input block ci for the band of `st`, zero padding included."""
         t = srcs[block_src[ci]]
         pin, local = t.pixel_words(cfg), ci - firsts[block_src[ci]] // r
-        top = st.r0 * s - p                   # first input row the band reads (may be < 0)
-        n = g.in_rows(st.rows)
-        y0, y1 = max(top, 0), min(top + n, src.h)
-        if y1 <= y0:                          # the band reads padding only (k <= padding)
-            y0 = y1 = 0
-            pad_top, pad_bottom = n, 0
-        else:
-            pad_top, pad_bottom = y0 - top, top + n - y1
-        return dict(buf=0, sram=st.inp + (ci - st.ci0) * n * wp,
+        y0, y1, pad_top, pad_bottom = band_rows_read(st.r0, st.rows, g)
+        return dict(buf=0, sram=st.inp + (ci - st.ci0) * g.in_rows(st.rows) * wp,
                     dram=t.region.word + y0 * src.w * pin + local * (r // bus),
                     y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
-                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=g.left, pad_right=g.right)
 
     # Pass 1: give every step its slots, and queue the loads that fill them.
     heights = {}
@@ -153,7 +146,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     for r0 in range(0, out_h, plan.band):
         rows = min(plan.band, out_h - r0)
         if rows not in heights:
-            heights[rows] = band_parts(plan, k * k, live)
+            heights[rows] = band_parts(plan, g.kk, live)
         steps += [_Step(r0, rows, *part) for part in heights[rows]]
     prefetch = Prefetch(emit, cfg)
     stores = Stores(emit, cfg, prefetch)
@@ -190,12 +183,12 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         span = g.in_rows(st.rows) * wp
         prefetch.due((i, BEFORE))
         for t in np.flatnonzero(live[st.co, st.t0:st.t1]) + st.t0:
-            ci, tap = divmod(int(t), k * k)
-            ky, kx = divmod(tap, k)
+            ci, tap = divmod(int(t), g.kk)
+            ky, kx = divmod(tap, kw)
             emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
                  wgt=st.wgt + (t - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
-                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=s * wp,
-                 inp_si=s, acc_so=out_w, acc_si=1)
+                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=g.sh * wp,
+                 inp_si=g.sw, acc_so=out_w, acc_si=1)
             st.first = False
             gemm = emit.program[-1]
             prefetch.stream((i, STREAMING), gemm)
@@ -211,4 +204,4 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
                               y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
     stores.flush()
-    return out_h * out_w * cout * cin_g * k * k
+    return out_h * out_w * cout * cin_g * g.kk

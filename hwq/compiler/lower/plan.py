@@ -51,11 +51,17 @@ class ConvPlan:
 
 @dataclass(frozen=True)
 class Geometry:
-    """A conv's shape in the array's units: kernel, stride, padding, input and output
-    blocks, input and output image sizes."""
-    k: int
-    s: int
-    p: int
+    """A conv's shape in the array's units: kernel, stride, the zero padding its windows
+    read (top, bottom, left, right), input and output blocks, input and output image
+    sizes."""
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    top: int
+    bottom: int
+    left: int
+    right: int
     n_ci: int
     n_co: int
     in_h: int
@@ -64,11 +70,26 @@ class Geometry:
     out_w: int
 
     @property
+    def kk(self) -> int:
+        return self.kh * self.kw
+
+    @property
     def wp(self) -> int:
-        return self.in_w + 2 * self.p
+        return self.left + self.in_w + self.right
 
     def in_rows(self, rows: int) -> int:
-        return (rows - 1) * self.s + self.k
+        return (rows - 1) * self.sh + self.kh
+
+
+def band_rows_read(r0: int, rows: int, g: Geometry) -> tuple[int, int, int, int]:
+    """(y0, y1, pad_top, pad_bottom): output rows r0..r0+rows-1 read input rows y0..y1-1,
+    and the zero rows the LOAD writes above and below them."""
+    top = r0 * g.sh - g.top                   # first input row the band reads (may be < 0)
+    n = g.in_rows(rows)
+    y0, y1 = max(top, 0), min(top + n, g.in_h)
+    if y1 <= y0:                              # the band reads padding only (kh <= padding)
+        return 0, 0, n, 0
+    return y0, y1, y0 - top, top + n - y1
 
 
 def conv_plan(layer: QLayer, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> ConvPlan:
@@ -169,7 +190,7 @@ def conv_cost(plan: ConvPlan, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> 
     waits for the array to drain and holds it while it runs; a STORE follows its POST.
     LOAD and STORE instructions use up the front end's spare time between GEMMs first,
     then delay the array."""
-    r, c, kk = cfg.rows, cfg.cols, g.k * g.k
+    r, c, kk = cfg.rows, cfg.cols, g.kk
     issue, iw = timing.front_end_cycles(cfg) + 1, cfg.instr_words
     ew_i, ew_w, ew_o = (cfg.entry_words(b) for b in ("ibuf", "wbuf", "obuf"))
     sums = np.concatenate([np.zeros((len(tiles), 1), np.int64), np.cumsum(tiles, axis=1)], axis=1)

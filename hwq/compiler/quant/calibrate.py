@@ -132,7 +132,7 @@ def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
     q.alpha_q = round(layer.alpha * 2 ** ALPHA_BITS)
     if layer.kind == "avgpool":
         # the window's reciprocal as an int8 multiplier: exact for power-of-two windows
-        window = layer.kernel ** 2
+        window = layer.kernel[0] * layer.kernel[1]
         q.f_w = fix_position(1 / window)
         q.multiplier = int(quantize_float(1 / window, q.f_w, "half_up"))
     if layer.kind == "conv":

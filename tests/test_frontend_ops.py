@@ -1,0 +1,113 @@
+"""Front-end patterns the model zoo needs, each end to end: traced, quantized, compiled,
+run on the ISS bit for bit as the golden model computes it, the float model equal to
+PyTorch's own forward and the int8 one within quantization tolerance of it; and what the
+hardware cannot run refused in one line naming the node."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hwq.arch.config import load_hw_config
+from hwq.compiler.frontend import trace
+from hwq.compiler.lower import compile_model
+from hwq.compiler.quant.config import load_quant_config
+from hwq.compiler.quant.float_model import run_float
+from hwq.compiler.quant.pipeline import quantize
+from hwq.errors import HwqError
+from hwq.sim.golden import run_golden
+from hwq.sim.runner import first_mismatch, simulate
+
+DEFAULT, SMALL = load_hw_config("default"), load_hw_config("small")
+# int8 outputs of a few random layers: their RMS error against PyTorch's float forward at
+# most this fraction of the output's range (an int8 step is 1/127 of it)
+TOLERANCE = 0.05
+
+
+class Net(nn.Module):
+    """A model from a list of callables, applied in order."""
+
+    def __init__(self, *steps):
+        super().__init__()
+        self.steps = nn.ModuleList(s for s in steps if isinstance(s, nn.Module))
+        self.fns = steps
+
+    def forward(self, x):
+        for f in self.fns:
+            x = f(x)
+        return x
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """`model` in eval mode with non-trivial BatchNorm statistics and affine terms."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.5, 0.5, generator=gen)
+    return model.eval()
+
+
+def check(model: nn.Module, shape, cfg=DEFAULT, seed: int = 0, images: int = 2):
+    """Trace, quantize and compile `model`; the float graph equals PyTorch's forward, the
+    golden model is within quantization tolerance of it, and the ISS equals the golden
+    model on every layer of `images` random int8 inputs. The QModel."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(16, *shape)).astype(np.float32)
+    graph = trace(model, shape, "m")
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy().reshape(len(x), -1)
+    floats = run_float(graph, x)[graph.layers[-1].name].reshape(len(x), -1)
+    assert np.abs(floats - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    qmodel = quantize(graph, x, load_quant_config(), progress=False)
+    got = qmodel.dequantize_output(run_golden(qmodel, qmodel.quantize_input(x), every_layer=False)
+                                   [qmodel.layers[-1].name]).reshape(len(x), -1)
+    assert np.sqrt(np.mean((got - want) ** 2)) <= TOLERANCE * np.abs(want).max()
+    compiled = compile_model(qmodel, cfg)
+    xq = rng.integers(-128, 128, (images, *shape)).astype(np.int8)
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    result = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, xq)
+    assert result.ok, result.status
+    golden = run_golden(qmodel, xq)
+    assert first_mismatch(result, golden, list(golden), cfg.cols) is None
+    return qmodel
+
+
+def refused(model: nn.Module, shape, *fragments) -> str:
+    with pytest.raises(HwqError) as info:
+        trace(model, shape, "m")
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+settle = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@settle
+@given(kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), cin=st.integers(1, 5), cout=st.integers(1, 10),
+       depthwise=st.booleans(), cfg=st.sampled_from([DEFAULT, SMALL]), seed=st.integers(0, 1000))
+def test_non_square_conv_stride_padding(kh, kw, sh, sw, ph, pw, cin, cout, depthwise, cfg, seed):
+    """Kernels, strides and paddings of their own per axis, dense or depthwise, BatchNorm
+    after a conv without bias, then a non-square average pool."""
+    torch.manual_seed(seed)
+    groups, cout = (cin, cin) if depthwise else (1, cout)
+    h, w = kh + 4, kw + 3
+    conv = nn.Conv2d(cin, cout, (kh, kw), (sh, sw), (ph, pw), groups=groups, bias=False)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    pool = nn.AvgPool2d((min(2, oh), min(3, ow)), (1, min(2, ow)))
+    check(randomized(Net(conv, nn.BatchNorm2d(cout), pool)), (cin, h, w), cfg, seed)
+
+
+def test_same_padding_per_axis():
+    """padding='same' pads each odd axis by half its kernel; an even axis is refused."""
+    graph = trace(Net(nn.Conv2d(2, 3, (5, 3), padding="same")), (2, 7, 6), "m")
+    assert graph.layers[0].padding == (2, 1) and graph.layers[0].out_shape == (3, 7, 6)
+    refused(Net(nn.Conv2d(2, 3, (3, 2), padding="same")), (2, 7, 6),
+            "node 'steps_0'", "padding='same' with kernel_size=(3, 2)")
