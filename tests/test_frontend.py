@@ -129,7 +129,7 @@ def test_unsupported_op_gelu():
             return F.gelu(self.conv(x))
 
     message = expect_error(Gelu(), "unsupported op gelu at node 'gelu' (forward line ",
-                           "; supported: Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, "
+                           "; supported: Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, "
                            "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
     line = int(message.split("forward line ")[1].split(")")[0])
     assert "F.gelu" in Path(__file__).read_text().splitlines()[line - 1]
@@ -244,7 +244,7 @@ def test_misplaced_activation_and_batchnorm():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()),
                  "ReLU at node 'steps_2'", "must directly follow a Conv2d, Linear or add")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)),
-                 "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d")
+                 "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d or Linear")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 3)),
                  "node 'steps_1'", "Linear needs a flattened")
 

@@ -111,3 +111,16 @@ def test_same_padding_per_axis():
     assert graph.layers[0].padding == (2, 1) and graph.layers[0].out_shape == (3, 7, 6)
     refused(Net(nn.Conv2d(2, 3, (3, 2), padding="same")), (2, 7, 6),
             "node 'steps_0'", "padding='same' with kernel_size=(3, 2)")
+
+
+def test_batchnorm1d_folds_into_linear():
+    """Linear -> BatchNorm1d -> ReLU is one layer; a BatchNorm1d after anything but a
+    Linear (or a Linear whose output something else reads too) is refused."""
+    torch.manual_seed(0)
+    model = randomized(Net(lambda x: torch.flatten(x, 1), nn.Linear(12, 10), nn.BatchNorm1d(10),
+                           nn.ReLU(), nn.Linear(10, 7, bias=False), nn.BatchNorm1d(7)))
+    qmodel = check(model, (3, 2, 2))
+    assert [l.kind for l in qmodel.layers] == ["flatten", "conv", "conv"]
+    assert qmodel.layers[1].act == "relu"
+    refused(randomized(Net(nn.Conv2d(2, 3, 3), lambda x: torch.flatten(x, 1), nn.BatchNorm1d(12))),
+            (2, 4, 4), "BatchNorm1d at node 'steps_1'", "must directly follow a Conv2d or Linear")

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from hwq.compiler.ir import REQUANTIZING, Graph, Layer, pair
 from hwq.errors import HwqError
 
-SUPPORTED = ("Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
+SUPPORTED = ("Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
              "AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
 
 # Op kinds before the passes: the Graph's layer kinds plus those the passes absorb.
 _MODULE_KINDS = {
     nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "flatten",
     nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "avgpool",
-    nn.BatchNorm2d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
+    nn.BatchNorm2d: "batchnorm", nn.BatchNorm1d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
 _FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
@@ -135,16 +135,18 @@ class RemoveNoOps:
 
 
 class FoldBatchNorm:
-    """conv -> BatchNorm2d is one conv: BN at inference is a per-channel affine map. The
-    unfolded parameters stay on the layer for QAT, which trains through the BN."""
+    """conv -> BatchNorm2d and Linear -> BatchNorm1d are one conv: BN at inference is a
+    per-channel affine map. The unfolded parameters stay on the layer for QAT, which
+    trains through the BN."""
 
     def match(self, op: Op) -> bool:
         return op.kind == "batchnorm"
 
     def transform(self, net: Net, op: Op) -> None:
-        conv = _absorbing_producer(net, op, ("conv",), "BatchNorm2d", "a Conv2d to be folded "
-                                   "into it; move it after the conv")
-        bn, layer = op.module, conv.layer
+        bn = op.module
+        conv = _absorbing_producer(net, op, ("conv",), type(bn).__name__, "a Conv2d or Linear "
+                                   "to be folded into it; move it after the conv or linear")
+        layer = conv.layer
 
         def f64(t):
             return t.detach().double().numpy()
@@ -367,8 +369,8 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
     in_shape, out_shape = _chw(args[0], op), _chw(node, op)
     if op.kind == "batchnorm":
         op.module = gm.get_submodule(node.target)
-        _need(op.module.running_mean is not None, op,
-              "BatchNorm2d without running stats cannot be folded; use track_running_stats=True")
+        _need(op.module.running_mean is not None, op, f"{type(op.module).__name__} without "
+              "running stats cannot be folded; use track_running_stats=True")
         return
     layer = Layer(name=op.name, kind=op.kind, input="", in_shape=in_shape, out_shape=out_shape,
                   source=op.source, op=_op_name(node, gm))
