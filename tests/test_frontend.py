@@ -137,8 +137,8 @@ def test_unsupported_op_gelu():
 
 def test_unsupported_modules():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), "unsupported op Sigmoid at node ")
-    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2)),
-                 "AdaptiveAvgPool2d output_size=2 is not supported (use 1")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(4)),
+                 "AdaptiveAvgPool2d output_size=4 on a 6x6 map pools windows of unequal sizes")
 
 
 class Block(nn.Module):
@@ -233,8 +233,9 @@ def test_dag_refusals():
 @pytest.mark.parametrize("layer, fragments", [
     (nn.Conv2d(2, 2, 3, dilation=2), ["node 'steps_1'", "dilation=(2, 2)"]),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ["padding_mode='reflect'"]),
-    (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=1"]),
-    (nn.MaxPool2d(2, ceil_mode=True), ["ceil_mode=True"]),
+    (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=(1, 1)", "non-negative"]),
+    (nn.MaxPool2d(3, 2, ceil_mode=True), ["ceil_mode's partial windows"]),
+    (nn.AvgPool2d(3, 2, ceil_mode=True), ["ceil_mode=True makes partial windows"]),
 ])
 def test_unsupported_parameters(layer, fragments):
     expect_error(Sequential(nn.Conv2d(1, 2, 1), layer), *fragments)

@@ -124,3 +124,66 @@ def test_batchnorm1d_folds_into_linear():
     assert qmodel.layers[1].act == "relu"
     refused(randomized(Net(nn.Conv2d(2, 3, 3), lambda x: torch.flatten(x, 1), nn.BatchNorm1d(12))),
             (2, 4, 4), "BatchNorm1d at node 'steps_1'", "must directly follow a Conv2d or Linear")
+
+
+class _Fire(nn.Module):
+    """SqueezeNet's fire module: a concatenation of two ReLU branches."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.squeeze, self.e1, self.e3 = nn.Conv2d(cin, 4, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(x))
+        return torch.cat([torch.relu(self.e1(x)), torch.relu(self.e3(x))], 1)
+
+
+@settle
+@given(k=st.integers(2, 3), kw=st.integers(1, 3), s=st.integers(1, 3), pad=st.booleans(),
+       ceil=st.booleans(), size=st.integers(5, 9), relu6=st.booleans(), seed=st.integers(0, 1000))
+def test_max_pool_padding_and_ceil_mode_on_non_negative_inputs(k, kw, s, pad, ceil, size, relu6, seed):
+    """Padding and ceil_mode's partial windows are zeros the LOAD writes: after a ReLU,
+    a ReLU6, a max pool or a concatenation of such tensors, they give torch's max."""
+    torch.manual_seed(seed)
+    ph, pw = (k // 2, kw // 2) if pad else (0, 0)
+    pool = nn.MaxPool2d((k, kw), s, (ph, pw), ceil_mode=ceil)
+    act = nn.ReLU6() if relu6 else nn.ReLU()
+    check(randomized(Net(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), act, pool, _Fire(3),
+                         nn.MaxPool2d(3, 2, 1, ceil_mode=True))), (2, size, size + 1), seed=seed)
+
+
+def test_max_pool_padding_needs_a_non_negative_input():
+    refused(Net(nn.Conv2d(2, 3, 3), nn.MaxPool2d(3, 2, 1)), (2, 8, 8), "node 'steps_1'",
+            "MaxPool2d padding=(1, 1)", "'steps_0' is not one (no ReLU or ReLU6 before it)")
+    refused(Net(nn.Conv2d(2, 3, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2, 2, ceil_mode=True)), (2, 7, 7),
+            "node 'steps_2'", "ceil_mode's partial windows")
+    refused(Net(nn.MaxPool2d(2, 2, 1)), (2, 6, 6), "'input' is not one")
+    # without partial windows ceil_mode pads nothing: any input
+    trace(Net(nn.Conv2d(2, 3, 3), nn.MaxPool2d(2, 2, ceil_mode=True)), (2, 6, 6), "m")
+
+
+def test_max_pool_stride_must_be_square():
+    model = Net(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2, (1, 2)))
+    x = np.random.default_rng(0).normal(size=(4, 2, 6, 6)).astype(np.float32)
+    qmodel = quantize(trace(model, (2, 6, 6), "m"), x, load_quant_config(), progress=False)
+    with pytest.raises(HwqError, match=r"layer 'steps_2' .*stride \(1, 2\) is not square"):
+        compile_model(qmodel, DEFAULT)
+
+
+def test_average_pools():
+    """ceil_mode without partial windows, adaptive pools whose output divides the input,
+    global pooling of non-square maps (AdaptiveAvgPool2d(1), mean over H and W)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 9, 3, padding=1)
+    check(randomized(Net(conv, nn.AvgPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d((1, 3)),
+                         lambda x: x.mean([2, 3], keepdim=True))), (2, 6, 12))
+    check(randomized(Net(nn.Conv2d(2, 9, 3), nn.AdaptiveAvgPool2d(2), nn.AdaptiveAvgPool2d(1))),
+          (2, 6, 8))
+    qmodel = check(randomized(Net(nn.Conv2d(2, 9, 3), nn.ReLU(), lambda x: torch.mean(x, dim=(-1, -2)),
+                                  nn.Linear(9, 4))), (2, 7, 5))
+    assert qmodel.layers[1].kernel == (5, 3)
+    refused(Net(nn.Conv2d(2, 3, 3), nn.AvgPool2d(2, ceil_mode=True)), (2, 7, 7), "node 'steps_1'",
+            "ceil_mode=True makes partial windows")
+    refused(Net(nn.Conv2d(2, 3, 3), nn.AdaptiveAvgPool2d(4)), (2, 8, 8),
+            "output_size=4 on a 6x6 map pools windows of unequal sizes")
+    refused(Net(nn.Conv2d(2, 3, 3), lambda x: x.mean(1, keepdim=True)), (2, 8, 8), "mean over dims (1,)")

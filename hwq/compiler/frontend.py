@@ -35,10 +35,11 @@ _MODULE_KINDS = {
 }
 _FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
                    torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
-                   F.adaptive_avg_pool2d: "avgpool", torch.add: "add", operator.add: "add",
+                   F.adaptive_avg_pool2d: "avgpool", torch.mean: "avgpool", torch.add: "add",
+                   operator.add: "add",
                    operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
 _METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten",
-                 "add": "add", "size": "shape", "dim": "shape"}
+                 "add": "add", "mean": "avgpool", "size": "shape", "dim": "shape"}
 _ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
 _OPERATORS = {f for f in vars(operator).values() if callable(f)}
@@ -182,7 +183,36 @@ class FuseActivation:
         net.bypass(op, producer.name)
 
 
-PASSES = (RemoveNoOps(), FoldBatchNorm(), FuseActivation())
+def _non_negative(net: Net, name: str) -> bool:
+    """Whether tensor `name` is >= 0 whatever the model's input: a ReLU or ReLU6 makes it,
+    or a max pool, average pool, flatten, concatenation or add (without an activation)
+    of such tensors (requantizing a non-negative value gives one)."""
+    op = net.op(name)
+    if op is None:                      # the model's input
+        return False
+    if op.layer.act in ("relu", "relu6"):
+        return True
+    moves = op.kind in ("maxpool", "avgpool", "flatten", "concat") or op.kind == "add" and op.layer.act == "none"
+    return moves and all(_non_negative(net, s) for s in op.inputs)
+
+
+class ZeroPadMaxPool:
+    """A max pool's padding, and ceil_mode's partial windows, read zeros (the LOAD that
+    feeds the MAXPOOL unit pads with zeros): torch's max, which pads with -inf, only where
+    the input is non-negative. Refused elsewhere."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind == "maxpool" and any(op.layer.pads)
+
+    def transform(self, net: Net, op: Op) -> None:
+        src = op.inputs[0]
+        _need(_non_negative(net, src), op, f"MaxPool2d padding={op.layer.padding} (or ceil_mode's "
+              f"partial windows) pads with zeros, which is torch's max only on a non-negative "
+              f"input; '{src}' is not one (no ReLU or ReLU6 before it): drop the padding (a "
+              "later vector unit pads with -128)")
+
+
+PASSES = (RemoveNoOps(), FoldBatchNorm(), FuseActivation(), ZeroPadMaxPool())
 
 
 def run_passes(net: Net, passes=PASSES) -> None:
@@ -394,8 +424,11 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
         _build_maxpool(op, _module(node, gm, nn.MaxPool2d))
         return
     if op.kind == "avgpool":
-        if _op_name(node, gm) in ("adaptive_avg_pool2d", "AdaptiveAvgPool2d"):
-            _build_global_pool(op, _module(node, gm, nn.AdaptiveAvgPool2d))
+        name = _op_name(node, gm)
+        if name in ("adaptive_avg_pool2d", "AdaptiveAvgPool2d"):
+            _build_adaptive_pool(op, _module(node, gm, nn.AdaptiveAvgPool2d))
+        elif name == "mean":
+            _build_mean(op, node, len(_shape(args[0])))
         else:
             _build_avgpool(op, _module(node, gm, nn.AvgPool2d))
         return
@@ -409,33 +442,48 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
     _build_conv(op, mod)
 
 
+def _floor_out(layer: Layer) -> tuple[int, int]:
+    """The output size without ceil_mode's partial windows."""
+    (_, h, w), (kh, kw), (sh, sw), (ph, pw) = layer.in_shape, layer.kernel, layer.stride, layer.padding
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
 def _build_maxpool(op: Op, pool: nn.MaxPool2d) -> None:
-    _need(pair(pool.padding) == (0, 0), op,
-          f"MaxPool2d padding={pool.padding} is not supported (use padding=0)")
     _need(pair(pool.dilation) == (1, 1), op,
           f"MaxPool2d dilation={pool.dilation} is not supported (use dilation=1)")
-    _need(not pool.ceil_mode, op, "MaxPool2d ceil_mode=True is not supported")
     _need(not pool.return_indices, op, "MaxPool2d return_indices=True is not supported")
-    op.layer.kernel = pair(pool.kernel_size)
-    op.layer.stride = pair(pool.stride)
+    op.layer.kernel, op.layer.stride = pair(pool.kernel_size), pair(pool.stride)
+    op.layer.padding = pair(pool.padding)      # ceil_mode: out_shape holds the partial windows
 
 
 def _build_avgpool(op: Op, pool: nn.AvgPool2d) -> None:
-    _need(not pool.ceil_mode, op, "AvgPool2d ceil_mode=True is not supported")
     _need(pool.divisor_override is None, op, "AvgPool2d divisor_override is not supported")
-    op.layer.padding = pair(pool.padding)
-    _need(op.layer.padding == (0, 0) or pool.count_include_pad, op,
+    layer = op.layer
+    layer.kernel, layer.stride, layer.padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
+    _need(layer.padding == (0, 0) or pool.count_include_pad, op,
           "AvgPool2d count_include_pad=False with padding is not supported (the divisor "
           "must be the window size)")
-    op.layer.kernel = pair(pool.kernel_size)
-    op.layer.stride = pair(pool.stride)
+    _need(layer.out_shape[1:] == _floor_out(layer), op, "AvgPool2d ceil_mode=True makes partial "
+          "windows here, which are not supported (the divisor must be the window size)")
 
 
-def _build_global_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
-    _, h, w = op.layer.in_shape
-    _need(pool.output_size in (1, (1, 1)), op, f"AdaptiveAvgPool2d output_size="
-          f"{pool.output_size} is not supported (use 1: global average pooling)")
-    op.layer.kernel = op.layer.stride = (h, w)
+def _build_adaptive_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
+    """Windows of in / out pixels per axis, where out divides in; 1: global pooling."""
+    (_, h, w), (_, oh, ow) = op.layer.in_shape, op.layer.out_shape
+    _need(h % oh == 0 and w % ow == 0, op, f"AdaptiveAvgPool2d output_size={pool.output_size} "
+          f"on a {h}x{w} map pools windows of unequal sizes; hwq needs an output size that "
+          "divides the input's")
+    op.layer.kernel = op.layer.stride = (h // oh, w // ow)
+
+
+def _build_mean(op: Op, node: fx.Node, rank: int) -> None:
+    """mean over the spatial dimensions: global average pooling."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or ())
+    _need(rank == 4 and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs, op,
+          f"mean over dims {tuple(dims)} is not supported; hwq averages over height and width "
+          "of (N, C, H, W) tensors only (global average pooling)")
+    op.layer.kernel = op.layer.stride = op.layer.in_shape[1:]
 
 
 def _build_conv(op: Op, mod: nn.Conv2d) -> None:
