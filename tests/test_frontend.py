@@ -130,7 +130,9 @@ def test_unsupported_op_gelu():
 
     message = expect_error(Gelu(), "unsupported op gelu at node 'gelu' (forward line ",
                            "; supported: Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, "
-                           "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
+                           "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean, add, cat, flatten, channel "
+                           "views (view, reshape, transpose, permute, contiguous, chunk, split, "
+                           "slicing), Dropout, Identity")
     line = int(message.split("forward line ")[1].split(")")[0])
     assert "F.gelu" in Path(__file__).read_text().splitlines()[line - 1]
 
@@ -178,8 +180,7 @@ def test_dag_layers():
         ("b", "conv", ["add"], (4, 4, 4), "leaky_relu", 1),
         ("cat", "concat", ["pool", "b"], (8, 4, 4), "none", 1),
         ("gap", "avgpool", ["cat"], (8, 1, 1), "none", 1),
-        ("flatten", "flatten", ["gap"], (8, 1, 1), "none", 1),
-        ("fc", "conv", ["flatten"], (5, 1, 1), "none", 1),
+        ("fc", "conv", ["gap"], (5, 1, 1), "none", 1),       # flattening 1x1 pixels: no layer
     ]
     assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == (4, 4)
     assert graph.layers[0].bn["weight"].shape == (8, 3, 3, 3)
@@ -265,4 +266,4 @@ def test_trace_failures():
     expect_error(Sequential(nn.Conv2d(3, 2, 3)),
                  "model m: node 'steps_0' (forward line ", "fails on an input of shape (1, 8, 8)")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: x.reshape(1, -1)),
-                 "must flatten (N, C, H, W) to (N, C*H*W)")
+                 "reshape mixes the batch dimension with the others")

@@ -1,9 +1,11 @@
 """Front end: a PyTorch nn.Module -> the float Graph IR.
 
 torch.fx traces the forward into nodes; each node becomes an `Op` naming the ops it reads;
-a short list of graph passes (hls4ml-style `match` / `transform`) drops inference no-ops,
-folds BatchNorm into its conv and fuses activations into the conv, linear or add that
-feeds them, until only Graph layers are left. The model may branch and join (residual
+a short list of graph passes (hls4ml-style `match` / `transform`) composes chains of
+views (view, reshape, transpose, permute, flatten, chunk, split, slicing) and keeps those
+that only select or reorder channels, or flatten, drops inference no-ops, folds BatchNorm
+into its conv and fuses activations into the conv, linear or add that feeds them, until
+only Graph layers are left. The model may branch and join (residual
 adds, channel concatenation); anything the accelerator cannot run is refused here, once,
 with the node and the forward line that introduced it.
 """
@@ -24,21 +26,27 @@ from hwq.compiler.ir import REQUANTIZING, Graph, Layer, pair
 from hwq.errors import HwqError
 
 SUPPORTED = ("Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
-             "AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
+             "AdaptiveAvgPool2d, mean, add, cat, flatten, channel views (view, reshape, transpose, "
+             "permute, contiguous, chunk, split, slicing), Dropout, Identity")
 
 # Op kinds before the passes: the Graph's layer kinds plus those the passes absorb.
 _MODULE_KINDS = {
-    nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "flatten",
+    nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "view",
     nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "avgpool",
     nn.BatchNorm2d: "batchnorm", nn.BatchNorm1d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
 _FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
-                   torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
+                   torch.flatten: "view", torch.reshape: "view", torch.transpose: "view",
+                   torch.permute: "view", torch.squeeze: "view", torch.unsqueeze: "view",
+                   operator.getitem: "view", torch.chunk: "tuple", torch.split: "tuple",
+                   F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
                    F.adaptive_avg_pool2d: "avgpool", torch.mean: "avgpool", torch.add: "add",
                    operator.add: "add",
                    operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
-_METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten",
+_METHOD_KINDS = {"relu": "relu", "view": "view", "reshape": "view", "flatten": "view",
+                 "transpose": "view", "permute": "view", "contiguous": "view", "squeeze": "view",
+                 "unsqueeze": "view", "chunk": "tuple", "split": "tuple",
                  "add": "add", "mean": "avgpool", "size": "shape", "dim": "shape"}
 _ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
@@ -63,6 +71,11 @@ class Op:
     layer: Layer | None = None          # for the Graph's layer kinds
     module: nn.Module | None = None     # for batchnorm
     alpha: float = 0.0                  # for leaky_relu
+    # a view: where each element of a sample's output comes from in its input (flat
+    # indices), and the two tensors' shapes without the batch
+    gather: np.ndarray | None = None
+    view_in: tuple[int, ...] = ()
+    view_out: tuple[int, ...] = ()
 
 
 @dataclass
@@ -125,6 +138,61 @@ def _absorbing_producer(net: Net, op: Op, kinds, what: str, needs: str) -> Op:
     return producer
 
 
+class ComposeViews:
+    """A view of a view is one view of the first one's input: the gathers compose. A view
+    that only other views read is gone once they are composed."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind == "view"
+
+    def transform(self, net: Net, op: Op) -> None:
+        producer = net.op(op.inputs[0])
+        if producer is None or producer.kind != "view":
+            return
+        op.gather, op.view_in, op.inputs = producer.gather[op.gather], producer.view_in, list(producer.inputs)
+        if not net.consumers(producer.name):
+            net.ops.remove(producer)
+
+
+class ChannelViews:
+    """A composed view that selects or reorders channels (chunk, split, a channel
+    shuffle) is a `view` layer over the channels it keeps; one that flattens them too is
+    that view and a `flatten`; one that changes nothing (a flatten of 1x1 pixels, a
+    contiguous) is dropped. Any other moves pixels, and is refused."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind == "view"
+
+    def transform(self, net: Net, op: Op) -> None:
+        c, h, w = op.view_in if len(op.view_in) == 3 else (*op.view_in, 1, 1)[:3]
+        out = op.view_out
+        flat = len(out) == 1 or out[1:] == (1, 1) and (h, w) != (1, 1)
+        cout = out[0] // (h * w) if flat else out[0]
+        pixels = np.arange(h * w)
+        channels = op.gather[::h * w][:cout] // (h * w) if cout else op.gather[:0]
+        _need(len(op.view_in) in (1, 3) and len(out) in (1, 3) and len(op.view_in) * len(out) > 0
+              and (flat or out[1:] == (h, w)) and cout * h * w == op.gather.size
+              and np.array_equal(op.gather, (channels[:, None] * h * w + pixels).ravel()), op,
+              f"the views ending here make (N, {', '.join(map(str, out))}) of "
+              f"(N, {', '.join(map(str, op.view_in))}) moving pixels; hwq runs views that only "
+              "select or reorder channels, and flattens")
+        layer = Layer(name=op.name, kind="view", input="", in_shape=(c, h, w),
+                      out_shape=(cout, h, w), source=op.source, op="view", channels=channels.tolist())
+        identity = np.array_equal(channels, np.arange(c))
+        if flat and (h, w) != (1, 1):
+            if not identity:
+                layer.name = f"{op.name}_channels"
+                net.ops.insert(net.ops.index(op), Op("view", layer.name, op.source, list(op.inputs), layer))
+                op.inputs = [layer.name]
+            op.kind = "flatten"
+            op.layer = Layer(name=op.name, kind="flatten", input="", in_shape=(cout, h, w),
+                             out_shape=(cout * h * w, 1, 1), source=op.source, op="flatten")
+        elif identity:
+            net.bypass(op, op.inputs[0])
+        else:
+            op.layer = layer
+
+
 class RemoveNoOps:
     """Dropout and Identity do nothing at inference."""
 
@@ -185,14 +253,15 @@ class FuseActivation:
 
 def _non_negative(net: Net, name: str) -> bool:
     """Whether tensor `name` is >= 0 whatever the model's input: a ReLU or ReLU6 makes it,
-    or a max pool, average pool, flatten, concatenation or add (without an activation)
-    of such tensors (requantizing a non-negative value gives one)."""
+    or a max pool, average pool, view, flatten, concatenation or add (without an
+    activation) of such tensors (requantizing a non-negative value gives one)."""
     op = net.op(name)
     if op is None:                      # the model's input
         return False
     if op.layer.act in ("relu", "relu6"):
         return True
-    moves = op.kind in ("maxpool", "avgpool", "flatten", "concat") or op.kind == "add" and op.layer.act == "none"
+    moves = op.kind in ("maxpool", "avgpool", "flatten", "view", "concat") or \
+        op.kind == "add" and op.layer.act == "none"
     return moves and all(_non_negative(net, s) for s in op.inputs)
 
 
@@ -212,7 +281,8 @@ class ZeroPadMaxPool:
               "later vector unit pads with -128)")
 
 
-PASSES = (RemoveNoOps(), FoldBatchNorm(), FuseActivation(), ZeroPadMaxPool())
+PASSES = (ComposeViews(), ChannelViews(), RemoveNoOps(), FoldBatchNorm(), FuseActivation(),
+          ZeroPadMaxPool())
 
 
 def run_passes(net: Net, passes=PASSES) -> None:
@@ -237,7 +307,8 @@ def _symbolic_trace(module: nn.Module, name: str) -> fx.GraphModule:
 
 
 class _ShapeProbe(fx.Interpreter):
-    """Runs the traced module once, recording every tensor's shape on its node."""
+    """Runs the traced module once, recording every tensor's shape on its node, and every
+    size (x.size(), x.shape[1], sums of them) as its value."""
 
     def run_node(self, node):
         try:
@@ -246,6 +317,9 @@ class _ShapeProbe(fx.Interpreter):
             raise _ProbeFailed(node, e) from None
         if isinstance(result, torch.Tensor):
             node.meta["hwq_shape"] = tuple(result.shape)
+        elif isinstance(result, int) or isinstance(result, (tuple, list)) \
+                and all(isinstance(v, int) for v in result):
+            node.meta["hwq_value"] = result
         return result
 
 
@@ -310,6 +384,7 @@ def _data_args(node: fx.Node, kind: str, op: Op) -> list[fx.Node]:
     (their other arguments are parameters or sizes)."""
     if kind == "concat":
         tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        _need(isinstance(tensors, (list, tuple)), op, "cat must concatenate a list of tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         rank = len(_shape(tensors[0])) if tensors and "hwq_shape" in tensors[0].meta else 4
         _need(dim in (1, 1 - rank), op, f"cat along dim={dim} is not supported; hwq "
@@ -331,6 +406,7 @@ def _net_of(gm: fx.GraphModule, name: str) -> Net:
     if len(inputs) != 1:
         raise HwqError(f"model {name}: forward must take exactly one tensor; it takes {len(inputs)}")
     shape_nodes, data = set(), {inputs[0]: "input"}
+    tuples = {}             # chunk / split node -> the tensor it splits
     ops = []
     for node in nodes:
         if not node.op.startswith("call_"):
@@ -345,22 +421,33 @@ def _net_of(gm: fx.GraphModule, name: str) -> Net:
             continue
         op = Op(kind=kind, name=node.name, source=_source(node))
         args = _data_args(node, kind, op)
-        extra = [n for n in node.all_input_nodes if n not in args and n not in shape_nodes]
+        if args and args[0] in tuples:      # a piece of a chunk or split: a view of its tensor
+            args = [tuples[args[0]]]
+        extra = [n for n in node.all_input_nodes
+                 if n not in args and n not in shape_nodes and n not in tuples]
         _need(args and not extra and all(a in data for a in args), op,
               f"{_op_name(node, gm)} must read the model input or layer outputs as its tensor "
               "argument(s) only")
+        if kind == "tuple":                 # its pieces are views (getitem); itself no op
+            tuples[node] = args[0]
+            continue
         op.inputs = [data[a] for a in args]
-        _build(op, node, gm, args)
+        if kind == "view":
+            _build_view(op, node, gm, args[0], tuples)
+        else:
+            _build(op, node, gm, args)
         data[node] = op.name
         ops.append(op)
     output = next(n for n in nodes if n.op == "output")
     if not isinstance(output.args[0], fx.Node) or output.args[0] not in data:
         raise HwqError(f"model {name}: forward must return one tensor computed by its layers")
     net = Net(ops, data[output.args[0]])
-    for op in ops:
+    for op in reversed(ops):
         if not net.consumers(op.name):
-            raise HwqError(f"{_where(op)}: its output is never used; remove it from the "
-                           "forward (hwq compiles what reaches the output only)")
+            if op.kind != "view":
+                raise HwqError(f"{_where(op)}: its output is never used; remove it from the "
+                               "forward (hwq compiles what reaches the output only)")
+            net.ops.remove(op)      # a piece of a chunk nobody reads: it computes nothing
     return net
 
 
@@ -390,6 +477,30 @@ def _module(node: fx.Node, gm: fx.GraphModule, cls):
     return cls(*node.args[1:], **node.kwargs)
 
 
+def _build_view(op: Op, node: fx.Node, gm: fx.GraphModule, tensor: fx.Node, tuples: dict) -> None:
+    """The view's gather: the node (through the chunk or split it takes a piece of) run on
+    the indices of its input's elements, with the sizes the shape probe recorded."""
+    shape = _shape(tensor)
+    index = torch.arange(int(np.prod(shape))).reshape(shape)
+
+    def run(n: fx.Node):
+        def value(a: fx.Node):
+            return index if a is tensor else run(a) if a in tuples else a.meta["hwq_value"]
+        args, kwargs = fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        if n.op == "call_module":
+            return gm.get_submodule(n.target)(*args, **kwargs)
+        return n.target(*args, **kwargs)
+
+    out = run(node)
+    per = index[0].numel()
+    _need(isinstance(out, torch.Tensor) and out.dim() > 0 and len(out) == _PROBE_BATCH
+          and torch.equal(out[1], out[0] + per), op, f"{_op_name(node, gm)} mixes the batch "
+          "dimension with the others; hwq keeps N first and apart")
+    op.gather, op.view_in, op.view_out = out[0].flatten().numpy(), tuple(shape[1:]), tuple(out.shape[1:])
+
+
 def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> None:
     """Fill `op` with its layer (or module), refusing parameters the hardware lacks."""
     if op.kind == "leaky_relu":
@@ -412,13 +523,6 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
         return
     if op.kind == "concat":
         _need(len({_chw(a, op)[1:] for a in args}) == 1, op, "cat inputs differ in height or width")
-        return
-    if op.kind == "flatten":
-        in_dims = len(_shape(args[0]))
-        out_dims = _shape(node)
-        _need(in_dims == 4 and out_dims == (_PROBE_BATCH, int(np.prod(in_shape))), op,
-              f"{_op_name(node, gm)} must flatten (N, C, H, W) to (N, C*H*W); it makes "
-              f"(N, {', '.join(map(str, out_dims[1:]))}) from {in_dims}-D input")
         return
     if op.kind == "maxpool":
         _build_maxpool(op, _module(node, gm, nn.MaxPool2d))

@@ -76,6 +76,7 @@ class Layer(_Windows):
     alpha: float = 0.0              # leaky_relu slope
     op: str = ""                    # the torch op it came from (Conv2d, Linear, add, ...)
     bn: dict | None = None          # conv: the unfolded conv + BatchNorm, for QAT
+    channels: list[int] = field(default_factory=list)   # view: output channel i is input's channels[i]
 
     @property
     def sources(self) -> list[str]:
@@ -100,7 +101,8 @@ class QLayer(_Windows):
     conv: y = requantize(conv(x, weight) + bias, shift, round_mode, lo, hi) with
     shift = f_in + f_w - f_out; weight int8 (Cout, Cin/groups, KH, KW); bias int32 at
     fix f_in + f_w. With per-channel weights `f_wc` holds one f_w per output channel
-    and the shift is a vector. maxpool and flatten keep the fix position of their input.
+    and the shift is a vector. maxpool, flatten and view (the input's `channels`, in
+    their order) keep the fix position of their input.
     avgpool: window sum x `multiplier` (the reciprocal of the window at fix f_w), then
     requantize. add: inputs aligned to the finest of `f_ins`, summed, requantized.
     concat: each input requantized from its `f_ins` entry to f_out.
@@ -131,6 +133,7 @@ class QLayer(_Windows):
     f_wc: np.ndarray | None = None     # per-channel weight fix positions (Cout,)
     alpha_q: int = 0                   # leaky_relu slope, over 2**ALPHA_BITS
     multiplier: int = 1                # avgpool reciprocal at fix f_w
+    channels: list[int] = field(default_factory=list)   # view: output channel i is input's channels[i]
 
     @property
     def shift(self) -> int:

@@ -7,7 +7,8 @@ shift per channel with per-channel weights; LeakyReLU scales the negative accumu
 its slope first).
 avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
 to the finer fix position and sums; concat requantizes each input to the output's fix
-position. max-pool and flatten move int8 values unchanged.
+position. max-pool, flatten and view (channels selected or reordered) move int8 values
+unchanged.
 
 Exact sums on fast kernels. |x| <= 128, so every partial sum of an output's dot product,
 in whatever order a kernel adds its terms, is an integer of magnitude at most
@@ -438,6 +439,10 @@ def _concat(layer: QLayer, xs) -> np.ndarray:
                            for x, f in zip(xs, layer.f_ins)], axis=3)
 
 
+def _view(layer: QLayer, xs) -> np.ndarray:
+    return np.ascontiguousarray(xs[0][..., layer.channels])
+
+
 def _flatten(layer: QLayer, xs) -> np.ndarray:
     # C-major, as torch.flatten: the vector is one pixel of C*H*W channels
     x = xs[0]
@@ -445,4 +450,4 @@ def _flatten(layer: QLayer, xs) -> np.ndarray:
 
 
 _LAYERS = {"maxpool": _maxpool, "avgpool": _avgpool, "add": _add,
-           "concat": _concat, "flatten": _flatten}
+           "concat": _concat, "flatten": _flatten, "view": _view}

@@ -1,7 +1,7 @@
 """Lowerings by layer kind, the table compile_model looks them up in (LOWERINGS): a conv
 as it is, max pool on the MAXPOOL unit, and average pool, add and concat as convs whose
-weights make the sums the golden model computes; flatten moves no data, its output is
-a view of its input's bytes (flatten_view)."""
+weights make the sums the golden model computes; flatten and channel views move no data,
+their outputs are views of their inputs' bytes (flatten_view, channel_view)."""
 from __future__ import annotations
 
 import dataclasses
@@ -108,6 +108,13 @@ def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg
 
 LOWERINGS = {"conv": _lower_conv_layer, "maxpool": lower_maxpool, "avgpool": lower_avgpool,
              "add": lower_add, "concat": lower_concat}
+
+
+def channel_view(src: TensorLayout, channels: list[int]) -> TensorLayout:
+    """A view of some of the input's channels, in any order (chunk, split, a channel
+    shuffle) moves no data: its channels are where the input's are, and whatever reads
+    it takes them from there (a conv's weights are permuted to match)."""
+    return TensorLayout(src.region, src.h, src.w, src.stored_channels, src.channel_index[channels])
 
 
 def flatten_view(src: TensorLayout) -> TensorLayout:

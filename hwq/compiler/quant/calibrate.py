@@ -27,6 +27,7 @@ INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 CALIB_BATCH = 32    # samples per calibration batch: the unit the statistic method combines
 HIST_BINS = 64      # of the |activation| histogram kept for the report
 _DIFFS_SAMPLES = 64  # calibration inputs diffs runs a layer on to choose its weights' fix
+MOVES = ("maxpool", "flatten", "view")   # layers that move int8 values, requantizing none
 
 
 def hardware_check(qmodel_or_graph, config: QuantConfig) -> None:
@@ -102,7 +103,7 @@ def _quantize_layer(layer: Layer, fixes: dict, floats: dict, config: QuantConfig
     """Calibrate one layer's fix positions, then make its integer layer."""
     tensors = config.for_layer(layer)
     f_ins = [fixes[s] for s in layer.sources]
-    if layer.kind in ("maxpool", "flatten"):
+    if layer.kind in MOVES:
         # they move int8 values; their fix position is their input's
         return make_qlayer(layer, f_ins, f_ins[0], None, tensors,
                            {"absmax": float(np.abs(floats[layer.name]).max())})
@@ -125,8 +126,8 @@ def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
                out_shape=layer.out_shape, f_in=f_ins[0], f_out=f_out, source=layer.source,
                stride=layer.stride, padding=layer.padding, kernel=layer.kernel, act=layer.act,
                round_mode=act.round_mode, inputs=list(layer.sources), f_ins=list(f_ins),
-               groups=layer.groups, stats=dict(stats or {}))
-    if layer.kind in ("maxpool", "flatten"):
+               groups=layer.groups, channels=list(layer.channels), stats=dict(stats or {}))
+    if layer.kind in MOVES:
         return q
     q.lo, q.hi = relu_clamp(layer.act, q.f_out, act.narrow_range)
     q.alpha_q = round(layer.alpha * 2 ** ALPHA_BITS)

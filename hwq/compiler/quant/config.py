@@ -31,8 +31,8 @@ LAYER_TENSORS = ("weights", "bias", "activation")   # what a layer override may 
 METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
 STATISTICS = ("modal", "max", "mean", "median")
 # The torch op names a `layer_type` may give (with or without the torch.nn. prefix).
-LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "add", "cat",
-               "flatten")
+LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "mean", "add",
+               "cat", "flatten", "view")
 
 
 _TENSOR_FIELDS = {

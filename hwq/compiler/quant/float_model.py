@@ -36,6 +36,8 @@ def float_op(layer: Layer, xs: list[torch.Tensor], weight=None, bias=None) -> to
         return F.avg_pool2d(pad(x, layer), layer.kernel, layer.stride)
     if layer.kind == "flatten":
         return x.reshape(len(x), -1, 1, 1)
+    if layer.kind == "view":
+        return x[:, layer.channels]
     if layer.kind == "concat":
         return torch.cat(xs, dim=1)
     if layer.kind == "add":

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from hwq.arch.requant import ALPHA_BITS
 from hwq.compiler.ir import Graph, Layer, QModel
-from hwq.compiler.quant.calibrate import check_accumulator_bounds, make_qlayer
+from hwq.compiler.quant.calibrate import MOVES, check_accumulator_bounds, make_qlayer
 from hwq.compiler.quant.float_model import pad, run_float
 from hwq.compiler.quant.config import QuantConfig
 from hwq.arch.requant import INT8_MAX
@@ -179,6 +179,8 @@ class FakeQuantNet(nn.Module):
             return F.max_pool2d(pad(x, layer), layer.kernel, layer.stride), f_in
         if layer.kind == "flatten":
             return x.reshape(len(x), -1, 1, 1), f_in
+        if layer.kind == "view":
+            return x[:, layer.channels], f_in
         act = self.tensors[layer.name]["activation"]
         if layer.kind == "conv":
             acc, shift = self._conv(layer, x * 2.0 ** -f_in, x, f_in)
@@ -244,7 +246,7 @@ class FakeQuantNet(nn.Module):
             for layer in self.graph.layers:
                 tensors = self.tensors[layer.name]
                 f_ins = [fixes[s] for s in layer.sources]
-                f_out = f_ins[0] if layer.kind in ("maxpool", "flatten") else int(self.fix[layer.name].value())
+                f_out = f_ins[0] if layer.kind in MOVES else int(self.fix[layer.name].value())
                 f_w, float_layer = None, layer
                 if layer.kind == "conv":
                     w, b = self.folded(layer)
