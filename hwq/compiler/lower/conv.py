@@ -1,8 +1,8 @@
 """A conv onto the array (a Linear is a 1x1 conv over one pixel; a grouped conv is a
-dense one whose tiles across groups are zero, and no GEMM streams those): its weights
-and biases go into the DRAM image in the order the buffers take them, each step of the
-plan gets its buffer slots and queues the loads that fill them, then the GEMMs, POSTs
-and STOREs are emitted with the loads among them."""
+dense one whose tiles across groups are zero, which neither DRAM holds nor any GEMM
+streams): its weights and biases go into the DRAM image in the order the buffers take
+them, each step of the plan gets its buffer slots and queues the loads that fill them,
+then the GEMMs, POSTs and STOREs are emitted with the loads among them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from hwq.arch.requant import ROUND_MODES, SLOPE_ONE
 from hwq.compiler.ir import QLayer
 from hwq.compiler.layout import TensorLayout
 from hwq.compiler.lower.emit import Emitter, Image, require
-from hwq.compiler.lower.plan import Geometry, band_parts, band_rows_read, conv_plan
+from hwq.compiler.lower.plan import Geometry, band_parts, band_rows_read, conv_plan, weight_key
 from hwq.compiler.lower.schedule import BEFORE, BEFORE_POST, STREAMING, Prefetch, Slots, Stores
 
 
@@ -28,11 +28,31 @@ def _runs(buf: int, sram: int, dram: int, entries: int, entry_words: int):
                    pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
 
 
+def _stored_tiles(tiles: np.ndarray, live: np.ndarray, cfg: HwConfig):
+    """What of the weight tiles (n_co, taps, rows, cols) goes into DRAM: the live ones,
+    each block's in tap order, so that any run of them loads as one block -- or, where
+    the live tiles repeat a few that wbuf holds at once (an average pool's, an add's, a
+    concat's), each of those once, loaded once for every block. -> (the tiles stored,
+    the place of tile (co, t) among its block's stored tiles, where each block's start,
+    the number of shared tiles or 0)."""
+    co, t = np.nonzero(live)
+    kept = tiles[co, t]
+    distinct, which = np.unique(kept.reshape(len(kept), -1), axis=0, return_inverse=True)
+    slot = np.zeros(live.shape, np.int64)
+    if len(distinct) < len(kept) and len(distinct) * cfg.rows <= cfg.wbuf_depth:
+        slot[co, t] = which.ravel()
+        return distinct.reshape(-1, *tiles.shape[2:]), slot, np.zeros(len(live), np.int64), len(distinct)
+    counts = live.sum(axis=1)
+    slot[co, t] = np.arange(len(kept)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return kept, slot, np.cumsum(counts) - counts, 0
+
+
 @dataclass
 class _Step:
     """The GEMMs of output rows r0..r0+rows-1, output block co, over the non-zero weight
     tiles among t0..t1-1 (tiles run over (input block, ky, kx)): those of input blocks
-    ci0..ci1-1, which ibuf holds, with wbuf holding tiles w0..w1-1."""
+    ci0..ci1-1, which ibuf holds, with wbuf holding the block's stored tiles w0..w1-1
+    (_stored_tiles)."""
     r0: int
     rows: int
     co: int
@@ -94,19 +114,18 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     out_h, out_w, wp = dst.h, dst.w, g.wp
     block_src = np.repeat(np.arange(len(srcs)), [t.stored_channels // r for t in srcs])
 
-    # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
-    # the taps of any run of input blocks are contiguous in DRAM.
+    # Weights in stored-channel order, as tiles (co, ci, ky, kx) of `rows` wbuf entries.
     w = np.zeros((n_co * c, firsts[-1], kh, kw), np.int8)
     index = np.concatenate([t.channel_index + f for t, f in zip(srcs, firsts)])
     w[np.arange(cout)[:, None], index[None, :]] = _dense_weight(layer)
-    tiles = w.reshape(n_co, c, n_ci, r, kh, kw).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
-    taps = n_ci * g.kk                        # weight tiles per output block
-    w_region = image.put(f"{layer.name}{tag}.weight", "weights", np.ascontiguousarray(tiles))
+    tiles = w.reshape(n_co, c, n_ci, r, kh, kw).transpose(0, 2, 4, 5, 3, 1).reshape(n_co, -1, r, c)
     # GEMMs run only over non-zero tiles (grouped convs are block-diagonal); a block
     # without any keeps its first (zero) tile, which clears the accumulators for the bias
-    live = tiles.reshape(n_co, taps, -1).any(axis=2)
+    live = tiles.any(axis=(2, 3))
     live[~live.any(axis=1), 0] = True
-    plan = conv_plan(layer, g, cfg, live)
+    store, slot, starts, shared = _stored_tiles(tiles, live, cfg)
+    w_region = image.put(f"{layer.name}{tag}.weight", "weights", store)
+    plan = conv_plan(layer, g, cfg, live, shared)
     # bbuf entries per output block: the bias, and with per-channel weights the lanes'
     # shift offsets over the block's least shift (POST lane_shifts)
     per = plan.bias_entries
@@ -151,7 +170,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     prefetch = Prefetch(emit, cfg)
     stores = Stores(emit, cfg, prefetch)
     inputs = Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
-    weights = Slots(plan.chunk * r if plan.chunk else taps * r, plan.weights)
+    weights = Slots(plan.chunk * r, plan.weights)
     biases = Slots(plan.bias_run * per, plan.biases)
     accs = Slots(cfg.abuf_depth // plan.accs, plan.accs)
     for i, st in enumerate(steps):
@@ -160,10 +179,11 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         if ready:
             prefetch.add(ready, (i, BEFORE), f"{rows} input blocks {st.ci0}..{st.ci1 - 1}",
                          [input_block(st, ci) for ci in range(st.ci0, st.ci1)])
-        st.wgt, ready = weights.use((st.co, st.w0), i)
+        st.wgt, ready = weights.use(weight_key(plan, st.co, st.w0), i)
         if ready:
-            prefetch.add(ready, (i, BEFORE), f"output block {st.co} weights {st.w0}..{st.w1 - 1}",
-                         _runs(1, st.wgt, w_region.word + (st.co * taps + st.w0) * r * ew,
+            note = "weights" if plan.shared else f"output block {st.co} weights {st.w0}..{st.w1 - 1}"
+            prefetch.add(ready, (i, BEFORE), note,
+                         _runs(1, st.wgt, w_region.word + (starts[st.co] + st.w0) * r * ew,
                                (st.w1 - st.w0) * r, ew))
         st.acc = accs.use((st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
         if st.last:
@@ -186,7 +206,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
             ci, tap = divmod(int(t), g.kk)
             ky, kx = divmod(tap, kw)
             emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
-                 wgt=st.wgt + (t - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
+                 wgt=st.wgt + (slot[st.co, t] - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
                  acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=g.sh * wp,
                  inp_si=g.sw, acc_so=out_w, acc_si=1)
             st.first = False
