@@ -275,3 +275,15 @@ def test_views_that_move_pixels_are_refused():
     # a chunk's unused piece computes nothing: dropped
     graph = trace(Net(conv, lambda x: x.chunk(2, 1)[1]), (2, 4, 6), "m")
     assert [(l.kind, l.channels) for l in graph.layers] == [("conv", []), ("view", [2, 3])]
+
+
+def test_concatenated_views_of_one_tensor_are_a_view():
+    """cat of pieces of one tensor, none twice, reorders its channels: a view. Pieces of
+    two tensors, or one piece twice, are concatenated as data."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 8, 3, padding=1)
+    qmodel = check(Net(conv, lambda x: torch.cat([x[:, 5:], x.chunk(4, 1)[0], x[:, 2:5]], 1),
+                       nn.Conv2d(8, 3, 1)), (2, 5, 5))
+    assert [(l.kind, l.channels) for l in qmodel.layers[:2]] == [("conv", []), ("view", [5, 6, 7, 0, 1, 2, 3, 4])]
+    graph = trace(Net(conv, lambda x: torch.cat([x[:, :4], x[:, 2:6]], 1)), (2, 5, 5), "m")
+    assert [l.kind for l in graph.layers] == ["conv", "view", "view", "concat"]

@@ -2,12 +2,12 @@
 
 torch.fx traces the forward into nodes; each node becomes an `Op` naming the ops it reads;
 a short list of graph passes (hls4ml-style `match` / `transform`) composes chains of
-views (view, reshape, transpose, permute, flatten, chunk, split, slicing) and keeps those
-that only select or reorder channels, or flatten, drops inference no-ops, folds BatchNorm
-into its conv and fuses activations into the conv, linear or add that feeds them, until
-only Graph layers are left. The model may branch and join (residual
-adds, channel concatenation); anything the accelerator cannot run is refused here, once,
-with the node and the forward line that introduced it.
+views (view, reshape, transpose, permute, flatten, chunk, split, slicing, concatenations
+of pieces of one tensor) and keeps those that only select or reorder channels, or
+flatten, drops inference no-ops, folds BatchNorm into its conv and fuses activations into
+the conv, linear or add that feeds them, until only Graph layers are left. The model may
+branch and join (residual adds, channel concatenation); anything the accelerator cannot
+run is refused here, once, with the node and the forward line that introduced it.
 """
 from __future__ import annotations
 
@@ -139,13 +139,28 @@ def _absorbing_producer(net: Net, op: Op, kinds, what: str, needs: str) -> Op:
 
 
 class ComposeViews:
-    """A view of a view is one view of the first one's input: the gathers compose. A view
+    """A view of a view is one view of the first one's input: the gathers compose; so is
+    a concatenation of views of one tensor that repeats none of its elements. A view
     that only other views read is gone once they are composed."""
 
     def match(self, op: Op) -> bool:
-        return op.kind == "view"
+        return op.kind in ("view", "concat")
 
     def transform(self, net: Net, op: Op) -> None:
+        if op.kind == "concat":
+            pieces = [net.op(name) for name in op.inputs]
+            if not all(p is not None and p.kind == "view" for p in pieces) \
+                    or len({p.inputs[0] for p in pieces}) != 1:
+                return
+            gather = np.concatenate([p.gather for p in pieces])
+            if np.unique(gather).size < gather.size:
+                return
+            op.view_in, op.view_out = pieces[0].view_in, op.layer.out_shape
+            op.kind, op.layer, op.gather, op.inputs = "view", None, gather, list(pieces[0].inputs)
+            for piece in pieces:
+                if not net.consumers(piece.name):
+                    net.ops.remove(piece)
+            return
         producer = net.op(op.inputs[0])
         if producer is None or producer.kind != "view":
             return
@@ -164,33 +179,46 @@ class ChannelViews:
         return op.kind == "view"
 
     def transform(self, net: Net, op: Op) -> None:
-        c, h, w = op.view_in if len(op.view_in) == 3 else (*op.view_in, 1, 1)[:3]
-        out = op.view_out
-        flat = len(out) == 1 or out[1:] == (1, 1) and (h, w) != (1, 1)
-        cout = out[0] // (h * w) if flat else out[0]
-        pixels = np.arange(h * w)
-        channels = op.gather[::h * w][:cout] // (h * w) if cout else op.gather[:0]
-        _need(len(op.view_in) in (1, 3) and len(out) in (1, 3) and len(op.view_in) * len(out) > 0
-              and (flat or out[1:] == (h, w)) and cout * h * w == op.gather.size
-              and np.array_equal(op.gather, (channels[:, None] * h * w + pixels).ravel()), op,
-              f"the views ending here make (N, {', '.join(map(str, out))}) of "
-              f"(N, {', '.join(map(str, op.view_in))}) moving pixels; hwq runs views that only "
-              "select or reorder channels, and flattens")
+        channels, flat = self._channels(op)
+        _need(channels is not None, op, f"the views ending here make "
+              f"(N, {', '.join(map(str, op.view_out))}) of (N, {', '.join(map(str, op.view_in))}) "
+              "moving pixels; hwq runs views that only select or reorder channels, and flattens")
+        c, h, w = _as_chw(op.view_in)
         layer = Layer(name=op.name, kind="view", input="", in_shape=(c, h, w),
-                      out_shape=(cout, h, w), source=op.source, op="view", channels=channels.tolist())
+                      out_shape=(len(channels), h, w), source=op.source, op="view",
+                      channels=channels.tolist())
         identity = np.array_equal(channels, np.arange(c))
-        if flat and (h, w) != (1, 1):
+        if flat:
             if not identity:
                 layer.name = f"{op.name}_channels"
                 net.ops.insert(net.ops.index(op), Op("view", layer.name, op.source, list(op.inputs), layer))
                 op.inputs = [layer.name]
             op.kind = "flatten"
-            op.layer = Layer(name=op.name, kind="flatten", input="", in_shape=(cout, h, w),
-                             out_shape=(cout * h * w, 1, 1), source=op.source, op="flatten")
+            op.layer = Layer(name=op.name, kind="flatten", input="", in_shape=layer.out_shape,
+                             out_shape=(len(channels) * h * w, 1, 1), source=op.source, op="flatten")
         elif identity:
             net.bypass(op, op.inputs[0])
         else:
             op.layer = layer
+
+    @staticmethod
+    def _channels(op: Op) -> tuple[np.ndarray | None, bool]:
+        """(the input channels the view keeps, in their new order, and whether it also
+        flattens the pixels), or (None, False) when it moves pixels."""
+        if len(op.view_in) not in (1, 3) or len(op.view_out) not in (1, 3):
+            return None, False
+        (_, h, w), out = _as_chw(op.view_in), _as_chw(op.view_out)
+        flat = (h, w) != (1, 1) and out[1:] == (1, 1)
+        if not flat and out[1:] != (h, w) or op.gather.size % (h * w):
+            return None, False
+        channels = op.gather[::h * w] // (h * w)
+        moved = not np.array_equal(op.gather, (channels[:, None] * h * w + np.arange(h * w)).ravel())
+        return (None, False) if moved else (channels, flat)
+
+
+def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A sample's shape as (C, H, W): a vector of F features is F channels of 1x1."""
+    return tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)
 
 
 class RemoveNoOps:

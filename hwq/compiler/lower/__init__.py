@@ -9,7 +9,8 @@ stationary array streams the band once per (input block, ky, kx) tile of each ou
 block, accumulating in abuf, before POST requantizes and STORE writes the block back.
 Output blocks go in runs that accumulate side by side, so that each input group is
 loaded once per run; tiles whose weights are all zero (across the groups of a grouped
-conv) are skipped. The cut -- band height, input groups, run length -- is the cheapest
+conv) are neither stored nor streamed, and tiles that repeat (an average pool's, an
+add's) are stored once. The cut -- band height, input groups, run length -- is the cheapest
 of a few candidates by an estimate on the cycle model's numbers (`plan.conv_cost`).
 
 The accelerator overlaps its units but starts instructions in program order (isa.py), so
