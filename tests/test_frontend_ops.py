@@ -287,3 +287,33 @@ def test_concatenated_views_of_one_tensor_are_a_view():
     assert [(l.kind, l.channels) for l in qmodel.layers[:2]] == [("conv", []), ("view", [5, 6, 7, 0, 1, 2, 3, 4])]
     graph = trace(Net(conv, lambda x: torch.cat([x[:, :4], x[:, 2:6]], 1)), (2, 5, 5), "m")
     assert [l.kind for l in graph.layers] == ["conv", "view", "view", "concat"]
+
+
+def test_qat_and_fast_finetune_follow_the_new_patterns():
+    """A non-square strided conv, a padded ceil_mode max pool, a shuffle and a split, a
+    non-square adaptive pool, a Linear with BatchNorm1d: the QAT net in eval mode is the
+    golden model of its export bit for bit, and fast finetune's QModel runs on the ISS as
+    the golden model computes it."""
+    from hwq.compiler.quant.adaquant import fast_finetune
+    from hwq.compiler.quant.qat import train_qat
+    torch.manual_seed(0)
+    model = randomized(Net(nn.Conv2d(3, 8, (3, 1), (1, 2), (1, 0)), nn.BatchNorm2d(8), nn.ReLU(),
+                           nn.MaxPool2d(3, 2, 1, ceil_mode=True), lambda x: shuffle_view(x, 2),
+                           lambda x: x.chunk(2, 1)[1], nn.Conv2d(4, 6, 1), nn.AdaptiveAvgPool2d((1, 2)),
+                           nn.Flatten(), nn.Linear(12, 5), nn.BatchNorm1d(5)))
+    x = np.random.default_rng(0).normal(size=(64, 3, 9, 14)).astype(np.float32)
+    graph, config = trace(model, (3, 9, 14), "m"), load_quant_config()
+    qmodel = quantize(graph, x, config, progress=False)
+    net = train_qat(graph, qmodel, config, x, None, epochs=1, batch=16)
+    exported = net.export()
+    with torch.no_grad():
+        fake = net(torch.from_numpy(x)).numpy().reshape(len(x), -1)
+    golden = run_golden(exported, exported.quantize_input(x))[exported.layers[-1].name]
+    assert np.array_equal(fake, exported.dequantize_output(golden).reshape(len(x), -1))
+    tuned = fast_finetune(graph, qmodel, x, config, steps=5, progress=False)
+    compiled = compile_model(tuned, SMALL)
+    xq = tuned.quantize_input(x[:2])
+    shapes = {"input": tuned.input_shape, **{l.name: l.out_shape for l in tuned.layers}}
+    result = simulate(SMALL, compiled.image, compiled.start_pc, compiled.layouts, shapes, xq)
+    assert result.ok and first_mismatch(result, run_golden(tuned, xq), [l.name for l in tuned.layers],
+                                        SMALL.cols) is None
