@@ -61,14 +61,16 @@ def peak_activations(qmodel) -> int:
     """The most activation bytes alive at once (unpadded; views and flattens are free): a
     tensor lives from the layer that makes it to the last that reads it, the output to
     the end."""
-    owner, size, born, last = {"input": "input"}, {"input": int(np.prod(qmodel.input_shape))}, {"input": 0}, {}
+    owner, born, last = {"input": "input"}, {"input": 0}, {}
+    size = {"input": int(np.prod(qmodel.input_shape))}
     for k, layer in enumerate(qmodel.layers):
         for s in layer.sources:
             last[owner[s]] = k
         if layer.kind in ("flatten", "view"):
             owner[layer.name] = owner[layer.sources[0]]
         else:
-            owner[layer.name], size[layer.name], born[layer.name] = layer.name, int(np.prod(layer.out_shape)), k
+            owner[layer.name], born[layer.name] = layer.name, k
+            size[layer.name] = int(np.prod(layer.out_shape))
     last[owner[qmodel.layers[-1].name]] = len(qmodel.layers)
     return max(sum(size[n] for n in size if born[n] <= k <= last.get(n, born[n]))
                for k in range(len(qmodel.layers)))
@@ -154,7 +156,8 @@ def verdicts(row: dict) -> list[str]:
     if row["stored"] > 1.1 * row["weights"]:
         parts = [f"{kind} {b / KIB:,.0f} KiB ({CAUSES[kind]})"
                  for kind, b in row["excess"].most_common() if b >= KIB]
-        out.append(f"weights {row['stored'] / row['weights']:.2f}x: beyond the weights, " + "; ".join(parts))
+        out.append(f"weights {row['stored'] / row['weights']:.2f}x: beyond the weights, "
+                   + "; ".join(parts))
     tiny = row["name"] in TINY
     if tiny and row["program"] > row["stored"] / 4:
         out.append(f"program {row['program'] / row['stored']:.2f} of the weight bytes, its GEMMs alone "

@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from hwq.compiler.ir import REQUANTIZING, Graph, Layer, pair
 from hwq.errors import HwqError
 
-SUPPORTED = ("Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
-             "AdaptiveAvgPool2d, mean, add, cat, flatten, channel views (view, reshape, transpose, "
-             "permute, contiguous, chunk, split, slicing), Dropout, Identity")
+SUPPORTED = ("Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, MaxPool2d, "
+             "AvgPool2d, AdaptiveAvgPool2d, mean, add, cat, flatten, channel views (view, reshape, "
+             "transpose, permute, contiguous, chunk, split, slicing), Dropout, Identity")
 
 # Op kinds before the passes: the Graph's layer kinds plus those the passes absorb.
 _MODULE_KINDS = {
     nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "view",
     nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "avgpool",
-    nn.BatchNorm2d: "batchnorm", nn.BatchNorm1d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
+    nn.BatchNorm2d: "batchnorm", nn.BatchNorm1d: "batchnorm",
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
 _FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
@@ -42,8 +43,8 @@ _FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky
                    operator.getitem: "view", torch.chunk: "tuple", torch.split: "tuple",
                    F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
                    F.adaptive_avg_pool2d: "avgpool", torch.mean: "avgpool", torch.add: "add",
-                   operator.add: "add",
-                   operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
+                   operator.add: "add", operator.iadd: "add", torch.cat: "concat",
+                   torch.concat: "concat"}
 _METHOD_KINDS = {"relu": "relu", "view": "view", "reshape": "view", "flatten": "view",
                  "transpose": "view", "permute": "view", "contiguous": "view", "squeeze": "view",
                  "unsqueeze": "view", "chunk": "tuple", "split": "tuple",
@@ -164,7 +165,8 @@ class ComposeViews:
         producer = net.op(op.inputs[0])
         if producer is None or producer.kind != "view":
             return
-        op.gather, op.view_in, op.inputs = producer.gather[op.gather], producer.view_in, list(producer.inputs)
+        op.gather, op.view_in = producer.gather[op.gather], producer.view_in
+        op.inputs = list(producer.inputs)
         if not net.consumers(producer.name):
             net.ops.remove(producer)
 
@@ -191,7 +193,8 @@ class ChannelViews:
         if flat:
             if not identity:
                 layer.name = f"{op.name}_channels"
-                net.ops.insert(net.ops.index(op), Op("view", layer.name, op.source, list(op.inputs), layer))
+                view = Op("view", layer.name, op.source, list(op.inputs), layer)
+                net.ops.insert(net.ops.index(op), view)
                 op.inputs = [layer.name]
             op.kind = "flatten"
             op.layer = Layer(name=op.name, kind="flatten", input="", in_shape=layer.out_shape,
@@ -526,7 +529,8 @@ def _build_view(op: Op, node: fx.Node, gm: fx.GraphModule, tensor: fx.Node, tupl
     _need(isinstance(out, torch.Tensor) and out.dim() > 0 and len(out) == _PROBE_BATCH
           and torch.equal(out[1], out[0] + per), op, f"{_op_name(node, gm)} mixes the batch "
           "dimension with the others; hwq keeps N first and apart")
-    op.gather, op.view_in, op.view_out = out[0].flatten().numpy(), tuple(shape[1:]), tuple(out.shape[1:])
+    op.gather = out[0].flatten().numpy()
+    op.view_in, op.view_out = tuple(shape[1:]), tuple(out.shape[1:])
 
 
 def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> None:
@@ -576,7 +580,8 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
 
 def _floor_out(layer: Layer) -> tuple[int, int]:
     """The output size without ceil_mode's partial windows."""
-    (_, h, w), (kh, kw), (sh, sw), (ph, pw) = layer.in_shape, layer.kernel, layer.stride, layer.padding
+    (_, h, w), (kh, kw) = layer.in_shape, layer.kernel
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
@@ -591,7 +596,8 @@ def _build_maxpool(op: Op, pool: nn.MaxPool2d) -> None:
 def _build_avgpool(op: Op, pool: nn.AvgPool2d) -> None:
     _need(pool.divisor_override is None, op, "AvgPool2d divisor_override is not supported")
     layer = op.layer
-    layer.kernel, layer.stride, layer.padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
+    layer.kernel, layer.stride = pair(pool.kernel_size), pair(pool.stride)
+    layer.padding = pair(pool.padding)
     _need(layer.padding == (0, 0) or pool.count_include_pad, op,
           "AvgPool2d count_include_pad=False with padding is not supported (the divisor "
           "must be the window size)")

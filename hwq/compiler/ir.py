@@ -37,7 +37,8 @@ class _Windows:
     """What Layer and QLayer share: their windows' geometry."""
 
     def __post_init__(self):
-        self.stride, self.padding, self.kernel = pair(self.stride), pair(self.padding), pair(self.kernel)
+        self.stride, self.padding = pair(self.stride), pair(self.padding)
+        self.kernel = pair(self.kernel)
 
     @property
     def window(self) -> tuple[int, int]:

@@ -41,7 +41,8 @@ def _stored_tiles(tiles: np.ndarray, live: np.ndarray, cfg: HwConfig):
     slot = np.zeros(live.shape, np.int64)
     if len(distinct) < len(kept) and len(distinct) * cfg.rows <= cfg.wbuf_depth:
         slot[co, t] = which.ravel()
-        return distinct.reshape(-1, *tiles.shape[2:]), slot, np.zeros(len(live), np.int64), len(distinct)
+        starts = np.zeros(len(live), np.int64)
+        return distinct.reshape(-1, *tiles.shape[2:]), slot, starts, len(distinct)
     counts = live.sum(axis=1)
     slot[co, t] = np.arange(len(kept)) - np.repeat(np.cumsum(counts) - counts, counts)
     return kept, slot, np.cumsum(counts) - counts, 0
@@ -206,7 +207,8 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
             ci, tap = divmod(int(t), g.kk)
             ky, kx = divmod(tap, kw)
             emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
-                 wgt=st.wgt + (slot[st.co, t] - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
+                 wgt=st.wgt + (slot[st.co, t] - st.w0) * r,
+                 inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
                  acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=g.sh * wp,
                  inp_si=g.sw, acc_so=out_w, acc_si=1)
             st.first = False
