@@ -172,6 +172,15 @@ def test_requantizer_equals_requantize(data, rows, shifts, mode, magnitude, per_
     assert Requantizer(shift_arg, mode, lo, hi, offset, top).dtype == (np.int32 if fits else np.int64)
 
 
+def test_requantizer_left_shift_saturates_without_overflow():
+    """A sum of 2**31 shifted left by 32 saturates, as the rule does; in int64 it would wrap
+    (the case hypothesis found)."""
+    acc, offset = np.array([[1, 1]], np.int64), np.array([2 ** 31 - 1, -2 ** 31], np.int64)
+    got = Requantizer(np.array([-32, -32]), "half_up", offset=offset, bound=2 ** 31 - 1)(acc)
+    want = [requantize(acc[0, j] + offset[j], -32, "half_up") for j in range(2)]
+    assert got.tolist() == [[127, -128]] == [[int(w) for w in want]]
+
+
 def test_requantizer_rejects_unknown_mode():
     with pytest.raises(ValueError):
         Requantizer(3, "half_odd")
