@@ -145,7 +145,7 @@ def measure(name: str, cls, images: int) -> dict:
 
 CAUSES = {"depthwise": "a depthwise tile holds one weight per row: needs the vector unit",
           "channel padding": "channels padded to whole blocks of the array's rows and columns",
-          "pools, adds, concats": "their shared tiles"}
+          "pools, adds, concats": "tiles that sum or move channels, weights the model does not have"}
 
 
 def verdicts(row: dict) -> list[str]:
