@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hwq.arch import isa
 from hwq.arch.requant import ALPHA_BITS, INT8_MAX, quantize_float, relu_clamp
-from hwq.compiler.ir import Graph, Layer, QLayer, QModel
+from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel
 from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
 from hwq.compiler.quant.emulate import before_rounding, dequantized, output
 from hwq.compiler.quant.float_model import float_layer, run_float
@@ -141,7 +141,7 @@ def _quantize_layer(layer: Layer, fixes: dict, floats: dict, path: dict | None, 
     tensors = config.for_layer(layer)
     f_ins = [fixes[s] for s in layer.sources]
     xs = [path[s] for s in layer.sources] if path is not None else None
-    if layer.kind in ("maxpool", "flatten"):
+    if layer.kind in MOVES:
         # they move int8 values; their fix position is their input's
         q = make_qlayer(layer, f_ins, f_ins[0], None, tensors,
                         {"absmax": float(np.abs(floats[layer.name]).max())})
@@ -183,14 +183,14 @@ def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
                out_shape=layer.out_shape, f_in=f_ins[0], f_out=f_out, source=layer.source,
                stride=layer.stride, padding=layer.padding, kernel=layer.kernel, act=layer.act,
                round_mode=act.round_mode, inputs=list(layer.sources), f_ins=list(f_ins),
-               groups=layer.groups, stats=dict(stats or {}))
-    if layer.kind in ("maxpool", "flatten"):
+               groups=layer.groups, channels=list(layer.channels), stats=dict(stats or {}))
+    if layer.kind in MOVES:
         return q
     q.lo, q.hi = relu_clamp(layer.act, q.f_out, act.narrow_range)
     q.alpha_q = round(layer.alpha * 2 ** ALPHA_BITS)
     if layer.kind == "avgpool":
         # the window's reciprocal as an int8 multiplier: exact for power-of-two windows
-        window = layer.kernel ** 2
+        window = layer.kernel[0] * layer.kernel[1]
         q.f_w = fix_position(1 / window)
         q.multiplier = int(quantize_float(1 / window, q.f_w, "half_up"))
     if layer.kind == "conv":

@@ -44,8 +44,8 @@ METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
 AUTO = "auto"
 STATISTICS = ("modal", "max", "mean", "median")
 # The torch op names a `layer_type` may give (with or without the torch.nn. prefix).
-LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "add", "cat",
-               "flatten")
+LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "mean", "add",
+               "cat", "flatten", "view")
 
 
 _TENSOR_FIELDS = {

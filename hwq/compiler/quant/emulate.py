@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hwq.arch.requant import INT8_MAX, quantize_float
-from hwq.compiler.ir import Layer, QLayer
+from hwq.compiler.ir import MOVES, Layer, QLayer
 from hwq.compiler.quant.float_model import float_layer
 
 
@@ -37,12 +37,12 @@ def before_rounding(q: QLayer, layer: Layer, xs: list[np.ndarray]) -> np.ndarray
         layer = dataclasses.replace(layer, weight=weight, bias=bias)
     y = float_layer(layer, inputs).numpy()
     if q.kind == "avgpool":
-        y = y * np.float32(layer.kernel ** 2 * q.multiplier * 2.0 ** -q.f_w)
+        y = y * np.float32(layer.kernel[0] * layer.kernel[1] * q.multiplier * 2.0 ** -q.f_w)
     return y
 
 
 def output(q: QLayer, y: np.ndarray) -> np.ndarray:
     """`before_rounding`'s y rounded and clamped as q's output is, as float32 values."""
-    if q.kind in ("maxpool", "flatten"):   # they move int8 values unchanged
+    if q.kind in MOVES:   # they move int8 values unchanged
         return y
     return dequantized(y, q.f_out, q.round_mode, q.lo, q.hi)
