@@ -274,8 +274,8 @@ def test_messages_name_the_actual_problem(capsys, model_file, tmp_path):
     assert "layer 'fc' (forward line " in err and "bias range" not in err
     assert "its weights (max |w| = 1e-30) are too small to represent in int8 next to its bias" in err
     assert compile_model("Tiny", "--hw", "nonexistent") == (   # no quantization config listed
-        "hwq compile: error: hardware config 'nonexistent' not found; available: default, small, "
-        "tall (or give a path to a .yaml file)\n")
+        "hwq compile: error: hardware config 'nonexistent' not found; available: big_dram, default, "
+        "small, tall (or give a path to a .yaml file)\n")
     assert not (tmp_path / "x.hwq").exists()
 
 
