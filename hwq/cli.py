@@ -182,7 +182,8 @@ def _io_arguments(p: argparse.ArgumentParser, where: str) -> None:
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """What `compile` and `quantize` both need to load and calibrate a model."""
-    p.add_argument("model", help="path/to/file.py:ClassName")
+    p.add_argument("model", help="path/to/file.py:ClassName, package.module:ClassName or "
+                   "path/to/model.onnx")
     p.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
     p.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
     p.add_argument("--quant-config", help="quantization config: a name in hwq/configs/quant/ or a YAML path (default: default)")

@@ -47,17 +47,21 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, str, str]:
-    """`path/to/file.py:Name` or `package.module:Name` -> (module in eval mode, name,
-    sha256 of its state).
+def load_model(spec: str, weights: str | None = None,
+               input_shape=None) -> tuple[torch.nn.Module, str, str]:
+    """`path/to/file.py:Name`, `package.module:Name` or `path/to/model.onnx` -> (module
+    in eval mode, name, sha256 of its state).
 
     Name is an nn.Module class or a function returning a module; a class with a
     `pretrained()` classmethod is built through it (examples ship trained weights that
-    way). `weights` is a state_dict file saved with torch.save."""
+    way). `weights` is a state_dict file saved with torch.save. An ONNX model carries its
+    weights and is imported for inputs of `input_shape` (C, H, W)."""
+    if spec.lower().endswith(".onnx"):
+        return _load_onnx(spec, weights, input_shape)
     path, sep, attr = spec.rpartition(":")
     if not sep or not path or not attr:
-        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName or "
-                       "package.module:ClassName")
+        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName, "
+                       "package.module:ClassName or path/to/model.onnx")
     module = _model_module(path)
     factory = getattr(module, attr, None)
     if factory is None:
@@ -74,6 +78,16 @@ def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, 
         _load_weights(model, weights, attr)
     model.eval()
     return model, attr, model_digest(model)
+
+
+def _load_onnx(path: str, weights: str | None, input_shape) -> tuple[torch.nn.Module, str, str]:
+    from hwq.compiler.onnx_import import load_onnx
+    if weights is not None:
+        raise HwqError(f"model {path}: an ONNX model carries its weights; drop --weights")
+    if input_shape is None:
+        raise HwqError(f"model {path}: an ONNX model needs the input shape (--input-shape CxHxW)")
+    model = load_onnx(path, input_shape)
+    return model, model._get_name(), model_digest(model)
 
 
 _GIVE_STATE_DICT = "give a state_dict instead: torch.save(model.state_dict(), path)"
@@ -238,7 +252,7 @@ def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray, hw
         model_hash = model_digest(model)
     else:
         spec = model
-        model, name, model_hash = load_model(spec, weights)
+        model, name, model_hash = load_model(spec, weights, input_shape)
     graph = trace(model, input_shape, name)
     qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
     compiled = compile_model(qmodel, cfg)
@@ -349,7 +363,7 @@ def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | Non
     if out.exists() and not out.is_dir():     # before the work: it cannot hold the report
         raise HwqError(f"report directory {out} is a file; choose another output path (-o)")
     config = load_quant_config(quant)
-    model, name, _ = load_model(spec, weights)
+    model, name, _ = load_model(spec, weights, input_shape)
     graph = trace(model, input_shape, name)
     x_calib = calibration_set(calib, input_shape)
     qmodel = quantize(graph, x_calib, config, progress=progress, hardware=False)
