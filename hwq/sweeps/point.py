@@ -236,12 +236,13 @@ def run_point(p: Point, report: Report = _silent) -> dict:
 
 def run_bitstream(board: Board, report: Report = _silent) -> dict:
     """Utilization, Fmax, the clock and peak GOPS of the board's SoC (its cfg and seed the
-    point's); the build is cached in hwq's cache directory (hwq/board/bitstream.py)."""
+    point's), an Fmax below the clock included; the build is cached in hwq's cache
+    directory (hwq/board/bitstream.py)."""
     from hwq.board.bitstream import build_bitstream, summarize
 
     report("bitstream", "start")
     try:
-        bs = build_bitstream(board, progress=False)
+        bs = build_bitstream(board, progress=False, timing_allow_fail=True)
         s = summarize(bs.report, board, bs.f_sync)
     except Exception as e:
         report("bitstream", "failed")
