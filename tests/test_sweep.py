@@ -65,7 +65,7 @@ MODELS = textwrap.dedent("""
 
     class Slow(Net):
         def __init__(self):
-            time.sleep(1.0)
+            time.sleep(0.5)
             super().__init__()
 """)
 

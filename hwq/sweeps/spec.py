@@ -16,7 +16,9 @@ vary, boards, seeds and stages; checked in one line per mistake, expanded into p
 
 Paths in a spec file are relative to its directory. A point is a model on a base with
 one combination of the `vary` fields (and a seed); a combination that makes no valid
-config is a point too, refused with HwConfig's reason.
+config is a point too, refused with HwConfig's reason. A combination keeps the base's
+memory: the bus narrows to fit the array and the DRAM keeps its bytes, unless it sets
+them (`config_fields`).
 """
 from __future__ import annotations
 
