@@ -32,9 +32,11 @@ from hwq.arch.config import load_hw_config  # noqa: E402
 
 
 def timed(fn):
-    t = time.perf_counter()
+    """fn's result, wall time and CPU time (the process's, every thread's: on a machine
+    other jobs load, the figure the wall time inflates least)."""
+    t, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, time.process_time() - cpu
 
 
 def main() -> None:
@@ -46,18 +48,18 @@ def main() -> None:
               rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0),
              ("ResNet-18 32x32 (adds)", ResNet18(), (3, 32, 32),
               rng.normal(size=(32, 3, 32, 32)).astype(np.float32), big, 20.0)]
-    print(f"{'model':<24}{'trace s':>9}{'quantize s':>12}{'lower s':>9}{'instrs':>9}"
+    print(f"{'model':<24}{'trace s':>9}{'quantize s':>12}{'(cpu s)':>9}{'lower s':>9}{'instrs':>9}"
           f"{'total s':>9}{'target s':>10}{'ratio':>7}   {'DRAM KiB':>9}{'reused':>8}  (activations)")
     for name, model, shape, calib, hw, target in cases:
-        graph, t_trace = timed(lambda: trace(model.eval(), shape, name))
-        qmodel, t_quant = timed(lambda: quantize(graph, calib, load_quant_config(), progress=False))
-        compiled, t_lower = timed(lambda: compile_model(qmodel, hw))
+        graph, t_trace, _ = timed(lambda: trace(model.eval(), shape, name))
+        qmodel, t_quant, cpu_quant = timed(lambda: quantize(graph, calib, load_quant_config(), progress=False))
+        compiled, t_lower, _ = timed(lambda: compile_model(qmodel, hw))
         total = t_trace + t_quant + t_lower
         reused = compile_model(qmodel, hw, reuse_activations=True)
         kib = lambda c: c.memmap.next_word * hw.bus_bytes / 1024  # noqa: E731
         acts = lambda c: sum(r.words for r in c.memmap.regions  # noqa: E731
                              if r.kind in ("activation", "output")) * hw.bus_bytes / 1024
-        print(f"{name:<24}{t_trace:>9.2f}{t_quant:>12.2f}{t_lower:>9.2f}{len(compiled.program):>9}"
+        print(f"{name:<24}{t_trace:>9.2f}{t_quant:>12.2f}{cpu_quant:>9.2f}{t_lower:>9.2f}{len(compiled.program):>9}"
               f"{total:>9.2f}{target:>10.1f}{total / target:>7.2f}   "
               f"{kib(compiled):>9.0f}{kib(reused):>8.0f}  ({acts(compiled):.0f} -> "
               f"{acts(compiled) - (kib(compiled) - kib(reused)):.0f} KiB)   "

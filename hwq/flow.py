@@ -26,8 +26,8 @@ from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import QuantConfig, load_quant_config
 from hwq.compiler.quant.report import histogram_png, summary_markdown
 from hwq.arch.config import HwConfig, load_hw_config
-from hwq.errors import HwqError, MismatchError
-from hwq.package import check_target, write_package
+from hwq.errors import HwqError, MismatchError, raise_interrupt
+from hwq.package import check_target, write_files, write_package
 from hwq.reports import compile_report, layer_sqnr, ledger
 from hwq.sim.golden import run_golden
 from hwq.sim.runner import SimResult, first_mismatch, simulate
@@ -66,16 +66,80 @@ def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, 
     try:
         model = build()
     except Exception as e:
+        raise_interrupt(e)
         raise HwqError(f"building {spec} failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, torch.nn.Module):
         raise HwqError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as e:
-            raise HwqError(f"weights {weights} do not load into {attr}: {str(e).splitlines()[0]}") from None
+        _load_weights(model, weights, attr)
     model.eval()
     return model, attr, model_digest(model)
+
+
+_GIVE_STATE_DICT = "give a state_dict instead: torch.save(model.state_dict(), path)"
+_LISTED = 3          # names a message gives before it counts the rest
+
+
+def _load_weights(model: torch.nn.Module, path: str, attr: str) -> None:
+    """Load the state_dict file `path` into `model`. torch.load runs with weights_only:
+    the file's pickle may build tensors and containers but runs no other code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise HwqError(f"weights {path}: cannot read it ({e.strerror or e})") from None
+    except Exception as e:   # unpickling bytes that are not a checkpoint fails in any type
+        raise_interrupt(e)
+        raise HwqError(f"weights {path} {_unloadable(path)}; {_GIVE_STATE_DICT}") from None
+    if not isinstance(state, dict):
+        raise HwqError(f"weights {path} holds a {type(state).__name__}, not a state_dict; "
+                       f"{_GIVE_STATE_DICT}")
+    other = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if other is not None:
+        raise HwqError(f"weights {path} holds a dict whose {other!r} entry is not a tensor "
+                       f"({type(state[other]).__name__}; a training checkpoint?); "
+                       f"{_GIVE_STATE_DICT}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k}: {tuple(v.shape)}, the model's {tuple(expected[k].shape)}"
+                for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    wrong = [what for names, what in
+             ((missing, f"missing {_listed(missing, 'key')}"),
+              (unexpected, f"unexpected {_listed(unexpected, 'key')}"),
+              (reshaped, f"wrong shape for {_listed(reshaped, 'tensor')}")) if names]
+    if wrong:
+        raise HwqError(f"weights {path} do not fit {attr}: {'; '.join(wrong)}; give the "
+                       f"state_dict of a {attr}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:   # a module's own check of what it loads
+        detail = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise HwqError(f"weights {path} do not load into {attr}: "
+                       f"{(detail or [str(e)])[0]}") from None
+
+
+def _listed(items: list[str], noun: str) -> str:
+    """'2 keys (a, b)': how many, and the first few by name."""
+    more = f", and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return (f"{len(items)} {noun}{'s' if len(items) != 1 else ''} "
+            f"({', '.join(map(str, items[:_LISTED]))}{more})")
+
+
+def _unloadable(path: str) -> str:
+    """What a file torch.load (weights_only) refuses holds, said without unpickling it."""
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception as e:   # not an archive torch.save writes
+        raise_interrupt(e)
+        names = []
+    if not names:
+        return "is not a file torch.save wrote, or is damaged"
+    if any(n.startswith("torch.nn.modules.") for n in names):
+        own = [n for n in names if not n.startswith("torch.")] or names
+        return (f"holds a whole model ({', '.join(own[:_LISTED])}, pickled by "
+                "torch.save(model)), which hwq does not unpickle")
+    return (f"holds pickled Python objects ({', '.join(names[:_LISTED])}), which hwq does "
+            "not unpickle")
 
 
 def _model_module(path: str):
@@ -87,6 +151,7 @@ def _model_module(path: str):
             raise HwqError(f"model module {path} cannot be imported ({e}); give "
                            "path/to/file.py:ClassName for a file") from None
         except Exception as e:  # the user's module: report, do not trace back into it
+            raise_interrupt(e)
             raise HwqError(f"model module {path} failed to import: {type(e).__name__}: {e}") from None
     if not Path(path).is_file():
         raise HwqError(f"model file {path} not found")
@@ -97,6 +162,7 @@ def _model_module(path: str):
     try:
         loader.loader.exec_module(module)
     except Exception as e:  # the user's file: report, do not trace back into it
+        raise_interrupt(e)
         raise HwqError(f"model file {path} failed to import: {type(e).__name__}: {e}") from None
     return module
 
@@ -281,6 +347,9 @@ def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | Non
     """`hwq quantize`: post-training quantization of a model file in software (no hardware
     limits), with its report written to `out`/summary.md and `out`/calibration.png.
     Returns the summary and the ledger."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():     # before the work: it cannot hold the report
+        raise HwqError(f"report directory {out} is a file; choose another output path (-o)")
     config = load_quant_config(quant)
     model, name, _ = load_model(spec, weights)
     graph = trace(model, input_shape, name)
@@ -293,8 +362,10 @@ def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | Non
         x, labels = x_calib, None
     row = ledger(graph, qmodel, config, x, labels)
     text = summary_markdown(qmodel, layer_sqnr(graph, qmodel, x), row)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(text)
-    (out / "calibration.png").write_bytes(histogram_png(qmodel))
+    try:
+        write_files(out, {"summary.md": text.encode(), "calibration.png": histogram_png(qmodel)})
+    except OSError as e:
+        name = e.filename2 or e.filename          # a rename's target, else the file
+        raise HwqError(f"cannot write the report in {out}: {e.strerror or e}"
+                       f"{f' ({name})' if name else ''}") from None
     return text, row

@@ -56,7 +56,15 @@ def sha256_file(path: Path) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without setting it where the OS allows (setting it, even
+    for a moment, would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -129,6 +137,28 @@ def write_package(out: Path, manifest: dict, files: dict[str, bytes], zip_too: b
     if zip_too:
         _zip(out)
     return out
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) into `directory` (made if need be), each whole or not
+    at all: each is written to a temporary beside its target and renamed into place once
+    all are written, so a failure or an interrupt leaves no file half-written and no
+    temporary, and concurrent writers each leave whole files (the last one's stay).
+    Raises OSError."""
+    directory.mkdir(parents=True, exist_ok=True)
+    temps = []
+    try:
+        for name, blob in files.items():
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 would hide them from others
+        for name, tmp in zip(files, temps):
+            os.replace(tmp, directory / name)
+    finally:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _zip(out: Path) -> None:
@@ -346,23 +376,12 @@ class Package:
         runs = self.path / "runs"
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        target = runs / f"{sim}.npz"
         try:
-            runs.mkdir(exist_ok=True)
-            for blob, dest in ((buf.getvalue(), target),
-                               (yaml.safe_dump(meta, sort_keys=False).encode(), runs / f"{sim}.yaml")):
-                fd, tmp = tempfile.mkstemp(dir=runs, prefix=f".{dest.name}.", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(blob)
-                    os.chmod(tmp, 0o666 & ~_umask())
-                    os.replace(tmp, dest)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+            write_files(runs, {f"{sim}.npz": buf.getvalue(),
+                               f"{sim}.yaml": yaml.safe_dump(meta, sort_keys=False).encode()})
         except OSError as e:
             raise HwqError(f"cannot record the run in {runs}: {e.strerror or e}") from None
-        return target
+        return runs / f"{sim}.npz"
 
     def runs(self) -> dict[str, tuple[dict[str, np.ndarray], dict]]:
         out = {}

@@ -41,3 +41,19 @@ def test_build_key_follows_every_file_the_generator_reads(tmp_path):
     assert "CHECK_CYCLES = 8" in text
     timing.write_text(text.replace("CHECK_CYCLES = 8", "CHECK_CYCLES = 9"))
     assert source_digest("hwq.rtl.export", copy) != before
+
+
+def test_hardware_configs_are_deltas_of_one_default(tmp_path, monkeypatch):
+    """A config lists only what differs from its base (the default, a shipped config, or a
+    file beside it); the shipped ones resolve to the fields they had when written out."""
+    import dataclasses
+
+    from hwq.arch.config import HwConfig, load_hw_config
+    assert load_hw_config("default") == HwConfig()
+    tall = load_hw_config("tall")
+    assert dataclasses.replace(load_hw_config("small"), name="tall", rows=8) == tall
+    (tmp_path / "a.yaml").write_text("hardware:\n  base: small\n  obuf_depth: 2048\n")
+    (tmp_path / "b.yaml").write_text("hardware:\n  base: a.yaml\n  cols: 8\n")
+    monkeypatch.chdir("/")
+    b = load_hw_config(tmp_path / "b.yaml")
+    assert (b.name, b.rows, b.cols, b.obuf_depth) == ("b", 4, 8, 2048)

@@ -51,8 +51,8 @@ def test_lenet_layers():
         ("fc2", "conv", "fc1", (32, 1, 1), (10, 1, 1), "none"),
     ]
     conv1, pool1, fc1 = graph.layers[0], graph.layers[1], graph.layers[5]
-    assert (conv1.weight.shape, conv1.bias.shape, conv1.padding, conv1.stride) == ((8, 1, 3, 3), (8,), 1, 1)
-    assert (pool1.kernel, pool1.stride) == (2, 2)
+    assert (conv1.weight.shape, conv1.bias.shape, conv1.padding, conv1.stride) == ((8, 1, 3, 3), (8,), (1, 1), (1, 1))
+    assert (pool1.kernel, pool1.stride) == ((2, 2), (2, 2))
     assert fc1.weight.shape == (32, 64, 1, 1) and fc1.weight.dtype == np.float32
     assert conv1.source.startswith("forward line ")
 
@@ -129,16 +129,18 @@ def test_unsupported_op_gelu():
             return F.gelu(self.conv(x))
 
     message = expect_error(Gelu(), "unsupported op gelu at node 'gelu' (forward line ",
-                           "; supported: Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, "
-                           "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
+                           "; supported: Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, "
+                           "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean, add, cat, flatten, channel "
+                           "views (view, reshape, transpose, permute, contiguous, chunk, split, "
+                           "slicing), Dropout, Identity")
     line = int(message.split("forward line ")[1].split(")")[0])
     assert "F.gelu" in Path(__file__).read_text().splitlines()[line - 1]
 
 
 def test_unsupported_modules():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), "unsupported op Sigmoid at node ")
-    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2)),
-                 "AdaptiveAvgPool2d output_size=2 is not supported (use 1")
+    expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(4)),
+                 "AdaptiveAvgPool2d output_size=4 on a 6x6 map pools windows of unequal sizes")
 
 
 class Block(nn.Module):
@@ -178,10 +180,9 @@ def test_dag_layers():
         ("b", "conv", ["add"], (4, 4, 4), "leaky_relu", 1),
         ("cat", "concat", ["pool", "b"], (8, 4, 4), "none", 1),
         ("gap", "avgpool", ["cat"], (8, 1, 1), "none", 1),
-        ("flatten", "flatten", ["gap"], (8, 1, 1), "none", 1),
-        ("fc", "conv", ["flatten"], (5, 1, 1), "none", 1),
+        ("fc", "conv", ["gap"], (5, 1, 1), "none", 1),       # flattening 1x1 pixels: no layer
     ]
-    assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == 4
+    assert graph.layers[6].alpha == 0.1 and graph.layers[8].kernel == (4, 4)
     assert graph.layers[0].bn["weight"].shape == (8, 3, 3, 3)
     x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
     with torch.no_grad():
@@ -233,9 +234,9 @@ def test_dag_refusals():
 @pytest.mark.parametrize("layer, fragments", [
     (nn.Conv2d(2, 2, 3, dilation=2), ["node 'steps_1'", "dilation=(2, 2)"]),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ["padding_mode='reflect'"]),
-    (nn.Conv2d(2, 2, (3, 1)), ["kernel_size=(3, 1) is not square"]),
-    (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=1"]),
-    (nn.MaxPool2d(2, ceil_mode=True), ["ceil_mode=True"]),
+    (nn.MaxPool2d(2, padding=1), ["node 'steps_1'", "MaxPool2d padding=(1, 1)", "non-negative"]),
+    (nn.MaxPool2d(3, 2, ceil_mode=True), ["ceil_mode's partial windows"]),
+    (nn.AvgPool2d(3, 2, ceil_mode=True), ["ceil_mode=True makes partial windows"]),
 ])
 def test_unsupported_parameters(layer, fragments):
     expect_error(Sequential(nn.Conv2d(1, 2, 1), layer), *fragments)
@@ -245,7 +246,7 @@ def test_misplaced_activation_and_batchnorm():
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()),
                  "ReLU at node 'steps_2'", "must directly follow a Conv2d, Linear or add")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)),
-                 "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d")
+                 "BatchNorm2d at node 'steps_2'", "must directly follow a Conv2d or Linear")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 3)),
                  "node 'steps_1'", "Linear needs a flattened")
 
@@ -261,8 +262,92 @@ def test_trace_failures():
                 return self.conv(x)
             return x
 
-    expect_error(Branchy(), "model m: torch.fx cannot trace its forward", "control flow")
+    line = Branchy.forward.__code__.co_firstlineno + 1
+    expect_error(Branchy(), "model m: torch.fx cannot trace its forward: symbolically traced "
+                 f"variables cannot be used as inputs to control flow at {__file__}:{line} "
+                 "(hwq needs a forward without data-dependent control flow)")
     expect_error(Sequential(nn.Conv2d(3, 2, 3)),
                  "model m: node 'steps_0' (forward line ", "fails on an input of shape (1, 8, 8)")
     expect_error(Sequential(nn.Conv2d(1, 2, 3), lambda x: x.reshape(1, -1)),
-                 "must flatten (N, C, H, W) to (N, C*H*W)")
+                 "reshape mixes the batch dimension with the others")
+
+
+def test_forward_that_raises_is_not_blamed_on_control_flow():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            raise ValueError("boom")
+
+    line = Boom.forward.__code__.co_firstlineno + 1
+    message = expect_error(Boom(), f"model m: the model's forward raised ValueError: boom at "
+                           f"{__file__}:{line}")
+    assert "control flow" not in message
+
+
+def test_forward_with_two_inputs():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x, y):
+            return self.conv(x) + self.conv(y)
+
+    message = expect_error(Two(), "model m: hwq compiles models with one input tensor; its "
+                           "forward takes 2 (x, y)")
+    assert "input shape" not in message
+
+
+class Activated(nn.Module):
+    """conv -> activation -> flatten -> linear, the activation given as a callable."""
+
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fn = act
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.fn(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize("act, plain", [
+    (torch.relu_, F.relu),
+    (lambda x: x.relu_(), F.relu),
+    (lambda x: F.relu(x, inplace=True), F.relu),
+    (nn.ReLU(inplace=True), F.relu),
+    (lambda x: F.leaky_relu_(x, 0.25), lambda x: F.leaky_relu(x, 0.25)),
+])
+def test_inplace_activations_trace_as_plain_ones(act, plain):
+    graph, reference = (trace(Activated(a).eval(), (1, 8, 8), "m") for a in (act, plain))
+    assert [(l.kind, l.act, l.alpha) for l in graph.layers] == \
+        [(l.kind, l.act, l.alpha) for l in reference.layers]
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    assert np.array_equal(run_float(graph, x)["fc"], run_float(reference, x)["fc"])
+
+
+def test_inplace_relu_compiles_to_the_golden_output_of_relu():
+    import hwq
+
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    inplace, plain = (hwq.compile(Activated(a).eval(), (1, 8, 8), x, n_ref=1)
+                      for a in (torch.relu_, F.relu))
+    assert np.array_equal(inplace.predict(x, "golden"), plain.predict(x, "golden"))
+
+
+def test_inplace_activation_of_a_shared_tensor_is_refused():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.relu_(y) + y     # y is rectified too: not conv + relu(conv)
+
+    expect_error(Shared(), "ReLU at node 'relu_'", "the output of 'conv' it would be folded "
+                 "into is also used by 'add'")

@@ -186,6 +186,24 @@ def test_dag_end_to_end_through_the_quantizer():
         check(qmodel, cfg, n=2)
 
 
+def test_dram_holds_only_live_weight_tiles():
+    """DRAM holds a depthwise conv's diagonal tiles only, and the tiles of an average
+    pool, an add and a concat, which repeat, once each; the GEMMs address them there."""
+    rng = np.random.default_rng(0)
+    cfg = CONFIGS[0]
+    shape = (16, 6, 6)
+    layers = [conv(rng, "dw", "input", shape, 16, groups=16, act="relu"),
+              avgpool("avg", "dw", shape, 3, 1, 1, f_in=3, f_out=3),
+              add("add", ["dw", "avg"], shape, [3, 4], 3),
+              concat("cat", ["add", "dw"], [shape, shape], [3, 3], 2)]
+    layers[0] = dataclasses.replace(layers[0], f_out=3)
+    compiled = check(QModel("sparse", shape, 4, layers), cfg, n=2)
+    tile = cfg.rows * cfg.cols
+    stored = {r.name: r.words * cfg.bus_bytes // tile for r in compiled.memmap.regions if r.kind == "weights"}
+    assert stored == {"dw.weight": 2 * 9, "avg.weight": 1, "add.weight": 2, "cat.0.weight": 1,
+                      "cat.1.weight": 1}
+
+
 # ---- refusals ----
 
 @pytest.mark.parametrize("slope", [-0.1, 2.5])

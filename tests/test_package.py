@@ -183,3 +183,15 @@ def test_a_zip_given_as_a_package_is_told_to_unzip(cli, tmp_path):
     pkg = hwq.load(tmp_path / "unzipped" / "p.hwq")
     assert np.array_equal(pkg.predict(pkg.reference()["input_float"]),
                           pkg.qmodel().dequantize_output(pkg.golden()[pkg.output_name]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (COMPILE[:-1] + ["0"], "argument --ref-images: 0 must be at least 1"),
+    (COMPILE[:-1] + ["-3"], "argument --ref-images: -3 must be at least 1"),
+    (COMPILE[:-1] + ["two"], "argument --ref-images: 'two' is not a whole number"),
+    (["run", "p.hwq", "--port", "/dev/null", "--baud=-5"], "argument --baud: -5 must be at least 1"),
+])
+def test_counts_are_whole_and_positive(cli, tmp_path, argv, message):
+    code, _, err = cli(*argv, "-o", tmp_path / "p.hwq") if argv[0] == "compile" else cli(*argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())

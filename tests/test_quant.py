@@ -100,6 +100,17 @@ def set_key(*keys_value):
      ["layer_quantize_config[0].overall_quantize_config.method: 'avg' is not one of maxmin"]),
     (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"per_channel": True}}]),
      ["layer_quantize_config[0]: per_channel true would apply to the activation"]),
+    (set_key("overall_quantize_config", "method", "auto"),
+     ["overall_quantize_config.method: auto is for activations only: it compares each layer's "
+      "quantized output with float, and input is no layer's output; set it under "
+      "tensor_quantize_config.activation and give input one of maxmin, percentile, entropy, mse, diffs"]),
+    (set_key("tensor_quantize_config", "weights", "method", "auto"),
+     ["tensor_quantize_config.weights.method: auto is for activations only"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "overall_quantize_config": {"method": "auto"}}]),
+     ["layer_quantize_config[0]: method auto would apply to the weights, and it is for activations "
+      "only; set it under tensor_quantize_config.activation"]),
+    (set_key("layer_quantize_config", [{"layer_name": "x", "tensor_quantize_config": {"weights": {"method": "auto"}}}]),
+     ["layer_quantize_config[0]: method auto would apply to the weights"]),
     (set_key("target_device", "CPU"), ["target_device: 'CPU' is not supported"]),
     (lambda d: d["overall_quantize_config"].pop("signed"), ["overall_quantize_config: missing signed"]),
     (set_key("tensor_quantize_config", "bias", 3), ["tensor_quantize_config.bias: must be a mapping"]),
@@ -126,6 +137,17 @@ def test_config_file_problems(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(HwqError, match="not valid YAML"):
         load_quant_config(tmp_path / "bad.yaml")
+
+
+def test_auto_method_parses(tmp_path):
+    config = load_quant_config(write_config(tmp_path, set_key("tensor_quantize_config", "activation", "method", "auto")))
+    assert (config.activation.method, config.input.method, config.weights.method) == ("auto", "maxmin", "maxmin")
+    assert config.uses_auto() and not load_quant_config().uses_auto()
+    assert parse_quant_config(config.as_dict(), "copy").activation == config.activation
+    rule = set_key("layer_quantize_config", [{"layer_name": "c", "tensor_quantize_config": {"activation": {"method": "auto"}}}])
+    by_rule = load_quant_config(write_config(tmp_path, rule))
+    assert by_rule.activation.method == "maxmin" and by_rule.uses_auto()
+    assert by_rule.for_layer(Layer("c", "conv", "input", (1, 1, 1), (1, 1, 1)))["activation"].method == "auto"
 
 
 def test_per_tensor_override(tmp_path):
@@ -208,11 +230,33 @@ def test_accumulator_bound_exactly_at_int32():
         "(in_channels x kernel size) or its bias range")
 
 
-def test_quantize_refuses_overflowing_bias():
+@pytest.mark.parametrize("weight, bias, f_w", [
+    (1e-3, 1000.0, 16),     # f_w 16, input f 6: the bias lands at fix 22, where 1000 is ~2**32
+    (1e-30, 0.5, 106),      # a dead layer: the bias at fix 112 is ~2**111
+])
+def test_quantize_refuses_weights_too_small_for_their_bias(weight, bias, f_w):
     calib = np.array([-1.0, 1.0], np.float32).reshape(2, 1, 1, 1)
-    # weight 1e-3 -> f_w 16, input f 6: the bias lands at fix 22, where 1000 is ~2**32
-    with pytest.raises(HwqError, match="layer 'c': its int32 accumulator can overflow"):
-        quantize(one_conv_graph(1e-3, 1000.0), calib, load_quant_config(), progress=False)
+    with pytest.raises(HwqError) as info:
+        quantize(one_conv_graph(weight, bias), calib, load_quant_config(), progress=False)
+    assert str(info.value) == (
+        f"layer 'c': its weights (max |w| = {weight:.3g}) are too small to represent in int8 "
+        f"next to its bias ({bias:.3g}): at their fix position {f_w} the bias overflows int32 "
+        "and the layer's output is its bias alone (a dead layer?); check that its weights are "
+        "trained or loaded")
+
+
+def test_dead_output_channel_is_named():
+    import dataclasses
+    config = load_quant_config()
+    config = dataclasses.replace(config, weights=dataclasses.replace(config.weights, per_channel=True))
+    calib = np.array([-1.0, 1.0], np.float32).reshape(2, 1, 1, 1)
+    layer = Layer(name="c", kind="conv", input="input", in_shape=(1, 1, 1), out_shape=(2, 1, 1),
+                  weight=np.array([0.5, 1e-30], np.float32).reshape(2, 1, 1, 1),
+                  bias=np.array([0.5, 0.5], np.float32), source="forward line 3")
+    with pytest.raises(HwqError, match=r"^layer 'c' \(forward line 3\): its output channel 1's "
+                       r"weights \(max \|w\| = 1e-30\) are too small"):
+        quantize(Graph(name="one", input_shape=(1, 1, 1), layers=[layer]), calib, config,
+                 progress=False)
 
 
 # --- golden model -------------------------------------------------------------------

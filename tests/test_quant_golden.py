@@ -172,24 +172,35 @@ def test_requantizer_equals_requantize(data, rows, shifts, mode, magnitude, per_
     assert Requantizer(shift_arg, mode, lo, hi, offset, top).dtype == (np.int32 if fits else np.int64)
 
 
+def test_requantizer_left_shift_saturates_without_overflow():
+    """A sum of 2**31 shifted left by 32 saturates, as the rule does; in int64 it would wrap
+    (the case hypothesis found)."""
+    acc, offset = np.array([[1, 1]], np.int64), np.array([2 ** 31 - 1, -2 ** 31], np.int64)
+    got = Requantizer(np.array([-32, -32]), "half_up", offset=offset, bound=2 ** 31 - 1)(acc)
+    want = [requantize(acc[0, j] + offset[j], -32, "half_up") for j in range(2)]
+    assert got.tolist() == [[127, -128]] == [[int(w) for w in want]]
+
+
 def test_requantizer_rejects_unknown_mode():
     with pytest.raises(ValueError):
         Requantizer(3, "half_odd")
 
 
 def direct_conv(x, w, b, stride, padding, groups):
-    """conv + bias by definition, in int64, one kernel tap at a time (no BLAS)."""
+    """conv + bias by definition, in int64, one kernel tap at a time (no BLAS); stride
+    and padding are (height, width) pairs."""
     n, cin, h, wd = x.shape
-    cout, cin_g, k, _ = w.shape
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh, ow = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+    cout, cin_g, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     acc = np.zeros((n, cout, oh, ow), np.int64) + b.astype(np.int64)[None, :, None, None]
     cout_g = cout // groups
     for o in range(cout):
         g = o // cout_g
-        for ky in range(k):
-            for kx in range(k):
-                patch = xp[:, g * cin_g:(g + 1) * cin_g, ky:ky + stride * oh:stride, kx:kx + stride * ow:stride]
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xp[:, g * cin_g:(g + 1) * cin_g, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw]
                 acc[:, o] += np.einsum("nchw,c->nhw", patch, w[o, :, ky, kx].astype(np.int64))
     return acc
 
@@ -226,23 +237,30 @@ def check_conv(layer: QLayer, x: np.ndarray) -> None:
 @given(data=st.data(), n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2, 3, 8]),
        cin_g=st.integers(1, 6), cout_g=st.integers(1, 6), k=st.sampled_from([1, 3, 5, 7]),
        stride=st.integers(1, 3), padding=st.integers(0, 3), mode=MODES,
+       square=st.sampled_from([True, True, False]),
        act=st.sampled_from(["none", "relu", "leaky_relu"]), per_channel=st.booleans(),
        kernel=st.sampled_from(KERNELS), block=st.sampled_from([1, 50, 1 << 16]),
        seed=st.integers(0, 10**6))
 def test_golden_conv_matches_direct_reference(data, n, groups, cin_g, cout_g, k, stride, padding,
-                                              mode, act, per_channel, kernel, block, seed):
-    """Any shape, stride, padding and grouping (depthwise too), on either kernel, requantized
-    in blocks of any size over the threads, gives the direct convolution's result."""
-    h = data.draw(st.integers(max(1, k - 2 * padding), 12))
-    w = data.draw(st.integers(max(1, k - 2 * padding), 12))
+                                              mode, square, act, per_channel, kernel, block, seed):
+    """Any shape, stride, padding and grouping (depthwise too), square or not, on either
+    kernel, requantized in blocks of any size over the threads, gives the direct
+    convolution's result."""
+    (kh, kw), stride, padding = (k, k), (stride, stride), (padding, padding)
+    if not square:   # each axis its own kernel, stride and padding
+        kh, kw = k, data.draw(st.sampled_from([1, 2, 3, 4, 5]))
+        stride = (stride[0], data.draw(st.integers(1, 3)))
+        padding = (padding[0], data.draw(st.integers(0, kw)))
+    h = data.draw(st.integers(max(1, kh - 2 * padding[0]), 12))
+    w = data.draw(st.integers(max(1, kw - 2 * padding[1]), 12))
     rng = np.random.default_rng(seed)
     cin, cout = groups * cin_g, groups * cout_g
-    weight = rng.integers(-128, 128, (cout, cin_g, k, k)).astype(np.int8)
+    weight = rng.integers(-128, 128, (cout, cin_g, kh, kw)).astype(np.int8)
     if seed % 3 == 0:   # the extremes: every product 2**14
         weight[:] = -128
     bias = rng.integers(-(2 ** 20), 2 ** 20, cout).astype(np.int32)
     f_wc = rng.integers(5, 12, cout) if per_channel else None
-    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    oh, ow = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
     layer = QLayer("c", "conv", "input", (cin, h, w), (cout, oh, ow), 4, 3, weight=weight, bias=bias,
                    f_w=7, stride=stride, padding=padding, act=act, round_mode=mode, groups=groups,
                    f_wc=f_wc, alpha_q=26, lo=0 if act == "relu" else -128)

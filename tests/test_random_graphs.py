@@ -1,8 +1,9 @@
 """Random networks of every kind the back end lowers -- conv (k 1/3/5/7, stride 1-3,
-padding 0-3, channel counts off the array's multiples, grouped and depthwise too, relu or
-none, every rounding mode), maxpool, average pool, residual add and channel concat over a
-1x1 conv branch, flatten + linear -- compiled for several array shapes and run on the ISS
-(and a sample on Verilator) bit for bit against the golden model."""
+padding 0-3, or each of them drawn per axis; channel counts off the array's multiples,
+grouped and depthwise too, relu or none, every rounding mode), maxpool (padded, with
+ceil_mode's partial windows), average pool (non-square too), residual add and channel
+concat over a 1x1 conv branch, flatten + linear -- compiled for several array shapes and
+run on the ISS (and a sample on Verilator) bit for bit against the golden model."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -18,16 +19,31 @@ from hwq.sim.runner import first_mismatch, simulate
 CONFIGS = [load_hw_config(name) for name in ("default", "small", "tall")]
 
 
-def _out(size: int, k: int, s: int, p: int = 0) -> int:
-    return (size + 2 * p - k) // s + 1
+def _out(size: int, k: int, s: int, p: int = 0, ceil: bool = False) -> int:
+    """torch's output size; with ceil_mode the last window may start in the input or the
+    padding before it only."""
+    if not ceil:
+        return (size + 2 * p - k) // s + 1
+    out = -(-(size + 2 * p - k) // s) + 1
+    return out - 1 if (out - 1) * s >= size + p else out
+
+
+def _pairs(draw, ks, strides, pads, square):
+    """Kernel, stride and padding pairs: both axes alike, or each drawn on its own."""
+    k, s, p = draw(st.sampled_from(ks)), draw(strides), draw(pads)
+    if square:
+        return (k, k), (s, s), (p, p)
+    return (k, draw(st.sampled_from(ks))), (s, draw(strides)), (p, draw(pads))
 
 
 def _conv(draw, rng, name, src, shape, f, k, s, pad, cout, groups=1):
     c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw) = (k, k) if isinstance(k, int) else k, \
+        (s, s) if isinstance(s, int) else s, (pad, pad) if isinstance(pad, int) else pad
     act, mode = draw(st.sampled_from(["none", "relu"])), draw(st.sampled_from(sorted(ROUND_MODES)))
-    out = (cout, _out(h, k, s, pad), _out(w, k, s, pad))
+    out = (cout, _out(h, kh, sh, ph), _out(w, kw, sw, pw))
     return QLayer(name, "conv", src, shape, out, f, draw(st.integers(0, 5)),
-                  weight=rng.integers(-128, 128, (cout, c // groups, k, k)).astype(np.int8),
+                  weight=rng.integers(-128, 128, (cout, c // groups, kh, kw)).astype(np.int8),
                   bias=rng.integers(-4000, 4000, cout).astype(np.int32), f_w=7, stride=s,
                   padding=pad, groups=groups, act=act, round_mode=mode,
                   lo=0 if act == "relu" else -128, hi=127)
@@ -44,26 +60,31 @@ def graphs(draw) -> QModel:
     for i in range(draw(st.integers(1, 4))):
         c, h, w = shape
         kind = draw(st.sampled_from(["conv", "conv", "pool", "avgpool", "add", "concat"]))
+        square = draw(st.booleans())
         if kind == "conv" or min(h, w) < 2 and kind in ("pool", "avgpool"):
-            pad = draw(st.integers(0, 3))
-            k = draw(st.sampled_from([k for k in (1, 3, 5, 7) if k <= min(h, w) + 2 * pad]))
-            s, cout = draw(st.integers(1, 3)), draw(st.integers(1, 19))
+            (kh, kw), s, (ph, pw) = _pairs(draw, [1, 2, 3, 5, 7], st.integers(1, 3), st.integers(0, 3), square)
+            kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
+            cout = draw(st.integers(1, 19))
             groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0 and cout % g == 0]))
-            layers.append(_conv(draw, rng, f"conv{i}", src, shape, f, k, s, pad, cout, groups))
+            layers.append(_conv(draw, rng, f"conv{i}", src, shape, f, (kh, kw), s, (ph, pw), cout, groups))
         elif kind == "pool":
-            k = draw(st.integers(1, min(3, h, w)))
-            s = draw(st.integers(1, 3))
-            layers.append(QLayer(f"pool{i}", "maxpool", src, shape, (c, _out(h, k, s), _out(w, k, s)),
-                                 f, f, kernel=k, stride=s))
+            k, _, _ = _pairs(draw, [1, 2, 3], st.just(1), st.just(0), square)
+            kh, kw = min(k[0], h), min(k[1], w)
+            s, ceil = draw(st.integers(1, 3)), draw(st.booleans())
+            ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+            layers.append(QLayer(f"pool{i}", "maxpool", src, shape,
+                                 (c, _out(h, kh, s, ph, ceil), _out(w, kw, s, pw, ceil)),
+                                 f, f, kernel=(kh, kw), stride=s, padding=(ph, pw)))
         elif kind == "avgpool":
-            k = draw(st.integers(1, min(3, h, w)))
-            s, pad = draw(st.integers(1, 3)), draw(st.integers(0, k // 2))
-            f_w = fix_position(1 / (k * k))
+            k, s, _ = _pairs(draw, [1, 2, 3], st.integers(1, 3), st.just(0), square)
+            kh, kw = min(k[0], h), min(k[1], w)
+            ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+            f_w = fix_position(1 / (kh * kw))
             layers.append(QLayer(f"avg{i}", "avgpool", src, shape,
-                                 (c, _out(h, k, s, pad), _out(w, k, s, pad)), f, draw(st.integers(0, 5)),
-                                 f_w=f_w, kernel=k, stride=s, padding=pad,
+                                 (c, _out(h, kh, s[0], ph), _out(w, kw, s[1], pw)), f, draw(st.integers(0, 5)),
+                                 f_w=f_w, kernel=(kh, kw), stride=s, padding=(ph, pw),
                                  round_mode=draw(st.sampled_from(sorted(ROUND_MODES))),
-                                 multiplier=int(quantize_float(1 / (k * k), f_w, "half_up"))))
+                                 multiplier=int(quantize_float(1 / (kh * kw), f_w, "half_up"))))
         else:
             cout = c if kind == "add" else draw(st.integers(1, 12))
             branch = _conv(draw, rng, f"branch{i}", src, shape, f, 1, 1, 0, cout)

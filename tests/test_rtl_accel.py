@@ -533,7 +533,7 @@ def test_hazards_hold_instructions_back():
             load(0, 0, OUT, n, Ei),                   # after the STORE: DRAM port, RAW
             I("END")]
     jobs = [_job(cfg, prog, _random_data(cfg, 7, small=True))]
-    (rtl, _), ((iss, _),) = _compare(cfg, jobs, "verilator"), _iss_runs(cfg, b"", jobs)
+    _, ((iss, _),) = _compare(cfg, jobs, "verilator"), _iss_runs(cfg, b"", jobs)
     assert iss.counters["stall_data"] > 0 and iss.counters["stall_port"] > 0, iss.counters
     serial = dataclasses.replace(cfg, name="default-serial", overlap=False)
     ((one, reads),) = _iss_runs(serial, b"", jobs)

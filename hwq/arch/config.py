@@ -135,7 +135,11 @@ def available(directory: Traversable) -> list[str]:
 
 def hardware_fields(data: dict, source: str, depth: int = 0) -> dict:
     """The fields a config file's mapping (or a board file's `hardware:` section) sets,
-    its `base:` chain resolved: every field it sets over those of the config it names."""
+    its `base:` chain resolved: every field it sets over those of the config it names.
+    Each file's fields are a mapping: the file itself, or its `hardware:` section."""
+    if not isinstance(data, dict):
+        raise HwqError(f"{source}: hardware: must be a mapping of hardware fields, got "
+                       f"{type(data).__name__}")
     data = dict(data)
     base = data.pop("base", "default")
     if not isinstance(base, str):
@@ -147,6 +151,8 @@ def hardware_fields(data: dict, source: str, depth: int = 0) -> dict:
         return fields
     if depth >= _MAX_BASES:
         raise HwqError(f"{source}: base: the chain of bases is a loop")
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute():
+        base = str(Path(source).parent / base)      # a path is relative to the file naming it
     path = named_file(base, CONFIGS, "hardware config")
     under = read_yaml(path, "hardware config")
     return {**hardware_fields(under.get("hardware", under), str(path), depth + 1), **fields}
@@ -157,8 +163,5 @@ def load_hw_config(name_or_path: str | Path = "default") -> HwConfig:
     file's `hardware:` section is read too."""
     path = named_file(name_or_path, CONFIGS, "hardware config")
     data = read_yaml(path, "hardware config")
-    section = data.get("hardware", data)
-    if "hardware" in data and not isinstance(section, dict):
-        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
-                       f"{type(section).__name__}")
-    return HwConfig(**{"name": Path(str(path)).stem, **hardware_fields(section, str(path))})
+    return HwConfig(**{"name": Path(str(path)).stem,
+                       **hardware_fields(data.get("hardware", data), str(path))})

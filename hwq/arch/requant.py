@@ -182,7 +182,8 @@ class Requantizer:
         elif self.mode == "std_round":       # + 2**(s-1) - (y < 0), where s > 0
             c, shifted = self.round
             y += c - (y < 0) * shifted
-        if self.left is not None:
+        if self.left is not None:           # saturates anyway; the clip keeps the int64 exact
+            _clip(y, -(1 << 8), 1 << 8, out=y, where=np.asarray(self.left) > 0)
             np.left_shift(y, self.left, out=y)
         if self.right is not None:
             np.right_shift(y, self.right, out=y)

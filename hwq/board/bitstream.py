@@ -12,6 +12,7 @@ of it: the design's RTLIL, constraints, scripts) and the tool versions.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -172,17 +173,21 @@ def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True,
     ok = build_dir / "BUILD_OK"
     ext = "bin" if family == "iCE40" else "bit"
     t0 = time.time()
-    cached = use_cache and ok.exists()
-    if not cached:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        plan.extract(build_dir)
-        if progress:
-            cold = " (first YoWASP run: compiling the tools' WebAssembly, ~1 min, cached in "\
-                   "the YoWASP user cache)" if _yowasp_cache_cold() else ""
-            print(f"  bitstream: {board.name} ({plat.device}) with YoWASP yosys + "
-                  f"nextpnr-{family.lower()}, seed {board.seed}{cold}", file=sys.stderr, flush=True)
-        _run_script(build_dir, env, family, progress)
-        ok.write_text(f"{time.time() - t0:.1f}\n")
+    # one build of a plan at a time (parallel tests, sweep workers): the others wait for it
+    # and take its result
+    with open(build_dir.with_name(f".{build_dir.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = use_cache and ok.exists()
+        if not cached:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            plan.extract(build_dir)
+            if progress:
+                cold = " (first YoWASP run: compiling the tools' WebAssembly, ~1 min, cached in "\
+                       "the YoWASP user cache)" if _yowasp_cache_cold() else ""
+                print(f"  bitstream: {board.name} ({plat.device}) with YoWASP yosys + "
+                      f"nextpnr-{family.lower()}, seed {board.seed}{cold}", file=sys.stderr, flush=True)
+            _run_script(build_dir, env, family, progress)
+            ok.write_text(f"{time.time() - t0:.1f}\n")
     seconds = float(ok.read_text()) if cached else time.time() - t0
     report = json.loads((build_dir / "report.json").read_text())
     files = {f"bitstream/{TOP}.{ext}": (build_dir / f"{TOP}.{ext}").read_bytes(),

@@ -29,6 +29,8 @@ FIELDS = {
     "uart_pins": Rule(dict, default=None),              # {rx, tx, connector}
     "synth_opts": Rule(str, default=""),
 }
+# `uart_pins`: the pins of a UART the board lacks, on one of its connectors.
+UART_PINS = {"rx": Rule(str), "tx": Rule(str), "connector": Rule(str)}
 
 
 def available_boards() -> list[str]:
@@ -83,9 +85,8 @@ def load_board(name_or_path: str | Path) -> Board:
         raise HwqError(f"{path}: a board file has a 'board:' and a 'hardware:' section"
                        + (f", not {', '.join(map(str, unknown))}" if unknown else ""))
     b = check_fields(data["board"], FIELDS, str(path), "board")
-    if not isinstance(data["hardware"], dict):
-        raise HwqError(f"{path}: hardware: must be a mapping of hardware fields, got "
-                       f"{type(data['hardware']).__name__}")
+    if b["uart_pins"] is not None:
+        check_fields(b["uart_pins"], UART_PINS, str(path), "board.uart_pins")
     name = Path(str(path)).stem
     cfg = HwConfig(**{"name": name, **hardware_fields(data["hardware"], str(path))})
     return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],

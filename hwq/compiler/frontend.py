@@ -1,17 +1,20 @@
 """Front end: a PyTorch nn.Module -> the float Graph IR.
 
 torch.fx traces the forward into nodes; each node becomes an `Op` naming the ops it reads;
-a short list of graph passes (hls4ml-style `match` / `transform`) drops inference no-ops,
-folds BatchNorm into its conv and fuses activations into the conv, linear or add that
-feeds them, until only Graph layers are left. The model may branch and join (residual
-adds, channel concatenation); anything the accelerator cannot run is refused here, once,
-with the node and the forward line that introduced it.
+a short list of graph passes (hls4ml-style `match` / `transform`) composes chains of
+views (view, reshape, transpose, permute, flatten, chunk, split, slicing, concatenations
+of pieces of one tensor) and keeps those that only select or reorder channels, or
+flatten, drops inference no-ops, folds BatchNorm into its conv and fuses activations into
+the conv, linear or add that feeds them, until only Graph layers are left. The model may
+branch and join (residual adds, channel concatenation); anything the accelerator cannot
+run is refused here, once, with the node and the forward line that introduced it.
 """
 from __future__ import annotations
 
 import operator
 import os
 import re
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,25 +23,36 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwq.compiler.ir import REQUANTIZING, Graph, Layer
-from hwq.errors import HwqError
+from hwq.compiler.ir import REQUANTIZING, Graph, Layer, pair
+from hwq.errors import HwqError, raise_interrupt
 
-SUPPORTED = ("Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, LeakyReLU, MaxPool2d, AvgPool2d, "
-             "AdaptiveAvgPool2d(1), add, cat, flatten, Dropout, Identity")
+SUPPORTED = ("Conv2d, Linear, BatchNorm2d, BatchNorm1d, ReLU, ReLU6, LeakyReLU, MaxPool2d, "
+             "AvgPool2d, AdaptiveAvgPool2d, mean, add, cat, flatten, channel views (view, reshape, "
+             "transpose, permute, contiguous, chunk, split, slicing), Dropout, Identity")
 
 # Op kinds before the passes: the Graph's layer kinds plus those the passes absorb.
 _MODULE_KINDS = {
-    nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "flatten",
+    nn.Conv2d: "conv", nn.Linear: "conv", nn.MaxPool2d: "maxpool", nn.Flatten: "view",
     nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "avgpool",
-    nn.BatchNorm2d: "batchnorm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
+    nn.BatchNorm2d: "batchnorm", nn.BatchNorm1d: "batchnorm",
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu",
     nn.Dropout: "noop", nn.Identity: "noop",
 }
-_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
-                   torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
-                   F.adaptive_avg_pool2d: "avgpool", torch.add: "add", operator.add: "add",
-                   operator.iadd: "add", torch.cat: "concat", torch.concat: "concat"}
-_METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten",
-                 "add": "add", "size": "shape", "dim": "shape"}
+# In-place spellings (torch.relu_, F.leaky_relu_, x.relu_()) are the same ops: an in-place
+# activation whose input is read elsewhere too is refused when it is fused (FuseActivation).
+_FUNCTION_KINDS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+                   F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
+                   torch.flatten: "view", torch.reshape: "view", torch.transpose: "view",
+                   torch.permute: "view", torch.squeeze: "view", torch.unsqueeze: "view",
+                   operator.getitem: "view", torch.chunk: "tuple", torch.split: "tuple",
+                   F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
+                   F.adaptive_avg_pool2d: "avgpool", torch.mean: "avgpool", torch.add: "add",
+                   operator.add: "add", operator.iadd: "add", torch.cat: "concat",
+                   torch.concat: "concat"}
+_METHOD_KINDS = {"relu": "relu", "relu_": "relu", "view": "view", "reshape": "view", "flatten": "view",
+                 "transpose": "view", "permute": "view", "contiguous": "view", "squeeze": "view",
+                 "unsqueeze": "view", "chunk": "tuple", "split": "tuple",
+                 "add": "add", "mean": "avgpool", "size": "shape", "dim": "shape"}
 _ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
 _OPERATORS = {f for f in vars(operator).values() if callable(f)}
@@ -62,6 +76,11 @@ class Op:
     layer: Layer | None = None          # for the Graph's layer kinds
     module: nn.Module | None = None     # for batchnorm
     alpha: float = 0.0                  # for leaky_relu
+    # a view: where each element of a sample's output comes from in its input (flat
+    # indices), and the two tensors' shapes without the batch
+    gather: np.ndarray | None = None
+    view_in: tuple[int, ...] = ()
+    view_out: tuple[int, ...] = ()
 
 
 @dataclass
@@ -95,6 +114,10 @@ def trace(module: nn.Module, input_shape: tuple[int, int, int], name: str) -> Gr
                        "ints (C, H, W)")
     module.eval()
     gm = _symbolic_trace(module, name)
+    inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise HwqError(f"model {name}: hwq compiles models with one input tensor; its forward "
+                       f"takes {len(inputs)}" + (f" ({', '.join(inputs)})" if inputs else ""))
     _propagate_shapes(gm, input_shape, name)
     net = _net_of(gm, name)
     run_passes(net)
@@ -124,6 +147,91 @@ def _absorbing_producer(net: Net, op: Op, kinds, what: str, needs: str) -> Op:
     return producer
 
 
+class ComposeViews:
+    """A view of a view is one view of the first one's input: the gathers compose; so is
+    a concatenation of views of one tensor that repeats none of its elements. A view
+    that only other views read is gone once they are composed."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind in ("view", "concat")
+
+    def transform(self, net: Net, op: Op) -> None:
+        if op.kind == "concat":
+            pieces = [net.op(name) for name in op.inputs]
+            if not all(p is not None and p.kind == "view" for p in pieces) \
+                    or len({p.inputs[0] for p in pieces}) != 1:
+                return
+            gather = np.concatenate([p.gather for p in pieces])
+            if np.unique(gather).size < gather.size:
+                return
+            op.view_in, op.view_out = pieces[0].view_in, op.layer.out_shape
+            op.kind, op.layer, op.gather, op.inputs = "view", None, gather, list(pieces[0].inputs)
+            for piece in pieces:
+                if not net.consumers(piece.name):
+                    net.ops.remove(piece)
+            return
+        producer = net.op(op.inputs[0])
+        if producer is None or producer.kind != "view":
+            return
+        op.gather, op.view_in = producer.gather[op.gather], producer.view_in
+        op.inputs = list(producer.inputs)
+        if not net.consumers(producer.name):
+            net.ops.remove(producer)
+
+
+class ChannelViews:
+    """A composed view that selects or reorders channels (chunk, split, a channel
+    shuffle) is a `view` layer over the channels it keeps; one that flattens them too is
+    that view and a `flatten`; one that changes nothing (a flatten of 1x1 pixels, a
+    contiguous) is dropped. Any other moves pixels, and is refused."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind == "view"
+
+    def transform(self, net: Net, op: Op) -> None:
+        channels, flat = self._channels(op)
+        _need(channels is not None, op, f"the views ending here make "
+              f"(N, {', '.join(map(str, op.view_out))}) of (N, {', '.join(map(str, op.view_in))}) "
+              "moving pixels; hwq runs views that only select or reorder channels, and flattens")
+        c, h, w = _as_chw(op.view_in)
+        layer = Layer(name=op.name, kind="view", input="", in_shape=(c, h, w),
+                      out_shape=(len(channels), h, w), source=op.source, op="view",
+                      channels=channels.tolist())
+        identity = np.array_equal(channels, np.arange(c))
+        if flat:
+            if not identity:
+                layer.name = f"{op.name}_channels"
+                view = Op("view", layer.name, op.source, list(op.inputs), layer)
+                net.ops.insert(net.ops.index(op), view)
+                op.inputs = [layer.name]
+            op.kind = "flatten"
+            op.layer = Layer(name=op.name, kind="flatten", input="", in_shape=layer.out_shape,
+                             out_shape=(len(channels) * h * w, 1, 1), source=op.source, op="flatten")
+        elif identity:
+            net.bypass(op, op.inputs[0])
+        else:
+            op.layer = layer
+
+    @staticmethod
+    def _channels(op: Op) -> tuple[np.ndarray | None, bool]:
+        """(the input channels the view keeps, in their new order, and whether it also
+        flattens the pixels), or (None, False) when it moves pixels."""
+        if len(op.view_in) not in (1, 3) or len(op.view_out) not in (1, 3):
+            return None, False
+        (_, h, w), out = _as_chw(op.view_in), _as_chw(op.view_out)
+        flat = (h, w) != (1, 1) and out[1:] == (1, 1)
+        if not flat and out[1:] != (h, w) or op.gather.size % (h * w):
+            return None, False
+        channels = op.gather[::h * w] // (h * w)
+        moved = not np.array_equal(op.gather, (channels[:, None] * h * w + np.arange(h * w)).ravel())
+        return (None, False) if moved else (channels, flat)
+
+
+def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A sample's shape as (C, H, W): a vector of F features is F channels of 1x1."""
+    return tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)
+
+
 class RemoveNoOps:
     """Dropout and Identity do nothing at inference."""
 
@@ -135,16 +243,18 @@ class RemoveNoOps:
 
 
 class FoldBatchNorm:
-    """conv -> BatchNorm2d is one conv: BN at inference is a per-channel affine map. The
-    unfolded parameters stay on the layer for QAT, which trains through the BN."""
+    """conv -> BatchNorm2d and Linear -> BatchNorm1d are one conv: BN at inference is a
+    per-channel affine map. The unfolded parameters stay on the layer for QAT, which
+    trains through the BN."""
 
     def match(self, op: Op) -> bool:
         return op.kind == "batchnorm"
 
     def transform(self, net: Net, op: Op) -> None:
-        conv = _absorbing_producer(net, op, ("conv",), "BatchNorm2d", "a Conv2d to be folded "
-                                   "into it; move it after the conv")
-        bn, layer = op.module, conv.layer
+        bn = op.module
+        conv = _absorbing_producer(net, op, ("conv",), type(bn).__name__, "a Conv2d or Linear "
+                                   "to be folded into it; move it after the conv or linear")
+        layer = conv.layer
 
         def f64(t):
             return t.detach().double().numpy()
@@ -180,7 +290,38 @@ class FuseActivation:
         net.bypass(op, producer.name)
 
 
-PASSES = (RemoveNoOps(), FoldBatchNorm(), FuseActivation())
+def _non_negative(net: Net, name: str) -> bool:
+    """Whether tensor `name` is >= 0 whatever the model's input: a ReLU or ReLU6 makes it,
+    or a max pool, average pool, view, flatten, concatenation or add (without an
+    activation) of such tensors (requantizing a non-negative value gives one)."""
+    op = net.op(name)
+    if op is None:                      # the model's input
+        return False
+    if op.layer.act in ("relu", "relu6"):
+        return True
+    moves = op.kind in ("maxpool", "avgpool", "flatten", "view", "concat") or \
+        op.kind == "add" and op.layer.act == "none"
+    return moves and all(_non_negative(net, s) for s in op.inputs)
+
+
+class ZeroPadMaxPool:
+    """A max pool's padding, and ceil_mode's partial windows, read zeros (the LOAD that
+    feeds the MAXPOOL unit pads with zeros): torch's max, which pads with -inf, only where
+    the input is non-negative. Refused elsewhere."""
+
+    def match(self, op: Op) -> bool:
+        return op.kind == "maxpool" and any(op.layer.pads)
+
+    def transform(self, net: Net, op: Op) -> None:
+        src = op.inputs[0]
+        _need(_non_negative(net, src), op, f"MaxPool2d padding={op.layer.padding} (or ceil_mode's "
+              f"partial windows) pads with zeros, which is torch's max only on a non-negative "
+              f"input; '{src}' is not one (no ReLU or ReLU6 before it): drop the padding (a "
+              "later vector unit pads with -128)")
+
+
+PASSES = (ComposeViews(), ChannelViews(), RemoveNoOps(), FoldBatchNorm(), FuseActivation(),
+          ZeroPadMaxPool())
 
 
 def run_passes(net: Net, passes=PASSES) -> None:
@@ -197,23 +338,42 @@ def _symbolic_trace(module: nn.Module, name: str) -> fx.GraphModule:
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(module)
-    except Exception as e:  # fx raises many types; all mean "cannot trace this forward"
+    except Exception as e:  # the forward's own errors and fx's refusals, of any type
+        raise_interrupt(e)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HwqError(f"model {name}: torch.fx cannot trace its forward: {reason} "
-                       "(hwq needs a forward without data-dependent control flow)") from None
+        at = _raised_at(e)
+        at = f" at {at}" if at else ""
+        if isinstance(e, fx.proxy.TraceError):   # a tensor's value steered the forward
+            raise HwqError(f"model {name}: torch.fx cannot trace its forward: {reason}{at} "
+                           "(hwq needs a forward without data-dependent control flow)") from None
+        raise HwqError(f"model {name}: the model's forward raised {type(e).__name__}: "
+                       f"{reason}{at}") from None
     return fx.GraphModule(tracer.root, graph, name)
 
 
+def _raised_at(error: BaseException) -> str:
+    """'file:line' of the innermost frame outside torch and this file where `error` was
+    raised (the user's forward), or ''."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 class _ShapeProbe(fx.Interpreter):
-    """Runs the traced module once, recording every tensor's shape on its node."""
+    """Runs the traced module once, recording every tensor's shape on its node, and every
+    size (x.size(), x.shape[1], sums of them) as its value."""
 
     def run_node(self, node):
         try:
             result = super().run_node(node)
         except Exception as e:
+            raise_interrupt(e)
             raise _ProbeFailed(node, e) from None
         if isinstance(result, torch.Tensor):
             node.meta["hwq_shape"] = tuple(result.shape)
+        elif isinstance(result, int) or isinstance(result, (tuple, list)) \
+                and all(isinstance(v, int) for v in result):
+            node.meta["hwq_value"] = result
         return result
 
 
@@ -278,6 +438,7 @@ def _data_args(node: fx.Node, kind: str, op: Op) -> list[fx.Node]:
     (their other arguments are parameters or sizes)."""
     if kind == "concat":
         tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        _need(isinstance(tensors, (list, tuple)), op, "cat must concatenate a list of tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         rank = len(_shape(tensors[0])) if tensors and "hwq_shape" in tensors[0].meta else 4
         _need(dim in (1, 1 - rank), op, f"cat along dim={dim} is not supported; hwq "
@@ -295,10 +456,8 @@ def _data_args(node: fx.Node, kind: str, op: Op) -> list[fx.Node]:
 def _net_of(gm: fx.GraphModule, name: str) -> Net:
     """Check the traced graph uses supported ops only and turn it into a Net of Ops."""
     nodes = list(gm.graph.nodes)
-    inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise HwqError(f"model {name}: forward must take exactly one tensor; it takes {len(inputs)}")
-    shape_nodes, data = set(), {inputs[0]: "input"}
+    shape_nodes, data = set(), {next(n for n in nodes if n.op == "placeholder"): "input"}
+    tuples = {}             # chunk / split node -> the tensor it splits
     ops = []
     for node in nodes:
         if not node.op.startswith("call_"):
@@ -313,22 +472,33 @@ def _net_of(gm: fx.GraphModule, name: str) -> Net:
             continue
         op = Op(kind=kind, name=node.name, source=_source(node))
         args = _data_args(node, kind, op)
-        extra = [n for n in node.all_input_nodes if n not in args and n not in shape_nodes]
+        if args and args[0] in tuples:      # a piece of a chunk or split: a view of its tensor
+            args = [tuples[args[0]]]
+        extra = [n for n in node.all_input_nodes
+                 if n not in args and n not in shape_nodes and n not in tuples]
         _need(args and not extra and all(a in data for a in args), op,
               f"{_op_name(node, gm)} must read the model input or layer outputs as its tensor "
               "argument(s) only")
+        if kind == "tuple":                 # its pieces are views (getitem); itself no op
+            tuples[node] = args[0]
+            continue
         op.inputs = [data[a] for a in args]
-        _build(op, node, gm, args)
+        if kind == "view":
+            _build_view(op, node, gm, args[0], tuples)
+        else:
+            _build(op, node, gm, args)
         data[node] = op.name
         ops.append(op)
     output = next(n for n in nodes if n.op == "output")
     if not isinstance(output.args[0], fx.Node) or output.args[0] not in data:
         raise HwqError(f"model {name}: forward must return one tensor computed by its layers")
     net = Net(ops, data[output.args[0]])
-    for op in ops:
+    for op in reversed(ops):
         if not net.consumers(op.name):
-            raise HwqError(f"{_where(op)}: its output is never used; remove it from the "
-                           "forward (hwq compiles what reaches the output only)")
+            if op.kind != "view":
+                raise HwqError(f"{_where(op)}: its output is never used; remove it from the "
+                               "forward (hwq compiles what reaches the output only)")
+            net.ops.remove(op)      # a piece of a chunk nobody reads: it computes nothing
     return net
 
 
@@ -346,15 +516,6 @@ def _chw(node: fx.Node, op: Op) -> tuple[int, int, int]:
                    f"this one is (N, {', '.join(map(str, shape))})")
 
 
-def _square(value, what: str, op: Op) -> int:
-    if isinstance(value, int):
-        return value
-    if len(set(value)) != 1:
-        raise HwqError(f"{_where(op)}: {what}={tuple(value)} is not square; hwq supports "
-                       f"equal {what} in both dimensions only")
-    return int(value[0])
-
-
 def _need(cond: bool, op: Op, what: str) -> None:
     if not cond:
         raise HwqError(f"{_where(op)}: {what}")
@@ -367,6 +528,31 @@ def _module(node: fx.Node, gm: fx.GraphModule, cls):
     return cls(*node.args[1:], **node.kwargs)
 
 
+def _build_view(op: Op, node: fx.Node, gm: fx.GraphModule, tensor: fx.Node, tuples: dict) -> None:
+    """The view's gather: the node (through the chunk or split it takes a piece of) run on
+    the indices of its input's elements, with the sizes the shape probe recorded."""
+    shape = _shape(tensor)
+    index = torch.arange(int(np.prod(shape))).reshape(shape)
+
+    def run(n: fx.Node):
+        def value(a: fx.Node):
+            return index if a is tensor else run(a) if a in tuples else a.meta["hwq_value"]
+        args, kwargs = fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        if n.op == "call_module":
+            return gm.get_submodule(n.target)(*args, **kwargs)
+        return n.target(*args, **kwargs)
+
+    out = run(node)
+    per = index[0].numel()
+    _need(isinstance(out, torch.Tensor) and out.dim() > 0 and len(out) == _PROBE_BATCH
+          and torch.equal(out[1], out[0] + per), op, f"{_op_name(node, gm)} mixes the batch "
+          "dimension with the others; hwq keeps N first and apart")
+    op.gather = out[0].flatten().numpy()
+    op.view_in, op.view_out = tuple(shape[1:]), tuple(out.shape[1:])
+
+
 def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> None:
     """Fill `op` with its layer (or module), refusing parameters the hardware lacks."""
     if op.kind == "leaky_relu":
@@ -376,8 +562,8 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
     in_shape, out_shape = _chw(args[0], op), _chw(node, op)
     if op.kind == "batchnorm":
         op.module = gm.get_submodule(node.target)
-        _need(op.module.running_mean is not None, op,
-              "BatchNorm2d without running stats cannot be folded; use track_running_stats=True")
+        _need(op.module.running_mean is not None, op, f"{type(op.module).__name__} without "
+              "running stats cannot be folded; use track_running_stats=True")
         return
     layer = Layer(name=op.name, kind=op.kind, input="", in_shape=in_shape, out_shape=out_shape,
                   source=op.source, op=_op_name(node, gm))
@@ -390,19 +576,15 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
     if op.kind == "concat":
         _need(len({_chw(a, op)[1:] for a in args}) == 1, op, "cat inputs differ in height or width")
         return
-    if op.kind == "flatten":
-        in_dims = len(_shape(args[0]))
-        out_dims = _shape(node)
-        _need(in_dims == 4 and out_dims == (_PROBE_BATCH, int(np.prod(in_shape))), op,
-              f"{_op_name(node, gm)} must flatten (N, C, H, W) to (N, C*H*W); it makes "
-              f"(N, {', '.join(map(str, out_dims[1:]))}) from {in_dims}-D input")
-        return
     if op.kind == "maxpool":
         _build_maxpool(op, _module(node, gm, nn.MaxPool2d))
         return
     if op.kind == "avgpool":
-        if _op_name(node, gm) in ("adaptive_avg_pool2d", "AdaptiveAvgPool2d"):
-            _build_global_pool(op, _module(node, gm, nn.AdaptiveAvgPool2d))
+        name = _op_name(node, gm)
+        if name in ("adaptive_avg_pool2d", "AdaptiveAvgPool2d"):
+            _build_adaptive_pool(op, _module(node, gm, nn.AdaptiveAvgPool2d))
+        elif name == "mean":
+            _build_mean(op, node, len(_shape(args[0])))
         else:
             _build_avgpool(op, _module(node, gm, nn.AvgPool2d))
         return
@@ -416,51 +598,67 @@ def _build(op: Op, node: fx.Node, gm: fx.GraphModule, args: list[fx.Node]) -> No
     _build_conv(op, mod)
 
 
+def _floor_out(layer: Layer) -> tuple[int, int]:
+    """The output size without ceil_mode's partial windows."""
+    (_, h, w), (kh, kw) = layer.in_shape, layer.kernel
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
 def _build_maxpool(op: Op, pool: nn.MaxPool2d) -> None:
-    _need(_square(pool.padding, "padding", op) == 0, op,
-          f"MaxPool2d padding={pool.padding} is not supported (use padding=0)")
-    _need(_square(pool.dilation, "dilation", op) == 1, op,
+    _need(pair(pool.dilation) == (1, 1), op,
           f"MaxPool2d dilation={pool.dilation} is not supported (use dilation=1)")
-    _need(not pool.ceil_mode, op, "MaxPool2d ceil_mode=True is not supported")
     _need(not pool.return_indices, op, "MaxPool2d return_indices=True is not supported")
-    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
-    op.layer.stride = _square(pool.stride, "stride", op)
+    op.layer.kernel, op.layer.stride = pair(pool.kernel_size), pair(pool.stride)
+    op.layer.padding = pair(pool.padding)      # ceil_mode: out_shape holds the partial windows
 
 
 def _build_avgpool(op: Op, pool: nn.AvgPool2d) -> None:
-    _need(not pool.ceil_mode, op, "AvgPool2d ceil_mode=True is not supported")
     _need(pool.divisor_override is None, op, "AvgPool2d divisor_override is not supported")
-    op.layer.padding = _square(pool.padding, "padding", op)
-    _need(op.layer.padding == 0 or pool.count_include_pad, op,
+    layer = op.layer
+    layer.kernel, layer.stride = pair(pool.kernel_size), pair(pool.stride)
+    layer.padding = pair(pool.padding)
+    _need(layer.padding == (0, 0) or pool.count_include_pad, op,
           "AvgPool2d count_include_pad=False with padding is not supported (the divisor "
           "must be the window size)")
-    op.layer.kernel = _square(pool.kernel_size, "kernel_size", op)
-    op.layer.stride = _square(pool.stride, "stride", op)
+    _need(layer.out_shape[1:] == _floor_out(layer), op, "AvgPool2d ceil_mode=True makes partial "
+          "windows here, which are not supported (the divisor must be the window size)")
 
 
-def _build_global_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
-    _, h, w = op.layer.in_shape
-    _need(pool.output_size in (1, (1, 1)), op, f"AdaptiveAvgPool2d output_size="
-          f"{pool.output_size} is not supported (use 1: global average pooling)")
-    _need(h == w, op, f"global average pooling of a {h}x{w} map: hwq pools square windows only")
-    op.layer.kernel = op.layer.stride = h
+def _build_adaptive_pool(op: Op, pool: nn.AdaptiveAvgPool2d) -> None:
+    """Windows of in / out pixels per axis, where out divides in; 1: global pooling."""
+    (_, h, w), (_, oh, ow) = op.layer.in_shape, op.layer.out_shape
+    _need(h % oh == 0 and w % ow == 0, op, f"AdaptiveAvgPool2d output_size={pool.output_size} "
+          f"on a {h}x{w} map pools windows of unequal sizes; hwq needs an output size that "
+          "divides the input's")
+    op.layer.kernel = op.layer.stride = (h // oh, w // ow)
+
+
+def _build_mean(op: Op, node: fx.Node, rank: int) -> None:
+    """mean over the spatial dimensions: global average pooling."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or ())
+    _need(rank == 4 and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs, op,
+          f"mean over dims {tuple(dims)} is not supported; hwq averages over height and width "
+          "of (N, C, H, W) tensors only (global average pooling)")
+    op.layer.kernel = op.layer.stride = op.layer.in_shape[1:]
 
 
 def _build_conv(op: Op, mod: nn.Conv2d) -> None:
     layer = op.layer
-    _need(_square(mod.dilation, "dilation", op) == 1, op,
+    _need(pair(mod.dilation) == (1, 1), op,
           f"Conv2d dilation={mod.dilation} is not supported (use dilation=1)")
     _need(mod.padding_mode == "zeros", op,
           f"Conv2d padding_mode='{mod.padding_mode}' is not supported (use 'zeros')")
-    kernel = _square(mod.kernel_size, "kernel_size", op)
     layer.weight = mod.weight.detach().numpy().astype(np.float32).copy()
     layer.groups = mod.groups
-    layer.stride = _square(mod.stride, "stride", op)
+    layer.stride = pair(mod.stride)
+    kernel = pair(mod.kernel_size)
     if mod.padding == "valid":
-        layer.padding = 0
+        layer.padding = (0, 0)
     elif mod.padding == "same":
-        _need(kernel % 2 == 1, op, f"Conv2d padding='same' with even kernel_size={kernel} pads "
-              "unevenly; give padding as an int")
-        layer.padding = kernel // 2
+        _need(all(k % 2 for k in kernel), op, f"Conv2d padding='same' with kernel_size="
+              f"{mod.kernel_size} pads an even kernel unevenly; give padding as ints")
+        layer.padding = (kernel[0] // 2, kernel[1] // 2)
     else:
-        layer.padding = _square(mod.padding, "padding", op)
+        layer.padding = pair(mod.padding)

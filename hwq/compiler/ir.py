@@ -5,7 +5,10 @@ Graph IR (float): what the front end makes of a torch.fx trace, after the graph 
 int8 weights, int32 biases and power-of-two fix positions; it is what the golden model
 runs and what the back end lowers onto the array.
 
-Activations are (C, H, W) per sample; a flattened vector is (N, 1, 1).
+Activations are (C, H, W) per sample; a flattened vector is (N, 1, 1). Kernels, strides
+and paddings are (height, width) pairs. Windows (a conv's kernel, a pool's) read the
+input zero padded by `padding` on both sides, as torch pads, and below and right further
+where the last window reaches beyond that (a max pool's ceil_mode): `pads`.
 """
 from __future__ import annotations
 
@@ -20,10 +23,41 @@ from hwq.arch.requant import INT8_MAX, INT8_MIN, quantize_float
 
 # Layers that requantize their result and so can carry a fused activation.
 REQUANTIZING = ("conv", "add")
+# Layers that move int8 values, requantizing none: their fix position is their input's.
+MOVES = ("maxpool", "flatten", "view")
+
+
+def pair(value) -> tuple[int, int]:
+    """(height, width) of a kernel, stride or padding given as one int or two."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    h, w = value
+    return int(h), int(w)
+
+
+class _Windows:
+    """What Layer and QLayer share: their windows' geometry."""
+
+    def __post_init__(self):
+        self.stride, self.padding = pair(self.stride), pair(self.padding)
+        self.kernel = pair(self.kernel)
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """(kh, kw): a conv's kernel, a pool's window."""
+        return tuple(self.weight.shape[2:]) if self.kind == "conv" else self.kernel
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """Zero padding (top, bottom, left, right): `padding` on both sides, below and
+        right as far as the last window reaches if that is further."""
+        (kh, kw), (sh, sw), (ph, pw) = self.window, self.stride, self.padding
+        (_, h, w), (_, oh, ow) = self.in_shape, self.out_shape
+        return ph, max(ph, (oh - 1) * sh + kh - h - ph), pw, max(pw, (ow - 1) * sw + kw - w - pw)
 
 
 @dataclass
-class Layer:
+class Layer(_Windows):
     """One float layer. `conv` also carries Linear (as a 1x1 conv over a 1x1 image, after
     a `flatten`). Weights are (Cout, Cin, KH, KW) float32; bias is (Cout,)."""
 
@@ -35,9 +69,9 @@ class Layer:
     source: str = ""                # "forward line N" of the traced module, for errors
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
-    stride: int = 1
-    padding: int = 0
-    kernel: int = 1                 # maxpool window (conv takes it from the weight)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)   # top, left (`pads`); an int means both
+    kernel: tuple[int, int] = (1, 1)    # pool window (conv takes it from the weight)
     act: str = "none"               # fused activation after conv or add
     # Added with the DAG front end; defaults keep single-input hand-built layers valid.
     inputs: list[str] = field(default_factory=list)  # every input, `input` first (add, concat)
@@ -45,6 +79,7 @@ class Layer:
     alpha: float = 0.0              # leaky_relu slope
     op: str = ""                    # the torch op it came from (Conv2d, Linear, add, ...)
     bn: dict | None = None          # conv: the unfolded conv + BatchNorm, for QAT
+    channels: list[int] = field(default_factory=list)   # view: output channel i is input's channels[i]
 
     @property
     def sources(self) -> list[str]:
@@ -63,13 +98,14 @@ class Graph:
 
 
 @dataclass
-class QLayer:
+class QLayer(_Windows):
     """One quantized layer.
 
     conv: y = requantize(conv(x, weight) + bias, shift, round_mode, lo, hi) with
     shift = f_in + f_w - f_out; weight int8 (Cout, Cin/groups, KH, KW); bias int32 at
     fix f_in + f_w. With per-channel weights `f_wc` holds one f_w per output channel
-    and the shift is a vector. maxpool and flatten keep the fix position of their input.
+    and the shift is a vector. maxpool, flatten and view (the input's `channels`, in
+    their order) keep the fix position of their input.
     avgpool: window sum x `multiplier` (the reciprocal of the window at fix f_w), then
     requantize. add: inputs aligned to the finest of `f_ins`, summed, requantized.
     concat: each input requantized from its `f_ins` entry to f_out.
@@ -86,9 +122,9 @@ class QLayer:
     weight: np.ndarray | None = None   # int8
     bias: np.ndarray | None = None     # int32
     f_w: int = 0
-    stride: int = 1
-    padding: int = 0
-    kernel: int = 1
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    kernel: tuple[int, int] = (1, 1)
     act: str = "none"
     round_mode: str = "half_up"        # activations' rounding (the POST instruction's)
     lo: int = -128
@@ -100,6 +136,7 @@ class QLayer:
     f_wc: np.ndarray | None = None     # per-channel weight fix positions (Cout,)
     alpha_q: int = 0                   # leaky_relu slope, over 2**ALPHA_BITS
     multiplier: int = 1                # avgpool reciprocal at fix f_w
+    channels: list[int] = field(default_factory=list)   # view: output channel i is input's channels[i]
 
     @property
     def shift(self) -> int:

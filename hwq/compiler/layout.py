@@ -3,10 +3,12 @@
 An activation is stored pixel-major: (H, W, Cs) int8 with the channels padded to
 Cs = a multiple of the config's channel block, so one pixel splits into whole
 `rows`-wide input loads and whole `cols`-wide output stores. A flattened tensor is the
-same bytes read as one pixel of H*W*Cs channels, and a channel concatenation pads each
-of its parts to whole blocks; `channel_index` records where each logical (torch-order)
-channel sits, so the next layer's weights are permuted to match instead of moving any
-data.
+same bytes read as one pixel of H*W*Cs channels, a channel view (chunk, split, shuffle)
+the same bytes with some of the channels in another order, and a channel concatenation
+pads each of its parts to whole blocks; `channel_index` records where each logical
+(torch-order) channel sits, so the next layer's weights are permuted to match instead of
+moving any data. The model's input, when only flattens read it, is stored flat: one
+pixel of C*H*W channels in torch's order.
 """
 from __future__ import annotations
 
@@ -41,10 +43,11 @@ class TensorLayout:
         return self.stored_channels // cfg.bus_bytes
 
     def pack(self, x: np.ndarray) -> bytes:
-        """(N, C, H, W) int8 -> N images of stored bytes, concatenated."""
+        """(N, C, H, W) int8 -> N images of stored bytes, concatenated (a flat layout, one
+        pixel of C*H*W channels, takes the tensor in torch's flatten order)."""
         n = x.shape[0]
         out = np.zeros((n, self.nbytes), np.int8)
-        pixels = x.reshape(n, x.shape[1], -1).transpose(0, 2, 1)        # (N, HW, C)
+        pixels = x.reshape(n, -1, self.h * self.w).transpose(0, 2, 1)   # (N, HW, C)
         out.reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
         return out.tobytes()
 

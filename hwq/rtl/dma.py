@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hwq.arch import isa
@@ -38,13 +38,18 @@ def dram_addr_bits(cfg: HwConfig) -> int:
     return max(1, ceil_log2(cfg.dram_words))
 
 
+def load_lanes(cfg: HwConfig) -> int:
+    """Lanes (bus words) of LOAD's buffer write port: an entry of its widest target."""
+    return max(cfg.entry_words(t) for t in isa.LOAD_TARGETS)
+
+
 class LoadUnit(wiring.Component):
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
         self.A = dram_addr_bits(cfg)
         self.B = 8 * cfg.bus_bytes
         self.E = {t: cfg.entry_words(t) for t in isa.LOAD_TARGETS}
-        self.lanes = max(self.E.values())
+        self.lanes = load_lanes(cfg)
         super().__init__({
             **unit_members(args_layout("LOAD")),
             "dram": Out(DramPort(self.A, self.B)),
@@ -221,4 +226,36 @@ class StoreUnit(wiring.Component):
         # outside the FSM's process: the top selects the DRAM address by it, and a
         # 4-state simulator leaves an FSM's outputs unknown until its state first changes
         m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), self.dram.we.eq(fsm.ongoing("WRITE"))]
+        return m
+
+
+class DramArbiter(wiring.Component):
+    """The one DRAM port (hwq/rtl/ports.py: DramPort), shared by the instruction fetch
+    and LOAD, which read, and STORE, which writes (nothing else of their ports is looked
+    at): the fetch first, then LOAD or STORE (never both: the hazards keep a STORE from
+    overlapping a LOAD). LOAD and STORE see `ready` low while the fetch has the port.
+
+    The address is STORE's while it writes (`we` is a state of its FSM), else LOAD's,
+    not chosen by LOAD's request: that depends on its padding comparisons, which would
+    otherwise run on into the RAM's address (the iCE40's longest path)."""
+
+    def __init__(self, addr_bits: int, data_bits: int):
+        port = DramPort(addr_bits, data_bits)
+        super().__init__({"fetch": In(port), "load": In(port), "store": In(port),
+                          "mem": Out(port)})
+
+    def elaborate(self, platform):
+        m = Module()
+        fetch, load, store, mem = self.fetch, self.load, self.store, self.mem
+        with m.If(fetch.re):
+            m.d.comb += [mem.re.eq(1), mem.addr.eq(fetch.addr)]
+        with m.Else():
+            m.d.comb += [mem.re.eq(load.re), mem.we.eq(store.we),
+                         mem.addr.eq(Mux(store.we, store.addr, load.addr)),
+                         mem.wdata.eq(store.wdata)]
+        m.d.comb += fetch.ready.eq(mem.ready)
+        for u in (fetch, load, store):
+            m.d.comb += u.rdata.eq(mem.rdata)
+        for u in (load, store):
+            m.d.comb += u.ready.eq(mem.ready & ~fetch.re)
         return m

@@ -46,7 +46,8 @@ from hwq.arch.config import HwConfig
 from hwq.rtl.dma import dram_addr_bits
 from hwq.arch import isa
 from hwq.arch.perf import COUNTER_BITS, COUNTERS
-from hwq.rtl.top import PC_BITS, STATUS_BITS, Accelerator, TraceSignature
+from hwq.rtl.faults import accelerator
+from hwq.rtl.top import PC_BITS, STATUS_BITS, TraceSignature
 
 ACCEL_MODULE = "hwq_accel"
 TB_MODULE = "hwq_tb_top"
@@ -55,8 +56,9 @@ CLOCK_PERIOD_NS = 10
 
 @lru_cache(maxsize=16)
 def generate_verilog(cfg: HwConfig, fault: str | None = None) -> str:
-    """Verilog of `Accelerator(cfg, fault)` as module `hwq_accel`."""
-    return verilog.convert(Accelerator(cfg, fault), name=ACCEL_MODULE, emit_src=False)
+    """Verilog of the accelerator for `cfg` (with `fault`: a broken variant,
+    hwq/rtl/faults.py) as module `hwq_accel`."""
+    return verilog.convert(accelerator(cfg, fault), name=ACCEL_MODULE, emit_src=False)
 
 
 def _trace_logic(cfg: HwConfig) -> tuple[str, str]:

@@ -19,6 +19,12 @@ from amaranth.hdl import Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.arch.perf import UNIT_OF_OP
+
+# the ops that run on a unit of their own, in the order of every per-unit vector and
+# index (the units' busy bits, the trace's unit of a buffer write)
+UNITS = tuple(UNIT_OF_OP)
+
 
 class DramPort(wiring.Signature):
     def __init__(self, addr_bits: int, data_bits: int):
@@ -59,18 +65,24 @@ def unit_members(args_layout) -> dict:
     return {"start": In(1), "args": In(args_layout), "busy": Out(1), "done": Out(1)}
 
 
+def capture(m, when, pairs):
+    """Drive each (register, value) pair: the register takes a copy of the value in every
+    cycle `when` is high and keeps it while `when` is low."""
+    with m.If(when):
+        m.d.sync += [r.eq(v) for r, v in pairs]
+
+
 def hold(m, busy, cfg, pairs):
     """Drive each (register, value) pair, values made from a unit's fields: with
     overlap the register takes a copy in every cycle the unit is idle (`busy` low), the
-    start's among them, and keeps it while the unit is busy (the start, the end of the dispatch logic, would
-    otherwise run on into the enables of all these registers); without overlap the
-    instruction register holds until every unit is idle, and the value is used as is."""
-    assigns = [r.eq(v) for r, v in pairs]
+    start's among them, and keeps it while the unit is busy (the start, the end of the
+    dispatch logic, would otherwise run on into the enables of all these registers);
+    without overlap the instruction register holds until every unit is idle, and the
+    value is used as is."""
     if cfg.overlap:
-        with m.If(~busy):
-            m.d.sync += assigns
+        capture(m, ~busy, pairs)
     else:
-        m.d.comb += assigns
+        m.d.comb += [r.eq(v) for r, v in pairs]
 
 
 def held_args(m, unit, cfg):

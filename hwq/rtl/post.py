@@ -71,13 +71,11 @@ class RequantLanes(wiring.Component):
     hwq.arch.timing.lane_regs) adds a stage for each path that was in turn the longest
     on the ECP5-85F: one registers the log shifter halfway, one its result before the
     rounding decision, one the rounded value before the clamp.
-
-    fault="post_round" (tests only, see hwq/rtl/top.py) makes half_up truncate instead.
     """
 
-    def __init__(self, lanes: int, acc_bits: int = ACC_BITS, fault: str | None = None,
-                 slope: bool = True, deep: bool = False):
-        self.lanes, self.acc_bits, self.fault, self.has_slope = lanes, acc_bits, fault, slope
+    def __init__(self, lanes: int, acc_bits: int = ACC_BITS, slope: bool = True,
+                 deep: bool = False):
+        self.lanes, self.acc_bits, self.has_slope = lanes, acc_bits, slope
         self.deep = deep
         self.latency = 2 + slope * (1 + MUL_LATENCY) + 3 * deep
         super().__init__({
@@ -179,14 +177,9 @@ class RequantLanes(wiring.Component):
                 rbit.eq(t[0]),
             ]
             with m.Switch(mode):
-                with m.Case(ROUND_MODES["half_up"]):
-                    m.d.comb += up.eq(0 if self.fault == "post_round" else rbit)
-                with m.Case(ROUND_MODES["half_down"]):
-                    m.d.comb += up.eq(rbit & sticky)
-                with m.Case(ROUND_MODES["half_even"]):
-                    m.d.comb += up.eq(rbit & (sticky | floor[0]))
-                with m.Case(ROUND_MODES["std_round"]):
-                    m.d.comb += up.eq(rbit & (sticky | nonneg))
+                for name, value in self.round_up(rbit, sticky, floor[0], nonneg).items():
+                    with m.Case(ROUND_MODES[name]):
+                        m.d.comb += up.eq(value)
             # the right-shift result floor + up, or the left-shifted sat8(x), as an int8
             # candidate `v` (low byte), whether it fits, and its sign if it does not
             v = Signal(signed(8), name=f"v{k}")
@@ -213,6 +206,15 @@ class RequantLanes(wiring.Component):
         return m
 
     @staticmethod
+    def round_up(rbit, sticky, odd, nonneg) -> dict:
+        """Whether each rounding mode (by name) adds one to the floor, from the round bit,
+        the sticky bit, the floor's low bit and the value's sign (the module doc)."""
+        return {"half_up": rbit,
+                "half_down": rbit & sticky,
+                "half_even": rbit & (sticky | odd),
+                "std_round": rbit & (sticky | nonneg)}
+
+    @staticmethod
     def _stage(m, k, **values):
         """A pipeline register for each of `values` (lane k's), in order."""
         regs = []
@@ -235,9 +237,10 @@ class PostUnit(wiring.Component):
     write; n = 0 too). o = hwq.arch.timing.read_regs: 1 where the read data is
     registered before the lanes.
     """
+    Lanes = RequantLanes        # the requantizers (hwq/rtl/faults.py replaces them)
 
-    def __init__(self, cfg, fault: str | None = None):
-        self.cfg, self.fault = cfg, fault
+    def __init__(self, cfg):
+        self.cfg = cfg
         A, C = isa.SRAM_ADDR_BITS, cfg.cols
         super().__init__({
             **unit_members(args_layout("POST")),
@@ -249,8 +252,8 @@ class PostUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a0, a, C = self.args, held_args(m, self, self.cfg), self.cfg.cols
-        m.submodules.lanes = lanes = RequantLanes(C, ACC_BITS, self.fault, self.cfg.leaky_relu,
-                                                   deep=bool(lane_regs(self.cfg)))
+        m.submodules.lanes = lanes = self.Lanes(C, ACC_BITS, self.cfg.leaky_relu,
+                                                deep=bool(lane_regs(self.cfg)))
         # abuf read, the lanes, and a register on their output: the round and clamp would
         # otherwise run on into obuf's write port in the same cycle
         L = 1 + lanes.latency + 1

@@ -24,7 +24,8 @@ import numpy as np
 
 from hwq.arch import isa
 from hwq.arch.config import HwConfig
-from hwq.rtl.top import UNITS, write_lanes
+from hwq.rtl.buffers import write_lanes
+from hwq.rtl.ports import UNITS
 from hwq.sim.iss import IssError, Machine
 from hwq.sim.rtl_sim import cache_root, run_rtl
 

@@ -7,7 +7,8 @@ shift per channel with per-channel weights; LeakyReLU scales the negative accumu
 its slope first).
 avgpool sums its window and multiplies by the quantized reciprocal; add aligns its operands
 to the finer fix position and sums; concat requantizes each input to the output's fix
-position. max-pool and flatten move int8 values unchanged.
+position. max-pool, flatten and view (channels selected or reordered) move int8 values
+unchanged.
 
 Exact sums on fast kernels. |x| <= 128, so every partial sum of an output's dot product,
 in whatever order a kernel adds its terms, is an integer of magnitude at most
@@ -15,7 +16,7 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
 
 - a float GEMM (im2col, torch.mm): float32 holds every integer of magnitude <= 2**24, so
   with B <= 2**24 every product and every partial sum is exact; above that the GEMM runs
-  in float64 (exact to 2**53). Tiny convs over narrow rows multiply k input rows by a
+  in float64 (exact to 2**53). Tiny convs over narrow rows multiply kh input rows by a
   banded weight matrix instead (zeros off the window): each output's sum is still its
   window's products, plus zeros, so the same bound holds.
 - oneDNN's int8 convolution (torch.ops.onednn, inductor's x86 kernel), on CPUs whose int8
@@ -67,7 +68,7 @@ _IM2COL_ELEMENTS = 1 << 23
 _INT8_CHECKED: dict[tuple, bool] = {}
 # A conv over narrow rows (padded width at most _BAND_WIDTH windows: the GEMM's work grows
 # by that ratio) whose banded weight matrix has at most _BAND_ELEMENTS runs as one GEMM of
-# k input rows against that matrix: tiny layers' im2col GEMMs run far below the machine's
+# kh input rows against that matrix: tiny layers' im2col GEMMs run far below the machine's
 # speed, and rows copy whole.
 _BAND_WIDTH = 4
 _BAND_ELEMENTS = 1 << 16
@@ -142,21 +143,26 @@ def run_golden(qmodel: QModel, x_int8: np.ndarray, every_layer: bool = True) -> 
     return GoldenModel(qmodel)(x_int8, every_layer)
 
 
-def _pad(x: np.ndarray, p: int) -> np.ndarray:
-    return np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+def _pad(x: np.ndarray, layer: QLayer) -> np.ndarray:
+    """Pixel-major x with the zero padding the layer's windows read (QLayer.pads)."""
+    top, bottom, left, right = layer.pads
+    if not (top or bottom or left or right):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
 def _out_size(size: int, k: int, s: int) -> int:
     return (size - k) // s + 1
 
 
-def _windows(x: np.ndarray, k: int, s: int) -> np.ndarray:
-    """(N, OH, OW, k, k, C) view of the windows of contiguous pixel-major x (no copy; read
-    only it)."""
+def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """(N, OH, OW, kh, kw, C) view of the windows of contiguous pixel-major x (no copy;
+    read only it)."""
+    (kh, kw), (s_h, s_w) = kernel, stride
     n, h, w, c = x.shape
     sn, sh, sw, sc = x.strides
-    shape = (n, _out_size(h, k, s), _out_size(w, k, s), k, k, c)
-    return np.ndarray(shape, x.dtype, x, 0, (sn, s * sh, s * sw, sh, sw, sc))
+    shape = (n, _out_size(h, kh, s_h), _out_size(w, kw, s_w), kh, kw, c)
+    return np.ndarray(shape, x.dtype, x, 0, (sn, s_h * sh, s_w * sw, sh, sw, sc))
 
 
 def _exact_int(acc: np.ndarray) -> np.ndarray:
@@ -175,8 +181,8 @@ class _Conv:
 
     def __init__(self, layer: QLayer):
         self.layer = layer
-        cout, cin_g, k, _ = layer.weight.shape
-        self.k, self.kk, self.g, self.cout = k, k * k * cin_g, layer.groups, cout
+        cout, cin_g, kh, kw = layer.weight.shape
+        self.kh, self.kw, self.kk, self.g, self.cout = kh, kw, kh * kw * cin_g, layer.groups, cout
         self.macs = int(np.prod(layer.out_shape)) * self.kk          # per image
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
         # every partial sum is at most 128 * sum|w| in magnitude
@@ -189,11 +195,11 @@ class _Conv:
         self.bias = layer.bias.astype(np.int64)
         # and with the bias too (then the int8 kernel adds it)
         self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
-        _, _, w = layer.in_shape
-        self.band = (not (k == 1 and layer.stride == 1 and not layer.padding)
-                     and w + 2 * layer.padding <= _BAND_WIDTH * k
-                     and k * (w + 2 * layer.padding) * cin_g * self.g * layer.out_shape[2] * cout
-                     <= _BAND_ELEMENTS)
+        top, bottom, left, right = layer.pads
+        self.pointwise = (kh, kw, top, bottom, left, right) == (1, 1, 0, 0, 0, 0) and layer.stride == (1, 1)
+        wp = layer.in_shape[2] + left + right
+        self.band = (not self.pointwise and wp <= _BAND_WIDTH * kw
+                     and kh * wp * cin_g * self.g * layer.out_shape[2] * cout <= _BAND_ELEMENTS)
         self._weight = None
         self._packed, self._rows, self._requantizers = {}, {}, {}
 
@@ -302,31 +308,30 @@ class _Conv:
         return np.concatenate([self._float_block(x[i:i + step]) for i in range(0, len(x), step)])
 
     def _float_block(self, x: np.ndarray) -> np.ndarray:
-        layer, k, g = self.layer, self.k, self.g
-        p, dtype = layer.padding, np.float32 if self.f32_exact else np.float64
+        layer, kh, kw, g = self.layer, self.kh, self.kw, self.g
+        dtype = np.float32 if self.f32_exact else np.float64
         n, h, w, c = x.shape
         _, oh, ow = layer.out_shape
         m = n * oh * ow
         # the im2col matrix of each group, (M, K) with columns in (ky, kx, c) order
-        if k == 1 and layer.stride == 1 and not p:      # pixel by pixel (a Linear): x itself
+        if self.pointwise:                              # pixel by pixel (a Linear): x itself
             a = x.astype(dtype).reshape(m, g, c // g).transpose(1, 0, 2)
         else:
-            xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype)
-            xp[:, p:p + h, p:p + w] = x
+            xp = _pad(x.astype(dtype), layer)
             if self.band:
-                # each output row from the k input rows it reads, (N * OH, k * Wp * C), times
+                # each output row from the kh input rows it reads, (N * OH, kh * Wp * C), times
                 # the banded weights: band[ky, ix, c, ox, o] = weight[o, c, ky, ix - ox * stride]
                 # inside the window (and group), else 0. Each output's sum is its window's
                 # products and zeros: the bound above holds as for the im2col GEMM.
                 sn, sh, sw, sc = xp.strides
-                rows = np.ndarray((n, oh, k, w + 2 * p, c), dtype, xp, 0,
-                                  (sn, layer.stride * sh, sh, sw, sc)).reshape(n * oh, -1)
+                rows = np.ndarray((n, oh, kh, xp.shape[2], c), dtype, xp, 0,
+                                  (sn, layer.stride[0] * sh, sh, sw, sc)).reshape(n * oh, -1)
                 if self._weight is None:
                     self._weight = torch.from_numpy(self._banded(dtype))
                 return torch.mm(torch.from_numpy(rows), self._weight).numpy().reshape(n, oh, ow, self.cout)
-            win = _windows(xp, k, layer.stride).reshape(n, oh, ow, k, k, g, c // g)
-            # copied along whichever runs longer, a window row (k * c) or an output row (ow)
-            if ow > k * c:
+            win = _windows(xp, (kh, kw), layer.stride).reshape(n, oh, ow, kh, kw, g, c // g)
+            # copied along whichever runs longer, a window row (kw * c) or an output row (ow)
+            if ow > kw * c:
                 a = np.ascontiguousarray(win.transpose(5, 3, 4, 6, 0, 1, 2)).reshape(g, self.kk, m)
                 a = a.transpose(0, 2, 1)
             else:
@@ -334,7 +339,7 @@ class _Conv:
         if self._weight is None:
             cout_g = self.cout // g
             self._weight = torch.from_numpy(np.ascontiguousarray(
-                layer.weight.reshape(g, cout_g, c // g, k, k).transpose(0, 3, 4, 2, 1)
+                layer.weight.reshape(g, cout_g, c // g, kh, kw).transpose(0, 3, 4, 2, 1)
                 .reshape(g, self.kk, cout_g).astype(dtype)))
         if g == 1:
             acc = torch.mm(torch.from_numpy(a[0]), self._weight[0]).numpy()
@@ -343,17 +348,18 @@ class _Conv:
         return acc.reshape(n, oh, ow, self.cout)
 
     def _banded(self, dtype) -> np.ndarray:
-        """The (k * Wp * C, OW * Cout) banded weight matrix of the `band` GEMM."""
-        layer, k, g, s = self.layer, self.k, self.g, self.layer.stride
+        """The (kh * Wp * C, OW * Cout) banded weight matrix of the `band` GEMM."""
+        layer, kh, kw, g, s = self.layer, self.kh, self.kw, self.g, self.layer.stride[1]
         cout_g, cin_g = self.cout // g, layer.weight.shape[1]
-        wp, ow = layer.in_shape[2] + 2 * layer.padding, layer.out_shape[2]
-        band = np.zeros((k, wp, g * cin_g, ow, self.cout), dtype)
+        _, _, left, right = layer.pads
+        wp, ow = layer.in_shape[2] + left + right, layer.out_shape[2]
+        band = np.zeros((kh, wp, g * cin_g, ow, self.cout), dtype)
         for grp in range(g):
             ci, co = slice(grp * cin_g, (grp + 1) * cin_g), slice(grp * cout_g, (grp + 1) * cout_g)
             taps = layer.weight[co].transpose(2, 3, 1, 0)           # (ky, kx, c, o)
             for ox in range(ow):
-                band[:, ox * s:ox * s + k, ci, ox, co] = taps
-        return band.reshape(k * wp * g * cin_g, ow * self.cout)
+                band[:, ox * s:ox * s + kw, ci, ox, co] = taps
+        return band.reshape(kh * wp * g * cin_g, ow * self.cout)
 
     def _int8(self, u: np.ndarray, biased: bool = False) -> np.ndarray:
         """conv(u, weight) (+ bias) of pixel-major u8 u on the int8 kernel, as float32."""
@@ -362,11 +368,11 @@ class _Conv:
             self._ones, self._zeros = torch.ones(self.cout), torch.zeros(self.cout, dtype=torch.int64)
             self._bias = torch.from_numpy(self.bias.astype(np.float32))
             self._packed[n] = torch.ops.onednn.qconv_prepack(
-                torch.from_numpy(layer.weight), self._ones, 1.0, 0, [layer.stride] * 2,
-                [layer.padding] * 2, [1, 1], self.g, [n, *layer.in_shape])
+                torch.from_numpy(layer.weight), self._ones, 1.0, 0, list(layer.stride),
+                list(layer.padding), [1, 1], self.g, [n, *layer.in_shape])
         acc = torch.ops.onednn.qconv_pointwise(
             torch.from_numpy(u).permute(0, 3, 1, 2), 1.0, 0, self._packed[n], self._ones,
-            self._zeros, self._bias if biased else None, [layer.stride] * 2, [layer.padding] * 2,
+            self._zeros, self._bias if biased else None, list(layer.stride), list(layer.padding),
             [1, 1], self.g, 1.0, 0, torch.float32, "none", [], "")
         return np.ascontiguousarray(acc.permute(0, 2, 3, 1).numpy())
 
@@ -406,16 +412,18 @@ def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.
 
 
 def _maxpool(layer: QLayer, xs) -> np.ndarray:
-    # the window's max is the max over its rows of the max along each row
-    x, k, s = xs[0], layer.kernel, layer.stride
-    oh, ow = (_out_size(size, k, s) for size in x.shape[1:3])
-    rows = reduce(np.maximum, (x[:, ky:ky + s * (oh - 1) + 1:s] for ky in range(k)))
-    out = reduce(np.maximum, (rows[:, :, kx:kx + s * (ow - 1) + 1:s] for kx in range(k)))
+    # zero padding, as the LOAD that feeds the MAXPOOL unit pads (the front end pads only
+    # non-negative tensors, where zeros change no max); the window's max is the max over
+    # its rows of the max along each row
+    x, (kh, kw), (sh, sw) = _pad(xs[0], layer), layer.kernel, layer.stride
+    _, oh, ow = layer.out_shape
+    rows = reduce(np.maximum, (x[:, ky:ky + sh * (oh - 1) + 1:sh] for ky in range(kh)))
+    out = reduce(np.maximum, (rows[:, :, kx:kx + sw * (ow - 1) + 1:sw] for kx in range(kw)))
     return np.ascontiguousarray(out)
 
 
 def _avgpool(layer: QLayer, xs) -> np.ndarray:
-    windows = _windows(_pad(xs[0].astype(np.int64), layer.padding), layer.kernel, layer.stride)
+    windows = _windows(_pad(xs[0].astype(np.int64), layer), layer.kernel, layer.stride)
     total = windows.sum(axis=(3, 4))
     return _requantize(layer, total * layer.multiplier, layer.shift)
 
@@ -431,6 +439,10 @@ def _concat(layer: QLayer, xs) -> np.ndarray:
                            for x, f in zip(xs, layer.f_ins)], axis=3)
 
 
+def _view(layer: QLayer, xs) -> np.ndarray:
+    return np.ascontiguousarray(xs[0][..., layer.channels])
+
+
 def _flatten(layer: QLayer, xs) -> np.ndarray:
     # C-major, as torch.flatten: the vector is one pixel of C*H*W channels
     x = xs[0]
@@ -438,4 +450,4 @@ def _flatten(layer: QLayer, xs) -> np.ndarray:
 
 
 _LAYERS = {"maxpool": _maxpool, "avgpool": _avgpool, "add": _add,
-           "concat": _concat, "flatten": _flatten}
+           "concat": _concat, "flatten": _flatten, "view": _view}

@@ -13,7 +13,7 @@ Builds are cached in hwq's cache directory (hwq/cache.py), keyed by the config
 fingerprint, a hash of the generated Verilog and testbench, and the simulator. Two
 variants build apart from the normal (fast) one: trace=True, the testbench that logs
 every buffer/DRAM write and instruction issue (hwq/sim/difftest.py), and
-fault=<name>, a deliberately broken accelerator (hwq/rtl/top.py FAULTS) for tests.
+fault=<name>, a deliberately broken accelerator (hwq/rtl/faults.py FAULTS) for tests.
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     trace=True runs the trace build and leaves `trace.txt` (every write and issue) in
     the run directory; wave_window=(a, b) (trace build) also leaves `window.vcd`, the
     waveform of instructions a..b of a job, until `wave_unit` (an op name; default every
-    unit) is idle after b. fault: see hwq/rtl/top.py FAULTS."""
+    unit) is idle after b. fault: see hwq/rtl/faults.py FAULTS."""
     image = bytes(dram_image)
     if len(image) > cfg.dram_words * cfg.bus_bytes:
         raise HwqError(f"DRAM image of {len(image)} bytes exceeds dram_words={cfg.dram_words} "
@@ -328,7 +328,7 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     if wave_window is not None:
         plusargs += [f"+HWQ_WAVE_FROM={wave_window[0]}", f"+HWQ_WAVE_TO={wave_window[1]}"]
         if wave_unit is not None:
-            from hwq.rtl.top import UNITS
+            from hwq.rtl.ports import UNITS
             plusargs.append(f"+HWQ_WAVE_UNIT={UNITS.index(wave_unit)}")
     if waves and sim == "icarus":
         plusargs.append(f"+dumpfile_path={work / (TB_MODULE + '.fst')}")

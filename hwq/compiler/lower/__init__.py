@@ -9,7 +9,8 @@ stationary array streams the band once per (input block, ky, kx) tile of each ou
 block, accumulating in abuf, before POST requantizes and STORE writes the block back.
 Output blocks go in runs that accumulate side by side, so that each input group is
 loaded once per run; tiles whose weights are all zero (across the groups of a grouped
-conv) are skipped. The cut -- band height, input groups, run length -- is the cheapest
+conv) are neither stored nor streamed, and tiles that repeat (an average pool's, an
+add's) are stored once. The cut -- band height, input groups, run length -- is the cheapest
 of a few candidates by an estimate on the cycle model's numbers (`plan.conv_cost`).
 
 The accelerator overlaps its units but starts instructions in program order (isa.py), so
@@ -35,7 +36,7 @@ from hwq.arch.config import HwConfig
 from hwq.compiler.ir import QModel
 from hwq.compiler.layout import MemoryMap, TensorLayout
 from hwq.compiler.lower.emit import Emitter, Image
-from hwq.compiler.lower.kinds import LOWERINGS, flatten_view
+from hwq.compiler.lower.kinds import LOWERINGS, channel_view, flatten_view
 from hwq.errors import HwqError
 
 
@@ -62,16 +63,19 @@ class Compiled:
         return isa.to_bytes(self.program)
 
 
-def _last_uses(qmodel: QModel) -> dict[str, int]:
-    """Index of the last layer that reads each tensor's memory (a flatten view reads its
-    source's)."""
+VIEWS = ("flatten", "view")     # layers that move no data: their layout is a view of their input's
+
+
+def _owners(qmodel: QModel) -> tuple[dict[str, str], dict[str, int]]:
+    """The tensor whose memory each tensor is (a view's is its source's), and the index
+    of the last layer that reads each memory."""
     owner = {"input": "input"}
     last = {}
     for k, layer in enumerate(qmodel.layers):
         for src in layer.sources:
             last[owner[src]] = k
-        owner[layer.name] = owner[layer.sources[0]] if layer.kind == "flatten" else layer.name
-    return last
+        owner[layer.name] = owner[layer.sources[0]] if layer.kind in VIEWS else layer.name
+    return owner, last
 
 
 def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False) -> Compiled:
@@ -81,11 +85,16 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
     memmap = MemoryMap(cfg)
     image = Image(memmap)
     emit = Emitter(cfg)
-    layouts = {"input": memmap.activation("input", "input", qmodel.input_shape)}
+    # an input that only flattens read is stored flat, its channels not padded pixel by pixel
+    flat = all(layer.kind == "flatten" for layer in qmodel.layers if "input" in layer.sources)
+    c, h, w = qmodel.input_shape
+    layouts = {"input": memmap.activation("input", "input", (c * h * w, 1, 1) if flat else (c, h, w))}
     macs = {}
     last = qmodel.layers[-1].name
+    owner, last_uses = _owners(qmodel)
+    keep = {"input", owner[last]}
     dies_after = {}
-    for name, k in _last_uses(qmodel).items():
+    for name, k in last_uses.items():
         dies_after.setdefault(k, []).append(name)
     dead = set()
     for index, layer in enumerate(qmodel.layers):
@@ -93,6 +102,9 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
         srcs = [layouts[s] for s in layer.sources]
         if layer.kind == "flatten":
             layouts[layer.name] = flatten_view(srcs[0])
+            continue
+        if layer.kind == "view":
+            layouts[layer.name] = channel_view(srcs[0], layer.channels)
             continue
         if layer.kind not in LOWERINGS:
             raise HwqError(f"layer '{layer.name}': no lowering for kind '{layer.kind}'")
@@ -107,7 +119,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
         macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
         if reuse_activations:
             for name in dies_after.get(index, []):
-                if name not in ("input", last):
+                if name not in keep:
                     memmap.release(layouts[name].region)
                     dead.add(name)
     if reuse_activations:   # views of dead tensors die with them

@@ -1,8 +1,8 @@
 """A conv onto the array (a Linear is a 1x1 conv over one pixel; a grouped conv is a
-dense one whose tiles across groups are zero, and no GEMM streams those): its weights
-and biases go into the DRAM image in the order the buffers take them, each step of the
-plan gets its buffer slots and queues the loads that fill them, then the GEMMs, POSTs
-and STOREs are emitted with the loads among them."""
+dense one whose tiles across groups are zero, which neither DRAM holds nor any GEMM
+streams): its weights and biases go into the DRAM image in the order the buffers take
+them, each step of the plan gets its buffer slots and queues the loads that fill them,
+then the GEMMs, POSTs and STOREs are emitted with the loads among them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from hwq.arch.requant import ROUND_MODES, SLOPE_ONE
 from hwq.compiler.ir import QLayer
 from hwq.compiler.layout import TensorLayout
 from hwq.compiler.lower.emit import Emitter, Image, require
-from hwq.compiler.lower.plan import Geometry, band_parts, conv_plan
+from hwq.compiler.lower.plan import Geometry, band_parts, band_rows_read, conv_plan, weight_key
 from hwq.compiler.lower.schedule import BEFORE, BEFORE_POST, STREAMING, Prefetch, Slots, Stores
 
 
@@ -28,11 +28,32 @@ def _runs(buf: int, sram: int, dram: int, entries: int, entry_words: int):
                    pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
 
 
+def _stored_tiles(tiles: np.ndarray, live: np.ndarray, cfg: HwConfig):
+    """What of the weight tiles (n_co, taps, rows, cols) goes into DRAM: the live ones,
+    each block's in tap order, so that any run of them loads as one block -- or, where
+    the live tiles repeat a few that wbuf holds at once (an average pool's, an add's, a
+    concat's), each of those once, loaded once for every block. -> (the tiles stored,
+    the place of tile (co, t) among its block's stored tiles, where each block's start,
+    the number of shared tiles or 0)."""
+    co, t = np.nonzero(live)
+    kept = tiles[co, t]
+    distinct, which = np.unique(kept.reshape(len(kept), -1), axis=0, return_inverse=True)
+    slot = np.zeros(live.shape, np.int64)
+    if len(distinct) < len(kept) and len(distinct) * cfg.rows <= cfg.wbuf_depth:
+        slot[co, t] = which.ravel()
+        starts = np.zeros(len(live), np.int64)
+        return distinct.reshape(-1, *tiles.shape[2:]), slot, starts, len(distinct)
+    counts = live.sum(axis=1)
+    slot[co, t] = np.arange(len(kept)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return kept, slot, np.cumsum(counts) - counts, 0
+
+
 @dataclass
 class _Step:
     """The GEMMs of output rows r0..r0+rows-1, output block co, over the non-zero weight
     tiles among t0..t1-1 (tiles run over (input block, ky, kx)): those of input blocks
-    ci0..ci1-1, which ibuf holds, with wbuf holding tiles w0..w1-1."""
+    ci0..ci1-1, which ibuf holds, with wbuf holding the block's stored tiles w0..w1-1
+    (_stored_tiles)."""
     r0: int
     rows: int
     co: int
@@ -52,12 +73,12 @@ class _Step:
 
 
 def _dense_weight(layer: QLayer) -> np.ndarray:
-    """(Cout, Cin, k, k) int8: a grouped conv's weight with zeros across groups."""
+    """(Cout, Cin, kh, kw) int8: a grouped conv's weight with zeros across groups."""
     g = layer.groups
     if g == 1:
         return layer.weight
-    cout, cin_g, k, _ = layer.weight.shape
-    dense = np.zeros((cout, cin_g * g, k, k), np.int8)
+    cout, cin_g, kh, kw = layer.weight.shape
+    dense = np.zeros((cout, cin_g * g, kh, kw), np.int8)
     group = np.arange(cout) // (cout // g)
     dense[np.arange(cout)[:, None], group[:, None] * cin_g + np.arange(cin_g)[None, :]] = layer.weight
     return dense
@@ -83,30 +104,29 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     other; all of one size), writing output blocks co0.. of `dst`. `tag` names this
     part's weights when a layer lowers to several convs. The real MACs."""
     r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
-    cout, cin_g, k, _ = layer.weight.shape
-    s, p = layer.stride, layer.padding
-    require(p <= 7, layer, f"padding {p} exceeds the DMA's 7")
+    cout, cin_g, kh, kw = layer.weight.shape
+    pads = layer.pads
+    require(max(pads) <= 7, layer, f"padding {max(pads)} exceeds the DMA's 7")
     src = srcs[0]
     assert all((t.h, t.w) == (src.h, src.w) for t in srcs)
     firsts = np.cumsum([0] + [t.stored_channels for t in srcs])     # stored channel offsets
     n_ci, n_co = int(firsts[-1]) // r, -(-cout // cfg.channel_block) * cfg.channel_block // c
-    g = Geometry(k, s, p, n_ci, n_co, src.h, src.w, dst.h, dst.w)
+    g = Geometry(kh, kw, *layer.stride, *pads, n_ci, n_co, src.h, src.w, dst.h, dst.w)
     out_h, out_w, wp = dst.h, dst.w, g.wp
     block_src = np.repeat(np.arange(len(srcs)), [t.stored_channels // r for t in srcs])
 
-    # Weights in stored-channel order; tile (co, ci, ky, kx) is `rows` wbuf entries, so
-    # the taps of any run of input blocks are contiguous in DRAM.
-    w = np.zeros((n_co * c, firsts[-1], k, k), np.int8)
+    # Weights in stored-channel order, as tiles (co, ci, ky, kx) of `rows` wbuf entries.
+    w = np.zeros((n_co * c, firsts[-1], kh, kw), np.int8)
     index = np.concatenate([t.channel_index + f for t, f in zip(srcs, firsts)])
     w[np.arange(cout)[:, None], index[None, :]] = _dense_weight(layer)
-    tiles = w.reshape(n_co, c, n_ci, r, k, k).transpose(0, 2, 4, 5, 3, 1)  # co ci ky kx r c
-    taps = n_ci * k * k                       # weight tiles per output block
-    w_region = image.put(f"{layer.name}{tag}.weight", "weights", np.ascontiguousarray(tiles))
+    tiles = w.reshape(n_co, c, n_ci, r, kh, kw).transpose(0, 2, 4, 5, 3, 1).reshape(n_co, -1, r, c)
     # GEMMs run only over non-zero tiles (grouped convs are block-diagonal); a block
     # without any keeps its first (zero) tile, which clears the accumulators for the bias
-    live = tiles.reshape(n_co, taps, -1).any(axis=2)
+    live = tiles.any(axis=(2, 3))
     live[~live.any(axis=1), 0] = True
-    plan = conv_plan(layer, g, cfg, live)
+    store, slot, starts, shared = _stored_tiles(tiles, live, cfg)
+    w_region = image.put(f"{layer.name}{tag}.weight", "weights", store)
+    plan = conv_plan(layer, g, cfg, live, shared)
     # bbuf entries per output block: the bias, and with per-channel weights the lanes'
     # shift offsets over the block's least shift (POST lane_shifts)
     per = plan.bias_entries
@@ -134,18 +154,11 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         """LOAD fields of input block ci for the band of `st`, zero padding included."""
         t = srcs[block_src[ci]]
         pin, local = t.pixel_words(cfg), ci - firsts[block_src[ci]] // r
-        top = st.r0 * s - p                   # first input row the band reads (may be < 0)
-        n = g.in_rows(st.rows)
-        y0, y1 = max(top, 0), min(top + n, src.h)
-        if y1 <= y0:                          # the band reads padding only (k <= padding)
-            y0 = y1 = 0
-            pad_top, pad_bottom = n, 0
-        else:
-            pad_top, pad_bottom = y0 - top, top + n - y1
-        return dict(buf=0, sram=st.inp + (ci - st.ci0) * n * wp,
+        y0, y1, pad_top, pad_bottom = band_rows_read(st.r0, st.rows, g)
+        return dict(buf=0, sram=st.inp + (ci - st.ci0) * g.in_rows(st.rows) * wp,
                     dram=t.region.word + y0 * src.w * pin + local * (r // bus),
                     y_size=y1 - y0, x_size=src.w, y_stride=src.w * pin, x_stride=pin,
-                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=p)
+                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=g.left, pad_right=g.right)
 
     # Pass 1: give every step its slots, and queue the loads that fill them.
     heights = {}
@@ -153,12 +166,12 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     for r0 in range(0, out_h, plan.band):
         rows = min(plan.band, out_h - r0)
         if rows not in heights:
-            heights[rows] = band_parts(plan, k * k, live)
+            heights[rows] = band_parts(plan, g.kk, live)
         steps += [_Step(r0, rows, *part) for part in heights[rows]]
     prefetch = Prefetch(emit, cfg)
     stores = Stores(emit, cfg, prefetch)
     inputs = Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
-    weights = Slots(plan.chunk * r if plan.chunk else taps * r, plan.weights)
+    weights = Slots(plan.chunk * r, plan.weights)
     biases = Slots(plan.bias_run * per, plan.biases)
     accs = Slots(cfg.abuf_depth // plan.accs, plan.accs)
     for i, st in enumerate(steps):
@@ -167,10 +180,11 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         if ready:
             prefetch.add(ready, (i, BEFORE), f"{rows} input blocks {st.ci0}..{st.ci1 - 1}",
                          [input_block(st, ci) for ci in range(st.ci0, st.ci1)])
-        st.wgt, ready = weights.use((st.co, st.w0), i)
+        st.wgt, ready = weights.use(weight_key(plan, st.co, st.w0), i)
         if ready:
-            prefetch.add(ready, (i, BEFORE), f"output block {st.co} weights {st.w0}..{st.w1 - 1}",
-                         _runs(1, st.wgt, w_region.word + (st.co * taps + st.w0) * r * ew,
+            note = "weights" if plan.shared else f"output block {st.co} weights {st.w0}..{st.w1 - 1}"
+            prefetch.add(ready, (i, BEFORE), note,
+                         _runs(1, st.wgt, w_region.word + (starts[st.co] + st.w0) * r * ew,
                                (st.w1 - st.w0) * r, ew))
         st.acc = accs.use((st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
         if st.last:
@@ -190,12 +204,13 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
         span = g.in_rows(st.rows) * wp
         prefetch.due((i, BEFORE))
         for t in np.flatnonzero(live[st.co, st.t0:st.t1]) + st.t0:
-            ci, tap = divmod(int(t), k * k)
-            ky, kx = divmod(tap, k)
+            ci, tap = divmod(int(t), g.kk)
+            ky, kx = divmod(tap, kw)
             emit("GEMM", f"{tile} tap ({ky},{kx}) input block {ci}",
-                 wgt=st.wgt + (t - st.w0) * r, inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
-                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=s * wp,
-                 inp_si=s, acc_so=out_w, acc_si=1)
+                 wgt=st.wgt + (slot[st.co, t] - st.w0) * r,
+                 inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
+                 acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=g.sh * wp,
+                 inp_si=g.sw, acc_so=out_w, acc_si=1)
             st.first = False
             gemm = emit.program[-1]
             prefetch.stream((i, STREAMING), gemm)
@@ -211,4 +226,4 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
                               y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
     stores.flush()
-    return out_h * out_w * cout * cin_g * k * k
+    return out_h * out_w * cout * cin_g * g.kk

@@ -1,7 +1,7 @@
 """Lowerings by layer kind, the table compile_model looks them up in (LOWERINGS): a conv
 as it is, max pool on the MAXPOOL unit, and average pool, add and concat as convs whose
-weights make the sums the golden model computes; flatten moves no data, its output is
-a view of its input's bytes (flatten_view)."""
+weights make the sums the golden model computes; flatten and channel views move no data,
+their outputs are views of their inputs' bytes (flatten_view, channel_view)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,37 +12,40 @@ from hwq.arch.config import HwConfig
 from hwq.compiler.ir import QLayer
 from hwq.compiler.layout import TensorLayout, padded_channels
 from hwq.compiler.lower.conv import lower_conv
-from hwq.compiler.lower.emit import Emitter, Image
-from hwq.compiler.lower.plan import band_rows
+from hwq.compiler.lower.emit import Emitter, Image, require
+from hwq.compiler.lower.plan import Geometry, band_rows, band_rows_read
 from hwq.errors import HwqError
 
 
 def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
                   image: Image, emit: Emitter) -> int:
     """Max pool, per channel block and band of output rows: LOAD the band's input rows into
-    obuf, MAXPOOL them into the entries after them, STORE those. No slots: the three
-    share obuf's ports or the DRAM port, so none runs beside another."""
+    obuf with the zero padding the windows read, MAXPOOL them into the entries after them,
+    STORE those. No slots: the three share obuf's ports or the DRAM port, so none runs
+    beside another."""
     src = srcs[0]
-    k, s, c, bus = layer.kernel, layer.stride, cfg.cols, cfg.bus_bytes
-    out_h, out_w = dst.h, dst.w
-
-    def in_rows(rows: int) -> int:
-        return (rows - 1) * s + k
-
-    band = band_rows(layer, out_h, lambda rows: in_rows(rows) * src.w + rows * out_w
+    (kh, kw), (sh, sw), pads = layer.kernel, layer.stride, layer.pads
+    require(sh == sw, layer, f"max pool stride {layer.stride} is not square; the MAXPOOL "
+            "unit steps its windows alike in both directions")
+    require(max(pads) <= 7, layer, f"padding {max(pads)} exceeds the DMA's 7")
+    c, bus = cfg.cols, cfg.bus_bytes
+    g = Geometry(kh, kw, sh, sw, *pads, 0, 0, src.h, src.w, dst.h, dst.w)
+    out_h, out_w, wp = dst.h, dst.w, g.wp
+    band = band_rows(layer, out_h, lambda rows: g.in_rows(rows) * wp + rows * out_w
                      <= cfg.obuf_depth and rows <= 255)
     pix = src.pixel_words(cfg)
     for cb in range(src.stored_channels // c):
         for r0 in range(0, out_h, band):
             rows = min(band, out_h - r0)
             tile = f"rows {r0}..{r0 + rows - 1} channel block {cb}"
-            emit("LOAD", tile, buf=3, sram=0, dram=src.region.word + r0 * s * src.w * pix + cb * (c // bus),
-                 y_size=in_rows(rows), x_size=src.w, y_stride=src.w * pix, x_stride=pix,
-                 pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
-            emit("MAXPOOL", tile, src=0, dst=in_rows(rows) * src.w, out_h=rows, out_w=out_w,
-                 in_w=src.w, k_h=k, k_w=k, stride=s)
-            emit("STORE", tile, sram=in_rows(rows) * src.w,
-                 dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
+            y0, y1, pad_top, pad_bottom = band_rows_read(r0, rows, g)
+            out = g.in_rows(rows) * wp
+            emit("LOAD", tile, buf=3, sram=0, dram=src.region.word + y0 * src.w * pix + cb * (c // bus),
+                 y_size=y1 - y0, x_size=src.w, y_stride=src.w * pix, x_stride=pix,
+                 pad_top=pad_top, pad_bottom=pad_bottom, pad_left=g.left, pad_right=g.right)
+            emit("MAXPOOL", tile, src=0, dst=out, out_h=rows, out_w=out_w, in_w=wp, k_h=kh, k_w=kw,
+                 stride=sh)
+            emit("STORE", tile, sram=out, dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
                  y_size=rows, x_size=out_w, y_stride=out_w * pix, x_stride=pix)
     return 0
 
@@ -61,11 +64,11 @@ def lower_avgpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
                   image: Image, emit: Emitter) -> int:
     """Average pool = depthwise conv whose every weight is the reciprocal multiplier: the
     window sum times it, requantized by the layer's shift, as the golden model does."""
-    k, m, c = layer.kernel, layer.multiplier, layer.in_shape[0]
+    (kh, kw), m, c = layer.kernel, layer.multiplier, layer.in_shape[0]
     if not -128 <= m <= 127:
-        raise HwqError(f"layer '{layer.name}': average pool multiplier {m} (1/{k * k} at fix "
+        raise HwqError(f"layer '{layer.name}': average pool multiplier {m} (1/{kh * kw} at fix "
                        f"position {layer.f_w}) does not fit an int8 weight")
-    conv = _conv_like(layer, np.full((c, 1, k, k), m, np.int8), groups=c)
+    conv = _conv_like(layer, np.full((c, 1, kh, kw), m, np.int8), groups=c)
     return lower_conv(conv, srcs[:1], dst, cfg, image, emit)
 
 
@@ -105,6 +108,13 @@ def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg
 
 LOWERINGS = {"conv": _lower_conv_layer, "maxpool": lower_maxpool, "avgpool": lower_avgpool,
              "add": lower_add, "concat": lower_concat}
+
+
+def channel_view(src: TensorLayout, channels: list[int]) -> TensorLayout:
+    """A view of some of the input's channels, in any order (chunk, split, a channel
+    shuffle) moves no data: its channels are where the input's are, and whatever reads
+    it takes them from there (a conv's weights are permuted to match)."""
+    return TensorLayout(src.region, src.h, src.w, src.stored_channels, src.channel_index[channels])
 
 
 def flatten_view(src: TensorLayout) -> TensorLayout:

@@ -38,24 +38,28 @@ class ConvPlan:
     blocks: int        # output blocks accumulated at once (each input group serves them all)
     accs: int          # abuf slots of `blocks` blocks, used run after run in turn
     outputs: int       # obuf slots: 2 lets POST write a block while STORE reads the last
-    chunk: int         # weight tiles per wbuf slot (all of an output block's when resident)
+    chunk: int         # weight tiles per wbuf slot
     weights: int       # wbuf slots: one per output block when all weights stay on chip
+    resident: bool     # every block's weights stay on chip, loaded once
+    shared: bool       # the blocks share their tiles: one slot holds them, loaded once
     bias_run: int      # blocks' biases per bbuf slot (every block's when they fit)
     biases: int        # bbuf slots
     bias_entries: int  # bbuf entries per block: 1, or 2 with per-lane shift offsets
 
-    @property
-    def resident(self) -> bool:
-        return self.chunk == 0
-
 
 @dataclass(frozen=True)
 class Geometry:
-    """A conv's shape in the array's units: kernel, stride, padding, input and output
-    blocks, input and output image sizes."""
-    k: int
-    s: int
-    p: int
+    """A conv's shape in the array's units: kernel, stride, the zero padding its windows
+    read (top, bottom, left, right), input and output blocks, input and output image
+    sizes."""
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    top: int
+    bottom: int
+    left: int
+    right: int
     n_ci: int
     n_co: int
     in_h: int
@@ -64,31 +68,55 @@ class Geometry:
     out_w: int
 
     @property
+    def kk(self) -> int:
+        return self.kh * self.kw
+
+    @property
     def wp(self) -> int:
-        return self.in_w + 2 * self.p
+        return self.left + self.in_w + self.right
 
     def in_rows(self, rows: int) -> int:
-        return (rows - 1) * self.s + self.k
+        return (rows - 1) * self.sh + self.kh
 
 
-def conv_plan(layer: QLayer, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> ConvPlan:
+def band_rows_read(r0: int, rows: int, g: Geometry) -> tuple[int, int, int, int]:
+    """(y0, y1, pad_top, pad_bottom): output rows r0..r0+rows-1 read input rows y0..y1-1,
+    and the zero rows the LOAD writes above and below them."""
+    top = r0 * g.sh - g.top                   # first input row the band reads (may be < 0)
+    n = g.in_rows(rows)
+    y0, y1 = max(top, 0), min(top + n, g.in_h)
+    if y1 <= y0:                              # the band reads padding only (kh <= padding)
+        return 0, 0, n, 0
+    return y0, y1, y0 - top, top + n - y1
+
+
+def weight_key(plan: ConvPlan, co: int, w0: int):
+    """What a wbuf slot holds: output block co's stored tiles from w0 on, or the shared
+    tiles whatever the block."""
+    return (None if plan.shared else co, w0)
+
+
+def conv_plan(layer: QLayer, g: Geometry, cfg: HwConfig, tiles: np.ndarray, shared: int) -> ConvPlan:
     """The cheapest cut by `conv_cost` among the balanced band heights, each either with
     all input blocks in ibuf (each band's input loads once; tall inputs make the bands
     short, and every weight tile then streams few vectors) or with input groups, reloaded
     per run of `blocks` output blocks that accumulate side by side in abuf, the next group
     loading beside the array (taller bands). `tiles` (n_co, taps) marks the weight tiles
-    the GEMMs stream."""
-    r, taps = cfg.rows, tiles.shape[1]
+    the GEMMs stream; `shared`, the number of tiles every block shares, or 0."""
+    r = cfg.rows
     require(g.in_rows(1) * g.wp <= cfg.ibuf_depth, layer,
             f"one input row of {g.wp} pixels does not fit ibuf_depth={cfg.ibuf_depth}")
     require(r <= cfg.wbuf_depth, layer, f"a weight tile needs {r} wbuf entries, wbuf_depth={cfg.wbuf_depth}")
     tallest = band_rows(layer, g.out_h, lambda rows: g.in_rows(rows) * g.wp <= cfg.ibuf_depth
                         and rows * g.out_w <= min(cfg.abuf_depth, cfg.obuf_depth) and rows <= 1023)
-    if g.n_co * taps * r <= cfg.wbuf_depth:
-        chunk, weights = 0, g.n_co           # every block's weights stay in a slot of its own
+    most = int(tiles.sum(axis=1).max())      # the stored tiles of the densest block
+    if shared:
+        chunk, weights, resident = shared, 1, True             # one slot, for every block
+    elif g.n_co * most * r <= cfg.wbuf_depth:
+        chunk, weights, resident = most, g.n_co, True          # a slot per block
     else:
         weights = 2 if 2 * r <= cfg.wbuf_depth else 1
-        chunk = cfg.wbuf_depth // weights // r
+        chunk, resident = cfg.wbuf_depth // weights // r, False
     per = 1 if layer.f_wc is None else 2      # per-channel: bias, then the shift offsets
     require(per <= cfg.bbuf_depth, layer, f"per-channel weights need {per} bbuf entries per "
             f"output block, bbuf_depth={cfg.bbuf_depth}")
@@ -108,7 +136,7 @@ def conv_plan(layer: QLayer, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> C
             for blocks in sorted(runs):
                 accs = 2 if 2 * blocks * v <= cfg.abuf_depth else 1
                 plan = ConvPlan(band, group, inputs, blocks, accs, outputs, chunk, weights,
-                                bias_run, biases, per)
+                                resident, bool(shared), bias_run, biases, per)
                 cost = conv_cost(plan, g, cfg, tiles)
                 if best is None or cost < best[0]:
                     best = (cost, plan)
@@ -120,10 +148,10 @@ def band_parts(plan: ConvPlan, kk: int, tiles: np.ndarray) -> list[list]:
     blocks go in runs of `plan.blocks`; a run goes through the input groups (in
     alternating order from one run to the next, so that the group loaded last serves the
     next run first) and, per group, through its blocks and their weight chunks (wbuf
-    holds tiles w0..w1-1; streamed chunks start and end at non-zero tiles, so that a
-    block-diagonal weight loads little besides its blocks), the GEMMs running over the
-    non-zero tiles among t0..t1-1. `first` and `last` mark each block's first and last
-    step."""
+    holds the block's stored tiles w0..w1-1, the non-zero ones in tap order, or the
+    shared tiles; a streamed chunk is up to `plan.chunk` of them), the GEMMs running over
+    the non-zero tiles among t0..t1-1. `first` and `last` mark each block's first and
+    last step."""
     n_co, taps = tiles.shape
     n_ci = taps // kk
     live = tiles.reshape(n_co, n_ci, kk).any(axis=2)
@@ -138,16 +166,17 @@ def band_parts(plan: ConvPlan, kk: int, tiles: np.ndarray) -> list[list]:
                 if not live[co, ci0:ci1].any():
                     continue
                 if plan.resident:
-                    mine.append([co, ci0, ci1, 0, taps, lo, hi, False, False, run])
+                    stored = plan.chunk if plan.shared else len(used[co])
+                    mine.append([co, ci0, ci1, 0, stored, lo, hi, False, False, run])
                     continue
-                # chunks from one non-zero tile to the last within reach
-                nz = used[co][np.searchsorted(used[co], lo):np.searchsorted(used[co], hi)]
+                # chunks of the block's non-zero tiles in the group, `chunk` at a time
+                j = int(np.searchsorted(used[co], lo))
+                nz = used[co][j:np.searchsorted(used[co], hi)]
                 while len(nz):
-                    w0 = int(nz[0])
-                    within = nz[nz < w0 + plan.chunk]
-                    w1 = int(within[-1]) + 1
-                    mine.append([co, ci0, ci1, w0, w1, w0, w1, False, False, run])
-                    nz = nz[len(within):]
+                    within = nz[:plan.chunk]
+                    mine.append([co, ci0, ci1, j, j + len(within), int(within[0]), int(within[-1]) + 1,
+                                 False, False, run])
+                    j, nz = j + len(within), nz[len(within):]
         firsts, lasts = {}, {}
         for k, part in enumerate(mine):
             firsts.setdefault(part[0], k)
@@ -169,7 +198,7 @@ def conv_cost(plan: ConvPlan, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> 
     waits for the array to drain and holds it while it runs; a STORE follows its POST.
     LOAD and STORE instructions use up the front end's spare time between GEMMs first,
     then delay the array."""
-    r, c, kk = cfg.rows, cfg.cols, g.k * g.k
+    r, c, kk = cfg.rows, cfg.cols, g.kk
     issue, iw = timing.front_end_cycles(cfg) + 1, cfg.instr_words
     ew_i, ew_w, ew_o = (cfg.entry_words(b) for b in ("ibuf", "wbuf", "obuf"))
     sums = np.concatenate([np.zeros((len(tiles), 1), np.int64), np.cumsum(tiles, axis=1)], axis=1)
@@ -189,7 +218,7 @@ def conv_cost(plan: ConvPlan, g: Geometry, cfg: HwConfig, tiles: np.ndarray) -> 
         for co, ci0, ci1, w0, w1, t0, t1, first, last, run in parts[rows]:
             i = len(steps)
             for slots, key, items in ((inputs, (band, ci0), (ci1 - ci0) * block),
-                                      (weights, (co, w0), (w1 - w0) * r * ew_w)):
+                                      (weights, weight_key(plan, co, w0), (w1 - w0) * r * ew_w)):
                 ready = slots.use(key, i)[1]
                 if ready is not None:
                     loads.setdefault(ready, []).append((items, i))

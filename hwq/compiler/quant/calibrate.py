@@ -4,7 +4,9 @@ The float model runs over the calibration set; each activation gets, batch by ba
 fix position its calibration method chooses, and the batches' positions are combined by
 the statistic method. Weights get theirs from their own values (per tensor or per output
 channel), biases land in int32 at the accumulator's fix position, and every layer is
-proved not to overflow its int32 accumulator.
+proved not to overflow its int32 accumulator. Bias correction and `method: auto` also
+need the quantized model's activations: layer by layer, as each layer is calibrated, it
+runs on its inputs as the quantized model makes them (emulate.py).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import torch.nn.functional as F
 
 from hwq.arch import isa
 from hwq.arch.requant import ALPHA_BITS, INT8_MAX, quantize_float, relu_clamp
-from hwq.compiler.ir import Graph, Layer, QLayer, QModel
-from hwq.compiler.quant.config import QuantConfig, TensorQuant
-from hwq.compiler.quant.float_model import run_float
-from hwq.compiler.quant.methods import choose_fix, combine, fake_quant, fix_position
+from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel
+from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
+from hwq.compiler.quant.emulate import before_rounding, dequantized, output
+from hwq.compiler.quant.float_model import float_layer, run_float
+from hwq.compiler.quant.methods import choose_fix, choose_fixes, combine, fix_position
 from hwq.errors import HwqError
 from hwq.progress import Progress
 
@@ -50,11 +53,16 @@ def calibrate(graph: Graph, calib: np.ndarray, config: QuantConfig, batch_size: 
     floats["input"] = np.asarray(calib, np.float32)
     _check_finite(floats["input"], "the calibration input", graph.name)
     fixes = {"input": _activation_fix(floats["input"], config.input, batch_size)[0]}
+    # the quantized model's activations so far (emulate.py), which bias correction and
+    # `method: auto` measure; only they need it, and it costs a second pass of the model
+    measured = config.switches["include_bias_corr"] or config.uses_auto()
+    path = {"input": dequantized(floats["input"], fixes["input"], config.input.round_mode,
+                                 _lowest(config.input))} if measured else None
     layers = []
     bar = Progress("calibrating", len(graph.layers), "layers", enabled=progress)
     for i, layer in enumerate(graph.layers):
         _check_finite(floats[layer.name], f"layer '{layer.name}'", graph.name)
-        q = _quantize_layer(layer, fixes, floats, config, batch_size)
+        q = _quantize_layer(layer, fixes, floats, path, config, batch_size)
         layers.append(q)
         fixes[layer.name] = q.f_out
         bar.update(i + 1, layer.name)
@@ -85,58 +93,108 @@ def _lowest(tq: TensorQuant) -> int:
 
 
 def _activation_fix(x: np.ndarray, tq: TensorQuant, batch_size: int) -> tuple[int, dict]:
-    """The fix position of an activation and the record the report shows."""
+    """The fix position of an activation by its method and the record the report shows."""
     per_batch = [choose_fix(tq.method, x[i:i + batch_size], tq, _lowest(tq))
                  for i in range(0, len(x), batch_size)]
     f = combine(per_batch, tq.calib_statistic_method)
+    return f, {**_record(x, f), "method": tq.method, "statistic": tq.calib_statistic_method,
+               "batch_fixes": per_batch}
+
+
+def _record(x: np.ndarray, f: int) -> dict:
+    """What the report shows of an activation at fix f: its range, threshold, histogram."""
     a = np.abs(x)
     absmax = float(a.max())
     hist, edges = np.histogram(a, bins=HIST_BINS, range=(0, absmax or 1.0))
-    return f, {"absmax": absmax, "method": tq.method, "statistic": tq.calib_statistic_method,
-               "batch_fixes": per_batch, "threshold": INT8_MAX * 2.0 ** -f,
-               "hist": hist.tolist(), "hist_edges": [float(edges[0]), float(edges[-1])]}
+    return {"absmax": absmax, "threshold": INT8_MAX * 2.0 ** -f, "hist": hist.tolist(),
+            "hist_edges": [float(edges[0]), float(edges[-1])]}
 
 
-def _quantize_layer(layer: Layer, fixes: dict, floats: dict, config: QuantConfig,
+def _auto_fix(x: np.ndarray, y: np.ndarray, tq: TensorQuant, act: str, batch_size: int) -> tuple[int, dict]:
+    """`method: auto`: in each calibration batch, the fix position of the method whose
+    choice puts the layer's quantized output closest to float (mean squared error); the
+    batches' positions then combine by the statistic method, as one method's do. `x` is
+    the float output; `y` the quantized model's output before its own rounding (upstream
+    rounding, int8 weights, corrected bias). Ties keep the earlier method of METHODS
+    (maxmin first: the widest range). The record names the method most batches chose."""
+    per_batch, wins = [], []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].astype(np.float64), y[i:i + batch_size]
+        errors = {}
+        fixes = choose_fixes(METHODS, xb, tq, _lowest(tq))
+        for f in set(fixes.values()):
+            lo, hi = relu_clamp(act, f, tq.narrow_range)
+            errors[f] = float(np.mean((dequantized(yb, f, tq.round_mode, lo, hi) - xb) ** 2))
+        best = min(METHODS, key=lambda m: errors[fixes[m]])
+        per_batch.append(fixes[best])
+        wins.append(best)
+    f = combine(per_batch, tq.calib_statistic_method)
+    counts = {m: wins.count(m) for m in METHODS}
+    return f, {**_record(x, f), "method": AUTO, "auto_method": max(METHODS, key=counts.__getitem__),
+               "auto_batches": counts, "statistic": tq.calib_statistic_method, "batch_fixes": per_batch}
+
+
+def _quantize_layer(layer: Layer, fixes: dict, floats: dict, path: dict | None, config: QuantConfig,
                     batch_size: int) -> QLayer:
-    """Calibrate one layer's fix positions, then make its integer layer."""
+    """Calibrate one layer's fix positions, then make its integer layer. With `path` (the
+    quantized model's activations so far), the layer's own quantized output joins it."""
     tensors = config.for_layer(layer)
     f_ins = [fixes[s] for s in layer.sources]
-    if layer.kind in ("maxpool", "flatten"):
+    xs = [path[s] for s in layer.sources] if path is not None else None
+    if layer.kind in MOVES:
         # they move int8 values; their fix position is their input's
-        return make_qlayer(layer, f_ins, f_ins[0], None, tensors,
-                           {"absmax": float(np.abs(floats[layer.name]).max())})
-    f_out, stats = _activation_fix(floats[layer.name], tensors["activation"], batch_size)
-    f_w = None
+        q = make_qlayer(layer, f_ins, f_ins[0], None, tensors,
+                        {"absmax": float(np.abs(floats[layer.name]).max())})
+        if path is not None:
+            path[layer.name] = before_rounding(q, layer, xs)
+        return q
+    f_w, codes, correction, y = None, None, None, None
     if layer.kind == "conv":
         f_w = _weight_fix(layer, floats[layer.input], tensors["weights"])
+        # made once: bias correction, auto and the layer itself use the same int8 weights
+        codes = weight_codes(layer.weight, f_w, tensors["weights"])
         if config.switches["include_bias_corr"]:
-            layer = _bias_corrected(layer, floats[layer.input], f_w, tensors["weights"], stats)
-    return make_qlayer(layer, f_ins, f_out, f_w, tensors, stats)
+            f = np.broadcast_to(np.asarray(f_w, np.int32), (len(codes),))[:, None, None, None]
+            layer, correction = _bias_corrected(layer, floats[layer.input], path[layer.input],
+                                                np.ldexp(codes.astype(np.float32), -f))
+    act = tensors["activation"]
+    if act.method == AUTO:
+        # the int8 weights and bias do not depend on the output's fix position
+        y = before_rounding(make_qlayer(layer, f_ins, 0, f_w, tensors, codes=codes), layer, xs)
+        f_out, stats = _auto_fix(floats[layer.name], y, act, layer.act, batch_size)
+    else:
+        f_out, stats = _activation_fix(floats[layer.name], act, batch_size)
+    if correction is not None:
+        stats["bias_correction"] = correction
+    q = make_qlayer(layer, f_ins, f_out, f_w, tensors, stats, codes)
+    if path is not None:
+        path[layer.name] = output(q, y if y is not None else before_rounding(q, layer, xs))
+    return q
 
 
 def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
-                stats: dict | None = None) -> QLayer:
+                stats: dict | None = None, codes: np.ndarray | None = None) -> QLayer:
     """The integer layer for float `layer` at the given fix positions (f_w: an int, a
-    (Cout,) vector for per-channel weights, or None for layers without weights). PTQ and
-    the QAT export both make their QModel here."""
+    (Cout,) vector for per-channel weights, or None for layers without weights); `codes`
+    are its int8 weights when already made (weight_codes). PTQ and the QAT export both
+    make their QModel here."""
     act = tensors["activation"]
     q = QLayer(name=layer.name, kind=layer.kind, input=layer.input, in_shape=layer.in_shape,
                out_shape=layer.out_shape, f_in=f_ins[0], f_out=f_out, source=layer.source,
                stride=layer.stride, padding=layer.padding, kernel=layer.kernel, act=layer.act,
                round_mode=act.round_mode, inputs=list(layer.sources), f_ins=list(f_ins),
-               groups=layer.groups, stats=dict(stats or {}))
-    if layer.kind in ("maxpool", "flatten"):
+               groups=layer.groups, channels=list(layer.channels), stats=dict(stats or {}))
+    if layer.kind in MOVES:
         return q
     q.lo, q.hi = relu_clamp(layer.act, q.f_out, act.narrow_range)
     q.alpha_q = round(layer.alpha * 2 ** ALPHA_BITS)
     if layer.kind == "avgpool":
         # the window's reciprocal as an int8 multiplier: exact for power-of-two windows
-        window = layer.kernel ** 2
+        window = layer.kernel[0] * layer.kernel[1]
         q.f_w = fix_position(1 / window)
         q.multiplier = int(quantize_float(1 / window, q.f_w, "half_up"))
     if layer.kind == "conv":
-        _integer_weights(q, layer, f_w, tensors)
+        _integer_weights(q, layer, f_w, tensors, codes)
     return q
 
 
@@ -166,37 +224,67 @@ def _respond(layer: Layer, x_in: np.ndarray, channel: int | None = None):
     return run
 
 
-def _integer_weights(q: QLayer, layer: Layer, f_w, tensors: dict) -> None:
+def _integer_weights(q: QLayer, layer: Layer, f_w, tensors: dict, codes: np.ndarray | None) -> None:
     wq, bq = tensors["weights"], tensors["bias"]
-    lo = _lowest(wq)
     if np.ndim(f_w):
         q.f_wc = np.asarray(f_w, np.int64)
         q.f_w = int(q.f_wc.min())   # the scalar keeps a meaning: the coarsest channel's
-        q.weight = np.concatenate([quantize_float(w_c[None], int(f), wq.round_mode, lo, INT8_MAX)
-                                   for w_c, f in zip(layer.weight, q.f_wc)])
     else:
         q.f_w = int(f_w)
-        q.weight = quantize_float(layer.weight, q.f_w, wq.round_mode, lo, INT8_MAX)
+    q.weight = codes if codes is not None else weight_codes(layer.weight, f_w, wq)
     bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0], np.float32)
     acc_fix = q.f_in + (q.f_wc if q.f_wc is not None else np.full(len(bias), q.f_w))
-    q.bias = np.array([quantize_float(b, int(f), bq.round_mode, INT32_MIN, INT32_MAX, dtype=np.int32)
-                       for b, f in zip(bias, acc_fix)], np.int32)
+    _check_bias_fits(layer, bias, acc_fix, q.f_in, q.f_wc is not None)
+    # each bias at its own accumulator's fix: scaled by 2**fix exactly, then rounded once
+    q.bias = quantize_float(np.ldexp(np.asarray(bias, np.float32), acc_fix.astype(np.int32)), 0,
+                            bq.round_mode, INT32_MIN, INT32_MAX, dtype=np.int32)
     q.stats["weight_absmax"] = float(np.abs(layer.weight).max())
     q.stats["weight_method"] = wq.method
 
 
-def _bias_corrected(layer: Layer, x_in: np.ndarray, f_w, wq: TensorQuant, stats: dict) -> Layer:
-    """Empirical bias correction: the mean output shift that rounding the weights causes
-    on the calibration data goes back into the bias."""
-    f = np.broadcast_to(np.asarray(f_w), (len(layer.weight),))
-    lo = _lowest(wq)
-    rounded = np.concatenate([fake_quant(w_c[None], int(fc), wq.round_mode, lo)
-                              for w_c, fc in zip(layer.weight, f)])
-    respond = _respond(layer, x_in)
-    shift = (respond(layer.weight) - respond(rounded)).mean(axis=(0, 2, 3))
-    stats["bias_correction"] = float(np.abs(shift).max())
+def _check_bias_fits(layer: Layer, bias: np.ndarray, acc_fix: np.ndarray, f_in: int,
+                     per_channel: bool) -> None:
+    """Refuse a bias that does not fit int32 at the accumulator's fix position f_in + f_w.
+    The weights' fix position follows their magnitude, so weights tiny next to the bias
+    (a layer whose output is its bias alone) push the bias out of int32."""
+    scaled = np.abs(bias.astype(np.float64)) * np.ldexp(1.0, acc_fix)
+    if not (scaled > INT32_MAX).any():
+        return
+    c = int(np.argmax(scaled))
+    w = np.abs(layer.weight[c] if per_channel else layer.weight).max()
+    where = f" ({layer.source})" if layer.source else ""
+    whose = f"output channel {c}'s weights" if per_channel else "weights"
+    raise HwqError(f"layer '{layer.name}'{where}: its {whose} (max |w| = {w:.3g}) are too small "
+                   f"to represent in int8 next to its bias ({bias[c]:.3g}): at their fix position "
+                   f"{int(acc_fix[c]) - f_in} the bias overflows int32 and the layer's output is "
+                   "its bias alone (a dead layer?); check that its weights are trained or loaded")
+
+
+def weight_codes(weight: np.ndarray, f_w, wq: TensorQuant) -> np.ndarray:
+    """The int8 weights at fix f_w, an int or one per output channel (each channel scaled
+    by its own 2**f exactly, then rounded once)."""
+    if np.ndim(f_w):
+        weight, f_w = np.ldexp(weight, np.asarray(f_w, np.int32)[:, None, None, None]), 0
+    return quantize_float(weight, int(f_w), wq.round_mode, _lowest(wq), INT8_MAX)
+
+
+def _bias_corrected(layer: Layer, x_float: np.ndarray, x_quant: np.ndarray,
+                    rounded: np.ndarray) -> tuple[Layer, float]:
+    """Empirical bias correction (Nagel et al. 2019): the mean shift of the layer's
+    output (before its activation) that quantization causes on the calibration data goes
+    back into the bias. The shift is the float layer on float inputs against the layer
+    with its `rounded` weights (the int8 ones, dequantized) on the quantized model's
+    inputs `x_quant`, so it takes in the inputs' rounding and clipping and the error they
+    bring from upstream, not only the weights' rounding. A conv is linear in its input,
+    zero padding included, so the mean of its outputs over the set is its output on the
+    set's mean input: one image per side. Returns the layer and the largest correction."""
+    plain = dataclasses.replace(layer, act="none", bias=None)
+    mean = lambda x: torch.from_numpy(x.astype(np.float64).mean(axis=0, keepdims=True).astype(np.float32))  # noqa: E731
+    exact = float_layer(plain, [mean(x_float)])
+    approx = float_layer(dataclasses.replace(plain, weight=rounded), [mean(x_quant)])
+    shift = (exact - approx).double().mean(dim=(0, 2, 3)).numpy()
     bias = layer.bias if layer.bias is not None else np.zeros(len(shift), np.float32)
-    return dataclasses.replace(layer, bias=(bias + shift).astype(np.float32))
+    return dataclasses.replace(layer, bias=(bias + shift).astype(np.float32)), float(np.abs(shift).max())
 
 
 def check_accumulator_bounds(qmodel: QModel) -> None:

@@ -7,6 +7,15 @@ type (`layer_type: torch.nn.Conv2d`) or one layer (`layer_name: conv1`), applied
 order over the global settings, as in Vitis AI. Values Vitis accepts but the int8
 power-of-two array cannot use are refused, saying why, so nothing is silently ignored.
 
+An activation's `method` may also be `auto` (globally under
+`tensor_quantize_config.activation`, or in a layer rule): hwq's per-layer method choice.
+In each calibration batch every method proposes the layer output's fix position, and the
+one whose rounding of the quantized model's output -- the layer run on its quantized
+inputs (every upstream fix position already chosen), with its int8 weights and corrected
+bias -- lands closest to float in mean squared error wins; the batches' winners combine
+by `calib_statistic_method`, and the report names the method each layer took. Weights and
+the input are no layer's output, so `auto` is refused for them.
+
 Two top-level switches go beyond post-training calibration, each with its own settings:
 `fast_finetune` (Vitis AI's name for AdaQuant, layer-wise weight tuning after
 calibration; `fast_finetune_steps` Adam steps per layer) and `weight_clustering` (k-means
@@ -29,15 +38,19 @@ CONFIGS = resources.files("hwq") / "configs" / "quant"
 TENSOR_TYPES = ("input", "weights", "bias", "activation")
 LAYER_TENSORS = ("weights", "bias", "activation")   # what a layer override may set
 METHODS = ("maxmin", "percentile", "entropy", "mse", "diffs")
+# An activation's method that picks, per layer, the one of METHODS giving the lowest error
+# of the layer's quantized output (calibrate.py); weights and the input have no layer
+# output of their own to measure.
+AUTO = "auto"
 STATISTICS = ("modal", "max", "mean", "median")
 # The torch op names a `layer_type` may give (with or without the torch.nn. prefix).
-LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "add", "cat",
-               "flatten")
+LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "mean", "add",
+               "cat", "flatten", "view")
 
 
 _TENSOR_FIELDS = {
     "bit_width": Rule(int, (), (8,)),
-    "method": Rule(str, METHODS, ()),
+    "method": Rule(str, METHODS + (AUTO,), ()),
     "round_mode": Rule(str, tuple(ROUND_MODES), ()),
     "symmetry": Rule(bool, (True, False), (True,)),
     "per_channel": Rule(bool, (True, False), ()),
@@ -137,6 +150,11 @@ class QuantConfig:
                 raise HwqError(f"quant config {self.source}: layer_quantize_config[{i}]: {what} "
                                f"matches no layer of model {graph.name}; it has {known}")
 
+    def uses_auto(self) -> bool:
+        """Whether some layer's activation takes `method: auto`."""
+        return self.activation.method == AUTO or any(
+            {**r.overall, **r.tensors.get("activation", {})}.get("method") == AUTO for r in self.layer_rules)
+
     def as_dict(self) -> dict:
         """The config as a Vitis-style plain dict that `parse_quant_config` reads back.
         Every tensor type is spelled out, so `overall_quantize_config` (required by the
@@ -225,6 +243,11 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         if t in ("input", "activation") and fields["per_channel"]:
             fail(f"tensor_quantize_config.{t}.per_channel", "true is not supported: hwq "
                  "quantizes weights per channel only; set it false for " + t)
+        if t in ("input", "weights") and fields["method"] == AUTO:
+            where = f"tensor_quantize_config.{t}" if "method" in tensors.get(t, {}) else "overall_quantize_config"
+            fail(f"{where}.method", f"auto is for activations only: it compares each layer's "
+                 f"quantized output with float, and {t} is no layer's output; set it under "
+                 f"tensor_quantize_config.activation and give {t} one of {', '.join(METHODS)}")
         return TensorQuant(**fields)
 
     rules = []
@@ -246,6 +269,9 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         if {**rule_overall, **rule_tensors.get("activation", {})}.get("per_channel"):
             fail(key, "per_channel true would apply to the activation; set it under "
                  "tensor_quantize_config.weights")
+        if {**rule_overall, **rule_tensors.get("weights", {})}.get("method") == AUTO:
+            fail(key, "method auto would apply to the weights, and it is for activations only; "
+                 "set it under tensor_quantize_config.activation")
         rules.append(LayerRule(layer_type, str(entry.get("layer_name", "")), rule_overall, rule_tensors))
 
     return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source,

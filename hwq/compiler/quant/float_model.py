@@ -31,11 +31,13 @@ def float_op(layer: Layer, xs: list[torch.Tensor], weight=None, bias=None) -> to
     """One layer in float torch; `weight`/`bias` (tensors) replace the layer's own, for QAT."""
     x = xs[0]
     if layer.kind == "maxpool":
-        return F.max_pool2d(x, layer.kernel, layer.stride)
+        return F.max_pool2d(pad(x, layer), layer.kernel, layer.stride)
     if layer.kind == "avgpool":
-        return F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding)
+        return F.avg_pool2d(pad(x, layer), layer.kernel, layer.stride)
     if layer.kind == "flatten":
         return x.reshape(len(x), -1, 1, 1)
+    if layer.kind == "view":
+        return x[:, layer.channels]
     if layer.kind == "concat":
         return torch.cat(xs, dim=1)
     if layer.kind == "add":
@@ -46,6 +48,14 @@ def float_op(layer: Layer, xs: list[torch.Tensor], weight=None, bias=None) -> to
             bias = torch.from_numpy(layer.bias) if layer.bias is not None else None
         y = F.conv2d(x, weight, bias, layer.stride, layer.padding, 1, layer.groups)
     return activation(layer, y)
+
+
+def pad(x: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """x with the zero padding a pool's windows read (Layer.pads): an average pool's count
+    it (count_include_pad), a max pool's change no max (the front end pads non-negative
+    tensors only)."""
+    top, bottom, left, right = layer.pads
+    return F.pad(x, (left, right, top, bottom))
 
 
 def activation(layer: Layer, y: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwq.arch.requant import ALPHA_BITS
-from hwq.compiler.ir import Graph, Layer, QModel
+from hwq.compiler.ir import MOVES, Graph, Layer, QModel
 from hwq.compiler.quant.calibrate import check_accumulator_bounds, make_qlayer
-from hwq.compiler.quant.float_model import run_float
+from hwq.compiler.quant.float_model import pad, run_float
 from hwq.compiler.quant.config import QuantConfig
 from hwq.arch.requant import INT8_MAX
 from hwq.compiler.quant.rewrite import prepare
@@ -176,9 +176,11 @@ class FakeQuantNet(nn.Module):
     def _layer(self, layer: Layer, xs: list, rounded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         (x, f_in) = xs[0]
         if layer.kind == "maxpool":
-            return F.max_pool2d(x, layer.kernel, layer.stride), f_in
+            return F.max_pool2d(pad(x, layer), layer.kernel, layer.stride), f_in
         if layer.kind == "flatten":
             return x.reshape(len(x), -1, 1, 1), f_in
+        if layer.kind == "view":
+            return x[:, layer.channels], f_in
         act = self.tensors[layer.name]["activation"]
         if layer.kind == "conv":
             acc, shift = self._conv(layer, x * 2.0 ** -f_in, x, f_in)
@@ -186,10 +188,10 @@ class FakeQuantNet(nn.Module):
             top = torch.maximum(xs[0][1], xs[1][1])
             acc, shift = sum(v * 2.0 ** (top - f) for v, f in xs), top
         elif layer.kind == "avgpool":
-            window = layer.kernel ** 2
+            window = layer.kernel[0] * layer.kernel[1]
             f_w = _fix(torch.tensor(1.0 / window))
             mult = ROUNDERS["half_up"](torch.tensor(1.0 / window, dtype=torch.float64) * 2.0 ** f_w)
-            total = F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding, divisor_override=1)
+            total = F.avg_pool2d(pad(x, layer), layer.kernel, layer.stride, divisor_override=1)
             acc, shift = total * mult, f_in + f_w
         else:  # concat: each input requantized to the output's fix position on its own
             acc, shift = None, None
@@ -244,7 +246,7 @@ class FakeQuantNet(nn.Module):
             for layer in self.graph.layers:
                 tensors = self.tensors[layer.name]
                 f_ins = [fixes[s] for s in layer.sources]
-                f_out = f_ins[0] if layer.kind in ("maxpool", "flatten") else int(self.fix[layer.name].value())
+                f_out = f_ins[0] if layer.kind in MOVES else int(self.fix[layer.name].value())
                 f_w, float_layer = None, layer
                 if layer.kind == "conv":
                     w, b = self.folded(layer)

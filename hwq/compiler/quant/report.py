@@ -40,6 +40,12 @@ def fake_quant_net(graph: Graph, qmodel: QModel, config: QuantConfig) -> FakeQua
     return FakeQuantNet(dataclasses.replace(graph, layers=layers), qmodel, as_is).eval()
 
 
+def method_label(stats: dict) -> str:
+    """A layer's calibration method as the report names it: `auto` with the method it
+    chose (the one most calibration batches chose)."""
+    return f"auto: {stats['auto_method']}" if "auto_method" in stats else stats.get("method", "")
+
+
 def histogram_png(qmodel: QModel) -> bytes:
     """One panel per calibrated tensor: the |activation| histogram (log counts) with the
     chosen threshold 127 * 2**-f as a red line."""
@@ -59,7 +65,7 @@ def histogram_png(qmodel: QModel) -> bytes:
         edges = np.linspace(lo, hi, len(counts) + 1)
         ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4c72b0", log=True)
         ax.axvline(l.stats["threshold"], color="red", lw=1.2)
-        ax.set_title(f"{l.name}: {l.stats['method']} f={l.f_out}", fontsize=8)
+        ax.set_title(f"{l.name}: {method_label(l.stats)} f={l.f_out}", fontsize=8)
         ax.tick_params(labelsize=6)
     fig.suptitle("|activation| on the calibration set; red: threshold 127*2^-f", fontsize=9)
     fig.tight_layout()
@@ -77,7 +83,7 @@ def summary_markdown(qmodel: QModel, sqnr: dict[str, float], row: dict | None = 
     for l in qmodel.layers:
         f_w = "" if l.weight is None else (f"{l.f_wc.min()}..{l.f_wc.max()} ({len(l.f_wc)} ch)"
                                            if l.f_wc is not None else str(l.f_w))
-        lines.append(f"| {l.name} | {l.kind} | {l.stats.get('method', '')} | {l.f_in} | {f_w} | "
+        lines.append(f"| {l.name} | {l.kind} | {method_label(l.stats)} | {l.f_in} | {f_w} | "
                      f"{l.f_out} | {l.stats.get('threshold', 127 * 2.0 ** -l.f_out):.4g} | "
                      f"{l.stats.get('absmax', float('nan')):.4g} | {sqnr[l.name]:.1f} |")
     lines += _fast_finetune_lines(qmodel) + _clustering_lines(qmodel)
