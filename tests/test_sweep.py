@@ -2,6 +2,7 @@
 as Dask tasks on a two-worker LocalCluster, with a refused model, invalid configs, a
 worker killed mid-task and one killed every time; the row cache across a re-run, a
 larger spec and a sweep killed half way; the shipped regression spec, small."""
+import csv
 import importlib
 import json
 import logging
@@ -15,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -25,6 +27,7 @@ from hwq.arch.config import CONFIGS, HwConfig, available
 from hwq.board.spec import available_boards
 from hwq.errors import HwqError
 from hwq.examples import EXAMPLES
+from hwq.flow import build
 from hwq.sweeps.engine import sweep
 from hwq.sweeps.point import COLUMNS
 from hwq.sweeps.report import pareto_front, pareto_png, results_csv
@@ -86,13 +89,19 @@ def scheduler():
     """A two-worker LocalCluster for the module's sweeps, as `hwq sweep` makes one: one
     task per worker at a time; a task is retried once after its worker dies."""
     import dask
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.scheduler.worker-saturation": 1.0}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.CRITICAL)
     with cluster:
+        # a worker's first point imports torch, hwq and what tracing and the digits load
+        # lazily (tens of seconds on a loaded machine): paid here once, by a build on
+        # every worker, not by whichever test comes first
+        with Client(cluster) as client:
+            client.run(lambda: build(EXAMPLES["lenet_digits"][0], (1, 8, 8), "digits",
+                                     n_ref=1, progress=False) and None)
         yield cluster.scheduler_address
 
 
@@ -170,6 +179,60 @@ def test_spec_mistakes_are_one_line_naming_the_key(tmp_path, cli, change, error)
     code, out, err = cli("sweep", path, "-o", tmp_path / "out", "-q")
     assert code == 2 and err.count("\n") == 1 and error in err and "Traceback" not in err
     assert not (tmp_path / "out").exists(), "a refused spec wrote results"
+
+
+def test_outputs_a_sweep_must_not_write_are_refused_first(tmp_path, cli):
+    """A file, a directory of the user's own files or an unreachable scheduler: one line,
+    exit 2, and nothing written or replaced."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("models: [lenet_digits]\n")
+    afile, user = tmp_path / "afile", tmp_path / "mine"
+    afile.write_text("keep")
+    user.mkdir()
+    (user / "summary.md").write_text("keep")
+    for args, error in [(["-o", afile], "output {0} is a file"),
+                        (["-o", user], "output directory {0} holds files a sweep did not write"),
+                        (["-o", tmp_path / "out", "--scheduler", "nonsense"],
+                         "scheduler nonsense: cannot connect")]:
+        code, out, err = cli("sweep", spec, *args, "-q")
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert error.format(args[1]) in err
+    assert afile.read_text() == "keep" and (user / "summary.md").read_text() == "keep"
+    assert sorted(p.name for p in user.iterdir()) == ["summary.md"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_configs_are_failed_rows_and_exit_1(tmp_path, cli):
+    """Points whose configs are invalid are rows with HwConfig's one line (no worker is
+    needed for them); the CLI lists them and exits 1 after writing the reports."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"models": ["lenet_digits"],
+                                    "hardware": {"vary": {"rows": [0, 32]}}}))
+    code, out, err = cli("sweep", spec, "-o", tmp_path / "out", "-q")
+    assert code == 1 and err.count("\n") == 1 and "2 of 2 points failed" in err, err
+    assert "array 0x8 is outside 2x2..16x16" in out and "array 32x8 is outside" in out
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["rows"], r["status"], r["failed_stage"]) for r in rows] == \
+        [("0", "failed", "config"), ("32", "failed", "config")]
+    assert all("\n" not in r["error"] and r["cycles"] == "" for r in rows)
+    assert "## Points that failed" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_zoo_models_by_module(tmp_path):
+    """A zoo model is named as a module's class, with its input shape and a calibration
+    file of that shape; its cache key digests hwq's sources it is built from."""
+    np.save(tmp_path / "mfcc.npy", np.zeros((4, 1, 49, 10), np.float32))
+    entry = {"model": "hwq.examples.mlperf_tiny:DSCNN", "input_shape": "1x49x10",
+             "calib": "mfcc.npy"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    (p,) = load_spec(path).points
+    assert p.model.label == "DSCNN" and p.model.source is None
+    assert p.model.calib.shape == (4, 1, 49, 10)
+    path.write_text(yaml.safe_dump({"models": [{**entry, "input_shape": "1x8x8"}]}))
+    with pytest.raises(HwqError, match=re.escape("models[0]: calibration")):
+        load_spec(path)
 
 
 def test_point_keys_follow_their_inputs(tmp_path, models):
@@ -252,6 +315,7 @@ stages: [compile, iss]
 """
 
 
+@pytest.mark.slow
 def test_the_issue_spec_then_the_cache(tmp_path, models, cli, scheduler):
     """The issue's spec as written, on a local cluster `hwq sweep` starts itself; run
     again on another cluster, every point comes from the cache; a larger spec runs
@@ -265,7 +329,6 @@ def test_the_issue_spec_then_the_cache(tmp_path, models, cli, scheduler):
     assert "6 points, 4 ok (4 run, 0 from the cache)" in stdout
     assert stdout.count("array 0x") == 2           # which failed and why
     with open(out / "results.csv") as f:
-        import csv
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and [r["status"] for r in rows].count("ok") == 4
     for r in rows:
@@ -290,6 +353,7 @@ def test_the_issue_spec_then_the_cache(tmp_path, models, cli, scheduler):
     assert [r["cols"] for r in larger.rows if not r["cached"] and r["status"] == "ok"] == [16, 16]
 
 
+@pytest.mark.slow
 def test_failed_points_and_lost_workers(tmp_path, models, scheduler):
     """One model refused, configs invalid, one worker killed while it runs a point (the
     point runs again and finishes) and one point that kills every worker it runs on (a
@@ -320,6 +384,7 @@ def test_failed_points_and_lost_workers(tmp_path, models, scheduler):
     assert "KilledWorker" in summary and "gelu" in summary.lower()
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_restarts_without_redoing_finished_points(tmp_path, models, scheduler):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
@@ -348,6 +413,43 @@ def test_a_killed_sweep_restarts_without_redoing_finished_points(tmp_path, model
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished point ran again"
     assert {row["point"] for row in r.rows if row["cached"]} == {p.stem for p in kept}
     assert len(list((out / "points").glob("*.json"))) == 8 and not list(out.rglob("*.tmp"))
+
+
+def test_cache_reused_and_invalidated(tmp_path, models, scheduler):
+    """Finished points, a refused model's too, come from the output directory on a re-run;
+    a changed model file or a new hardware value runs only the points it changes."""
+    np.save(tmp_path / "rgb.npy",
+            np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32))
+    spec = {"models": [model(models, "Net"),
+                       {"model": "hwq.examples.classics:MobileNetV3Small",
+                        "input_shape": "3x64x64", "calib": str(tmp_path / "rgb.npy")}],
+            "hardware": {"base": "small", "vary": {"rows": [2, 4]}}}
+    out = tmp_path / "out"
+    first = sweep(spec, out, scheduler=scheduler)
+    assert (first.ran, first.cached) == (4, 0)
+    net = [r for r in first.rows if r["model"] == "Net"]
+    assert [r["status"] for r in net] == ["ok", "ok"] and all(r["cycles"] > 0 for r in net)
+    for r in first.rows:
+        if r["model"] == "MobileNetV3Small":    # the zoo's model the hardware cannot run
+            assert r["status"] == "failed" and r["failed_stage"] == "compile"
+            assert "unsupported op Hardswish" in r["error"] and "\n" not in r["error"]
+
+    again = sweep(spec, out, scheduler=scheduler)
+    assert (again.ran, again.cached) == (0, 4) and all(r["cached"] for r in again.rows)
+    assert [{**r, "cached": False} for r in again.rows] == first.rows
+
+    models.write_text(models.read_text() + "\n# changed\n")
+    changed = sweep(spec, out, scheduler=scheduler)
+    assert (changed.ran, changed.cached) == (2, 2)
+    assert {r["model"] for r in changed.rows if not r["cached"]} == {"Net"}
+    assert {r["point"] for r in changed.rows if not r["cached"]}.isdisjoint(
+        r["point"] for r in first.rows)
+
+    spec["hardware"]["vary"]["rows"].append(8)
+    larger = sweep(spec, out, scheduler=scheduler)
+    assert (larger.ran, larger.cached, len(larger.rows)) == (2, 4, 6)
+    assert sorted(r["rows"] for r in larger.rows if not r["cached"]) == [8, 8]
+    assert len(list((out / "points").glob("*.json"))) == 8
 
 
 def test_regression_small_on_two_workers(tmp_path, scheduler):

@@ -26,15 +26,16 @@ import time
 import uuid
 from asyncio import CancelledError
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from hwq.errors import HwqError
+from hwq.package import write_files
 from hwq.progress import Progress
 from hwq.sweeps.point import (COLUMNS, Point, bitstream_task, code_digest, point_task,
                               with_bitstream)
-from hwq.sweeps.report import REPORTS, write_atomic, write_reports
+from hwq.sweeps.report import REPORTS, write_reports
 from hwq.sweeps.spec import Spec, load_spec
 
 POINTS = "points"           # the output directory's row cache
@@ -67,30 +68,53 @@ def sweep(spec: str | Path | dict, out: str | Path = "build/sweep", scheduler: s
     core), or on the cluster whose scheduler is at `scheduler` ("tcp://host:8786")."""
     t0 = time.perf_counter()
     s = load_spec(spec)
-    out = _output_dir(Path(out))
+    out = Path(out)
+    _check_output(out)
     code = code_digest()
     keys = [p.key(code) for p in s.points]
     rows = {k: _refused_row(k, p) for k, p in zip(keys, s.points) if p.cfg is None}
     rows |= {k: row for k in keys if k not in rows and (row := _kept_row(out, k)) is not None}
     cached = len(rows) - sum(p.cfg is None for p in s.points)
     todo = {k: p for k, p in zip(keys, s.points) if k not in rows}
-    if todo:
-        bar = SweepProgress(len(todo), cached, progress)
-        with _client(scheduler, workers) as client:
+    # the directory is made once the cluster answers: a scheduler that cannot be reached
+    # leaves nothing behind
+    with _client(scheduler, workers) if todo else nullcontext() as client:
+        _prepare_output(out)
+        if todo:
+            bar = SweepProgress(len(todo), cached, progress)
             for key, row in _run(client, todo, code, bar):
                 if not row.pop("retry", False):
                     _keep_row(out, key, row)
                 rows[key] = row
-        bar.close()
+            bar.close()
     result = SweepResult(s, out, [{**EMPTY_ROW, **rows[k]} for k in keys], len(todo), cached,
                          time.perf_counter() - t0)
-    write_reports(out, s.name, s.description, result.rows, result.ran, cached, result.seconds)
+    try:
+        write_reports(out, s.name, s.description, result.rows, result.ran, cached,
+                      result.seconds)
+    except OSError as e:
+        raise HwqError(f"cannot write the sweep's reports in {out}: {e.strerror or e}") from None
     return result
 
 
-def _output_dir(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise HwqError(f"output {out} is a file; give a directory for the sweep's results")
+def _check_output(out: Path) -> None:
+    """Refuse, before any work, an output the sweep must not write into: a file, or a
+    directory of other files than a sweep's (its reports would replace the user's)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise HwqError(f"output {out} is a file; give a directory for the sweep's results (-o)")
+    if not out.exists():
+        return
+    try:
+        empty = not any(out.iterdir())
+    except OSError as e:
+        raise HwqError(f"cannot read output directory {out} ({e.strerror}); give another "
+                       "(-o)") from None
+    if not empty and not (out / POINTS).is_dir():
+        raise HwqError(f"output directory {out} holds files a sweep did not write; give a new "
+                       "or empty directory, or a sweep's results directory (-o)")
+
+
+def _prepare_output(out: Path) -> None:
     try:
         (out / POINTS).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -99,11 +123,14 @@ def _output_dir(out: Path) -> Path:
     for stale in [*(out / POINTS).glob(".*.tmp"), *(f for name in REPORTS
                                                     for f in out.glob(f".{name}.*.tmp"))]:
         stale.unlink(missing_ok=True)
-    return out
 
 
 def _keep_row(out: Path, key: str, row: dict) -> None:
-    write_atomic(out / POINTS / f"{key}.json", json.dumps(row, sort_keys=True).encode())
+    try:
+        write_files(out / POINTS, {f"{key}.json": json.dumps(row, sort_keys=True).encode()})
+    except OSError as e:
+        raise HwqError(f"cannot keep a finished point in {out / POINTS}: "
+                       f"{e.strerror or e}") from None
 
 
 def _kept_row(out: Path, key: str) -> dict | None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
+from hwq.package import write_files
 from hwq.sweeps.point import COLUMNS
 
 REPORTS = ("results.csv", "pareto.png", "summary.md")
@@ -151,28 +150,8 @@ def summary_markdown(name: str, description: str, rows: list[dict], ran: int, ca
     return "\n".join(lines) + "\n"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a temporary sibling renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())       # mkstemp's file is the owner's alone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(out: Path, name: str, description: str, rows: list[dict], ran: int,
                   cached: int, seconds: float) -> None:
-    write_atomic(out / "results.csv", results_csv(rows))
-    write_atomic(out / "pareto.png", pareto_png(rows))
-    write_atomic(out / "summary.md",
-                 summary_markdown(name, description, rows, ran, cached, seconds).encode())
+    write_files(out, {"results.csv": results_csv(rows), "pareto.png": pareto_png(rows),
+                      "summary.md": summary_markdown(name, description, rows, ran, cached,
+                                                     seconds).encode()})
