@@ -281,6 +281,11 @@ def test_regression_spec_covers_every_example_config_and_board():
                                                                     + len(available_boards()))
 
 
+@pytest.mark.parametrize("name, points", [("sweep-lenet.yaml", 12), ("sweep-fpga.yaml", 8)])
+def test_the_readmes_specs_load(name, points):
+    assert len(load_spec(ROOT / "docs" / name).points) == points
+
+
 def test_pareto_front_and_reports():
     def row(name, lut, rate, status="ok"):
         return {"point": name, "model": "m", "board": "b", "config": name, "rows": 4, "cols": 4,

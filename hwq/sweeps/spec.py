@@ -4,6 +4,7 @@ vary, boards, seeds and stages; checked in one line per mistake, expanded into p
     models:                               # built-in examples by name, or mappings
       - lenet_digits
       - {model: net.py:Net, input_shape: 1x8x8, calib: digits}
+      - {model: hwq.examples.mlperf_tiny:DSCNN, input_shape: 1x49x10, calib: mfcc.npy}
     hardware:
       base: default                       # hardware configs (a name, a YAML, or a list)
       vary: {rows: [4, 8], cols: [4, 8]}  # every combination, over every base
