@@ -23,9 +23,9 @@ from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, QModel, qmodel_to_npz
 from hwq.compiler.lower import Compiled, compile_model
 from hwq.compiler.quant.pipeline import quantize
-from hwq.compiler.quant.config import load_quant_config
+from hwq.compiler.quant.config import QuantConfig, load_quant_config
 from hwq.compiler.quant.report import histogram_png, summary_markdown
-from hwq.arch.config import load_hw_config
+from hwq.arch.config import HwConfig, load_hw_config
 from hwq.errors import HwqError, MismatchError, raise_interrupt
 from hwq.package import check_target, write_files, write_package
 from hwq.reports import compile_report, layer_sqnr, ledger
@@ -233,19 +233,21 @@ class Build:
     board: Board | None = None         # with a board: a bitstream goes into the package
 
 
-def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray, hw: str = "default",
-          quant: str | None = None, weights: str | None = None, n_ref: int = REFERENCE_IMAGES,
-          progress: bool = True, board: str | None = None) -> Build:
+def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray,
+          hw: str | HwConfig = "default", quant: str | QuantConfig | None = None,
+          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
+          board: str | None = None) -> Build:
     """`model` is a spec (`file.py:Name`, `module:Name`; `weights` a state_dict file for
-    it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs. With
-    `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
+    it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs; `hw`
+    and `quant` a config's name or path, or the config itself. With `board`, its file's
+    `hardware:` section is the config (and `hw` is unused)."""
     from hwq.board.spec import load_board
     if n_ref < 1:
         raise HwqError(f"reference images: {n_ref} must be at least 1 (the package proves "
                        "itself on them)")
     brd = load_board(board) if board is not None else None
-    cfg = brd.cfg if brd is not None else load_hw_config(hw)
-    qcfg = load_quant_config(quant)
+    cfg = brd.cfg if brd is not None else hw if isinstance(hw, HwConfig) else load_hw_config(hw)
+    qcfg = quant if isinstance(quant, QuantConfig) else load_quant_config(quant)
     if isinstance(model, torch.nn.Module):
         spec, name = f"{type(model).__module__}.{type(model).__qualname__}", type(model).__name__
         model = model.eval()
