@@ -191,7 +191,8 @@ def test_maxmin_by_hand():
     assert q.quant_config["tensor_quantize_config"]["weights"]["round_mode"] == "std_round"
 
     relu = quantize(one_conv_graph(0.75, 0.3, act="relu6"), calib, load_quant_config(), progress=False)
-    assert (relu.layers[0].f_out, relu.layers[0].lo, relu.layers[0].hi) == (6, 0, 127)
+    # stored as uint8 (the default activation_signedness: auto): 1.8 * 2**7 = 230.4 <= 255
+    assert (relu.layers[0].f_out, relu.layers[0].lo, relu.layers[0].hi) == (7, 0, 255)
 
 
 def test_calibration_data_checked():
