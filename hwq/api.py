@@ -50,7 +50,7 @@ def compile(model: torch.nn.Module | str | Path, input_shape, calib: np.ndarray 
         scratch = Path(tempfile.mkdtemp(prefix="hwq-"))
         _SCRATCH.append(scratch)
         name = type(model).__name__ if isinstance(model, torch.nn.Module) else \
-            Path(str(model).rpartition(":")[2] or str(model)).stem
+            Path(str(model).rpartition(":")[2]).stem
         out = scratch / f"{name}.hwq"
     path = compile_package(model if isinstance(model, torch.nn.Module) else str(model), tuple(input_shape), calib, out, hw=hw, quant=quant,
                            n_ref=n_ref, progress=progress, board=board)

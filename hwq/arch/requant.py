@@ -37,6 +37,12 @@ def code_max(unsigned: bool) -> int:
     return UINT8_MAX if unsigned else INT8_MAX
 
 
+def code_magnitude(unsigned: bool) -> int:
+    """The largest |code| an activation feeds a multiplier: 255 as uint8, 128 (-128) as
+    int8; the accumulator bounds rest on it."""
+    return UINT8_MAX if unsigned else -INT8_MIN
+
+
 def round_shift(x, shift: int, mode: str) -> np.ndarray:
     """x / 2**shift rounded to an integer by `mode`; a negative shift multiplies.
 

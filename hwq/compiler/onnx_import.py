@@ -31,7 +31,7 @@ _BINARY = {"Add": operator.add, "Sum": operator.add, "Mul": operator.mul, "Sub":
            "Div": operator.truediv}
 SUPPORTED = ("Conv, Gemm, MatMul (+ Add of a bias), BatchNormalization, Relu, Clip, LeakyRelu, "
              "MaxPool, AveragePool, GlobalAveragePool, Add, Sum, Mul, Concat, Flatten, Reshape, "
-             "Transpose, Squeeze, Unsqueeze, Split, Identity, Dropout, HardSigmoid, HardSwish, "
+             "Transpose, Squeeze, Unsqueeze, Split, Slice, Identity, Dropout, HardSigmoid, HardSwish, "
              "Sigmoid, Tanh, and shape arithmetic (Shape, Gather, Constant, ...) on constants")
 
 

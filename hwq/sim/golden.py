@@ -50,7 +50,7 @@ from functools import lru_cache, partial, reduce
 import numpy as np
 import torch
 
-from hwq.arch.requant import ALPHA_BITS, Requantizer, apply_slope, requantize_fast
+from hwq.arch.requant import ALPHA_BITS, Requantizer, apply_slope, code_magnitude, requantize_fast
 from hwq.compiler.ir import QLayer, QModel
 from hwq.errors import HwqError
 
@@ -187,7 +187,7 @@ class _Conv:
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
         # every partial sum is at most X * sum|w| in magnitude: X = 128 for int8 inputs,
         # 255 for uint8 ones
-        x_max = 255 if unsigned_in else 128
+        x_max = code_magnitude(unsigned_in)
         self.bound = x_max * int(mass.max(initial=0))
         self.f32_exact = self.bound <= _F32_EXACT
         # and the int8 kernel's int32 sums never overflow

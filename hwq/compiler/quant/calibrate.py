@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hwq.arch import isa
-from hwq.arch.requant import ALPHA_BITS, INT8_MAX, code_max, quantize_float, relu_clamp
+from hwq.arch.requant import ALPHA_BITS, INT8_MAX, code_magnitude, code_max, quantize_float, relu_clamp
 from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel, unsigned_outputs
 from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
 from hwq.compiler.quant.emulate import before_rounding, dequantized, output
@@ -309,7 +309,7 @@ def check_accumulator_bounds(qmodel: QModel) -> None:
     input, 255 for a uint8 one); every partial sum, in any order the hardware adds them,
     is within it. add: both operands aligned to the finer fix position,
     X_a * 2**da + X_b * 2**db."""
-    biggest = lambda name: 255 if qmodel.unsigned(name) else 128   # noqa: E731
+    biggest = lambda name: code_magnitude(qmodel.unsigned(name))   # noqa: E731
     for q in qmodel.layers:
         if q.kind == "conv":
             w = np.abs(q.weight.astype(np.int64)).reshape(len(q.weight), -1)
