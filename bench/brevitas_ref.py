@@ -99,9 +99,8 @@ if __name__ == "__main__":
     from hwq.compiler.quant.report import sqnr_db
 
     torch.set_num_threads(2)
-    data = digits_split()
-    for name, model in bench.models(data):
+    for w in bench.workloads(digits_split()):
         with torch.no_grad():
-            reference = model(torch.from_numpy(data[2])).numpy().reshape(len(data[2]), -1)
-        logits = brevitas_logits(model, data[0][:bench.CALIB], data[2])
-        print(name, "  ".join(f"{v}: {sqnr_db(reference, y):.2f}" for v, y in logits.items()))
+            reference = w.model(torch.from_numpy(w.x_test)).numpy().reshape(len(w.x_test), -1)
+        logits = brevitas_logits(w.model, w.x_calib, w.x_test)
+        print(w.name, "  ".join(f"{v}: {sqnr_db(reference, y):.2f}" for v, y in logits.items()))

@@ -6,6 +6,11 @@ float-scale int8, all in one run on the same models and calibration images.
 Four models trained for a few seconds on scikit-learn's digits (nothing downloads): the
 example LeNet, a residual net, a depthwise-separable ReLU6 net and a wide MLP. Fixed
 split: calibration = the first 256 training images, evaluation = the 360 test images.
+Then two MLPerf Tiny models of hwq's zoo, ResNet-8 (3x32x32) and DS-CNN (1x49x10), with
+their seeded random weights and BatchNorm statistics (`ZooModel.pretrained`): 256
+calibration and 360 evaluation inputs drawn from a standard normal. They have no labels
+(top-1 is left blank; agreement with float still counts) and nothing to train on, so
+their tables have no QAT or k-means row.
 
 Rows, hwq (integer golden model; per-tensor weights unless named):
 - post-training calibration with each method for every tensor (no bias correction);
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +51,13 @@ from hwq.compiler.quant.config import METHODS, load_quant_config, parse_quant_co
 from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.qat import train_qat
 from hwq.compiler.quant.report import sqnr_db
+from hwq.examples.mlperf_tiny import DSCNN, ResNet8
 from hwq.sim.golden import run_golden
 from torch_ao import torch_ao_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIB = 256
+TEST = 360        # the zoo models' evaluation inputs, as many as digits' test images
 QAT_EPOCHS = 10
 DROP = 0.3      # points of top-1 the quantized LeNet may lose
 MARGIN = 1.0    # dB fast finetune is to stay above Brevitas's best PTQ
@@ -75,6 +83,8 @@ PTQ = {
 PER_CHANNEL = "hwq per-channel w, auto + bias corr"
 BEST = "hwq best PTQ (per-tensor)"
 FINETUNE = "hwq fast finetune (its config)"
+QAT = "hwq po2 QAT"
+AO = "torch.ao fbgemm PTQ"
 UNSIGNED = list(VARIANTS)[-1]     # Brevitas's row with uint8 activations after ReLU
 
 
@@ -134,15 +144,35 @@ class WideMLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def models(data) -> list[tuple[str, nn.Module]]:
-    """The four bench models: the example's cached LeNet, the others trained with fixed seeds."""
+@dataclass
+class Workload:
+    """A bench model with its inputs; x_train and y_test are None where there are none."""
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, int, int]
+    x_calib: np.ndarray
+    x_test: np.ndarray
+    x_train: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def workloads(data) -> list[Workload]:
+    """The four digits models (the example's cached LeNet, the others trained with fixed
+    seeds), then the two zoo models on standard normal inputs."""
+    x_train, _, x_test, y_test = data
     lenet = _lenet()
-    out = [("lenet", lenet.pretrained())]
+    digits = [("lenet", lenet.pretrained())]
     for name, cls, epochs in (("resnet", ResNet, 15), ("depthwise", DepthwiseNet, 25), ("mlp", WideMLP, 15)):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = cls()
-        out.append((name, lenet.train(model, epochs=epochs)))
+        digits.append((name, lenet.train(model, epochs=epochs)))
+    out = [Workload(name, model, (1, 8, 8), x_train[:CALIB], x_test, x_train, y_test) for name, model in digits]
+    rng = np.random.default_rng(0)
+    for name, cls in (("resnet8", ResNet8), ("ds-cnn", DSCNN)):
+        x_calib = rng.standard_normal((CALIB, *cls.input_shape), dtype=np.float32)
+        out.append(Workload(name, cls.pretrained(), cls.input_shape, x_calib,
+                            rng.standard_normal((TEST, *cls.input_shape), dtype=np.float32)))
     return out
 
 
@@ -165,8 +195,8 @@ def _measure(name, logits, float_logits, y):
     top, ftop = logits.argmax(1), float_logits.argmax(1)
     ranked = np.sort(float_logits, axis=1)
     flipped = top != ftop
-    return {"row": name, "acc": float((top == y).mean()), "agree": float((top == ftop).mean()),
-            "sqnr": sqnr_db(float_logits, logits), "n": len(y),
+    return {"row": name, "acc": float("nan") if y is None else float((top == y).mean()),
+            "agree": float((top == ftop).mean()), "sqnr": sqnr_db(float_logits, logits), "n": len(top),
             # what a top-1 drop comes from: the float model's top-2 margin on the images
             # the quantized one answers differently, against the logits' error
             "margins": sorted((ranked[flipped, -1] - ranked[flipped, -2]).tolist()),
@@ -183,36 +213,38 @@ def _torch_ao(model, x_calib, x):
         return torch_ao_int8(model, x_calib)(torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
-def bench_model(name, model, data):
-    x_train, _, x_test, y_test = data
-    x_calib = x_train[:CALIB]
+def bench_model(w: Workload):
     with torch.no_grad():
-        float_logits = model(torch.from_numpy(x_test)).numpy().reshape(len(x_test), -1)
-    graph = trace(model, (1, 8, 8), name)
-    measure = lambda row, logits: _measure(row, logits, float_logits, y_test)  # noqa: E731
-    ptq = lambda config: quantize(graph, x_calib, config, progress=False, hardware=False)  # noqa: E731
+        float_logits = w.model(torch.from_numpy(w.x_test)).numpy().reshape(len(w.x_test), -1)
+    graph = trace(w.model, w.input_shape, w.name)
+    measure = lambda row, logits: _measure(row, logits, float_logits, w.y_test)  # noqa: E731
+    ptq = lambda config: quantize(graph, w.x_calib, config, progress=False, hardware=False)  # noqa: E731
     rows = [measure("float", float_logits)]
-    rows += [measure(row, _golden_logits(ptq(_config(**args)), x_test)) for row, args in PTQ.items()]
+    rows += [measure(row, _golden_logits(ptq(_config(**args)), w.x_test)) for row, args in PTQ.items()]
     rows.append(measure(PER_CHANNEL, _golden_logits(ptq(_config(activation="auto", per_channel=True,
-                                                                include_bias_corr=True)), x_test)))
+                                                                include_bias_corr=True)), w.x_test)))
     best = max(rows[1:1 + len(PTQ)], key=lambda r: r["sqnr"])
     rows.append({**best, "row": BEST, "from": best["row"]})
     finetune = _config(base="fast_finetune")
     tuned = ptq(finetune)
-    rows.append(measure(FINETUNE, _golden_logits(tuned, x_test)))
+    rows.append(measure(FINETUNE, _golden_logits(tuned, w.x_test)))
     # what the int8 logits' own rounding alone leaves, at the fine-tuned model's output fix
     rounded = np.ldexp(quantize_float(float_logits, tuned.f_output, "half_up").astype(np.float64), -tuned.f_output)
     rows[-1]["ceiling"], rows[-1]["f_out"] = sqnr_db(float_logits, rounded), tuned.f_output
-    clustered = ptq(_config(weight_clustering=True, weight_clusters=16))
-    rows.append(measure("hwq k-means k=16 + po2 PTQ", _golden_logits(clustered, x_test)))
-    rows[-1]["bits"] = bits_per_weight(compression(clustered))
-    # QAT continues from fast finetune's model (its weights, fix positions kept): by
-    # distillation from the float model, so it optimises fidelity (agreement, SQNR)
-    net = train_qat(graph, tuned, finetune, x_train, None, epochs=QAT_EPOCHS, lr=1e-3,
-                    init="qmodel", fix_mode="keep", schedule="cosine")
-    rows.append(measure("hwq po2 QAT", _golden_logits(net.export(), x_test)))
-    rows.append(measure("torch.ao fbgemm PTQ", _torch_ao(model, x_calib, x_test)))
-    rows += [measure(row, logits) for row, logits in brevitas_logits(model, x_calib, x_test).items()]
+    # layers whose tuning lowered their calibration-set error (the others keep PTQ's weights)
+    mse = [l.stats["fast_finetune_mse"] for l in tuned.layers if "fast_finetune_mse" in l.stats]
+    rows[-1]["tuned"] = (sum(after < before for before, after in mse), len(mse))
+    if w.x_train is not None:
+        clustered = ptq(_config(weight_clustering=True, weight_clusters=16))
+        rows.append(measure("hwq k-means k=16 + po2 PTQ", _golden_logits(clustered, w.x_test)))
+        rows[-1]["bits"] = bits_per_weight(compression(clustered))
+        # QAT continues from fast finetune's model (its weights, fix positions kept): by
+        # distillation from the float model, so it optimises fidelity (agreement, SQNR)
+        net = train_qat(graph, tuned, finetune, w.x_train, None, epochs=QAT_EPOCHS, lr=1e-3,
+                        init="qmodel", fix_mode="keep", schedule="cosine")
+        rows.append(measure(QAT, _golden_logits(net.export(), w.x_test)))
+    rows.append(measure(AO, _torch_ao(w.model, w.x_calib, w.x_test)))
+    rows += [measure(row, logits) for row, logits in brevitas_logits(w.model, w.x_calib, w.x_test).items()]
     return rows
 
 
@@ -239,7 +271,9 @@ def shortfalls(name: str, rows: list[dict]) -> list[str]:
                    f"{target:.2f}: the int8 logits' own rounding (fix {ft['f_out']}, a step of "
                    f"{2.0 ** -ft['f_out']:g}) caps the SQNR at {ft['ceiling']:.2f} dB, so {target:.2f} leaves "
                    f"the rest of the model an error of {max(share(target), 0):.0%} of that rounding's; "
-                   f"fast finetune's is {share(ft['sqnr']):.0%}" + (f"; {unsigned}" if unsigned else ""))
+                   f"fast finetune's is {share(ft['sqnr']):.0%}; AdaQuant lowered the calibration-set error of "
+                   f"{ft['tuned'][0]} of {ft['tuned'][1]} layers (the rest keep their PTQ weights)"
+                   + (f"; {unsigned}" if unsigned else ""))
     if name == "lenet":
         for row in ("hwq bias corr (default config)", BEST, FINETUNE):
             drop = 100 * (rows[0]["acc"] - by[row]["acc"])
@@ -249,11 +283,12 @@ def shortfalls(name: str, rows: list[dict]) -> list[str]:
                            f"{len(r['margins'])} of {r['n']} test images otherwise than float, whose float "
                            f"top-2 margins are {', '.join(f'{m:.2f}' for m in r['margins'])} against a "
                            f"logits RMS error of {r['rms']:.2f}")
-    ao, qat = by["torch.ao fbgemm PTQ"], by["hwq po2 QAT"]
+    ao = by[AO]
     if max(best["sqnr"], ft["sqnr"]) < ao["sqnr"] - 1:
         out.append(f"{name}: hwq's best post-training SQNR {max(best['sqnr'], ft['sqnr']):.2f} dB is more "
                    f"than 1 dB below torch.ao's {ao['sqnr']:.2f} (per-channel float scales)")
-    if qat["sqnr"] <= ao["sqnr"]:
+    qat = by.get(QAT)
+    if qat and qat["sqnr"] <= ao["sqnr"]:
         out.append(f"{name}: QAT SQNR {qat['sqnr']:.2f} dB is not above torch.ao's {ao['sqnr']:.2f}")
     return out
 
@@ -263,20 +298,21 @@ def main() -> None:
         raise SystemExit("bench/quant_accuracy.py: Brevitas is its reference; install it with "
                          "pip install -e '.[dev]'")
     torch.set_num_threads(2)
-    data = digits_split()
     missed, summary, t0 = [], [], time.perf_counter()
-    for name, model in models(data):
-        rows = bench_model(name, model, data)
-        print(f"\n{name}  (float top-1 {100 * rows[0]['acc']:.2f}% on {len(data[3])} test digits)")
+    for w in workloads(digits_split()):
+        rows = bench_model(w)
+        print(f"\n{w.name}  " + (f"(float top-1 {100 * rows[0]['acc']:.2f}% on {len(w.y_test)} test digits)"
+                                if w.y_test is not None else f"(random weights, {len(w.x_test)} normal inputs)"))
         print(f"  {'':<56} {'top-1':>7} {'agree':>7} {'SQNR dB':>8}")
         for r in rows[1:]:
             note = (f"  ({r['bits']:.2f} bits/weight, {8 / r['bits']:.2f}x smaller than int8)" if "bits" in r
                     else f"  ({r['from']})" if "from" in r else "")
-            print(f"  {r['row']:<56} {100 * r['acc']:>6.2f}% {100 * r['agree']:>6.2f}% {r['sqnr']:>8.2f}{note}")
+            top1 = f"{100 * r['acc']:>6.2f}%" if w.y_test is not None else f"{'-':>7}"
+            print(f"  {r['row']:<56} {top1} {100 * r['agree']:>6.2f}% {r['sqnr']:>8.2f}{note}")
         by = {r["row"]: r for r in rows}
-        summary.append((name, [by[v]["sqnr"] for v in VARIANTS] +
-                        [by[r]["sqnr"] for r in (BEST, PER_CHANNEL, FINETUNE, "hwq po2 QAT", "torch.ao fbgemm PTQ")]))
-        missed += shortfalls(name, rows)
+        summary.append((w.name, [by[v]["sqnr"] for v in VARIANTS] +
+                        [by[r]["sqnr"] if r in by else float("nan") for r in (BEST, PER_CHANNEL, FINETUNE, QAT, AO)]))
+        missed += shortfalls(w.name, rows)
     print(f"\n({time.perf_counter() - t0:.0f} s)\n\nlogits SQNR, dB:")
     heads = ["Brevitas", "+ bias corr", "+ uint8/eq", "hwq best PTQ", "per-channel", "fast finetune", "QAT",
              "torch.ao"]
@@ -285,7 +321,8 @@ def main() -> None:
         print(f"  {name:<10}" + "".join(f"{v:>14.2f}" for v in values))
     print(f"\ntargets: hwq best PTQ (per-tensor, calibration only) >= Brevitas's best PTQ; hwq fast "
           f"finetune >= Brevitas's best + {MARGIN:g} dB; LeNet top-1 drop <= {DROP} point (default "
-          "config, best PTQ, fast finetune); best post-training within 1 dB of torch.ao; QAT above it")
+          "config, best PTQ, fast finetune); best post-training within 1 dB of torch.ao; QAT (digits models) "
+          "above it")
     print("all targets met" if not missed else "shortfall:\n  " + "\n  ".join(missed))
 
 
