@@ -21,6 +21,13 @@ model. Columns:
 - compile: trace + quantize + lower, seconds, one run (after a tiny model has been traced
   once: the first trace in a process imports torch's tracing machinery, ~5 s).
 
+Then a latency table for the MLPerf Tiny models: the cycles at the ULX3S-85F's clock (its
+board file's), beside the MLPerf Tiny v0.7 results the hls4ml and FINN teams published
+for the same tasks (Borras et al. 2022, arXiv 2206.11791; the figures are the median
+throughput of their submission's `results/<board>/<task>/<model>/performance/
+results.txt`, one inference at a time, so latency = 1 / throughput). Their models are
+their own co-designed variants of each task, not the reference architectures hwq runs.
+
 Targets (the issue's, for the whole of it): every model golden == ISS; weights in
 dram.bin within 1.1x of the weights; program bytes at most 1/4 of the weight bytes on the
 MLPerf Tiny models; compile under 10 s (MLPerf Tiny) or 30 s (the others). The issue's
@@ -39,6 +46,7 @@ import torch.nn as nn
 
 from hwq.arch import isa
 from hwq.arch.config import load_hw_config
+from hwq.board.spec import load_board
 from hwq.compiler.frontend import trace
 from hwq.compiler.lower import compile_model
 from hwq.compiler.quant.config import load_quant_config
@@ -55,6 +63,19 @@ KIB = 1024
 ISSUE = {"ResNet8": (343, 258_830, 75.8), "MobileNetV1": (2_303, 304_706, 38.4),
          "MobileNetV2": (11_775, 356_064, 20.9)}
 TINY = {cls.__name__ for cls in mlperf_tiny.MODELS}
+LATENCY_BOARD = "ulx3s-85f"
+# MLPerf Tiny v0.7, open division, hls4ml-finn: task -> (tool, their model, board, inferences/s)
+PUBLISHED = {
+    "ResNet8": [("hls4ml", "RN07 (their ResNet)", "Pynq-Z2", 36.596),
+                ("hls4ml", "RN07 (their ResNet)", "Arty A7-100T", 30.139),
+                ("FINN", "CNV-W1A1 (binarized CNN)", "Pynq-Z2", 661.473),
+                ("FINN", "CNV-W1A1 (binarized CNN)", "Arty A7-100T", 659.069)],
+    "DSCNN": [("FINN", "KWS-W3A3 (3-bit weights, activations)", "Pynq-Z2", 57268.135),
+              ("FINN", "KWS-W3A3 (3-bit weights, activations)", "Arty A7-100T", 30151.770)],
+    "AutoEncoder": [("hls4ml", "AD08 (their autoencoder)", "Pynq-Z2", 53365.414),
+                    ("hls4ml", "AD08 (their autoencoder)", "Arty A7-100T", 30685.669)],
+    "MobileNetV1": [],   # no FPGA result for visual wake words in that submission
+}
 
 
 def peak_activations(qmodel) -> int:
@@ -183,8 +204,10 @@ def main() -> None:
               f"{'DRAM image':>12}{'least':>10}{'ratio':>7}{'prog/wgt':>9}{'cycles':>12}"
               f"{'util %':>8}{'compile s':>10}")
     print(header)
+    rows = []
     for name in names:
         row = measure(name, zoo[name], args.images)
+        rows.append(row)
         if "refused" in row:
             print(f"{name:<17}refused: {row['refused']}", flush=True)
             continue
@@ -202,6 +225,24 @@ def main() -> None:
     print("\ntargets: golden == ISS on every model; weights in dram.bin <= 1.1x the weights; "
           "program <= 1/4 of the weight bytes (MLPerf Tiny); compile < 10 s (MLPerf Tiny), "
           "< 30 s (the others)")
+    print_latency([r for r in rows if r["name"] in PUBLISHED and "cycles" in r])
+
+
+def print_latency(rows: list[dict]) -> None:
+    """hwq's latency per inference at the latency board's clock beside the published figures."""
+    if not rows:
+        return
+    clock = load_board(LATENCY_BOARD).clock_hz
+    print(f"\nlatency per inference, hwq 8x8 at {LATENCY_BOARD}'s {clock / 1e6:g} MHz (ECP5-85F, nextpnr) "
+          "beside MLPerf Tiny v0.7's hls4ml / FINN results (Vivado):")
+    print(f"  {'task model':<14}{'hwq':>12}   {'published':<58}{'latency':>12}")
+    for row in rows:
+        ours = f"{row['cycles'] / clock * 1e6:>9,.1f} us"
+        if not PUBLISHED[row["name"]]:
+            print(f"  {row['name']:<14}{ours:>12}   (no FPGA result published for this task)")
+        for i, (tool, model, board, rate) in enumerate(PUBLISHED[row["name"]]):
+            print(f"  {row['name'] if i == 0 else '':<14}{ours if i == 0 else '':>12}   "
+                  f"{f'{tool} {model}, {board}':<58}{1e6 / rate:>9,.1f} us")
 
 
 if __name__ == "__main__":
