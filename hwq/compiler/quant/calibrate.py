@@ -114,9 +114,11 @@ def _record(x: np.ndarray, f: int, hi: int) -> dict:
     threshold, histogram."""
     a = np.abs(x)
     absmax = float(a.max())
-    hist, edges = np.histogram(a, bins=HIST_BINS, range=(0, absmax or 1.0))
+    # binned as fractions of the top, which a subnormal absmax has no 64 distinct edges for
+    top = absmax or 1.0
+    hist = np.histogram(a / top, bins=HIST_BINS, range=(0.0, 1.0))[0]
     return {"absmax": absmax, "threshold": hi * 2.0 ** -f, "hist": hist.tolist(),
-            "hist_edges": [float(edges[0]), float(edges[-1])]}
+            "hist_edges": [0.0, top]}
 
 
 def _auto_fix(x: np.ndarray, y: np.ndarray, tq: TensorQuant, act: str, batch_size: int,

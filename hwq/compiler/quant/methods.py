@@ -32,11 +32,12 @@ def fix_position(absmax: float, hi: int = INT8_MAX) -> int:
     the calibrated range does not clip."""
     if absmax == 0:
         return ZERO_RANGE_FIX
-    f = math.floor(math.log2(hi / absmax))
-    # log2 of a float quotient can land on the wrong side of an exact power of two
-    while absmax * 2.0 ** (f + 1) <= hi:
+    # a difference of logs and ldexp: hi / absmax overflows for a subnormal absmax
+    f = math.floor(math.log2(hi) - math.log2(absmax))
+    # log2 can land on the wrong side of an exact power of two
+    while math.ldexp(absmax, f + 1) <= hi:
         f += 1
-    while absmax * 2.0 ** f > hi:
+    while math.ldexp(absmax, f) > hi:
         f -= 1
     return f
 
@@ -62,7 +63,8 @@ def kl_threshold(a: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS,
     top = float(a.max()) if a.size else 0.0
     if top == 0:
         return 0.0
-    hist = np.histogram(a, bins=bins, range=(0, top))[0].astype(np.float64)
+    # binned as fractions of the top: a subnormal top has no `bins` distinct edges of its own
+    hist = np.histogram(a / top, bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
     cuts = np.array(list(range(levels, bins, stride)) + [bins])
     return int(cuts[np.argmin(_kl_divergences(hist, cuts, levels))]) * top / bins   # ties: the narrowest
 
