@@ -143,6 +143,7 @@ def measure(name: str, cls, images: int) -> dict:
         break
     row["compile"] = sum(row["stages"])
     row["hw"] = cfg.name
+    row["array"] = f"{cfg.rows}x{cfg.cols}"
     x = rng.integers(-128, 128, (images, *qmodel.input_shape)).astype(np.int8)
     shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
     result = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x)
@@ -233,8 +234,9 @@ def print_latency(rows: list[dict]) -> None:
     if not rows:
         return
     clock = load_board(LATENCY_BOARD).clock_hz
-    print(f"\nlatency per inference, hwq 8x8 at {LATENCY_BOARD}'s {clock / 1e6:g} MHz (ECP5-85F, nextpnr) "
-          "beside MLPerf Tiny v0.7's hls4ml / FINN results (Vivado):")
+    arrays = " / ".join(sorted({r["array"] for r in rows}))
+    print(f"\nlatency per inference, hwq {arrays} at {LATENCY_BOARD}'s {clock / 1e6:g} MHz beside MLPerf Tiny "
+          "v0.7's hls4ml / FINN results (Vivado):")
     print(f"  {'task model':<14}{'hwq':>12}   {'published':<58}{'latency':>12}")
     for row in rows:
         ours = f"{row['cycles'] / clock * 1e6:>9,.1f} us"

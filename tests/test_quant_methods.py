@@ -12,8 +12,7 @@ from hwq.compiler.ir import Graph, Layer
 from hwq.compiler.quant.float_model import run_float
 from hwq.compiler.quant.pipeline import quantize
 from hwq.compiler.quant.config import METHODS, load_quant_config, parse_quant_config
-from hwq.compiler.quant.calibrate import _record
-from hwq.compiler.quant.methods import _kl_divergences, choose_fix, combine, kl_threshold
+from hwq.compiler.quant.methods import _kl_divergences, choose_fix, combine, kl_threshold, magnitude_histogram
 from hwq.compiler.quant.report import method_label, sqnr_db, summary_markdown
 from hwq.compiler.quant.rewrite import equalize
 from hwq.errors import HwqError
@@ -340,10 +339,11 @@ def test_bias_correction_takes_in_the_error_from_upstream():
 
 def test_subnormal_activations_calibrate():
     # a tensor whose magnitudes are all subnormal has no 2048 (or 64) distinct histogram
-    # edges between 0 and its max: entropy and the report's histogram bin fractions of it
+    # edges between 0 and its max: entropy and the report's histogram (both
+    # magnitude_histogram) bin fractions of it
     assert kl_threshold(np.array([5e-324])) == 5e-324            # float64's least
     tiny = np.finfo(np.float32).smallest_subnormal               # activations are float32
     x = np.array([0.0, tiny, 2 * tiny, -3 * tiny], np.float32)
     for method in ("entropy", "maxmin", "mse", "percentile"):
         assert np.ldexp(3 * float(tiny), choose_fix(method, x, TQ, -128)) <= 127
-    assert sum(_record(x, 0, 127)["hist"]) == len(x)
+    assert np.nonzero(magnitude_histogram(np.abs(x), 64, 3 * float(tiny)))[0].tolist() == [0, 21, 42, 63]

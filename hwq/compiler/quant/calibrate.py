@@ -22,7 +22,7 @@ from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel, unsigned_output
 from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
 from hwq.compiler.quant.emulate import before_rounding, dequantized, output
 from hwq.compiler.quant.float_model import float_layer, run_float
-from hwq.compiler.quant.methods import choose_fix, choose_fixes, combine, fix_position
+from hwq.compiler.quant.methods import choose_fix, choose_fixes, combine, fix_position, magnitude_histogram
 from hwq.errors import HwqError
 from hwq.progress import Progress
 
@@ -114,9 +114,8 @@ def _record(x: np.ndarray, f: int, hi: int) -> dict:
     threshold, histogram."""
     a = np.abs(x)
     absmax = float(a.max())
-    # binned as fractions of the top, which a subnormal absmax has no 64 distinct edges for
     top = absmax or 1.0
-    hist = np.histogram(a / top, bins=HIST_BINS, range=(0.0, 1.0))[0]
+    hist = magnitude_histogram(a, HIST_BINS, top)
     return {"absmax": absmax, "threshold": hi * 2.0 ** -f, "hist": hist.tolist(),
             "hist_edges": [0.0, top]}
 

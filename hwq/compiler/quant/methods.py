@@ -47,6 +47,12 @@ def fake_quant(x: np.ndarray, f: int, round_mode: str, lo: int, hi: int = INT8_M
     return np.ldexp(quantize_float(x, f, round_mode, lo, hi).astype(np.float64), -f)
 
 
+def magnitude_histogram(a: np.ndarray, bins: int, top: float) -> np.ndarray:
+    """Counts of the magnitudes `a` in `bins` equal bins over [0, top] (top > 0), binned
+    as fractions of top: a subnormal top has no `bins` distinct edges of its own."""
+    return np.histogram(a / top, bins=bins, range=(0.0, 1.0))[0]
+
+
 def kl_threshold(a: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS,
                  stride: int = KL_STRIDE) -> float:
     """TensorRT's entropy threshold of the magnitudes `a`: the clipping point whose
@@ -63,8 +69,7 @@ def kl_threshold(a: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS,
     top = float(a.max()) if a.size else 0.0
     if top == 0:
         return 0.0
-    # binned as fractions of the top: a subnormal top has no `bins` distinct edges of its own
-    hist = np.histogram(a / top, bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
+    hist = magnitude_histogram(a, bins, top).astype(np.float64)
     cuts = np.array(list(range(levels, bins, stride)) + [bins])
     return int(cuts[np.argmin(_kl_divergences(hist, cuts, levels))]) * top / bins   # ties: the narrowest
 
