@@ -57,3 +57,19 @@ def test_hardware_configs_are_deltas_of_one_default(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     b = load_hw_config(tmp_path / "b.yaml")
     assert (b.name, b.rows, b.cols, b.obuf_depth) == ("b", 4, 8, 2048)
+
+
+def test_build_key_follows_the_cocotb_library(monkeypatch):
+    """The simulator links cocotb's VPI library by path: a build made in another
+    environment (another venv, the library elsewhere) is a different build."""
+    import cocotb_tools.config
+
+    from hwq.arch.config import load_hw_config
+    from hwq.sim import rtl_sim
+    cfg = load_hw_config("small")
+    keys = lambda: (rtl_sim._source_key(cfg, "verilator", rtl_sim._recipe("verilator")),  # noqa: E731
+                    rtl_sim._source_key(cfg, "icarus", rtl_sim._recipe("icarus")))
+    here = keys()
+    monkeypatch.setattr(cocotb_tools.config, "libs_dir", Path("/elsewhere/cocotb/libs"))
+    elsewhere = keys()
+    assert here[0] != elsewhere[0] and here[1] != elsewhere[1]

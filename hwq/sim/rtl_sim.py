@@ -135,7 +135,11 @@ def _variant(waves: bool, trace: bool, fault: str | None) -> str:
 
 
 def _recipe(sim: str, waves: bool = False, trace: bool = False, fault: str | None = None) -> str:
-    base = _BUILD_RECIPE + _variant(waves, trace, fault)
+    # the simulator links cocotb's VPI library by its path in this environment: a build
+    # from another venv (or cocotb) would not load here, so the path and version key it
+    import cocotb
+    from cocotb_tools.config import libs_dir
+    base = " ".join([_BUILD_RECIPE + _variant(waves, trace, fault), str(libs_dir), cocotb.__version__])
     if sim != "verilator":
         return base
     return " ".join([base, *VERILATOR_ARGS, *(f"{k}={v}" for k, v in
