@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hwq.arch.config import HwConfig, available, hardware_fields, named_file
 from hwq.errors import HwqError
-from hwq.rtl.uart import uart_divisor
+from hwq.rtl.uart import MAX_BAUD_ERROR, baud_error, uart_divisor
 from hwq.schema import Rule, check_fields, read_yaml
 
 BOARDS = resources.files("hwq") / "boards"
@@ -88,7 +88,13 @@ def load_board(name_or_path: str | Path) -> Board:
     if b["uart_pins"] is not None:
         check_fields(b["uart_pins"], UART_PINS, str(path), "board.uart_pins")
     name = Path(str(path)).stem
+    clock_hz = b["clock_mhz"] * 1e6
+    if uart_divisor(clock_hz, b["baud"]) < 4 or baud_error(clock_hz, b["baud"]) > MAX_BAUD_ERROR:
+        div = max(4, round(clock_hz / b["baud"]))
+        raise HwqError(f"{path}: board.baud {b['baud']} is not a rate the {b['clock_mhz']:g} MHz "
+                       f"clock makes within {MAX_BAUD_ERROR:.0%} (it divides to "
+                       f"{clock_hz / div:.0f} baud); choose a baud near clock / n, n >= 4")
     cfg = HwConfig(**{"name": name, **hardware_fields(data["hardware"], str(path))})
     return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],
-                 clock_hz=b["clock_mhz"] * 1e6, baud=b["baud"], seed=b["seed"],
+                 clock_hz=clock_hz, baud=b["baud"], seed=b["seed"],
                  uart_pins=b["uart_pins"], synth_opts=b["synth_opts"], cfg=cfg)
