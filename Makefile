@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	.venv/bin/hwq demo
 
+# Two test workers (pytest-xdist): the RTL builds and bitstreams run beside the rest, and
+# parallel workers build each simulator and bitstream once (hwq/sim/rtl_sim.py's lock).
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
 
 docs: setup
 	.venv/bin/hwq isa-doc > docs/isa.md

@@ -33,11 +33,12 @@ def _remove_scratch() -> None:
 atexit.register(_remove_scratch)
 
 
-def compile(model: torch.nn.Module, input_shape, calib: np.ndarray | str = "digits",
+def compile(model: torch.nn.Module | str | Path, input_shape, calib: np.ndarray | str = "digits",
             hw: str = "default", quant: str | None = None, board: str | None = None,
             out: str | Path | None = None, n_ref: int = REFERENCE_IMAGES,
             progress: bool = False) -> Package:
-    """Quantize and compile `model` (an nn.Module) for inputs of `input_shape` (C, H, W),
+    """Quantize and compile `model` (an nn.Module, a `path/to/model.onnx`, or a spec
+    `file.py:Name` / `module:Name`) for inputs of `input_shape` (C, H, W),
     calibrated on `calib` (an array (N, C, H, W) of float inputs, a .npy path, or
     "digits"); `hw` names a hardware config (or a YAML path), `quant` a quantization
     config, `board` a board (its config, and a bitstream in the package). The package is
@@ -48,8 +49,10 @@ def compile(model: torch.nn.Module, input_shape, calib: np.ndarray | str = "digi
     if out is None:
         scratch = Path(tempfile.mkdtemp(prefix="hwq-"))
         _SCRATCH.append(scratch)
-        out = scratch / f"{type(model).__name__}.hwq"
-    path = compile_package(model, tuple(input_shape), calib, out, hw=hw, quant=quant,
+        name = type(model).__name__ if isinstance(model, torch.nn.Module) else \
+            Path(str(model).rpartition(":")[2]).stem
+        out = scratch / f"{name}.hwq"
+    path = compile_package(model if isinstance(model, torch.nn.Module) else str(model), tuple(input_shape), calib, out, hw=hw, quant=quant,
                            n_ref=n_ref, progress=progress, board=board)
     return open_package(path)
 

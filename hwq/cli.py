@@ -155,6 +155,27 @@ def _isa_doc(a) -> None:
     sys.stdout.write(isa.reference_markdown())
 
 
+class _PointsFailed(HwqError):
+    """Some points of a sweep failed: the sweep's results are written, the status is 1."""
+
+    exit_code = 1
+
+
+def _sweep(a) -> None:
+    from hwq.sweeps.engine import sweep
+
+    r = sweep(a.spec, a.output, scheduler=a.scheduler, workers=a.workers, progress=not a.quiet)
+    print(f"sweep {r.spec.name}: {len(r.rows)} points, {len(r.rows) - len(r.failed)} ok "
+          f"({r.ran} run, {r.cached} from the cache) in {r.seconds:.1f} s; "
+          f"{r.out / 'results.csv'}, pareto.png, summary.md")
+    for row in r.failed:
+        seed = f" seed {row['seed']}" if row["seed"] != "" else ""
+        print(f"  {row['status']}: {row['model']} on {row['config']}{seed}: {row['error']}")
+    if r.failed:
+        raise _PointsFailed(f"{len(r.failed)} of {len(r.rows)} points failed or mismatched; "
+                            f"see {r.out / 'summary.md'}")
+
+
 def _demo(a) -> None:
     from hwq.demo import run_demo
 
@@ -183,7 +204,8 @@ def _io_arguments(p: argparse.ArgumentParser, where: str) -> None:
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """What `compile` and `quantize` both need to load and calibrate a model."""
-    p.add_argument("model", help="path/to/file.py:ClassName")
+    p.add_argument("model", help="path/to/file.py:ClassName, package.module:ClassName or "
+                   "path/to/model.onnx")
     p.add_argument("--input-shape", required=True, help="CxHxW, e.g. 1x8x8")
     p.add_argument("--calib", required=True, help="calibration data: 'digits' or a .npy file")
     p.add_argument("--quant-config", help="quantization config: a name in hwq/configs/quant/ or a YAML path (default: default)")
@@ -257,6 +279,20 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("isa-doc", help="print the ISA reference (docs/isa.md)")
     i.set_defaults(run=_isa_doc)
+
+    w = sub.add_parser("sweep", help="run a design-space sweep (models x hardware x boards x "
+                       "seeds) on a Dask cluster; results.csv, pareto.png, summary.md")
+    w.add_argument("spec", help="sweep spec: a YAML file, or a name in hwq/configs/sweeps/ "
+                   "(regression)")
+    w.add_argument("-o", "--output", default="build/sweep", help="results directory; its "
+                   "points/ keeps finished points, so a re-run does only new work "
+                   "(default build/sweep)")
+    w.add_argument("--scheduler", help="a running Dask scheduler's address, e.g. "
+                   "tcp://host:8786 (default: a local cluster)")
+    w.add_argument("--workers", type=_count, help="worker processes of the local cluster "
+                   "(default: one per core)")
+    w.add_argument("-q", "--quiet", action="store_true")
+    w.set_defaults(run=_sweep)
 
     e = sub.add_parser("demo", help="train, compile, simulate and compare the digits LeNet")
     e.add_argument("--sim", choices=SIMS[:2], default="verilator")

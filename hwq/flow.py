@@ -23,9 +23,9 @@ from hwq.compiler.frontend import trace
 from hwq.compiler.ir import Graph, QModel, qmodel_to_npz
 from hwq.compiler.lower import Compiled, compile_model
 from hwq.compiler.quant.pipeline import quantize
-from hwq.compiler.quant.config import load_quant_config
+from hwq.compiler.quant.config import QuantConfig, load_quant_config
 from hwq.compiler.quant.report import histogram_png, summary_markdown
-from hwq.arch.config import load_hw_config
+from hwq.arch.config import HwConfig, load_hw_config
 from hwq.errors import HwqError, MismatchError, raise_interrupt
 from hwq.package import check_target, write_files, write_package
 from hwq.reports import compile_report, layer_sqnr, ledger
@@ -47,17 +47,21 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, str, str]:
-    """`path/to/file.py:Name` or `package.module:Name` -> (module in eval mode, name,
-    sha256 of its state).
+def load_model(spec: str, weights: str | None = None,
+               input_shape=None) -> tuple[torch.nn.Module, str, str]:
+    """`path/to/file.py:Name`, `package.module:Name` or `path/to/model.onnx` -> (module
+    in eval mode, name, sha256 of its state).
 
     Name is an nn.Module class or a function returning a module; a class with a
     `pretrained()` classmethod is built through it (examples ship trained weights that
-    way). `weights` is a state_dict file saved with torch.save."""
+    way). `weights` is a state_dict file saved with torch.save. An ONNX model carries its
+    weights and is imported for inputs of `input_shape` (C, H, W)."""
+    if spec.lower().endswith(".onnx"):
+        return _load_onnx(spec, weights, input_shape)
     path, sep, attr = spec.rpartition(":")
     if not sep or not path or not attr:
-        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName or "
-                       "package.module:ClassName")
+        raise HwqError(f"model '{spec}' must be given as path/to/file.py:ClassName, "
+                       "package.module:ClassName or path/to/model.onnx")
     module = _model_module(path)
     factory = getattr(module, attr, None)
     if factory is None:
@@ -74,6 +78,16 @@ def load_model(spec: str, weights: str | None = None) -> tuple[torch.nn.Module, 
         _load_weights(model, weights, attr)
     model.eval()
     return model, attr, model_digest(model)
+
+
+def _load_onnx(path: str, weights: str | None, input_shape) -> tuple[torch.nn.Module, str, str]:
+    from hwq.compiler.onnx_import import load_onnx
+    if weights is not None:
+        raise HwqError(f"model {path}: an ONNX model carries its weights; drop --weights")
+    if input_shape is None:
+        raise HwqError(f"model {path}: an ONNX model needs the input shape (--input-shape CxHxW)")
+    model = load_onnx(path, input_shape)
+    return model, model._get_name(), model_digest(model)
 
 
 _GIVE_STATE_DICT = "give a state_dict instead: torch.save(model.state_dict(), path)"
@@ -219,26 +233,28 @@ class Build:
     board: Board | None = None         # with a board: a bitstream goes into the package
 
 
-def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray, hw: str = "default",
-          quant: str | None = None, weights: str | None = None, n_ref: int = REFERENCE_IMAGES,
-          progress: bool = True, board: str | None = None) -> Build:
+def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray,
+          hw: str | HwConfig = "default", quant: str | QuantConfig | None = None,
+          weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
+          board: str | None = None) -> Build:
     """`model` is a spec (`file.py:Name`, `module:Name`; `weights` a state_dict file for
-    it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs. With
-    `board`, its file's `hardware:` section is the config (and `hw` is unused)."""
+    it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs; `hw`
+    and `quant` a config's name or path, or the config itself. With `board`, its file's
+    `hardware:` section is the config (and `hw` is unused)."""
     from hwq.board.spec import load_board
     if n_ref < 1:
         raise HwqError(f"reference images: {n_ref} must be at least 1 (the package proves "
                        "itself on them)")
     brd = load_board(board) if board is not None else None
-    cfg = brd.cfg if brd is not None else load_hw_config(hw)
-    qcfg = load_quant_config(quant)
+    cfg = brd.cfg if brd is not None else hw if isinstance(hw, HwConfig) else load_hw_config(hw)
+    qcfg = quant if isinstance(quant, QuantConfig) else load_quant_config(quant)
     if isinstance(model, torch.nn.Module):
         spec, name = f"{type(model).__module__}.{type(model).__qualname__}", type(model).__name__
         model = model.eval()
         model_hash = model_digest(model)
     else:
         spec = model
-        model, name, model_hash = load_model(spec, weights)
+        model, name, model_hash = load_model(spec, weights, input_shape)
     graph = trace(model, input_shape, name)
     qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
     compiled = compile_model(qmodel, cfg)
@@ -349,7 +365,7 @@ def quantize_to_report(spec: str, input_shape, calib: str, out, quant: str | Non
     if out.exists() and not out.is_dir():     # before the work: it cannot hold the report
         raise HwqError(f"report directory {out} is a file; choose another output path (-o)")
     config = load_quant_config(quant)
-    model, name, _ = load_model(spec, weights)
+    model, name, _ = load_model(spec, weights, input_shape)
     graph = trace(model, input_shape, name)
     x_calib = calibration_set(calib, input_shape)
     qmodel = quantize(graph, x_calib, config, progress=progress, hardware=False)

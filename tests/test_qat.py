@@ -117,6 +117,10 @@ def test_qat_from_qmodel_weights(lenet_ptq):
         assert (a.f_in, a.f_out, a.f_w) == (b.f_in, b.f_out, b.f_w)
         if a.weight is not None:
             assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+    # from the int8-activation model: one epoch at this rate lowers its loss, where the
+    # uint8 one (the default) starts closer to float and keeps its start
+    config = parse_quant_config({**config.as_dict(), "activation_signedness": "signed"}, "test")
+    qmodel = quantize(graph, x_train[:256], config, progress=False)
     net = train_qat(graph, qmodel, config, x_train[:256], None, epochs=1, lr=1e-3,
                     fix_mode="keep", init="qmodel", schedule="cosine")
     assert int(net.step) == 4   # trained, and kept (its loss is below the start's)

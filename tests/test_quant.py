@@ -1,4 +1,5 @@
 """Quantization config, max-min calibration, the accumulator proof and the golden model."""
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -191,7 +192,12 @@ def test_maxmin_by_hand():
     assert q.quant_config["tensor_quantize_config"]["weights"]["round_mode"] == "std_round"
 
     relu = quantize(one_conv_graph(0.75, 0.3, act="relu6"), calib, load_quant_config(), progress=False)
+    # int8 (the default activation_signedness: signed): 1.8 * 2**6 = 115.2 <= 127
     assert (relu.layers[0].f_out, relu.layers[0].lo, relu.layers[0].hi) == (6, 0, 127)
+    # uint8 (auto): 1.8 * 2**7 = 230.4 <= 255
+    unsigned = dataclasses.replace(load_quant_config(), activation_signedness="auto")
+    relu = quantize(one_conv_graph(0.75, 0.3, act="relu6"), calib, unsigned, progress=False)
+    assert (relu.layers[0].f_out, relu.layers[0].lo, relu.layers[0].hi) == (7, 0, 255)
 
 
 def test_calibration_data_checked():

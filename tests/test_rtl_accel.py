@@ -269,10 +269,11 @@ def random_program(cfg, rng, n=14, wild=False):
             prog.append(I("GEMM", wgt=addr(cfg.wbuf_depth), inp=addr(cfg.ibuf_depth),
                           acc=acc, reset=rng.randrange(2), n_outer=no, n_inner=ni,
                           inp_so=rng.randrange(0, 12), inp_si=rng.randrange(0, 4),
-                          acc_so=acc_so, acc_si=acc_si))
+                          acc_so=acc_so, acc_si=acc_si, inp_unsigned=rng.randrange(2)))
         elif kind == "POST":
-            lo = rng.choice([-128, 0, -127, rng.randrange(-128, 128)])
-            hi = rng.choice([127, 6, rng.randrange(-128, 128)])
+            # int8's clamps, uint8's (hi up to 255) and any other 9-bit one
+            lo = rng.choice([-128, 0, -127, rng.randrange(-256, 256)])
+            hi = rng.choice([127, 6, 255, rng.randrange(-256, 256)])
             prog.append(I("POST", acc=addr(cfg.abuf_depth), out=addr(cfg.obuf_depth),
                           bias=rng.randrange(cfg.bbuf_depth + 4), n=rng.randrange(0, 10),
                           shift=rng.choice([rng.randrange(-32, 32), rng.randrange(0, 16)]),
@@ -284,7 +285,7 @@ def random_program(cfg, rng, n=14, wild=False):
             prog.append(I("MAXPOOL", src=addr(cfg.obuf_depth), dst=addr(cfg.obuf_depth),
                           out_h=rng.randrange(0, 4), out_w=rng.randrange(1, 4),
                           in_w=rng.randrange(1, 9), k_h=rng.randrange(1, 4), k_w=rng.randrange(1, 4),
-                          stride=rng.randrange(0, 4)))
+                          stride=rng.randrange(0, 4), unsigned=rng.randrange(2)))
         else:
             eo = cfg.entry_words("obuf")
             prog.append(I("STORE", sram=addr(cfg.obuf_depth),

@@ -25,6 +25,11 @@ def _run(dut, bench, clock=False):
     sim.run()
 
 
+def _byte(code) -> int:
+    """The byte POST stores of a requantized int8 or uint8 code, read as the lanes' int8."""
+    return int(np.asarray(code).view(np.int8))
+
+
 def _wrap(v, bits):
     v &= (1 << bits) - 1
     return v - (1 << bits) if v >> (bits - 1) else v
@@ -64,7 +69,8 @@ def test_post_exhaustive_narrow(deep):
     dut = RequantLanes(LANES, acc_bits=NARROW, deep=deep)
     rng = random.Random(1)
     values = list(range(-(1 << (NARROW - 1)), 1 << (NARROW - 1)))
-    clamps = [(-128, 127), (0, 127), (0, 6), (-127, 127), (-5, 17), (3, -3), (0, 0)]
+    clamps = [(-128, 127), (0, 127), (0, 6), (-127, 127), (-5, 17), (3, -3), (0, 0), (0, 255),
+              (0, 192), (-256, 255), (-200, 100), (100, 255)]
     slopes = [SLOPE_ONE, SLOPE_ONE, 0, 1, 26, 77, 128, 255, 257, 511]
     failures = []
 
@@ -87,7 +93,7 @@ def test_post_exhaustive_narrow(deep):
                     ctx.set(dut.bias.as_value(), _pack(bias, NARROW))
                     await ctx.tick().repeat(dut.latency)
                     got = _unpack(ctx.get(dut.y.as_value()), 8, LANES)
-                    want = [int(requantize(np.int64(x), s, mode, lo, hi, slope))
+                    want = [_byte(requantize(np.int64(x), s, mode, lo, hi, slope))
                             for x, s in zip(chunk, shifts)]
                     if got != want:
                         failures.extend((mode, shift, slope, x, lo, hi, g, w)
@@ -104,11 +110,12 @@ _full = {deep: RequantLanes(4, acc_bits=32, deep=deep) for deep in (False, True)
        bias=st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=4, max_size=4),
        shift=st.lists(st.integers(-32, 31), min_size=4, max_size=4),
        mode=st.sampled_from(sorted(ROUND_MODES)),
-       lo=st.integers(-128, 127), hi=st.integers(-128, 127),
+       lo=st.integers(-256, 255), hi=st.integers(-256, 255),
        slope=st.one_of(st.just(SLOPE_ONE), st.integers(0, 511)), deep=st.booleans())
 def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope, deep):
     """Per-lane shifts (one each) and a LeakyReLU slope on full-width accumulators, on
-    the lanes with and without the two extra stages."""
+    the lanes with and without the two extra stages; any 9-bit clamp, int8's and
+    uint8's among them: the lanes give the byte POST stores."""
     dut = _full[deep]
     got = []
 
@@ -126,7 +133,7 @@ def test_post_random_full_width(acc, bias, shift, mode, lo, hi, slope, deep):
         got.extend(ctx.get(dut.y[k]) for k in range(4))
     _run(dut, bench, clock=True)
     total = (np.array(acc, np.int64) + np.array(bias, np.int64)).astype(np.int32)  # int32 wrap
-    assert got == [int(requantize(t, s, mode, lo, hi, slope)) for t, s in zip(total, shift)]
+    assert got == [_byte(requantize(t, s, mode, lo, hi, slope)) for t, s in zip(total, shift)]
 
 
 @pytest.mark.parametrize("has_slope,deep", [(True, False), (False, False), (True, True)])
@@ -147,10 +154,10 @@ def test_post_ties_and_extremes(has_slope, deep):
             ctx.set(dut.slope, slope)
             for shift in (-32, -31, -8, -7, -1, 0, 1, 4, 5, 30, 31):
                 ctx.set(dut.shift.as_value(), _pack([shift] * 8, 6))
-                for lo, hi in ((-128, 127), (0, 127), (-127, 6)):
+                for lo, hi in ((-128, 127), (0, 127), (-127, 6), (0, 255)):
                     ctx.set(dut.lo, lo)
                     ctx.set(dut.hi, hi)
-                    want = requantize(np.array(xs, np.int64), shift, mode, lo, hi, slope)
+                    want = requantize(np.array(xs, np.int64), shift, mode, lo, hi, slope).view(np.int8)
                     await ctx.tick().repeat(dut.latency)
                     got = [ctx.get(dut.y[k]) for k in range(8)]
                     if got != want.tolist():

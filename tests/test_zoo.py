@@ -79,15 +79,16 @@ def test_pretrained_is_seeded_and_has_batchnorm_statistics():
 
 
 def _torchvision():
-    """torchvision, or a skip. The registry's build loads C ops for CUDA that fail beside
-    a CPU torch; declaring the two it registers fakes for lets the import through."""
+    """torchvision (a dev dependency). The registry's build loads C ops for CUDA that fail
+    beside a CPU torch; declaring the two it registers fakes for lets the import through."""
     try:
         lib = torch.library.Library("torchvision", "DEF")
         lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     except RuntimeError:
         pass                                   # declared already (or torchvision's own)
-    return pytest.importorskip("torchvision")
+    import torchvision
+    return torchvision
 
 
 @pytest.mark.parametrize("ours, theirs, kwargs", [

@@ -8,11 +8,15 @@ Machine model. DRAM is an array of words of `bus_bytes` bytes (the hardware conf
 memory port); every DRAM address and stride below counts words. On chip there are five
 buffers, each an array of entries:
 
-    ibuf  entry = rows x int8    one input vector (`rows` channels of one pixel)
+    ibuf  entry = rows x 8 bits  one input vector (`rows` channels of one pixel)
     wbuf  entry = cols x int8    one weight-tile row (input channel r, `cols` outputs)
     bbuf  entry = cols x int32   one bias vector
     abuf  entry = cols x int32   one accumulator vector
-    obuf  entry = cols x int8    one requantized output vector
+    obuf  entry = cols x 8 bits  one requantized output vector
+
+An activation byte is int8 or uint8 (a ReLU's output, stored with twice the resolution);
+the bytes do not say which, so the instructions that read activations as numbers -- GEMM
+and MAXPOOL -- carry a bit that does, and POST's clamp range says what it writes.
 
 A buffer entry in DRAM is `entry_bytes / bus_bytes` consecutive words, lanes in order,
 little-endian. Instructions are 128-bit words, little-endian, fetched from DRAM from the
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
-ISA_VERSION = 5
+ISA_VERSION = 6
 INSTR_BITS = 128
 OPCODE_BITS = 4
 SRAM_ADDR_BITS = 14
@@ -225,24 +229,26 @@ for y in range(y_size):
         F("inp_si", 6, "ibuf step of the inner loop"),
         F("acc_so", _SRAM, "abuf step of the outer loop"),
         F("acc_si", 6, "abuf step of the inner loop"),
+        F("inp_unsigned", 1, "1: the input vectors are uint8, 0: int8 (the default when "
+          "omitted); the multipliers take them as 9-bit signed", default=0),
     ), """\
 Wt = wbuf[wgt : wgt + rows]            # rows x cols int8, row r = input channel r
 for o in range(n_outer):
     for i in range(n_inner):
-        x = ibuf[inp + o * inp_so + i * inp_si]                 # rows int8
+        x = ibuf[inp + o * inp_so + i * inp_si]     # rows bytes: uint8 if inp_unsigned else int8
         a = acc + o * acc_so + i * acc_si
         abuf[a] = (0 if reset else abuf[a]) + x @ Wt            # cols int32, wraps
 # the n_outer * n_inner entries `a` must be distinct (the compiler guarantees it)""",
        _gemm_extents),
-    Op("POST", 4, "bias, shift with rounding, clamp: accumulators to int8 outputs", (
+    Op("POST", 4, "bias, shift with rounding, clamp: accumulators to int8 or uint8 outputs", (
         F("acc", _SRAM, "first abuf entry read"),
         F("out", _SRAM, "first obuf entry written"),
         F("bias", _SRAM, "bbuf entry added to every accumulator"),
         F("n", _SRAM, "entries processed"),
         F("shift", 6, "right shift s (negative: left shift)", signed=True),
         F("round", 2, "rounding of the shift: 0 half_up, 1 half_even, 2 half_down, 3 std_round"),
-        F("lo", 8, "clamp floor (-128 none, 0 ReLU)", signed=True),
-        F("hi", 8, "clamp ceiling (127 none, 6*2^f ReLU6)", signed=True),
+        F("lo", 9, "clamp floor (-128 none, 0 ReLU)", signed=True),
+        F("hi", 9, "clamp ceiling (127 none, 6*2^f ReLU6; 255 a uint8 output)", signed=True),
         F("lane_shifts", 1, "1: lane c shifts by shift + bbuf[bias + 1][c] (per-channel "
           "weights), 0: every lane by shift (the default when omitted)", default=0),
         F("slope", 9, "LeakyReLU: negative sums times slope / 256 before the shift (256, "
@@ -255,8 +261,9 @@ for j in range(n):
         x = abuf[acc + j][c] + bbuf[bias][c]               # wraps at 32 bits
         if slope != 256:                      # x * slope / 256 if x < 0, one rounding
             x, s = (x * slope if x < 0 else x << 8), s + 8
-        obuf[out + j][c] = requantize(x, s, round, lo, hi)
-# requantize is hwq.arch.requant.requantize (the slope step: its apply_slope).
+        obuf[out + j][c] = requantize(x, s, round, lo, hi) & 0xff   # int8 or uint8 byte
+# requantize is hwq.arch.requant.requantize (the slope step: its apply_slope); [lo, hi]
+# lies within int8 (-128..127) or uint8 (0..255), and the byte is the value in that type.
 # The compiler writes offsets 0..63 over shift = the least shift of the output block, so shift + off is the lane's own shift, in -32..31: the modulo never acts.""",
        _post_extents),
     Op("MAXPOOL", 5, "max over k_h x k_w windows of obuf entries", (
@@ -268,11 +275,14 @@ for j in range(n):
         F("k_h", 4, "window height (0 writes nothing)"),
         F("k_w", 4, "window width (0 writes nothing)"),
         F("stride", 4, "window step, both directions"),
+        F("unsigned", 1, "1: the entries are uint8, 0: int8 (the default when omitted)",
+          default=0),
     ), """\
 for oy in range(out_h):
     for ox in range(out_w):         # in this order: a later read sees an earlier write
         obuf[dst + oy * out_w + ox] = max(obuf[src + (oy * stride + ky) * in_w + ox * stride + kx]
-                                          for ky in range(k_h) for kx in range(k_w))  # lane-wise""",
+                                          for ky in range(k_h) for kx in range(k_w))
+# lane-wise, comparing the bytes as uint8 if unsigned else as int8""",
        _maxpool_extents),
     Op("END", 6, "stop; the status becomes ok and `done` rises", (), "halt()"),
 )

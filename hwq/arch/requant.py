@@ -22,6 +22,25 @@ ALPHA_BITS = 8
 # Vitis AI names; the code is what the POST instruction's `round` field carries.
 ROUND_MODES = {"half_up": 0, "half_even": 1, "half_down": 2, "std_round": 3}
 INT8_MIN, INT8_MAX = -128, 127
+UINT8_MAX = 255
+
+
+def code_dtype(hi: int):
+    """The 8-bit type of an output clamped to [lo, hi]: uint8 when hi > 127 (an unsigned
+    activation, lo >= 0), else int8. Either way the byte is the clamped value's low 8 bits,
+    which is what POST stores."""
+    return np.uint8 if hi > INT8_MAX else np.int8
+
+
+def code_max(unsigned: bool) -> int:
+    """The largest code of an activation: 255 stored as uint8, 127 as int8."""
+    return UINT8_MAX if unsigned else INT8_MAX
+
+
+def code_magnitude(unsigned: bool) -> int:
+    """The largest |code| an activation feeds a multiplier: 255 as uint8, 128 (-128) as
+    int8; the accumulator bounds rest on it."""
+    return UINT8_MAX if unsigned else -INT8_MIN
 
 
 def round_shift(x, shift: int, mode: str) -> np.ndarray:
@@ -64,23 +83,25 @@ def apply_slope(acc, slope: int) -> np.ndarray:
 
 def requantize(acc, shift: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX,
                slope: int = SLOPE_ONE) -> np.ndarray:
-    """int32 accumulator (bias already added) -> int8: LeakyReLU's slope (`apply_slope`;
-    SLOPE_ONE is none), shift with rounding, then clamp to [lo, hi]. ReLU is lo=0; ReLU6
-    is hi=min(127, 6 * 2**f_out); narrow range is lo=-127. With slope SLOPE_ONE the
-    slope step changes nothing: round_shift(x << A, s + A) == round_shift(x, s)."""
+    """int32 accumulator (bias already added) -> int8 or uint8 (`code_dtype`): LeakyReLU's
+    slope (`apply_slope`; SLOPE_ONE is none), shift with rounding, then clamp to [lo, hi].
+    ReLU is lo=0; ReLU6 is hi=min(127, 6 * 2**f_out), or min(255, ...) for a uint8 output;
+    narrow range is lo=-127. With slope SLOPE_ONE the slope step changes nothing:
+    round_shift(x << A, s + A) == round_shift(x, s)."""
     if slope != SLOPE_ONE:
         acc, shift = apply_slope(acc, slope), shift + ALPHA_BITS
     if shift < 0:   # a left shift saturates anyway; the clip keeps the int64 exact
         acc = np.clip(acc, -(1 << 8), 1 << 8)
-    return np.clip(round_shift(acc, shift, mode), lo, hi).astype(np.int8)
+    return np.clip(round_shift(acc, shift, mode), lo, hi).astype(code_dtype(hi))
 
 
 _FRAC_BITS = 30
 
 
 def quantize_float(x, fix: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX,
-                   dtype=np.int8) -> np.ndarray:
-    """Float tensor -> integers at scale 2**-fix (weights, bias, the network input).
+                   dtype=None) -> np.ndarray:
+    """Float tensor -> integers in [lo, hi] at scale 2**-fix (weights, bias, the network
+    input, an activation's codes), as `dtype` (by default `code_dtype(hi)`).
 
     The value is made an exact integer multiple of 2**-30 and rounded by `round_shift`, so
     floats obey the same tie rules as accumulators. Exactness: inputs are float32 (24-bit
@@ -91,28 +112,35 @@ def quantize_float(x, fix: int, mode: str, lo: int = INT8_MIN, hi: int = INT8_MA
     v = np.where(np.abs(v) < 0.25, 0.0, v)
     v = np.clip(v, -(2.0 ** 31), 2.0 ** 31)  # saturates anyway; keeps the int64 exact
     fixed = (v * np.ldexp(1.0, _FRAC_BITS)).astype(np.int64)
-    return np.clip(round_shift(fixed, _FRAC_BITS, mode), lo, hi).astype(dtype)
+    return np.clip(round_shift(fixed, _FRAC_BITS, mode), lo, hi).astype(dtype or code_dtype(hi))
 
 
-def relu_clamp(act: str, f_out: int, narrow_range: bool = False) -> tuple[int, int]:
-    """The [lo, hi] an activation imposes on an int8 output at fix position f_out."""
-    lo = -127 if narrow_range else INT8_MIN
-    if act == "none":
-        return lo, INT8_MAX
+def relu_clamp(act: str, f_out: int, narrow_range: bool = False,
+               unsigned: bool = False) -> tuple[int, int]:
+    """The [lo, hi] an activation imposes on an output at fix position f_out: an int8
+    one, or with `unsigned` a uint8 one (a tensor that is never negative: a ReLU's, or a
+    pool's of one), whose codes run to 255."""
+    top = code_max(unsigned)
+    if unsigned:
+        if act not in ("none", "relu", "relu6"):
+            raise ValueError(f"a {act} output can be negative; it cannot be stored unsigned")
+        lo = 0
+    else:
+        lo = -127 if narrow_range else INT8_MIN
+    if act in ("none", "leaky_relu"):  # LeakyReLU's slope acts on the accumulator
+        return lo, top
     if act == "relu":
-        return 0, INT8_MAX
+        return 0, top
     if act == "relu6":
-        return 0, int(min(INT8_MAX, 6 * 2.0 ** f_out))
-    if act == "leaky_relu":  # the slope is applied to the accumulator; the clamp is plain
-        return lo, INT8_MAX
+        return 0, int(min(top, 6 * 2.0 ** f_out))
     raise ValueError(f"unknown activation {act!r}")
 
 
 def requantize_fast(acc, shifts, mode: str, lo: int = INT8_MIN, hi: int = INT8_MAX, offset=0,
                     out: np.ndarray | None = None) -> np.ndarray:
     """requantize(acc + offset, ...) in few int64 passes (the golden model's path where a
-    layer's constants are not kept): the same int8 values for |acc + offset| < 2**62,
-    written into `out` (int8) when given; `shifts` and `offset` are ints or arrays
+    layer's constants are not kept): the same values for |acc + offset| < 2**62,
+    written into `out` (int8 or uint8) when given; `shifts` and `offset` are ints or arrays
     broadcast against `acc` (one per channel, last axis)."""
     return Requantizer(shifts, mode, lo, hi, offset)(acc, out)
 
@@ -171,7 +199,7 @@ class Requantizer:
             self.round = (half.astype(dtype), (right > 0).astype(dtype))
 
     def __call__(self, acc, out: np.ndarray | None = None) -> np.ndarray:
-        """The int8 values of acc, written into `out` when given."""
+        """The int8 (or uint8: `code_dtype`) values of acc, written into `out` when given."""
         acc = np.asarray(acc)
         y = acc.astype(self.dtype)            # always a new array, then worked on in place
         if self.add is not None:
@@ -188,5 +216,5 @@ class Requantizer:
         if self.right is not None:
             np.right_shift(y, self.right, out=y)
         if out is None:
-            out = np.empty(y.shape, np.int8)
+            out = np.empty(y.shape, code_dtype(self.hi))
         return _clip(y, self.lo, self.hi, out=out, casting="unsafe")

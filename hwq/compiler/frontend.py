@@ -334,6 +334,8 @@ def run_passes(net: Net, passes=PASSES) -> None:
 # --- tracing ------------------------------------------------------------------------
 
 def _symbolic_trace(module: nn.Module, name: str) -> fx.GraphModule:
+    if isinstance(module, fx.GraphModule):
+        return module          # traced already (an ONNX import, a user's fx transform)
     tracer = fx.Tracer()
     tracer.record_stack_traces = True
     try:
@@ -399,7 +401,10 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
 
 
 def _source(node: fx.Node) -> str:
-    """'forward line N' of the innermost user frame that created `node`, or ''."""
+    """'forward line N' of the innermost user frame that created `node`, what an importer
+    recorded (`hwq_source`: the ONNX node), or ''."""
+    if "hwq_source" in node.meta:
+        return node.meta["hwq_source"]
     stack = node.stack_trace or node.meta.get("stack_trace") or ""
     frames = [m for m in _FRAME.finditer(stack) if not m.group(1).startswith(_TORCH_DIR)]
     if not frames:

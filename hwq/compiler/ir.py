@@ -25,6 +25,28 @@ from hwq.arch.requant import INT8_MAX, INT8_MIN, quantize_float
 REQUANTIZING = ("conv", "add")
 # Layers that move int8 values, requantizing none: their fix position is their input's.
 MOVES = ("maxpool", "flatten", "view")
+# Activations whose output is never negative, and so may be stored as uint8.
+NON_NEGATIVE = ("relu", "relu6")
+
+
+def unsigned_outputs(layers, signedness: str) -> dict[str, bool]:
+    """Which tensors are stored as uint8 (codes 0..255 at the same fix position: twice
+    the resolution of an int8 one that is never negative), by the quantization config's
+    `activation_signedness`: with "auto", the outputs of a ReLU or ReLU6, and what moves,
+    pools, adds or concatenates only such tensors (with no activation of its own); with
+    "signed", none. The model's input is always int8. `layers` are Layers or QLayers, in
+    execution order."""
+    unsigned = {"input": False}
+    for layer in layers:
+        ins = all(unsigned[s] for s in layer.sources)
+        if signedness == "signed":
+            unsigned[layer.name] = False
+        elif layer.kind in MOVES:
+            unsigned[layer.name] = ins
+        else:
+            unsigned[layer.name] = layer.act in NON_NEGATIVE or (
+                layer.kind != "conv" and layer.act == "none" and ins)
+    return unsigned
 
 
 def pair(value) -> tuple[int, int]:
@@ -108,7 +130,8 @@ class QLayer(_Windows):
     their order) keep the fix position of their input.
     avgpool: window sum x `multiplier` (the reciprocal of the window at fix f_w), then
     requantize. add: inputs aligned to the finest of `f_ins`, summed, requantized.
-    concat: each input requantized from its `f_ins` entry to f_out.
+    concat: each input requantized from its `f_ins` entry to f_out. An `unsigned`
+    output is uint8: [lo, hi] within 0..255.
     """
 
     name: str
@@ -137,6 +160,12 @@ class QLayer(_Windows):
     alpha_q: int = 0                   # leaky_relu slope, over 2**ALPHA_BITS
     multiplier: int = 1                # avgpool reciprocal at fix f_w
     channels: list[int] = field(default_factory=list)   # view: output channel i is input's channels[i]
+    unsigned: bool = False             # the output is stored as uint8 (unsigned_outputs)
+
+    @property
+    def dtype(self):
+        """The type of the output's codes: uint8 or int8."""
+        return np.uint8 if self.unsigned else np.int8
 
     @property
     def shift(self) -> int:
@@ -165,6 +194,10 @@ class QModel:
     def f_output(self) -> int:
         return self.layers[-1].f_out
 
+    def unsigned(self, name: str) -> bool:
+        """Whether tensor `name` (a layer's output, or "input") is stored as uint8."""
+        return name != "input" and next(l for l in self.layers if l.name == name).unsigned
+
     def quantize_input(self, x_float: np.ndarray) -> np.ndarray:
         """Float input (N, C, H, W) -> int8 at the model's input fix position, rounded as
         its quantization config says for inputs (a hand-built QModel without one: the
@@ -176,7 +209,7 @@ class QModel:
         return quantize_float(x_float, self.f_input, tensor["round_mode"], lo, INT8_MAX)
 
     def dequantize_output(self, y_int8: np.ndarray) -> np.ndarray:
-        """The model's int8 output as float32 values."""
+        """The model's int8 (or uint8) output as float32 values."""
         return np.ldexp(np.asarray(y_int8, dtype=np.float32), -self.f_output).astype(np.float32)
 
     @property

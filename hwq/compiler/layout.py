@@ -1,6 +1,6 @@
 """Where tensors live in DRAM, and how their bytes are arranged.
 
-An activation is stored pixel-major: (H, W, Cs) int8 with the channels padded to
+An activation is stored pixel-major: (H, W, Cs) bytes, int8 or uint8 (`unsigned`), with the channels padded to
 Cs = a multiple of the config's channel block, so one pixel splits into whole
 `rows`-wide input loads and whole `cols`-wide output stores. A flattened tensor is the
 same bytes read as one pixel of H*W*Cs channels, a channel view (chunk, split, shuffle)
@@ -38,22 +38,27 @@ class TensorLayout:
     w: int
     stored_channels: int          # Cs: bytes per pixel
     channel_index: np.ndarray     # logical channel -> byte offset within the pixel
+    unsigned: bool = False        # the bytes are uint8 codes, not int8 ones
+
+    @property
+    def dtype(self):
+        return np.uint8 if self.unsigned else np.int8
 
     def pixel_words(self, cfg: HwConfig) -> int:
         return self.stored_channels // cfg.bus_bytes
 
     def pack(self, x: np.ndarray) -> bytes:
-        """(N, C, H, W) int8 -> N images of stored bytes, concatenated (a flat layout, one
-        pixel of C*H*W channels, takes the tensor in torch's flatten order)."""
+        """(N, C, H, W) int8 or uint8 -> N images of stored bytes, concatenated (a flat
+        layout, one pixel of C*H*W channels, takes the tensor in torch's flatten order)."""
         n = x.shape[0]
-        out = np.zeros((n, self.nbytes), np.int8)
+        out = np.zeros((n, self.nbytes), self.dtype)
         pixels = x.reshape(n, -1, self.h * self.w).transpose(0, 2, 1)   # (N, HW, C)
         out.reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
         return out.tobytes()
 
     def unpack(self, blob: bytes, n: int, shape: tuple[int, int, int]) -> np.ndarray:
-        """Inverse of pack: stored bytes of n images -> (N, C, H, W) int8."""
-        raw = np.frombuffer(blob, np.int8).reshape(n, self.h * self.w, self.stored_channels)
+        """Inverse of pack: stored bytes of n images -> (N, C, H, W) int8 or uint8."""
+        raw = np.frombuffer(blob, self.dtype).reshape(n, self.h * self.w, self.stored_channels)
         return raw[:, :, self.channel_index].transpose(0, 2, 1).reshape(n, *shape)
 
     @property
@@ -65,13 +70,15 @@ class TensorLayout:
         identity = np.array_equal(index, np.arange(index.size))
         return {"region": self.region.to_dict(), "h": self.h, "w": self.w,
                 "stored_channels": self.stored_channels,
-                "channels": int(index.size) if identity else index.tolist()}
+                "channels": int(index.size) if identity else index.tolist(),
+                **({"unsigned": True} if self.unsigned else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorLayout":
         ch = d["channels"]
         index = np.arange(ch) if isinstance(ch, int) else np.asarray(ch, np.int64)
-        return cls(Region(**d["region"]), d["h"], d["w"], d["stored_channels"], index)
+        return cls(Region(**d["region"]), d["h"], d["w"], d["stored_channels"], index,
+                   d.get("unsigned", False))
 
 
 def padded_channels(c: int, cfg: HwConfig) -> int:

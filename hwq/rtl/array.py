@@ -2,7 +2,7 @@
 
 Weights: `w_row[r]` high latches `w_data` (C int8, lane c = output channel c) into the
 SHADOW weights of row r (see pe.py); they take effect with the next vector tagged `swap`.
-Inputs: one R-lane int8 vector per cycle on `x` (lane r = input channel r) with its
+Inputs: one R-lane vector of 9-bit activations (int8 or uint8 codes) per cycle on `x` (lane r = input channel r) with its
 `swap` tag; the array skews both alike (lane r is delayed r cycles) so the vector meets
 the partial sums flowing down the columns and the tag meets every PE together with the
 tagged vector, and de-skews the bottom row (column c delayed C-1-c cycles), so the C
@@ -19,7 +19,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.rtl.pe import ACC_BITS, PE
+from hwq.rtl.pe import ACC_BITS, PE, X_BITS
 
 
 def array_latency(rows: int, cols: int, mul_regs: int = 0) -> int:
@@ -35,7 +35,7 @@ class SystolicArray(wiring.Component):
         super().__init__({
             "w_row": In(rows),                                   # one-hot shadow row load enable
             "w_data": In(data.ArrayLayout(signed(8), cols)),
-            "x": In(data.ArrayLayout(signed(8), rows)),
+            "x": In(data.ArrayLayout(signed(X_BITS), rows)),
             "swap": In(1),                                       # x starts a new GEMM
             "y": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
@@ -51,7 +51,7 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             src, sw = self.x[r], self.swap
             for k in range(r):
-                reg = Signal(signed(8), name=f"skew_{r}_{k}")
+                reg = Signal(signed(X_BITS), name=f"skew_{r}_{k}")
                 sreg = Signal(name=f"swskew_{r}_{k}")
                 m.d.sync += [reg.eq(src), sreg.eq(sw)]
                 src, sw = reg, sreg

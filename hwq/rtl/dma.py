@@ -79,12 +79,13 @@ class LoadUnit(wiring.Component):
             for code, t in enumerate(isa.LOAD_TARGETS):
                 with m.Case(code):
                     m.d.comb += k_last.eq(self.E[t] - 1)
-        inside_y = Signal()
+        # whether y and x lie inside the block (not in its padding), registered with them:
+        # compared each cycle, they ran on through the counters' enables (the ECP5-85F's
+        # longest path)
+        inside_y = Signal(name="inside_y")
+        inside_x = Signal(name="inside_x")
         inside = Signal()
-        m.d.comb += [
-            inside_y.eq((y >= a.pad_top) & (y < y_end)),
-            inside.eq(inside_y & (x >= a.pad_left) & (x < x_end)),
-        ]
+        m.d.comb += inside.eq(inside_y & inside_x)
         # write stage: the item issued last cycle
         s_valid, s_pad = Signal(), Signal()
         s_ptr = Signal(isa.SRAM_ADDR_BITS)
@@ -113,7 +114,9 @@ class LoadUnit(wiring.Component):
                 h0, w0 = y_end0 + a0.pad_bottom, x_end0 + a0.pad_right
                 m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
                              addr.eq(a0.dram), ptr.eq(a0.sram), y_end.eq(y_end0),
-                             x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1)]
+                             x_end.eq(x_end0), y_last.eq(h0 - 1), x_last.eq(w0 - 1),
+                             inside_y.eq((a0.pad_top == 0) & (y_end0 != 0)),
+                             inside_x.eq((a0.pad_left == 0) & (x_end0 != 0))]
                 with m.If(self.start):
                     # h0 or w0 is 0 where its (unsigned) summands all are: no adders
                     empty = (~Cat(a0.pad_top, a0.y_size, a0.pad_bottom).any()
@@ -137,7 +140,9 @@ class LoadUnit(wiring.Component):
                     with m.Else():
                         m.d.sync += [k.eq(0), ptr.eq(ptr + 1), addr.eq(elem)]
                         with m.If(x == x_last):
-                            m.d.sync += [x.eq(0), y.eq(y + 1)]
+                            m.d.sync += [x.eq(0), y.eq(y + 1),
+                                         inside_x.eq((a.pad_left == 0) & (x_end != 0)),
+                                         inside_y.eq((y + 1 >= a.pad_top) & (y + 1 < y_end))]
                             with m.If(inside_y):
                                 m.d.sync += [row.eq(row + a.y_stride), elem.eq(row + a.y_stride),
                                              addr.eq(row + a.y_stride)]
@@ -146,7 +151,8 @@ class LoadUnit(wiring.Component):
                             with m.If(y == y_last):
                                 m.next = tail
                         with m.Else():
-                            m.d.sync += x.eq(x + 1)
+                            m.d.sync += [x.eq(x + 1),
+                                         inside_x.eq((x + 1 >= a.pad_left) & (x + 1 < x_end))]
                             with m.If(inside):
                                 m.d.sync += [elem.eq(elem + a.x_stride),
                                              addr.eq(elem + a.x_stride)]

@@ -49,7 +49,7 @@ Why S >= O is safe for the next GEMM (started in cycle S):
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
@@ -112,11 +112,18 @@ class GemmUnit(wiring.Component):
             with m.If(wk == R - 1):
                 m.d.sync += w_active.eq(0)
         # the array's inputs are registered: the block RAMs' read data goes into
-        # registers, not straight into row 0's multipliers (or the shadow weights' muxes)
+        # registers, not straight into row 0's multipliers (or the shadow weights' muxes).
+        # Each byte becomes a 9-bit operand, extended by zero if the GEMM that read it
+        # says its inputs are uint8 (inp_unsigned, taken in the read's cycle: the next
+        # GEMM's args may be in place by the time its data arrives), else by its sign.
+        rd_unsigned = Signal()
+        m.d.sync += rd_unsigned.eq(ga.inp_unsigned)
         m.d.sync += [
             arr.w_row.eq(Mux(w_valid, 1 << wk_d, 0)),
             arr.w_data.eq(self.wbuf.data),
-            arr.x.eq(self.ibuf.data),
+            *[arr.x[r].eq(Cat(self.ibuf.data[8 * r:8 * r + 8],
+                              ~rd_unsigned & self.ibuf.data[8 * r + 7]).as_signed())
+              for r in range(R)],
         ]
 
         # ---- input side: cycle 1 (pre), then one vector a cycle (streaming) ----

@@ -1,7 +1,8 @@
 """One processing element of the weight-stationary systolic array.
 
-PE(r, c) holds the int8 weight W[r][c]. Each cycle it takes an int8 activation from
-its left neighbour and an int32 partial sum from the PE above, passes the activation
+PE(r, c) holds the int8 weight W[r][c]. Each cycle it takes an activation from its left
+neighbour -- 9-bit signed, which holds int8 and uint8 codes alike (the GEMM unit extends
+the byte by its sign or by zero) -- and an int32 partial sum from the PE above, passes the activation
 right (registered), registers activation x weight, and passes the partial sum plus the
 product registered the cycle before down (registered, int32 two's-complement wrap): the
 activation enters PE (r, c) in cycle T, the partial sum of its column in cycle T + 1.
@@ -24,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.rtl.mul import Multiplier
 
 ACC_BITS = 32
+X_BITS = 9          # an activation: int8 or uint8, as a signed operand of the multipliers
 
 
 class PE(wiring.Component):
@@ -32,10 +34,10 @@ class PE(wiring.Component):
         super().__init__({
             "w_load": In(1),          # latch w_in into the SHADOW weight
             "w_in": In(signed(8)),
-            "x_in": In(signed(8)),
+            "x_in": In(signed(X_BITS)),
             "sw_in": In(1),           # x_in is the first vector of a new GEMM: use the shadow
             "psum_in": In(signed(acc_bits)),
-            "x_out": Out(signed(8)),
+            "x_out": Out(signed(X_BITS)),
             "sw_out": Out(1),
             "psum_out": Out(signed(acc_bits)),
         })
@@ -62,11 +64,11 @@ class PE(wiring.Component):
         # activation of the cycle before; with `mul_regs` the operands are registered
         # too (mul.py), and it is the activation of two cycles before
         if self.mul_regs:
-            m.submodules.mul = mul = Multiplier(signed(8), signed(8))
+            m.submodules.mul = mul = Multiplier(signed(X_BITS), signed(8))
             m.d.comb += [mul.a.eq(self.x_in), mul.b.eq(w)]
             prod = mul.p
         else:
-            prod = Signal(signed(16))
+            prod = Signal(signed(X_BITS + 8))
             m.d.sync += prod.eq(self.x_in * w)
         m.d.sync += [
             self.x_out.eq(self.x_in),

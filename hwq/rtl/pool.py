@@ -1,4 +1,5 @@
-"""MAXPOOL: sequential window reads from obuf, lane-parallel int8 max.
+"""MAXPOOL: sequential window reads from obuf, lane-parallel max of int8 or (`unsigned`)
+uint8 bytes.
 
 Timeline (cycle 0 = start, P = out_h * out_w, K = k_h * k_w): cycles 1..P*K read one
 window element each (output pixels in order, each window row by row); the element's data
@@ -11,7 +12,7 @@ as the ISA requires. Done in cycle P*K + 1 + 2 * o (with the last write).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 
 from hwq.arch import isa
@@ -96,8 +97,11 @@ class PoolUnit(wiring.Component):
             din = lay(Mux(fwd, fwd_data, self.rd.data))
             m.d.comb += [self.wr.en.eq(u_valid & u_last), self.wr.addr.eq(u_dst),
                          self.wr.data.eq(mx)]
+        # bytes compared as 9-bit signed values: extended by their sign, or by zero when
+        # the entries are uint8 (the held args stay until the last write)
+        ext = lambda v: Cat(v, ~a.unsigned & v[7]).as_signed()   # noqa: E731
         for c in range(C):
-            m.d.comb += mx[c].eq(Mux(u_first | (din[c] > mreg[c]), din[c], mreg[c]))
+            m.d.comb += mx[c].eq(Mux(u_first | (ext(din[c]) > ext(mreg[c])), din[c], mreg[c]))
         with m.If(u_valid):
             m.d.sync += mreg.eq(mx)
 

@@ -1,4 +1,5 @@
-"""Post-processing: accumulator + bias, LeakyReLU slope, shift with rounding, clamp to int8.
+"""Post-processing: accumulator + bias, LeakyReLU slope, shift with rounding, clamp to int8
+or uint8.
 
 Implements hwq.arch.requant.requantize (DESIGN.md rule 2) lane by lane; the
 tests hold `RequantLanes` to that function, exhaustively on a narrow accumulator.
@@ -15,9 +16,11 @@ shifter by s - 1 gives b, floor and, OR-ing what each stage drops, t):
     half_down up = b & t          (rem >  half)
     half_even up = b & (t | floor[0])
     std_round up = b & (t | x >= 0)
-Left shift by -s (s <= 0, up to 32): the int64 value x << -s is clamped to [lo, hi] within
-int8, and sat8(x << n) == sat8(sat8(x) << min(n, 8)), so only an 8-bit value is shifted.
-Clamp: clip(v, lo, hi) == clip(sat8(v), lo, hi) for int8 lo, hi (np.clip: max then min).
+The result is computed as a 9-bit value, which holds both an int8 and a uint8 output:
+sat9 saturates to [-256, 255]. Left shift by -s (s <= 0, up to 32): the int64 value
+x << -s is clamped to [lo, hi] within 9 bits, and sat9(x << n) == sat9(sat9(x) << min(n, 9)),
+so only a 9-bit value is shifted. Clamp: clip(v, lo, hi) == clip(sat9(v), lo, hi) for 9-bit
+lo, hi (np.clip: max then min); obuf takes the low byte.
 """
 from __future__ import annotations
 
@@ -38,20 +41,22 @@ SHIFT_BITS = _POST["shift"].bits
 ROUND_BITS = _POST["round"].bits
 CLAMP_BITS = _POST["lo"].bits
 SLOPE_BITS = _POST["slope"].bits
-INT8_MIN, INT8_MAX = -(1 << 7), (1 << 7) - 1
+# the result's width: an int8 or a uint8 output, and the clamp bounds, fit 9 signed bits
+V_BITS = CLAMP_BITS
+V_MIN, V_MAX = -(1 << (V_BITS - 1)), (1 << (V_BITS - 1)) - 1
 
 
-def _fits8(v):
-    """Whether signed v is an int8: its bits from 7 up are all copies of the sign (a few
-    LUTs, where comparing with -128 and 127 takes two carry chains)."""
-    top = v[7:]
+def _fits(v):
+    """Whether signed v fits V_BITS: its bits from V_BITS - 1 up are all copies of the
+    sign (a few LUTs, where comparing with the bounds takes two carry chains)."""
+    top = v[V_BITS - 1:]
     return (top == 0) | (top == (1 << len(top)) - 1)
 
 
-def _sat8(m, v, name):
-    """v saturated to int8."""
-    out = Signal(signed(8), name=name)
-    m.d.comb += out.eq(Mux(_fits8(v), v[:8], Mux(v[-1], INT8_MIN, INT8_MAX)))
+def _sat(m, v, name):
+    """v saturated to V_BITS."""
+    out = Signal(signed(V_BITS), name=name)
+    m.d.comb += out.eq(Mux(_fits(v), v[:V_BITS], Mux(v[-1], V_MIN, V_MAX)))
     return out
 
 
@@ -59,15 +64,15 @@ class RequantLanes(wiring.Component):
     """`lanes` requantizers, a shift each, sharing round/lo/hi/slope, pipelined `latency`
     cycles:
 
-    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi, slope)
+    y[k] = requantize(wrap(acc[k] + bias[k], acc_bits), shift[k], round, lo, hi, slope) & 0xff
 
     of the acc/bias presented `latency` cycles earlier (shift, round, lo, hi, slope held).
     Stage 1 registers x = acc + bias; with the slope, 1 + MUL_LATENCY stages compute its
     product v on multipliers with registered operands and product (after the adder, or
     with the sum of its partial products, it was the longest path); the next stage the
-    shifted value's low byte, whether it fits int8 and the rounding decision (a left
+    shifted value's low 9 bits, whether it fits them and the rounding decision (a left
     shift is done and saturated there: it does not round); the output rounds and clamps
-    with 8-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
+    with 9-bit arithmetic only -- the whole path in one cycle ran the iCE40 at ~10 MHz. `deep` (the ECP5 builds,
     hwq.arch.timing.lane_regs) adds a stage for each path that was in turn the longest
     on the ECP5-85F: one registers the log shifter halfway, one its result before the
     rounding decision, one the rounded value before the clamp.
@@ -107,11 +112,11 @@ class RequantLanes(wiring.Component):
             else:
                 s = self.shift[k]
             right = Signal(name=f"right{k}")
-            ls = Signal(range(9), name=f"ls{k}")                        # left shift, capped at 8
+            ls = Signal(range(V_BITS + 1), name=f"ls{k}")               # left shift, capped at 9
             # `deep`: registered too (held like rs1 below); the compare and cap ran on into
             # the left shift, the ECP5-85F's longest path
             held = m.d.sync if self.deep else m.d.comb
-            held += [right.eq(s > 0), ls.eq(Mux(-s > 8, 8, -s))]
+            held += [right.eq(s > 0), ls.eq(Mux(-s > V_BITS, V_BITS, -s))]
             # the right shift - 1, registered: the shift is held from the first acc on, and
             # the shifter reads it a cycle later at the earliest, so this costs no cycle;
             # the subtract at the head of the shifter was on the iCE40's longest path
@@ -141,14 +146,14 @@ class RequantLanes(wiring.Component):
                 v = Signal(signed(V), name=f"v{k}")
                 m.d.sync += v.eq(Mux(x_d[-1], prod, x_d << ALPHA_BITS))
                 x = v
-            # ---- shift, round decision, int8 fit ----
+            # ---- shift, round decision, 9-bit fit ----
             # t = x >> (s - 1) by a log shifter that ORs the bits each stage drops: they
             # are bits s-2..0 of x, the sticky bit; t[0] is the round bit, t >> 1 the floor
             t, sticky = x, Signal(name=f"sticky{k}")
             dropped = []
             nonneg = x >= 0
-            # a left shift does not round: sat8(x << n) == sat8(sat8(x) << n) is final here
-            x8 = _sat8(m, x, f"x8_{k}")
+            # a left shift does not round: sat9(x << n) == sat9(sat9(x) << n) is final here
+            x9 = _sat(m, x, f"x9_{k}")
             for b in range(stages):
                 if self.deep and b == stages // 2:
                     # `deep`: half the shifter, the saturation and the sticky bit so far
@@ -156,16 +161,16 @@ class RequantLanes(wiring.Component):
                     # of 14 ns on the ECP5-85F)
                     part = Signal(name=f"dropped{k}")
                     m.d.comb += part.eq(Cat(*dropped).any())
-                    t, part, nonneg, x8 = self._stage(m, k, half=t, dropped=part,
-                                                      nonneg=nonneg, x8=x8)
+                    t, part, nonneg, x9 = self._stage(m, k, half=t, dropped=part,
+                                                      nonneg=nonneg, x9=x9)
                     dropped = [part]
                 step = Signal(signed(V), name=f"t{k}_{b}")
                 m.d.comb += step.eq(Mux(rs1[b], t >> (1 << b), t))
                 dropped.append(rs1[b] & (t[:min(1 << b, V)] != 0))
                 t = step
             m.d.comb += sticky.eq(Cat(*dropped).any())
-            shl = Signal(signed(8 + 8), name=f"shl{k}")
-            m.d.comb += shl.eq(x8 << ls)
+            shl = Signal(signed(2 * V_BITS), name=f"shl{k}")
+            m.d.comb += shl.eq(x9 << ls)
             if self.deep:
                 t, sticky, nonneg, shl = self._stage(m, k, t=t, sticky=sticky, nonneg=nonneg,
                                                      shl=shl)
@@ -180,29 +185,30 @@ class RequantLanes(wiring.Component):
                 for name, value in self.round_up(rbit, sticky, floor[0], nonneg).items():
                     with m.Case(ROUND_MODES[name]):
                         m.d.comb += up.eq(value)
-            # the right-shift result floor + up, or the left-shifted sat8(x), as an int8
-            # candidate `v` (low byte), whether it fits, and its sign if it does not
-            v = Signal(signed(8), name=f"v{k}")
+            # the right-shift result floor + up, or the left-shifted sat9(x), as a 9-bit
+            # candidate `v` (low bits), whether it fits, and its sign if it does not
+            v = Signal(signed(V_BITS), name=f"v{k}")
             v_up = Signal(name=f"v_up{k}")
             v_fits = Signal(name=f"v_fits{k}")
             v_neg = Signal(name=f"v_neg{k}")
             with m.If(right):
-                m.d.sync += [v.eq(floor[:8]), v_up.eq(up), v_fits.eq(_fits8(floor)),
+                m.d.sync += [v.eq(floor[:V_BITS]), v_up.eq(up), v_fits.eq(_fits(floor)),
                              v_neg.eq(floor[-1])]
             with m.Else():
-                m.d.sync += [v.eq(_sat8(m, shl, f"x8s_{k}")), v_up.eq(0), v_fits.eq(1),
+                m.d.sync += [v.eq(_sat(m, shl, f"x9s_{k}")), v_up.eq(0), v_fits.eq(1),
                              v_neg.eq(shl[-1])]
-            # ---- output: round (floor <= 127 fits, so +1 overflows only at 127), clamp ----
-            v8 = Signal(signed(8), name=f"rounded{k}")
-            m.d.comb += v8.eq(Mux(v_fits,
-                                  Mux(v_up & (v == INT8_MAX), INT8_MAX, v + v_up),
-                                  Mux(v_neg, INT8_MIN, INT8_MAX)))
+            # ---- output: round (a fitting floor is <= V_MAX, so +1 overflows only
+            # there), clamp, the low byte ----
+            v9 = Signal(signed(V_BITS), name=f"rounded{k}")
+            m.d.comb += v9.eq(Mux(v_fits,
+                                  Mux(v_up & (v == V_MAX), V_MAX, v + v_up),
+                                  Mux(v_neg, V_MIN, V_MAX)))
             if self.deep:
-                (v8,) = self._stage(m, k, rounded=v8)
+                (v9,) = self._stage(m, k, rounded=v9)
             # np.clip(v, lo, hi) = min(max(v, lo), hi): hi where v > hi or lo > hi, else
             # lo where v < lo (both compares side by side, not one after the other)
-            m.d.comb += self.y[k].eq(Mux((v8 > self.hi) | clamp_hi, self.hi,
-                                         Mux(v8 < self.lo, self.lo, v8)))
+            m.d.comb += self.y[k].eq(Mux((v9 > self.hi) | clamp_hi, self.hi,
+                                         Mux(v9 < self.lo, self.lo, v9))[:8])
         return m
 
     @staticmethod

@@ -1,6 +1,7 @@
 """The golden model: what the accelerator must compute, bit for bit.
 
-Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C): conv
+Layer by layer over a QModel, on int8 activations held pixel-major (N, H, W, C) -- uint8
+ones where the QModel stores a tensor unsigned (QLayer.unsigned): conv
 (grouped too) is int8 x int8 products summed exactly, plus the int32 bias, then the
 requantization rule (`Requantizer`, `requantize_fast`: tested equal to `requantize`; one
 shift per channel with per-channel weights; LeakyReLU scales the negative accumulators by
@@ -10,9 +11,9 @@ to the finer fix position and sums; concat requantizes each input to the output'
 position. max-pool, flatten and view (channels selected or reordered) move int8 values
 unchanged.
 
-Exact sums on fast kernels. |x| <= 128, so every partial sum of an output's dot product,
-in whatever order a kernel adds its terms, is an integer of magnitude at most
-B = 128 * sum|w| over that output channel's weights. Two kernels compute the sums:
+Exact sums on fast kernels. |x| <= X (128 for int8 x, 255 for uint8), so every partial
+sum of an output's dot product, in whatever order a kernel adds its terms, is an integer
+of magnitude at most B = X * sum|w| over that output channel's weights. Two kernels compute the sums:
 
 - a float GEMM (im2col, torch.mm): float32 holds every integer of magnitude <= 2**24, so
   with B <= 2**24 every product and every partial sum is exact; above that the GEMM runs
@@ -23,7 +24,7 @@ B = 128 * sum|w| over that output channel's weights. Two kernels compute the sum
   dot products (VNNI, AMX) sum u8 x s8 products into int32 without saturating, and which
   converts the int32 sum once to float32: exact while |sum| <= 2**24. Its activations are
   u8 with zero point 0 (a zero point is compensated in float32, after that conversion:
-  not exact): x itself when x >= 0, as after a ReLU, else max(x, 0) and max(-x, 0), two
+  not exact): x itself when it is uint8 or x >= 0, else max(x, 0) and max(-x, 0), two
   convolutions subtracted. With B <= 2**24 every sum fits; otherwise the outputs are
   checked, and a float64 GEMM recomputes them if any sum reaches 2**24. Where
   B + |bias| <= 2**24 the kernel adds the bias too (exact for the same reason): a scalar
@@ -49,9 +50,8 @@ from functools import lru_cache, partial, reduce
 import numpy as np
 import torch
 
-from hwq.arch.requant import ALPHA_BITS
+from hwq.arch.requant import ALPHA_BITS, Requantizer, apply_slope, code_magnitude, requantize_fast
 from hwq.compiler.ir import QLayer, QModel
-from hwq.arch.requant import Requantizer, apply_slope, requantize_fast
 from hwq.errors import HwqError
 
 # Samples per pass: bounds the memory of the int8 kernel's float32 outputs.
@@ -93,8 +93,8 @@ class GoldenModel:
 
     def __init__(self, qmodel: QModel):
         self.qmodel = qmodel
-        self._steps = [_Conv(layer) if layer.kind == "conv" else partial(_LAYERS[layer.kind], layer)
-                       for layer in qmodel.layers]
+        self._steps = [_Conv(layer, qmodel.unsigned(layer.input)) if layer.kind == "conv"
+                       else partial(_LAYERS[layer.kind], layer) for layer in qmodel.layers]
         # the last layer that reads each tensor, to drop it early when only the output is kept
         self._last_use = {s: i for i, layer in enumerate(qmodel.layers) for s in layer.sources}
 
@@ -179,22 +179,24 @@ class _Conv:
     """A conv layer prepared for repeated runs: its weight bounds, and its weights as the
     float GEMM's matrices and as the int8 kernel's packed weights (per batch size)."""
 
-    def __init__(self, layer: QLayer):
-        self.layer = layer
+    def __init__(self, layer: QLayer, unsigned_in: bool = False):
+        self.layer, self.unsigned_in = layer, unsigned_in
         cout, cin_g, kh, kw = layer.weight.shape
         self.kh, self.kw, self.kk, self.g, self.cout = kh, kw, kh * kw * cin_g, layer.groups, cout
         self.macs = int(np.prod(layer.out_shape)) * self.kk          # per image
         mass = np.abs(layer.weight.reshape(cout, -1), dtype=np.int16).sum(axis=1, dtype=np.int64)
-        # every partial sum is at most 128 * sum|w| in magnitude
-        self.bound = 128 * int(mass.max(initial=0))
+        # every partial sum is at most X * sum|w| in magnitude: X = 128 for int8 inputs,
+        # 255 for uint8 ones
+        x_max = code_magnitude(unsigned_in)
+        self.bound = x_max * int(mass.max(initial=0))
         self.f32_exact = self.bound <= _F32_EXACT
         # and the int8 kernel's int32 sums never overflow
-        self.int8_fits = _INT8_KERNEL and 128 * int(mass.max(initial=0)) < 1 << 31
+        self.int8_fits = _INT8_KERNEL and self.bound < 1 << 31
         # per-tensor weights: one shift, which requantizes faster than a vector of them
         self.shifts = layer.shift if layer.f_wc is None else layer.shifts
         self.bias = layer.bias.astype(np.int64)
         # and with the bias too (then the int8 kernel adds it)
-        self.bias_in_f32 = bool(np.all(128 * mass + np.abs(self.bias) <= _F32_EXACT))
+        self.bias_in_f32 = bool(np.all(x_max * mass + np.abs(self.bias) <= _F32_EXACT))
         top, bottom, left, right = layer.pads
         self.pointwise = (kh, kw, top, bottom, left, right) == (1, 1, 0, 0, 0, 0) and layer.stride == (1, 1)
         wp = layer.in_shape[2] + left + right
@@ -206,7 +208,7 @@ class _Conv:
     def __call__(self, xs, threads: int = 1) -> np.ndarray:
         """The layer's int8 output; a big conv's images are shared among `threads` threads."""
         x = xs[0]
-        out = np.empty((len(x), *self.layer.out_shape[1:], self.cout), np.int8)
+        out = np.empty((len(x), *self.layer.out_shape[1:], self.cout), self.layer.dtype)
         big = len(x) * self.macs >= _SMALL_MACS
         if not big or threads == 1:
             self._share(x, out, big)
@@ -257,9 +259,9 @@ class _Conv:
         if big is None:
             big = n * self.macs >= _SMALL_MACS
         if self.int8_fits and big:
-            # u8 operands: x itself when it has no negative values (after a ReLU), else
-            # x = max(x, 0) - max(-x, 0), two convolutions (the bias in the first)
-            signed = x.min(initial=0) < 0
+            # u8 operands: x itself when it is uint8 or has no negative values (after a
+            # ReLU), else x = max(x, 0) - max(-x, 0), two convolutions (the bias in the first)
+            signed = x.dtype == np.int8 and x.min(initial=0) < 0
             if self._int8_trusted(n, biased) and (not signed or self._int8_trusted(n, False)):
                 ys = [self._int8(np.maximum(x, 0).view(np.uint8), biased),
                       self._int8(np.negative(np.minimum(x, 0).view(np.uint8)))] if signed else \
@@ -288,7 +290,8 @@ class _Conv:
             top = min(127, (_F32_EXACT // 256) // self.kk)       # 128 * K * top <= 2**23
             rng = np.random.default_rng(0)
             probe = _Conv(replace(layer, weight=rng.integers(-top, top + 1, layer.weight.shape, np.int8),
-                                  bias=rng.integers(-(1 << 22), 1 << 22, self.cout, np.int32)))
+                                  bias=rng.integers(-(1 << 22), 1 << 22, self.cout, np.int32)),
+                          self.unsigned_in)
             x = np.zeros((n, *layer.in_shape[1:], layer.in_shape[0]), np.int8)
             some = sorted({0, n // 2, n - 1})
             x[some] = rng.integers(0, 128, x[some].shape, np.int8)
@@ -394,15 +397,18 @@ def _requantize_blocks(layer: QLayer, acc: np.ndarray, shifts, bias, out: np.nda
 
 
 def conv_accumulators(layer: QLayer, x: np.ndarray) -> np.ndarray:
-    """conv(x, weight) + bias as int64 (N, Cout, OH, OW): the int32 accumulators."""
-    acc, biased = _Conv(layer).accumulate(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    """conv(x, weight) + bias as int64 (N, Cout, OH, OW): the int32 accumulators of int8
+    or uint8 x."""
+    acc, biased = _Conv(layer, x.dtype == np.uint8).accumulate(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
     acc = _exact_int(acc).astype(np.int64)
     return (acc if biased else acc + layer.bias.astype(np.int64)).transpose(0, 3, 1, 2)
 
 
 def _requantize(layer: QLayer, acc: np.ndarray, shifts, bias=0, out=None) -> np.ndarray:
-    """acc + bias (channels last) -> int8 with the layer's activation; `shifts` and `bias`
-    are one per channel or one for all."""
+    """acc + bias (channels last) -> the layer's int8 or uint8 codes with its activation;
+    `shifts` and `bias` are one per channel or one for all."""
+    if out is None:
+        out = np.empty(acc.shape, layer.dtype)
     if layer.act == "leaky_relu":
         acc, bias = apply_slope(np.add(acc, bias, dtype=np.int64), layer.alpha_q), 0
         shifts = shifts + ALPHA_BITS
@@ -435,8 +441,8 @@ def _add(layer: QLayer, xs) -> np.ndarray:
 
 
 def _concat(layer: QLayer, xs) -> np.ndarray:
-    return np.concatenate([requantize_fast(x, f - layer.f_out, layer.round_mode, layer.lo, layer.hi)
-                           for x, f in zip(xs, layer.f_ins)], axis=3)
+    return np.concatenate([_requantize(layer, x, f - layer.f_out) for x, f in zip(xs, layer.f_ins)],
+                          axis=3)
 
 
 def _view(layer: QLayer, xs) -> np.ndarray:

@@ -16,6 +16,8 @@ from hwq.arch.config import HwConfig
 from hwq.arch.perf import COUNTERS
 from hwq.sim import cycles as cycle_model
 
+# activation bytes are held as int8; the instructions that read them as uint8 (GEMM's
+# inp_unsigned, MAXPOOL's unsigned) view them so
 _LANE_DTYPE = {"ibuf": np.int8, "wbuf": np.int8, "bbuf": np.int32, "abuf": np.int32,
                "obuf": np.int8}
 
@@ -94,10 +96,13 @@ class Machine:
         addr = dram + np.arange(y_size)[:, None] * y_stride + np.arange(x_size)[None, :] * x_stride
         self._dram_write("obuf", addr, entries.reshape(y_size, x_size, self.cfg.cols))
 
-    def GEMM(self, wgt, inp, acc, reset, n_outer, n_inner, inp_so, inp_si, acc_so, acc_si):
+    def GEMM(self, wgt, inp, acc, reset, n_outer, n_inner, inp_so, inp_si, acc_so, acc_si,
+             inp_unsigned):
         weights = self.buf["wbuf"][wgt + np.arange(self.cfg.rows)]
         o, i = np.arange(n_outer)[:, None], np.arange(n_inner)[None, :]
         x = self.buf["ibuf"][(inp + o * inp_so + i * inp_si).ravel()]
+        if inp_unsigned:
+            x = x.view(np.uint8)
         a = (acc + o * acc_so + i * acc_si).ravel()
         if np.unique(a).size != a.size:
             raise IssError("GEMM writes one accumulator entry twice (the ISA requires distinct entries)")
@@ -113,8 +118,8 @@ class Machine:
         mode = _MODE_OF_CODE[round]
         accs = self.buf["abuf"][acc + np.arange(n)]
         total = (accs.astype(np.int64) + self.buf["bbuf"][bias]).astype(np.int32)
-        if not lane_shifts:
-            self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi, slope)
+        if not lane_shifts:     # obuf keeps the byte; a uint8 one is viewed as int8
+            self.buf["obuf"][out + np.arange(n)] = requantize(total, shift, mode, lo, hi, slope).view(np.int8)
             return
         # the lane's shift: shift + the offset in bbuf[bias + 1], modulo 64 into -32..31
         shifts = (shift + self.buf["bbuf"][bias + 1].astype(np.int64) + _SHIFT_HALF) \
@@ -122,13 +127,13 @@ class Machine:
         result = np.empty(total.shape, np.int8)
         for s in np.unique(shifts):     # the one requantize, per group of equal shifts
             lanes = shifts == s
-            result[:, lanes] = requantize(total[:, lanes], int(s), mode, lo, hi, slope)
+            result[:, lanes] = requantize(total[:, lanes], int(s), mode, lo, hi, slope).view(np.int8)
         self.buf["obuf"][out + np.arange(n)] = result
 
-    def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride):
+    def MAXPOOL(self, src, dst, out_h, out_w, in_w, k_h, k_w, stride, unsigned):
         if k_h == 0 or k_w == 0:
             return
-        obuf = self.buf["obuf"]
+        obuf = self.buf["obuf"].view(np.uint8) if unsigned else self.buf["obuf"]
         window = (np.arange(k_h)[:, None] * in_w + np.arange(k_w)[None, :]).ravel()
         for oy in range(out_h):
             for ox in range(out_w):

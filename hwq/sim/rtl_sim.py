@@ -304,7 +304,7 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
 
     stop = threading.Event()
 
-    bar = Progress(f"rtl {sim}", len(jobs), "images")
+    bar = Progress(f"rtl {sim}", len(jobs), "images", enabled=progress)
 
     def tail():
         seen, stopping = 0, False

@@ -115,6 +115,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
         else:
             dst = memmap.activation(layer.name, kind, layer.out_shape,
                                     like=srcs[0] if layer.kind == "maxpool" else None)
+        dst.unsigned = layer.unsigned
         layouts[layer.name] = dst
         macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
         if reuse_activations:

@@ -210,7 +210,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
                  wgt=st.wgt + (slot[st.co, t] - st.w0) * r,
                  inp=st.inp + (ci - st.ci0) * span + ky * wp + kx,
                  acc=st.acc, reset=int(st.first), n_outer=st.rows, n_inner=out_w, inp_so=g.sh * wp,
-                 inp_si=g.sw, acc_so=out_w, acc_si=1)
+                 inp_si=g.sw, acc_so=out_w, acc_si=1, inp_unsigned=int(srcs[block_src[ci]].unsigned))
             st.first = False
             gemm = emit.program[-1]
             prefetch.stream((i, STREAMING), gemm)

@@ -44,7 +44,7 @@ def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
                  y_size=y1 - y0, x_size=src.w, y_stride=src.w * pix, x_stride=pix,
                  pad_top=pad_top, pad_bottom=pad_bottom, pad_left=g.left, pad_right=g.right)
             emit("MAXPOOL", tile, src=0, dst=out, out_h=rows, out_w=out_w, in_w=wp, k_h=kh, k_w=kw,
-                 stride=sh)
+                 stride=sh, unsigned=int(src.unsigned))
             emit("STORE", tile, sram=out, dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
                  y_size=rows, x_size=out_w, y_stride=out_w * pix, x_stride=pix)
     return 0
@@ -114,7 +114,8 @@ def channel_view(src: TensorLayout, channels: list[int]) -> TensorLayout:
     """A view of some of the input's channels, in any order (chunk, split, a channel
     shuffle) moves no data: its channels are where the input's are, and whatever reads
     it takes them from there (a conv's weights are permuted to match)."""
-    return TensorLayout(src.region, src.h, src.w, src.stored_channels, src.channel_index[channels])
+    return TensorLayout(src.region, src.h, src.w, src.stored_channels, src.channel_index[channels],
+                        src.unsigned)
 
 
 def flatten_view(src: TensorLayout) -> TensorLayout:
@@ -124,4 +125,4 @@ def flatten_view(src: TensorLayout) -> TensorLayout:
     yx = np.arange(src.h * src.w)
     index = (yx[None, :] * src.stored_channels + src.channel_index[:, None]).ravel()
     assert index.size == c * src.h * src.w
-    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index)
+    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index, src.unsigned)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from hwq.arch import isa
-from hwq.arch.requant import ALPHA_BITS, INT8_MAX, quantize_float, relu_clamp
-from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel
+from hwq.arch.requant import ALPHA_BITS, INT8_MAX, code_magnitude, code_max, quantize_float, relu_clamp
+from hwq.compiler.ir import MOVES, Graph, Layer, QLayer, QModel, unsigned_outputs
 from hwq.compiler.quant.config import AUTO, METHODS, QuantConfig, TensorQuant
 from hwq.compiler.quant.emulate import before_rounding, dequantized, output
 from hwq.compiler.quant.float_model import float_layer, run_float
@@ -53,6 +53,7 @@ def calibrate(graph: Graph, calib: np.ndarray, config: QuantConfig, batch_size: 
     floats["input"] = np.asarray(calib, np.float32)
     _check_finite(floats["input"], "the calibration input", graph.name)
     fixes = {"input": _activation_fix(floats["input"], config.input, batch_size)[0]}
+    unsigned = unsigned_outputs(graph.layers, config.activation_signedness)
     # the quantized model's activations so far (emulate.py), which bias correction and
     # `method: auto` measure; only they need it, and it costs a second pass of the model
     measured = config.switches["include_bias_corr"] or config.uses_auto()
@@ -62,7 +63,7 @@ def calibrate(graph: Graph, calib: np.ndarray, config: QuantConfig, batch_size: 
     bar = Progress("calibrating", len(graph.layers), "layers", enabled=progress)
     for i, layer in enumerate(graph.layers):
         _check_finite(floats[layer.name], f"layer '{layer.name}'", graph.name)
-        q = _quantize_layer(layer, fixes, floats, path, config, batch_size)
+        q = _quantize_layer(layer, fixes, floats, path, config, batch_size, unsigned[layer.name])
         layers.append(q)
         fixes[layer.name] = q.f_out
         bar.update(i + 1, layer.name)
@@ -92,25 +93,34 @@ def _lowest(tq: TensorQuant) -> int:
     return -INT8_MAX if tq.narrow_range else -INT8_MAX - 1
 
 
-def _activation_fix(x: np.ndarray, tq: TensorQuant, batch_size: int) -> tuple[int, dict]:
+def _codes(tq: TensorQuant, unsigned: bool) -> tuple[int, int]:
+    """The lowest and highest code of an activation: 0..255 stored unsigned, else int8's."""
+    return (0, code_max(True)) if unsigned else (_lowest(tq), INT8_MAX)
+
+
+def _activation_fix(x: np.ndarray, tq: TensorQuant, batch_size: int,
+                    unsigned: bool = False) -> tuple[int, dict]:
     """The fix position of an activation by its method and the record the report shows."""
-    per_batch = [choose_fix(tq.method, x[i:i + batch_size], tq, _lowest(tq))
+    lo, hi = _codes(tq, unsigned)
+    per_batch = [choose_fix(tq.method, x[i:i + batch_size], tq, lo, hi=hi)
                  for i in range(0, len(x), batch_size)]
     f = combine(per_batch, tq.calib_statistic_method)
-    return f, {**_record(x, f), "method": tq.method, "statistic": tq.calib_statistic_method,
+    return f, {**_record(x, f, hi), "method": tq.method, "statistic": tq.calib_statistic_method,
                "batch_fixes": per_batch}
 
 
-def _record(x: np.ndarray, f: int) -> dict:
-    """What the report shows of an activation at fix f: its range, threshold, histogram."""
+def _record(x: np.ndarray, f: int, hi: int) -> dict:
+    """What the report shows of an activation at fix f with codes up to hi: its range,
+    threshold, histogram."""
     a = np.abs(x)
     absmax = float(a.max())
     hist, edges = np.histogram(a, bins=HIST_BINS, range=(0, absmax or 1.0))
-    return {"absmax": absmax, "threshold": INT8_MAX * 2.0 ** -f, "hist": hist.tolist(),
+    return {"absmax": absmax, "threshold": hi * 2.0 ** -f, "hist": hist.tolist(),
             "hist_edges": [float(edges[0]), float(edges[-1])]}
 
 
-def _auto_fix(x: np.ndarray, y: np.ndarray, tq: TensorQuant, act: str, batch_size: int) -> tuple[int, dict]:
+def _auto_fix(x: np.ndarray, y: np.ndarray, tq: TensorQuant, act: str, batch_size: int,
+              unsigned: bool) -> tuple[int, dict]:
     """`method: auto`: in each calibration batch, the fix position of the method whose
     choice puts the layer's quantized output closest to float (mean squared error); the
     batches' positions then combine by the statistic method, as one method's do. `x` is
@@ -121,30 +131,32 @@ def _auto_fix(x: np.ndarray, y: np.ndarray, tq: TensorQuant, act: str, batch_siz
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].astype(np.float64), y[i:i + batch_size]
         errors = {}
-        fixes = choose_fixes(METHODS, xb, tq, _lowest(tq))
+        lo, hi = _codes(tq, unsigned)
+        fixes = choose_fixes(METHODS, xb, tq, lo, hi=hi)
         for f in set(fixes.values()):
-            lo, hi = relu_clamp(act, f, tq.narrow_range)
+            lo, hi = relu_clamp(act, f, tq.narrow_range, unsigned)
             errors[f] = float(np.mean((dequantized(yb, f, tq.round_mode, lo, hi) - xb) ** 2))
         best = min(METHODS, key=lambda m: errors[fixes[m]])
         per_batch.append(fixes[best])
         wins.append(best)
     f = combine(per_batch, tq.calib_statistic_method)
     counts = {m: wins.count(m) for m in METHODS}
-    return f, {**_record(x, f), "method": AUTO, "auto_method": max(METHODS, key=counts.__getitem__),
+    return f, {**_record(x, f, _codes(tq, unsigned)[1]), "method": AUTO, "auto_method": max(METHODS, key=counts.__getitem__),
                "auto_batches": counts, "statistic": tq.calib_statistic_method, "batch_fixes": per_batch}
 
 
 def _quantize_layer(layer: Layer, fixes: dict, floats: dict, path: dict | None, config: QuantConfig,
-                    batch_size: int) -> QLayer:
-    """Calibrate one layer's fix positions, then make its integer layer. With `path` (the
-    quantized model's activations so far), the layer's own quantized output joins it."""
+                    batch_size: int, unsigned: bool) -> QLayer:
+    """Calibrate one layer's fix positions, then make its integer layer (its output
+    stored as uint8 if `unsigned`). With `path` (the quantized model's activations so
+    far), the layer's own quantized output joins it."""
     tensors = config.for_layer(layer)
     f_ins = [fixes[s] for s in layer.sources]
     xs = [path[s] for s in layer.sources] if path is not None else None
     if layer.kind in MOVES:
         # they move int8 values; their fix position is their input's
         q = make_qlayer(layer, f_ins, f_ins[0], None, tensors,
-                        {"absmax": float(np.abs(floats[layer.name]).max())})
+                        {"absmax": float(np.abs(floats[layer.name]).max())}, unsigned=unsigned)
         if path is not None:
             path[layer.name] = before_rounding(q, layer, xs)
         return q
@@ -161,32 +173,35 @@ def _quantize_layer(layer: Layer, fixes: dict, floats: dict, path: dict | None, 
     if act.method == AUTO:
         # the int8 weights and bias do not depend on the output's fix position
         y = before_rounding(make_qlayer(layer, f_ins, 0, f_w, tensors, codes=codes), layer, xs)
-        f_out, stats = _auto_fix(floats[layer.name], y, act, layer.act, batch_size)
+        f_out, stats = _auto_fix(floats[layer.name], y, act, layer.act, batch_size, unsigned)
     else:
-        f_out, stats = _activation_fix(floats[layer.name], act, batch_size)
+        f_out, stats = _activation_fix(floats[layer.name], act, batch_size, unsigned)
     if correction is not None:
         stats["bias_correction"] = correction
-    q = make_qlayer(layer, f_ins, f_out, f_w, tensors, stats, codes)
+    q = make_qlayer(layer, f_ins, f_out, f_w, tensors, stats, codes, unsigned)
     if path is not None:
         path[layer.name] = output(q, y if y is not None else before_rounding(q, layer, xs))
     return q
 
 
 def make_qlayer(layer: Layer, f_ins: list[int], f_out: int, f_w, tensors: dict,
-                stats: dict | None = None, codes: np.ndarray | None = None) -> QLayer:
+                stats: dict | None = None, codes: np.ndarray | None = None,
+                unsigned: bool = False) -> QLayer:
     """The integer layer for float `layer` at the given fix positions (f_w: an int, a
     (Cout,) vector for per-channel weights, or None for layers without weights); `codes`
-    are its int8 weights when already made (weight_codes). PTQ and the QAT export both
-    make their QModel here."""
+    are its int8 weights when already made (weight_codes); `unsigned`: its output is
+    stored as uint8 (ir.unsigned_outputs). PTQ and the QAT export both make their QModel
+    here."""
     act = tensors["activation"]
     q = QLayer(name=layer.name, kind=layer.kind, input=layer.input, in_shape=layer.in_shape,
                out_shape=layer.out_shape, f_in=f_ins[0], f_out=f_out, source=layer.source,
                stride=layer.stride, padding=layer.padding, kernel=layer.kernel, act=layer.act,
                round_mode=act.round_mode, inputs=list(layer.sources), f_ins=list(f_ins),
-               groups=layer.groups, channels=list(layer.channels), stats=dict(stats or {}))
+               groups=layer.groups, channels=list(layer.channels), stats=dict(stats or {}),
+               unsigned=unsigned)
     if layer.kind in MOVES:
         return q
-    q.lo, q.hi = relu_clamp(layer.act, q.f_out, act.narrow_range)
+    q.lo, q.hi = relu_clamp(layer.act, q.f_out, act.narrow_range, unsigned)
     q.alpha_q = round(layer.alpha * 2 ** ALPHA_BITS)
     if layer.kind == "avgpool":
         # the window's reciprocal as an int8 multiplier: exact for power-of-two windows
@@ -288,19 +303,21 @@ def _bias_corrected(layer: Layer, x_float: np.ndarray, x_quant: np.ndarray,
 
 
 def check_accumulator_bounds(qmodel: QModel) -> None:
-    """Refuse any layer whose int32 accumulator could overflow on some int8 input.
+    """Refuse any layer whose int32 accumulator could overflow on some input.
 
-    conv: the bound per output channel is sum|w| * 128 + |bias|; every partial sum, in
-    any order the hardware adds them, is within it. add: both operands aligned to the
-    finer fix position, 128 * (2**da + 2**db)."""
+    conv: the bound per output channel is sum|w| * X + |bias| (X = 128 for an int8
+    input, 255 for a uint8 one); every partial sum, in any order the hardware adds them,
+    is within it. add: both operands aligned to the finer fix position,
+    X_a * 2**da + X_b * 2**db."""
+    biggest = lambda name: code_magnitude(qmodel.unsigned(name))   # noqa: E731
     for q in qmodel.layers:
         if q.kind == "conv":
             w = np.abs(q.weight.astype(np.int64)).reshape(len(q.weight), -1)
-            worst = int((w.sum(axis=1) * 128 + np.abs(q.bias.astype(np.int64))).max())
+            worst = int((w.sum(axis=1) * biggest(q.input) + np.abs(q.bias.astype(np.int64))).max())
             cure = f"with fan-in {w.shape[1]}; reduce the layer's fan-in (in_channels x kernel size) or its bias range"
         elif q.kind == "add":
             top = max(q.f_ins)
-            worst = sum(128 << (top - f) for f in q.f_ins)
+            worst = sum(biggest(s) << (top - f) for s, f in zip(q.sources, q.f_ins))
             cure = (f"aligning inputs at fix positions {q.f_ins}; their ranges differ too much "
                     "to add in int32")
         else:

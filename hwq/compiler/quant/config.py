@@ -16,6 +16,12 @@ bias -- lands closest to float in mean squared error wins; the batches' winners 
 by `calib_statistic_method`, and the report names the method each layer took. Weights and
 the input are no layer's output, so `auto` is refused for them.
 
+`activation_signedness` (hwq's, not Vitis's) says how activations are stored: `signed`
+stores every one as int8, as the DPU does (and a file without the key); `auto` stores a
+tensor that is never negative -- a ReLU's or ReLU6's output, and pools, views, adds and
+concatenations of such tensors only (ir.unsigned_outputs) -- as uint8, its fix position
+chosen for codes 0..255: twice the resolution at the same range.
+
 Two top-level switches go beyond post-training calibration, each with its own settings:
 `fast_finetune` (Vitis AI's name for AdaQuant, layer-wise weight tuning after
 calibration; `fast_finetune_steps` Adam steps per layer) and `weight_clustering` (k-means
@@ -61,6 +67,7 @@ _TENSOR_FIELDS = {
     "percentage": Rule(float, (), (), default=99.99, bounds=(0, 100)),   # the percentile method's
 }
 _REQUIRED = [f for f, rule in _TENSOR_FIELDS.items() if rule.required]
+SIGNEDNESS = Rule(str, ("signed", "auto"), (), default="signed")
 # Vitis' global switches: those hwq does, and those it refuses with the reason.
 _SWITCHES = ("convert_relu6_to_relu", "include_cle", "include_bias_corr", "fast_finetune",
              "weight_clustering")
@@ -77,8 +84,8 @@ _REFUSED_SWITCHES = {
                                       "higher precision",
     "keep_add_layer_accuracy": "the array is int8-only, so adds cannot stay at higher precision",
 }
-_TOP_KEYS = ("target_device", "quantizable_data_type", "overall_quantize_config",
-             "tensor_quantize_config", "layer_quantize_config") + _SWITCHES + tuple(_OPTIONS) + \
+_TOP_KEYS = ("target_device", "quantizable_data_type", "activation_signedness",
+             "overall_quantize_config", "tensor_quantize_config", "layer_quantize_config") + _SWITCHES + tuple(_OPTIONS) + \
     tuple(_REFUSED_SWITCHES)
 _RULE_KEYS = ("layer_type", "layer_name", "overall_quantize_config", "tensor_quantize_config")
 
@@ -128,6 +135,7 @@ class QuantConfig:
     layer_rules: tuple[LayerRule, ...] = ()
     switches: dict = field(default_factory=lambda: dict.fromkeys(_SWITCHES, False))
     options: dict = field(default_factory=lambda: {k: rule.default for k, (_, rule) in _OPTIONS.items()})
+    activation_signedness: str = SIGNEDNESS.default
 
     def for_layer(self, layer) -> dict[str, TensorQuant]:
         """The weights, bias and activation settings of one graph layer: the global ones,
@@ -162,6 +170,7 @@ class QuantConfig:
         return {
             "target_device": "DPU",
             "quantizable_data_type": list(TENSOR_TYPES),
+            "activation_signedness": self.activation_signedness,
             **self.switches,
             **{k: v for k, v in self.options.items() if self.switches[_OPTIONS[k][0]]},
             "overall_quantize_config": dataclasses.asdict(self.weights),
@@ -230,6 +239,8 @@ def parse_quant_config(data, source: str) -> QuantConfig:
             fail(name, f"is set but {switch} is false, so it would do nothing; set {switch}: "
                  "true or remove it")
         options[name] = check(rule, data.get(name, rule.default), lambda what, k=name: fail(k, what))
+    signedness = check(SIGNEDNESS, data.get("activation_signedness", SIGNEDNESS.default),
+                       lambda what: fail("activation_signedness", what))
 
     key = "overall_quantize_config"
     overall = tensor_fields(data.get(key), key)
@@ -275,4 +286,5 @@ def parse_quant_config(data, source: str) -> QuantConfig:
         rules.append(LayerRule(layer_type, str(entry.get("layer_name", "")), rule_overall, rule_tensors))
 
     return QuantConfig(**{t: resolve(t) for t in TENSOR_TYPES}, source=source,
-                       layer_rules=tuple(rules), switches=switches, options=options)
+                       layer_rules=tuple(rules), switches=switches, options=options,
+                       activation_signedness=signedness)

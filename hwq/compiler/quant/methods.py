@@ -1,7 +1,8 @@
 """Calibration methods: the power-of-two fix position a tensor gets, as Vitis AI names them,
 and how the fix positions of several calibration batches combine.
 
-Every method returns f, the tensor's scale being 2**-f. maxmin, percentile and entropy
+Every method returns f, the tensor's scale being 2**-f; its codes run to `hi` (127 for
+int8, 255 for a uint8 activation). maxmin, percentile and entropy
 pick a threshold T and take the finest f at which T does not clip; mse and diffs try
 the fix positions from the max-min one up (each clipping more, rounding finer) and keep
 the one with the smallest error of the fake-quantized tensor (mse: squared error of the
@@ -26,23 +27,23 @@ SEARCH_SPAN = 4
 KL_BINS, KL_LEVELS, KL_STRIDE = 2048, 128, 16
 
 
-def fix_position(absmax: float) -> int:
-    """The largest f with absmax * 2**f <= 127: the finest power-of-two scale at which
+def fix_position(absmax: float, hi: int = INT8_MAX) -> int:
+    """The largest f with absmax * 2**f <= hi: the finest power-of-two scale at which
     the calibrated range does not clip."""
     if absmax == 0:
         return ZERO_RANGE_FIX
-    f = math.floor(math.log2(INT8_MAX / absmax))
+    f = math.floor(math.log2(hi / absmax))
     # log2 of a float quotient can land on the wrong side of an exact power of two
-    while absmax * 2.0 ** (f + 1) <= INT8_MAX:
+    while absmax * 2.0 ** (f + 1) <= hi:
         f += 1
-    while absmax * 2.0 ** f > INT8_MAX:
+    while absmax * 2.0 ** f > hi:
         f -= 1
     return f
 
 
-def fake_quant(x: np.ndarray, f: int, round_mode: str, lo: int) -> np.ndarray:
-    """x quantized to int8 at fix f (by the one rounding rule) and back to float64."""
-    return np.ldexp(quantize_float(x, f, round_mode, lo, INT8_MAX).astype(np.float64), -f)
+def fake_quant(x: np.ndarray, f: int, round_mode: str, lo: int, hi: int = INT8_MAX) -> np.ndarray:
+    """x quantized to codes lo..hi at fix f (by the one rounding rule) and back to float64."""
+    return np.ldexp(quantize_float(x, f, round_mode, lo, hi).astype(np.float64), -f)
 
 
 def kl_threshold(a: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS,
@@ -101,32 +102,33 @@ def _kl_divergences(hist: np.ndarray, cuts: np.ndarray, levels: int, eps: float 
     return np.where(mass[cuts] > 0, kl, np.inf)
 
 
-def choose_fix(method: str, x: np.ndarray, tq, lo: int, respond=None) -> int:
-    """The fix position `method` gives tensor `x` quantized as `tq` (a TensorQuant) with
-    lowest code `lo`. `respond` maps a (fake-quantized) x to the layer output that diffs
+def choose_fix(method: str, x: np.ndarray, tq, lo: int, respond=None, hi: int = INT8_MAX) -> int:
+    """The fix position `method` gives tensor `x` quantized as `tq` (a TensorQuant) to
+    codes lo..hi. `respond` maps a (fake-quantized) x to the layer output that diffs
     compares; by default that output is x itself."""
-    return choose_fixes((method,), x, tq, lo, respond)[method]
+    return choose_fixes((method,), x, tq, lo, respond, hi)[method]
 
 
-def choose_fixes(methods, x: np.ndarray, tq, lo: int, respond=None) -> dict[str, int]:
+def choose_fixes(methods, x: np.ndarray, tq, lo: int, respond=None, hi: int = INT8_MAX) -> dict[str, int]:
     """choose_fix for each of `methods` on one tensor; mse and diffs share their search's
     fake-quantized tensors."""
     a = np.abs(np.asarray(x, np.float64)).ravel()
-    f0 = fix_position(float(a.max()) if a.size else 0.0)
+    f0 = fix_position(float(a.max()) if a.size else 0.0, hi)
     fixes = {}
     if "maxmin" in methods:
         fixes["maxmin"] = f0
     if "percentile" in methods:
-        fixes["percentile"] = fix_position(float(np.percentile(a, tq.percentage)))
+        fixes["percentile"] = fix_position(float(np.percentile(a, tq.percentage)), hi)
     if "entropy" in methods:
-        fixes["entropy"] = fix_position(kl_threshold(a))
+        # as many levels as the codes' magnitudes: 128 for int8, 256 for uint8
+        fixes["entropy"] = fix_position(kl_threshold(a, levels=hi + 1), hi)
     searched = [m for m in ("mse", "diffs") if m in methods]
     if searched:
         respond = respond or (lambda v: v)
         reference = respond(np.asarray(x, np.float64))
         errors = {m: [] for m in searched}
         for f in range(f0, f0 + SEARCH_SPAN + 1):
-            diff = respond(fake_quant(x, f, tq.round_mode, lo)) - reference
+            diff = respond(fake_quant(x, f, tq.round_mode, lo, hi)) - reference
             if "mse" in errors:
                 errors["mse"].append(np.mean(diff ** 2))
             if "diffs" in errors:

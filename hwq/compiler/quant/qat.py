@@ -24,12 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwq.arch.requant import ALPHA_BITS
-from hwq.compiler.ir import MOVES, Graph, Layer, QModel
+from hwq.arch.requant import ALPHA_BITS, INT8_MAX, code_max
+from hwq.compiler.ir import MOVES, Graph, Layer, QModel, unsigned_outputs
 from hwq.compiler.quant.calibrate import check_accumulator_bounds, make_qlayer
 from hwq.compiler.quant.float_model import pad, run_float
 from hwq.compiler.quant.config import QuantConfig
-from hwq.arch.requant import INT8_MAX
 from hwq.compiler.quant.rewrite import prepare
 
 FIX_MODES = ("derive", "learn", "keep")
@@ -57,37 +56,37 @@ def round_clamp(v: torch.Tensor, mode: str, lo, hi) -> torch.Tensor:
     return torch.clamp(ste(v, ROUNDERS[mode]), lo, hi)
 
 
-def _fix(absmax: torch.Tensor) -> torch.Tensor:
+def _fix(absmax: torch.Tensor, hi: int = INT8_MAX) -> torch.Tensor:
     """methods.fix_position on a tensor of ranges (0 -> 7, the zero-range convention)."""
     a = absmax.double().clamp(min=1e-30)
-    f = torch.floor(math.log2(INT8_MAX) - torch.log2(a))
-    f = f + (a * 2.0 ** (f + 1) <= INT8_MAX).double() - (a * 2.0 ** f > INT8_MAX).double()
+    f = torch.floor(math.log2(hi) - torch.log2(a))
+    f = f + (a * 2.0 ** (f + 1) <= hi).double() - (a * 2.0 ** f > hi).double()
     return torch.where(absmax > 0, f, torch.full_like(f, 7.0))
 
 
 class _Fix(nn.Module):
-    """A tensor's fix position: derived from a range, learned as a log2 threshold, or
-    kept as the QModel's ("keep")."""
+    """A tensor's fix position, for codes up to `hi`: derived from a range, learned as a
+    log2 threshold, or kept as the QModel's ("keep")."""
 
-    def __init__(self, f: float | np.ndarray, mode: str):
+    def __init__(self, f: float | np.ndarray, mode: str, hi: int = INT8_MAX):
         super().__init__()
-        self.mode = mode
+        self.mode, self.hi = mode, hi
         value = torch.as_tensor(np.asarray(f, np.float64))
         if mode == "learn":
-            self.log2_t = nn.Parameter(math.log2(INT8_MAX) - value)
+            self.log2_t = nn.Parameter(math.log2(hi) - value)
         else:
             self.register_buffer("f", value.clone())
-        self.register_buffer("ema", INT8_MAX * 2.0 ** -value.clone())
+        self.register_buffer("ema", hi * 2.0 ** -value.clone())
 
     def __call__(self, absmax: torch.Tensor | None = None, average: bool = False) -> torch.Tensor:
         if self.mode == "learn":
-            return ste(math.log2(INT8_MAX) - self.log2_t, torch.floor)
+            return ste(math.log2(self.hi) - self.log2_t, torch.floor)
         if absmax is not None and self.training and self.mode == "derive":
             absmax = absmax.detach().double()
             if average:
                 self.ema.mul_(EMA).add_((1 - EMA) * absmax)
                 absmax = self.ema
-            self.f.copy_(_fix(absmax))
+            self.f.copy_(_fix(absmax, self.hi))
         return self.f
 
     def value(self) -> np.ndarray:
@@ -105,12 +104,14 @@ class FakeQuantNet(nn.Module):
             graph = dataclasses.replace(graph, layers=[dataclasses.replace(l, bn=None) for l in graph.layers])
         self.graph, self.config, self.freeze_bn_step = graph, config, freeze_bn_step
         self.tensors = {l.name: config.for_layer(l) for l in graph.layers}
+        # which outputs are uint8, as the QModel's (the same rule on the same graph)
+        self.unsigned = unsigned_outputs(graph.layers, config.activation_signedness)
         q = {l.name: l for l in qmodel.layers}
         self.fix = nn.ModuleDict({"input": _Fix(qmodel.f_input, fix_mode)})
         self.params = nn.ParameterDict()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         for layer in graph.layers:
-            self.fix[layer.name] = _Fix(q[layer.name].f_out, fix_mode)
+            self.fix[layer.name] = _Fix(q[layer.name].f_out, fix_mode, code_max(self.unsigned[layer.name]))
             if layer.kind != "conv":
                 continue
             f_w = q[layer.name].f_wc if q[layer.name].f_wc is not None else q[layer.name].f_w
@@ -197,7 +198,7 @@ class FakeQuantNet(nn.Module):
             acc, shift = None, None
         real = self._real_output(layer, xs, acc, shift)
         f_out = self.fix[layer.name](real.abs().max(), average=True)
-        lo, hi = _clamp(layer.act, f_out, act.narrow_range)
+        lo, hi = _clamp(layer.act, f_out, act.narrow_range, self.unsigned[layer.name])
         if layer.kind == "concat":
             return torch.cat([round_clamp(v * 2.0 ** (f_out - f), act.round_mode, lo, hi)
                               for v, f in xs], dim=1), f_out
@@ -254,7 +255,8 @@ class FakeQuantNet(nn.Module):
                     f_w = f_w if tensors["weights"].per_channel else int(f_w)
                     float_layer = dataclasses.replace(layer, weight=w.numpy().astype(np.float32),
                                                       bias=b.numpy().astype(np.float32))
-                layers.append(make_qlayer(float_layer, f_ins, f_out, f_w, tensors))
+                layers.append(make_qlayer(float_layer, f_ins, f_out, f_w, tensors,
+                                          unsigned=self.unsigned[layer.name]))
                 fixes[layer.name] = f_out
         qmodel = QModel(self.graph.name, tuple(self.graph.input_shape), fixes["input"], layers,
                         self.config.as_dict())
@@ -266,12 +268,14 @@ def _bn(name: str, stat: str) -> str:
     return f"bn_{stat}_{name.replace('.', '_')}"
 
 
-def _clamp(act: str, f_out: torch.Tensor, narrow: bool):
-    lo = -INT8_MAX if narrow else -INT8_MAX - 1
+def _clamp(act: str, f_out: torch.Tensor, narrow: bool, unsigned: bool):
+    """requant.relu_clamp with a tensor fix position (it may be learned)."""
+    top = code_max(unsigned)
+    lo = 0 if unsigned else -INT8_MAX if narrow else -INT8_MAX - 1
     if act in ("relu", "relu6"):
-        hi = torch.clamp(6 * 2.0 ** f_out, max=INT8_MAX) if act == "relu6" else INT8_MAX
+        hi = torch.clamp(6 * 2.0 ** f_out, max=top) if act == "relu6" else top
         return 0, torch.floor(torch.as_tensor(hi, dtype=torch.float64))
-    return lo, INT8_MAX
+    return lo, top
 
 
 def train_qat(graph: Graph, qmodel: QModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,
