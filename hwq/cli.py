@@ -90,7 +90,7 @@ def _simulate(a) -> None:
 
 def _run(a) -> None:
     from hwq.board.host import Link, SerialTransport, load_package, run_inputs, run_package
-    from hwq.board.spec import load_board
+    from hwq.board.spec import check_fits, load_board
     from hwq.errors import MismatchError
     from hwq.package import check_hardware, open_package
 
@@ -99,6 +99,7 @@ def _run(a) -> None:
     if name is None:
         raise HwqError(f"{pkg.path} was compiled without --board; name the board with --board")
     board = load_board(name)
+    check_fits(pkg, board)
     check_hardware(pkg, board.cfg)
     target = _outputs_path(a.outputs) if a.inputs is not None else None
     x = _inputs(a) if a.inputs is not None else None

@@ -51,6 +51,11 @@ _REQUIRED = {"model": (), "hardware": ("config", "fingerprint"), "isa_version": 
              "program": ("instructions", "useful_macs", "iss_cycles"), "files": ()}
 
 
+# What may hold the accelerator's DRAM on a board (a board file's `memory.kind`, recorded
+# in a package compiled for it), and what a message calls it.
+MEMORY_KINDS = {"block_ram": "block RAM", "spram": "SPRAM"}
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -240,6 +245,15 @@ class Package:
                            "package") from None
 
     # ---- running it ----
+    def check_memory(self, board: str, memory: dict) -> None:
+        """Refuse to run on `board` if its `memory` ({kind, bytes}: a board file's, as the
+        manifest records it) does not hold the DRAM image."""
+        need = len(self.image())
+        if need > memory["bytes"]:
+            raise HwqError(f"{self.path}: its DRAM image is {need} bytes and {board}'s memory "
+                           f"({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) holds "
+                           f"{memory['bytes']}; compile the model for a board with more memory")
+
     def check_rtl(self) -> None:
         """Refuse to simulate RTL that is not what this hwq generates for the package's
         hardware (the package would be tested against a design it was not built for)."""
@@ -255,6 +269,9 @@ class Package:
         icarus): every stored tensor's values, or the input's and output's alone."""
         if sim not in SIMULATORS:
             raise HwqError(f"unknown simulator '{sim}'; choose one of {', '.join(SIMULATORS)}")
+        board = self.manifest.get("board") or {}
+        if "memory" in board:              # a package compiled for a board runs in its memory
+            self.check_memory(board["name"], board["memory"])
         if sim != "iss":
             self.check_rtl()
         tensors = self.tensors()

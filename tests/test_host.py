@@ -34,16 +34,18 @@ class IssBoard:
             if len(self.inbox) < need:
                 return
             args = self.inbox[1:need]
-            if cmd == hp.CMD_WRITE:
-                addr, n = int.from_bytes(args[:4], "little"), int.from_bytes(args[4:], "little")
-                size = n * self.cfg.bus_bytes
-                if len(self.inbox) < need + size:
+            if cmd == hp.CMD_BLOCK:
+                need = hp.BLOCK_FRAME
+                if len(self.inbox) < need:
                     return
-                blob = self.inbox[need:need + size]
-                self.m.dram[addr * self.cfg.bus_bytes:addr * self.cfg.bus_bytes + size] = \
-                    np.frombuffer(blob, np.uint8)
-                need += size
-                self.outbox += hp.ACK
+                parsed = hp.parse_block(self.inbox[:need], self.cfg.bus_bytes)
+                if parsed is None:
+                    self.outbox += hp.NAK
+                else:
+                    addr, blob = parsed
+                    at = addr * self.cfg.bus_bytes
+                    self.m.dram[at:at + len(blob)] = np.frombuffer(blob, np.uint8)
+                    self.outbox += hp.ACK
             elif cmd == hp.CMD_READ:
                 addr, n = int.from_bytes(args[:4], "little"), int.from_bytes(args[4:], "little")
                 self.outbox += self.m.read_dram(addr, n * self.cfg.bus_bytes)

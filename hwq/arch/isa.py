@@ -303,7 +303,7 @@ def hazard(new: Extent, running: Extent):
     both = new.when & running.when
     if new.memory == "dram" or set(new.access) & set(running.access):
         return "port", both
-    return "data", both & (running.last + 1 > new.first) & (new.last + 1 > running.first)
+    return "data", both & (running.last >= new.first) & (new.last >= running.first)
 
 
 def hazards(new: Instr, running: Instr, cfg) -> list[str]:
@@ -487,6 +487,7 @@ class _Sym:
     def __mul__(self, o): return self._bin(o, "*", 5)
     def __rmul__(self, o): return self._bin(o, "*", 5, True)
     def __gt__(self, o): return self._bin(o, ">", 3)
+    def __ge__(self, o): return self._bin(o, ">=", 3)
     def __eq__(self, o): return self._bin(o, "==", 3)
     def __and__(self, o): return self._bin(o, "&", 2)
     def __rand__(self, o): return self._bin(o, "&", 2, True)

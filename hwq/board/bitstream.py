@@ -228,7 +228,8 @@ def board_manifest(board: Board, bs: Bitstream) -> dict:
     """The package manifest's `board` entry (no build times: the manifest is reproducible)."""
     return {"name": board.name, "platform": board.platform_ref, "clock_mhz": bs.f_sync / 1e6,
             "baud": board.baud, "seed": board.seed, "uart_divisor": board.uart_divisor(bs.f_sync),
-            "bitstream": sorted(bs.files), "open_toolchain": board.open_toolchain}
+            "memory": board.memory.to_dict(), "bitstream": sorted(bs.files),
+            "open_toolchain": board.open_toolchain}
 
 
 def hardware_report(board: Board, bs: Bitstream, manifest: dict) -> str:
@@ -236,7 +237,8 @@ def hardware_report(board: Board, bs: Bitstream, manifest: dict) -> str:
     cfg = board.cfg
     lines = [f"# Hardware: {board.name}", "",
              f"Platform `{board.platform_ref}`, array {cfg.rows}x{cfg.cols}, "
-             f"DRAM {cfg.dram_words} x {cfg.bus_bytes} bytes on chip, UART {board.baud} baud.", ""]
+             f"DRAM {cfg.dram_words} x {cfg.bus_bytes} bytes on chip ({board.memory}), "
+             f"UART {board.baud} baud.", ""]
     if bs.report is None:
         return "\n".join(lines + [bs.message, ""])
     s = summarize(bs.report, board, bs.f_sync)

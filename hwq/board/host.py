@@ -5,6 +5,12 @@ The driver talks to a `Transport` (write bytes, read exactly n bytes): a serial 
 (`SerialTransport`, pyserial) for a real board, or the simulated UART of the system test
 (hwq/board/host_tb.py), so the same code runs against both.
 
+Memory is written in checked blocks ('B' frames, hwq/arch/host_protocol.py): the driver
+streams up to WINDOW frames before it reads their answers, and sends again every block
+the SoC answers with NAK (its checksum failed on the way; the SoC wrote nothing of it),
+up to RETRIES times; a block that still fails ends the load with an error, so nothing
+runs on memory that did not arrive intact.
+
 `run_package` checks the bitstream's identity (protocol version and hardware-config
 fingerprint) against the package, loads the DRAM image (data, then program), and for
 each of the package's reference inputs: writes the input slot, starts the accelerator,
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,10 +29,13 @@ import numpy as np
 
 from hwq.errors import HwqError
 from hwq.package import Package
-from hwq.arch.host_protocol import (ACK, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS, CMD_WRITE,
-                                    IDENT_BYTES, IDENT_MAGIC, STATUS_BYTES, ident_bytes)
+from hwq.arch.host_protocol import (ACK, BLOCK_BYTES, CMD_IDENT, CMD_READ, CMD_START,
+                                    CMD_STATUS, IDENT_BYTES, IDENT_MAGIC, NAK, STATUS_BYTES,
+                                    block_frame, ident_bytes)
 
-CHUNK_WORDS = 1024          # words per 'W' / 'R' command: a lost byte costs one chunk
+CHUNK_WORDS = 1024          # words per 'R' command
+WINDOW = 8                  # block frames sent before their answers are read
+RETRIES = 3                 # sends of a block after the first
 
 
 class Transport(Protocol):
@@ -69,47 +79,74 @@ class Status:
 class Link:
     """The SoC's commands, for DRAM words of `bus_bytes` bytes."""
 
+    """The SoC's commands, for DRAM words of `bus_bytes` bytes. It counts the bytes each
+    way (`sent`, `received`: the protocol's cost of what it did) and the blocks it sent
+    again (`retries`)."""
+
     def __init__(self, transport: Transport, bus_bytes: int):
         self.t = transport
         self.bus = bus_bytes
+        self.sent = self.received = self.retries = 0
+
+    def _send(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.t.write(data)
+
+    def _recv(self, n: int) -> bytes:
+        data = self.t.read(n)
+        self.received += len(data)
+        return data
 
     def _ack(self, what: str) -> None:
-        got = self.t.read(1)
+        got = self._recv(1)
         if got != ACK:
             raise HwqError(f"the board answered {got!r} to {what}, not {ACK!r}")
 
     def ident(self) -> bytes:
-        self.t.write(CMD_IDENT)
-        return self.t.read(IDENT_BYTES)
+        self._send(CMD_IDENT)
+        return self._recv(IDENT_BYTES)
 
     def write(self, word: int, blob: bytes) -> None:
-        """Write `blob` from DRAM word `word`; a partial last word is zero-filled (hwq's
-        regions are whole words)."""
+        """Write `blob` from DRAM word `word` in checked blocks; a partial last word is
+        zero-filled (hwq's regions are whole words)."""
         blob = bytes(blob) + bytes(-len(blob) % self.bus)
-        step = CHUNK_WORDS * self.bus
-        for k in range(0, len(blob), step):
-            part = blob[k:k + step]
-            n = len(part) // self.bus
-            self.t.write(CMD_WRITE + (word + k // self.bus).to_bytes(4, "little")
-                         + n.to_bytes(4, "little") + part)
-            self._ack("a memory write")
+        todo = deque((word + k // self.bus, blob[k:k + BLOCK_BYTES], 0)
+                     for k in range(0, len(blob), BLOCK_BYTES))
+        flight: deque = deque()
+        while todo or flight:
+            while todo and len(flight) < WINDOW:
+                at, part, tries = todo.popleft()
+                self._send(block_frame(at, part, self.bus))
+                flight.append((at, part, tries))
+            at, part, tries = flight.popleft()
+            got = self._recv(1)
+            if got == ACK:
+                continue
+            if got != NAK:
+                raise HwqError(f"the board answered {got!r} to the block write at word {at}, "
+                               "not ACK or NAK: the link lost step; reset the board and load again")
+            if tries == RETRIES:
+                raise HwqError(f"the block at DRAM word {at} failed its checksum {tries + 1} "
+                               "times; check the cable and the baud rate (--baud)")
+            self.retries += 1
+            todo.appendleft((at, part, tries + 1))
 
     def read(self, word: int, nbytes: int) -> bytes:
         nwords = -(-nbytes // self.bus)
         out = bytearray()
         for k in range(0, nwords, CHUNK_WORDS):
             n = min(CHUNK_WORDS, nwords - k)
-            self.t.write(CMD_READ + (word + k).to_bytes(4, "little") + n.to_bytes(4, "little"))
-            out += self.t.read(n * self.bus)
+            self._send(CMD_READ + (word + k).to_bytes(4, "little") + n.to_bytes(4, "little"))
+            out += self._recv(n * self.bus)
         return bytes(out[:nbytes])
 
     def start(self, pc: int) -> None:
-        self.t.write(CMD_START + pc.to_bytes(4, "little"))
+        self._send(CMD_START + pc.to_bytes(4, "little"))
         self._ack("start")
 
     def status(self) -> Status:
-        self.t.write(CMD_STATUS)
-        r = self.t.read(STATUS_BYTES)
+        self._send(CMD_STATUS)
+        r = self._recv(STATUS_BYTES)
         return Status(done=bool(r[0] & 1), busy=bool(r[0] & 2), status=r[1],
                       pc=int.from_bytes(r[2:6], "little"),
                       cycles=int.from_bytes(r[6:14], "little"),

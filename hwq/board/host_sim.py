@@ -21,8 +21,10 @@ from hwq.package import open_package
 SOC_MODULE = "hwq_soc"
 
 
-def run_host_sim(package: str | Path, divisor: int = 4) -> dict:
-    """The driver's results ({outputs, cycles, mismatches} or {error})."""
+def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...] = ()) -> dict:
+    """The driver's results ({outputs, cycles, mismatches} or {error}, with the link's
+    `sent` bytes, `retries` and block `frames`); `corrupt`: the ordinals of the block
+    frames to corrupt on the wire (one data bit each)."""
     from amaranth.back import verilog
     from cocotb_tools import runner as cocotb_runner
 
@@ -52,7 +54,7 @@ def run_host_sim(package: str | Path, divisor: int = 4) -> dict:
             (build / "BUILD_OK").write_text("ok\n")
         work = Path(tempfile.mkdtemp(prefix="soc-run-", dir=build))
         spec = {"package": str(Path(package).resolve()), "divisor": divisor,
-                "results": str(work / "results.json")}
+                "corrupt": list(corrupt), "results": str(work / "results.json")}
         (work / "spec.json").write_text(json.dumps(spec))
         runner.test(test_module="hwq.board.host_tb", hdl_toplevel=SOC_MODULE,
                     hdl_toplevel_lang="verilog", build_dir=build / "sim", test_dir=work,

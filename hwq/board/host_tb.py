@@ -3,9 +3,10 @@ driver (hwq/board/host.py) talking to it through a simulated UART.
 
 The driver runs unchanged in a thread, on a `QueueTransport`; this coroutine side turns
 the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends on
-`uart_tx` back into bytes for it. Started by hwq/board/host_sim.py, which passes the package
-and the UART divisor in the JSON file named by $HWQ_SOC_SPEC and reads the results
-from the file the spec names.
+`uart_tx` back into bytes for it. Started by hwq/board/host_sim.py, which passes the package,
+the UART divisor and the block frames to corrupt on the wire (`corrupt`: their ordinals
+among the driver's 'B' frames; one data bit flipped in each) in the JSON file named by
+$HWQ_SOC_SPEC and reads the results from the file the spec names.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ async def _receive(dut, out: queue.Queue, bit_ns: int) -> None:
 
 @cocotb.test()
 async def host_link(dut):
+    from hwq.arch.host_protocol import BLOCK_FRAME, CMD_BLOCK
     from hwq.board.host import Link, run_package
     from hwq.package import open_package
 
@@ -84,7 +86,9 @@ async def host_link(dut):
     def driver():
         try:
             pkg = open_package(spec["package"])
-            run = run_package(pkg, Link(transport, pkg.cfg.bus_bytes), timeout=REPLY_TIMEOUT_S)
+            link = Link(transport, pkg.cfg.bus_bytes)
+            result["link"] = link.__dict__       # updated as the driver goes
+            run = run_package(pkg, link, timeout=REPLY_TIMEOUT_S)
             result.update(outputs=run.outputs.tolist(), cycles=run.cycles,
                           mismatches=run.mismatches)
         except Exception as e:  # reported to the caller through the results file
@@ -95,6 +99,7 @@ async def host_link(dut):
     cocotb.start_soon(_receive(dut, transport.from_dev, bit_ns))
     thread = threading.Thread(target=driver, daemon=True)
     thread.start()
+    corrupt, frames = set(spec.get("corrupt", ())), 0
     while True:
         try:
             data = transport.to_dev.get_nowait()
@@ -103,6 +108,14 @@ async def host_link(dut):
             continue
         if data is None:
             break
+        if data[:1] == CMD_BLOCK and len(data) == BLOCK_FRAME:
+            if frames in corrupt:
+                data = bytearray(data)
+                data[10] ^= 0x10                         # a data byte, one bit
+                data = bytes(data)
+            frames += 1
         await _send(dut, data, bit_ns)
     thread.join()
+    link = result.pop("link", {})
+    result.update(sent=link.get("sent"), retries=link.get("retries"), frames=frames)
     Path(spec["results"]).write_text(json.dumps(result))

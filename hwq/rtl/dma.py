@@ -182,10 +182,12 @@ class StoreUnit(wiring.Component):
         m = Module()
         a0, a = self.args, held_args(m, self, self.cfg)
         y, x = Signal.like(a.y_size, name="y"), Signal.like(a.x_size, name="x")
-        # the last y and x, registered at the start: `x == x_size - 1` ran on through
-        # the obuf read's enable into the block RAMs (the ECP5-85F's longest path) and
-        # into the counters (the iCE40's)
+        # the last y and x, registered at the start, and whether y and x are at them,
+        # registered with y and x: `x == x_last` ran on through the obuf read's enable
+        # into the block RAMs (the ECP5-85F's longest path) and into the counters (the
+        # iCE40's)
         y_last, x_last = Signal.like(y, name="y_last"), Signal.like(x, name="x_last")
+        y_at_last, x_at_last = Signal(name="y_at_last"), Signal(name="x_at_last")
         k = Signal(range(max(2, self.E)), name="k")
         row = Signal(self.A, name="row")
         elem = Signal(self.A, name="elem")
@@ -197,7 +199,8 @@ class StoreUnit(wiring.Component):
                 # the counters start over in every idle cycle (as LOAD's)
                 m.d.sync += [y.eq(0), x.eq(0), k.eq(0), row.eq(a0.dram), elem.eq(a0.dram),
                              addr.eq(a0.dram), ptr.eq(a0.sram), y_last.eq(a0.y_size - 1),
-                             x_last.eq(a0.x_size - 1)]
+                             x_last.eq(a0.x_size - 1), y_at_last.eq(a0.y_size == 1),
+                             x_at_last.eq(a0.x_size == 1)]
                 with m.If(self.start):
                     with m.If((a0.y_size == 0) | (a0.x_size == 0)):
                         m.next = "DONE"
@@ -214,13 +217,15 @@ class StoreUnit(wiring.Component):
                         m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
                     with m.Else():
                         m.d.sync += k.eq(0)
-                        with m.If(x == x_last):
-                            m.d.sync += [x.eq(0), y.eq(y + 1), row.eq(row + a.y_stride),
-                                         elem.eq(row + a.y_stride), addr.eq(row + a.y_stride)]
+                        with m.If(x_at_last):
+                            m.d.sync += [x.eq(0), x_at_last.eq(x_last == 0), y.eq(y + 1),
+                                         y_at_last.eq(y + 1 == y_last),
+                                         row.eq(row + a.y_stride), elem.eq(row + a.y_stride),
+                                         addr.eq(row + a.y_stride)]
                         with m.Else():
-                            m.d.sync += [x.eq(x + 1), elem.eq(elem + a.x_stride),
-                                         addr.eq(elem + a.x_stride)]
-                        with m.If((x == x_last) & (y == y_last)):
+                            m.d.sync += [x.eq(x + 1), x_at_last.eq(x + 1 == x_last),
+                                         elem.eq(elem + a.x_stride), addr.eq(elem + a.x_stride)]
+                        with m.If(x_at_last & y_at_last):
                             m.d.comb += self.done.eq(1)
                             m.next = "IDLE"
                         with m.Else():

@@ -197,15 +197,20 @@ class GemmUnit(wiring.Component):
         K = max(R, C) - 1               # busy cycles 1..K even when V + 1 < max(R, C)
         kcnt = Signal(range(K + 1))
         dcnt = Signal(range(L + 2))     # cycles of draining left after this one
-        with m.If(kcnt != 0):
-            m.d.sync += kcnt.eq(kcnt - 1)
+        # kcnt != 0 and dcnt != 0 in registers of their own, updated with the counters:
+        # `busy` and `draining` feed the scoreboard's hazards and so the dispatch decision
+        # (the pc's enable and every unit's start), which the counters' compares made
+        # the ECP5-85F's longest path
+        knz, dnz = Signal(), Signal()
+        with m.If(knz):
+            m.d.sync += [kcnt.eq(kcnt - 1), knz.eq(kcnt != 1)]
         with m.If(streaming):
-            m.d.sync += dcnt.eq(L + 1)
-        with m.Elif(dcnt != 0):
-            m.d.sync += dcnt.eq(dcnt - 1)
+            m.d.sync += [dcnt.eq(L + 1), dnz.eq(1)]
+        with m.Elif(dnz):
+            m.d.sync += [dcnt.eq(dcnt - 1), dnz.eq(dcnt != 1)]
         m.d.comb += [
-            self.busy.eq((kcnt != 0) | (pre & nz) | (streaming & ~last)),
-            self.draining.eq(streaming | (dcnt != 0)),
+            self.busy.eq(knz | (pre & nz) | (streaming & ~last)),
+            self.draining.eq(streaming | dnz),
         ]
         # busy or draining next cycle (absent a start): a vector read now or next cycle
         # drains then; otherwise only the two counters are left
@@ -228,5 +233,6 @@ class GemmUnit(wiring.Component):
         with m.If(take):
             # V = 0 streams nothing, so it would never swap these weights in (and its
             # last wbuf read would come after its done)
-            m.d.sync += [kcnt.eq(K), pre.eq(1), streaming.eq(0), w_active.eq(streams)]
+            m.d.sync += [kcnt.eq(K), knz.eq(K != 0), pre.eq(1), streaming.eq(0),
+                         w_active.eq(streams)]
         return m

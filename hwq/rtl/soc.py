@@ -1,23 +1,23 @@
 """The system on the board: the accelerator, its DRAM in on-chip memory, a UART host
 link speaking hwq/arch/host_protocol.py's protocol, and status LEDs.
 
-Host memory access has priority over the accelerator: while the SoC reads or writes a
-word the accelerator's DRAM port sees `ready` low (it holds its request;
-hwq/rtl/ports.py).
+Host memory access has priority over the accelerator: while the SoC reads a word for the
+host or writes a checked block into DRAM, the accelerator's DRAM port sees `ready` low
+(it holds its request; hwq/rtl/ports.py).
 
 LEDs (as many as the board has): 0 busy, 1 done, 2 the last run stopped with an error.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
+from amaranth.lib import crc, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwq.arch.config import HwConfig
-from hwq.arch.host_protocol import (ACK, ARG_BYTES, CMD_IDENT, CMD_READ, CMD_START, CMD_STATUS,
-                                    IDENT_BYTES, STATUS_BYTES,
-                                    CMD_WRITE, NAK, ident_bytes)
+from hwq.arch.host_protocol import (ACK, ARG_BYTES, CMD_BLOCK, CMD_IDENT, CMD_READ, CMD_START,
+                                    CMD_STATUS, CRC_BYTES, CRC_INIT, CRC_POLY, IDENT_BYTES,
+                                    NAK, STATUS_BYTES, block_words, ident_bytes)
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
 
@@ -62,6 +62,43 @@ class SinglePortRam(wiring.Component):
         return m
 
 
+class BlockWriter(wiring.Component):
+    """The staging buffer of the host's block writes: the block's words are written in
+    (`w_en`, `w_index`, `w_data`) as they arrive, and once its checksum holds `commit`
+    copies the first `commit_n` of them to DRAM from word `commit_addr`, one word a cycle
+    on the `dram_*` outputs while `busy` (a block whose checksum fails is never
+    committed, so DRAM never sees it). `addr_bits`: DRAM address width."""
+
+    def __init__(self, width: int, words: int, addr_bits: int):
+        self.width, self.words = width, words
+        super().__init__({
+            "w_en": In(1), "w_index": In(range(words)), "w_data": In(width),
+            "commit": In(1), "commit_addr": In(addr_bits), "commit_n": In(range(words + 1)),
+            "busy": Out(1), "dram_addr": Out(addr_bits), "dram_we": Out(1),
+            "dram_wdata": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.words, init=[])
+        wp, rp = mem.write_port(), mem.read_port()
+        m.d.comb += [wp.addr.eq(self.w_index), wp.en.eq(self.w_en), wp.data.eq(self.w_data)]
+        index = Signal(range(self.words + 1))      # the staging word read this cycle
+        left = Signal(range(self.words + 1))       # words still to write
+        primed = Signal()                          # the read port holds a word to write
+        m.d.comb += [rp.addr.eq(index), self.dram_we.eq(self.busy & primed),
+                     self.dram_wdata.eq(rp.data)]
+        with m.If(self.commit & (self.commit_n != 0)):
+            m.d.sync += [self.busy.eq(1), index.eq(0), left.eq(self.commit_n), primed.eq(0),
+                         self.dram_addr.eq(self.commit_addr)]
+        with m.Elif(self.busy):
+            m.d.sync += [index.eq(index + 1), primed.eq(1)]
+            with m.If(primed):
+                m.d.sync += [self.dram_addr.eq(self.dram_addr + 1), left.eq(left - 1)]
+                with m.If(left == 1):
+                    m.d.sync += [self.busy.eq(0), primed.eq(0)]
+        return m
+
+
 class Soc(wiring.Component):
     """`divisor`: clock cycles per UART bit (clock frequency / baud rate)."""
 
@@ -75,6 +112,7 @@ class Soc(wiring.Component):
         m = Module()
         cfg = self.cfg
         B = 8 * cfg.bus_bytes
+        BW = block_words(cfg.bus_bytes)
         m.submodules.accel = acc = Accelerator(cfg)
         m.submodules.rx = rx = UartRx(self.divisor)
         m.submodules.tx = tx = UartTx(self.divisor)
@@ -83,17 +121,16 @@ class Soc(wiring.Component):
         # ---- DRAM: one port (the host or the accelerator); a read holds its data
         # through a write ----
         m.submodules.dram = dram = SinglePortRam(B, cfg.dram_words)
-        host_re, host_we = Signal(), Signal()
-        host_addr = Signal(acc.A)
-        host_wdata = Signal(B)
-        # the host holds the port in READ and WRITE: a register set on the way into them
-        # (host_re | host_we, a decode of the FSM state, would run on through the
+        m.submodules.stage = stage = BlockWriter(B, BW, acc.A)
+        addr = Signal(32)                          # the host's word address
+        # the host holds the port in READ and while a block is committed: a register set
+        # on the way into them (a decode of the FSM state would run on through the
         # accelerator's ready into its DMA units)
         host_busy = Signal()
         m.d.comb += [acc.mem.ready.eq(~host_busy), acc.mem.rdata.eq(dram.rdata)]
         with m.If(host_busy):
-            m.d.comb += [dram.addr.eq(host_addr), dram.we.eq(host_we),
-                         dram.wdata.eq(host_wdata)]
+            m.d.comb += [dram.addr.eq(Mux(stage.busy, stage.dram_addr, addr)),
+                         dram.we.eq(stage.dram_we), dram.wdata.eq(stage.dram_wdata)]
         with m.Else():
             m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
                          dram.wdata.eq(acc.mem.wdata)]
@@ -105,21 +142,29 @@ class Soc(wiring.Component):
         # ---- status LEDs ----
         m.d.comb += self.leds.eq(Cat(acc.busy, acc.done, acc.done & (acc.status != 0)))
 
+        # ---- the checksum of a block frame: from its command byte on, every byte taken
+        # from the UART; 0 after the frame's own CRC when the frame arrived intact ----
+        m.submodules.crc = check = crc.Algorithm(
+            crc_width=8 * CRC_BYTES, polynomial=CRC_POLY, initial_crc=CRC_INIT,
+            reflect_input=False, reflect_output=False, xor_output=0)(data_width=8).create()
+        m.d.comb += [check.data.eq(rx.data.payload),
+                     check.valid.eq(rx.data.valid & rx.data.ready)]
+
         # ---- command engine ----
         cmd = Signal(8)
         args = Signal(64)                          # up to two u32 arguments, LSB first
         nargs = Signal(range(9))
-        addr = Signal(32)
         count = Signal(32)
         word = Signal(B)
         nbyte = Signal(range(cfg.bus_bytes + 1))
+        windex = Signal(range(BW))                 # the block's word being received
         out = Signal(8 * max(STATUS_BYTES, IDENT_BYTES, cfg.bus_bytes))
         nout = Signal(range(len(out) // 8 + 1))
         ident = Const(int.from_bytes(ident_bytes(cfg), "little"), 8 * IDENT_BYTES)
         status = Cat(acc.done, acc.busy, Const(0, 6), acc.status,
                      acc.pc, Const(0, 32 - len(acc.pc)), acc.cycles, acc.macs)
 
-        m.d.comb += [tx.data.payload.eq(out[:8]), host_addr.eq(addr), host_wdata.eq(word)]
+        m.d.comb += tx.data.payload.eq(out[:8])
         # `after_send`: where SEND goes once `out` is empty
         after_send = Signal(2)
         TO_IDLE, TO_READ = 0, 1
@@ -136,10 +181,12 @@ class Soc(wiring.Component):
                          after_send.eq(then)]
             m.next = "LOAD_OUT"
 
-        m.d.sync += host_busy.eq(0)                # READ and WRITE last one cycle each
+        m.d.sync += host_busy.eq(0)                # READ lasts one cycle
+        with m.If(stage.busy):
+            m.d.sync += host_busy.eq(1)
         with m.FSM(name="host"):
             with m.State("IDLE"):
-                m.d.comb += rx.data.ready.eq(1)
+                m.d.comb += [rx.data.ready.eq(1), check.start.eq(1)]
                 with m.If(rx.data.valid):
                     m.d.sync += [cmd.eq(rx.data.payload), nargs.eq(0)]
                     with m.Switch(rx.data.payload):
@@ -156,8 +203,9 @@ class Soc(wiring.Component):
                     with m.If(nargs == 1):
                         m.next = "EXEC"
             with m.State("EXEC"):
-                # a command with fewer than 8 argument bytes has them at the top of `args`
-                with m.Switch(cmd):
+                # a command with fewer than 8 argument bytes has them at the top of `args`;
+                # none starts before the last block's words are in DRAM
+                with m.If(~stage.busy), m.Switch(cmd):
                     with m.Case(CMD_IDENT[0]):
                         send(m, "ident", IDENT_BYTES)
                     with m.Case(CMD_STATUS[0]):
@@ -165,37 +213,44 @@ class Soc(wiring.Component):
                     with m.Case(CMD_START[0]):
                         m.d.comb += [acc.start.eq(1), acc.start_pc.eq(args[32:])]
                         send(m, "ack", 1)
-                    with m.Case(CMD_WRITE[0], CMD_READ[0]):
-                        m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbyte.eq(0)]
+                    with m.Case(CMD_BLOCK[0]):
+                        m.d.sync += [addr.eq(args[16:48]), count.eq(args[48:]), nbyte.eq(0),
+                                     windex.eq(0)]
+                        m.next = "BDATA"
+                    with m.Case(CMD_READ[0]):
+                        m.d.sync += [addr.eq(args[:32]), count.eq(args[32:])]
                         with m.If(args[32:] == 0):
-                            m.next = "WDONE"
-                        with m.Elif(cmd == CMD_WRITE[0]):
-                            m.next = "WDATA"
+                            m.next = "IDLE"
                         with m.Else():
                             m.d.sync += host_busy.eq(1)
                             m.next = "READ"
-            with m.State("WDATA"):
+            with m.State("BDATA"):
                 m.d.comb += rx.data.ready.eq(1)
                 with m.If(rx.data.valid):
                     m.d.sync += [word.eq(Cat(word[8:], rx.data.payload)), nbyte.eq(nbyte + 1)]
                     with m.If(nbyte == cfg.bus_bytes - 1):
-                        m.d.sync += host_busy.eq(1)
-                        m.next = "WRITE"
-            with m.State("WRITE"):
-                m.d.comb += host_we.eq(1)
-                m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), nbyte.eq(0)]
-                with m.If(count == 1):
+                        m.d.comb += [stage.w_en.eq(1), stage.w_index.eq(windex),
+                                     stage.w_data.eq(Cat(word[8:], rx.data.payload))]
+                        m.d.sync += [nbyte.eq(0), windex.eq(windex + 1)]
+                        with m.If(windex == BW - 1):
+                            m.d.sync += nargs.eq(CRC_BYTES)
+                            m.next = "BCRC"
+            with m.State("BCRC"):
+                m.d.comb += rx.data.ready.eq(1)
+                with m.If(rx.data.valid):
+                    m.d.sync += nargs.eq(nargs - 1)
+                    with m.If(nargs == 1):
+                        m.next = "BCHECK"
+            with m.State("BCHECK"):
+                # the CRC register has taken the frame's last byte
+                with m.If(check.match_detected):
+                    m.d.comb += [stage.commit.eq(1), stage.commit_addr.eq(addr),
+                                 stage.commit_n.eq(Mux(count > BW, BW, count))]
+                    m.d.sync += host_busy.eq(1)
                     send(m, "ack", 1)
                 with m.Else():
-                    m.next = "WDATA"
-            with m.State("WDONE"):
-                # n = 0: a write acknowledges at once, a read answers nothing
-                with m.If(cmd == CMD_WRITE[0]):
-                    send(m, "ack", 1)
-                with m.Else():
-                    m.next = "IDLE"
+                    send(m, "nak", 1)
             with m.State("READ"):
-                m.d.comb += host_re.eq(1)
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
                 m.next = "READ_DATA"
             with m.State("READ_DATA"):

@@ -156,7 +156,13 @@ class Accelerator(wiring.Component):
         # the fetch's address pc + k, a register of its own: no adder before the DRAM port
         f_addr = Signal(self.A)
         f_valid = Signal()                   # a fetch read was accepted last cycle
-        m.d.comb += [dram.fetch.addr.eq(f_addr), self.pc.eq(pc), self.busy.eq(0)]
+        # in FETCH, as a register of its own: LOAD's and STORE's `ready` is the port's
+        # without the fetch's request, and a decode of the FSM state ran on through it into
+        # STORE's counter enables (the ECP5-85F's longest path)
+        fetching = Signal()
+        go = Const(1) if cfg.overlap else scoreboard.all_idle
+        m.d.comb += [dram.fetch.addr.eq(f_addr), dram.fetch.re.eq(fetching & go),
+                     self.pc.eq(pc), self.busy.eq(0)]
         m.d.sync += f_valid.eq(dram.fetch.re & dram.fetch.ready)
         with m.If(f_valid):
             m.d.sync += ir.eq(Cat(ir[B:], dram.fetch.rdata))
@@ -166,15 +172,15 @@ class Accelerator(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.start_pc), k.eq(0), f_addr.eq(self.start_pc),
                                  self.done.eq(0),
-                                 self.status.eq(isa.STATUS["ok"])]
+                                 self.status.eq(isa.STATUS["ok"]), fetching.eq(1)]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
-                go = Const(1) if cfg.overlap else scoreboard.all_idle
-                m.d.comb += [dram.fetch.re.eq(go), events.fetch.eq(go), events.stall_idle.eq(~go)]
+                m.d.comb += [events.fetch.eq(go), events.stall_idle.eq(~go)]
                 with m.If(go & dram.fetch.ready):
                     m.d.sync += [k.eq(k + 1), f_addr.eq(f_addr + 1)]
                     with m.If(k == N - 1):
+                        m.d.sync += fetching.eq(0)
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
                 m.d.comb += [self.busy.eq(1), events.fetch.eq(1)]
@@ -210,6 +216,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += [self.trace.issue.eq(1), events.fetch.eq(1)]
                     for name, unit in units.items():
                         m.d.comb += unit.start.eq(op[name])
-                    m.d.sync += pc.eq(pc + N)
+                    m.d.sync += [pc.eq(pc + N), fetching.eq(1)]
                     m.next = "FETCH"
         return m

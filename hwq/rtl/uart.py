@@ -22,9 +22,20 @@ from amaranth.lib.wiring import In, Out
 from hwq.errors import HwqError
 
 
+# How far the rate a divisor makes may be from the asked-for baud: the receiver samples
+# bit k at (k + 1/2) bit times, so a rate off by e drifts 9.5 e of a bit by the stop bit;
+# 2% on this side leaves the far end's UART the rest of a comfortable margin.
+MAX_BAUD_ERROR = 0.02
+
+
 def uart_divisor(f_sync: float, baud: int) -> int:
     """Clock cycles per bit for `baud` at a `f_sync` clock."""
     return round(f_sync / baud)
+
+
+def baud_error(f_sync: float, baud: int) -> float:
+    """The relative error of the rate `uart_divisor` makes against `baud`."""
+    return abs(f_sync / uart_divisor(f_sync, baud) - baud) / baud
 
 
 def _check_divisor(divisor: int) -> None:
