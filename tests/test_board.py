@@ -204,3 +204,19 @@ def test_bitstream_package(capsys, tmp_path, board):
                        "--ref-images", "2")
     assert code == 0, err
     assert _hashes(a) == _hashes(b)
+
+
+def test_a_failed_build_names_the_tool_error(tmp_path):
+    """yosys stopping on an assertion leaves the script's output empty: the message takes
+    the ERROR line from yosys's report (nextpnr's log first, when it ran)."""
+    from hwq.board.bitstream import TOP, _failure
+    (tmp_path / "build.log").write_text("")
+    (tmp_path / f"{TOP}.rpt").write_text("2.46.16.7. Executing ABC_OPS_REINTEGRATE\n"
+                                        "ERROR: Assert `a == b' failed in rtlil.cc:3091.\n")
+    assert _failure(tmp_path) == (tmp_path / f"{TOP}.rpt", "ERROR: Assert `a == b' failed in rtlil.cc:3091.")
+    (tmp_path / f"{TOP}.tim").write_text("Info: routing\nERROR: Max frequency 95.69 MHz (FAIL at 100.00 MHz)\n")
+    assert _failure(tmp_path)[1].startswith("ERROR: Max frequency 95.69")
+    for f in (f"{TOP}.tim", f"{TOP}.rpt"):
+        (tmp_path / f).unlink()
+    (tmp_path / "build.log").write_text("a\nb\nc\nd\n")
+    assert _failure(tmp_path) == (tmp_path / "build.log", "b | c | d")

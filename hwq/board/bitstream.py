@@ -144,9 +144,25 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
                 watcher.join()
             bar.close()
     if code != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise HwqError(f"bitstream build failed (exit {code}): {' | '.join(tail)[:300]}; "
-                       f"see {log}")
+        where, why = _failure(build_dir)
+        raise HwqError(f"bitstream build failed (exit {code}): {why[:300]}; see {where}")
+
+
+def _failure(build_dir: Path) -> tuple[Path, str]:
+    """Where a failed build says why: the last ERROR line of nextpnr's log, else of yosys's
+    (the script's own output is empty when yosys stops on an assertion), else the end
+    of the script's output."""
+    for fname in (f"{TOP}.tim", f"{TOP}.rpt"):
+        f = build_dir / fname
+        if f.exists():
+            with open(f, "rb") as fh:       # the logs grow to megabytes: read the end only
+                fh.seek(max(0, f.stat().st_size - 8192))
+                errors = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines()
+                          if ln.startswith("ERROR")]
+            if errors:
+                return f, errors[-1]
+    log = build_dir / "build.log"
+    return log, " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
 
 
 def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True,
