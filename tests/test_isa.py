@@ -65,3 +65,17 @@ def test_disassembly_notes_round_trip():
     program = [isa.Instr.make("END"), isa.Instr.make("END")]
     notes = {1: "conv1: rows 0..7 output block 0"}
     assert isa.disassembly_notes(isa.disassemble(isa.to_bytes(program), notes)) == notes
+
+
+@given(st.integers(0, 12), st.integers(1, 6), st.integers(0, 12), st.integers(1, 6),
+       st.sampled_from(["r", "w", "rw"]), st.sampled_from(["r", "w", "rw"]))
+def test_data_hazard_is_a_shared_entry(f1, n1, f2, n2, a1, a2):
+    """isa.hazard, over ints: two extents of a buffer through different ports meet exactly
+    when their address ranges share an entry. (An extent is non-empty wherever its `when`
+    holds: empty loops make `when` false, so the rule never sees last < first.)"""
+    l1, l2 = f1 + n1 - 1, f2 + n2 - 1
+    h = isa.hazard(isa.Extent("obuf", f1, l1, 1, a1), isa.Extent("obuf", f2, l2, 1, a2))
+    if set(a1) & set(a2):
+        assert h == ("port", 1)
+    else:
+        assert h[0] == "data" and bool(h[1]) == bool(set(range(f1, l1 + 1)) & set(range(f2, l2 + 1)))

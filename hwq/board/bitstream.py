@@ -124,12 +124,9 @@ def _run_script(build_dir: Path, env: dict, family: str, progress: bool) -> None
                 stage, last = "starting", ""
                 for fname, name in stages:
                     f = build_dir / fname
-                    if f.exists():          # the logs grow to megabytes: read the end only
-                        with open(f, "rb") as fh:
-                            fh.seek(max(0, f.stat().st_size - 2048))
-                            lines = [ln for ln in fh.read().decode(errors="replace").splitlines()
-                                     if ln.strip()]
-                        stage, last = name, (lines[-1].strip() if lines else "")
+                    if f.exists():
+                        lines = _last_lines(f, 2048)
+                        stage, last = name, (lines[-1] if lines else "")
                         break
                 bar.update(0, f"{stage}: {last[:90]}")
 
@@ -154,15 +151,19 @@ def _failure(build_dir: Path) -> tuple[Path, str]:
     of the script's output."""
     for fname in (f"{TOP}.tim", f"{TOP}.rpt"):
         f = build_dir / fname
-        if f.exists():
-            with open(f, "rb") as fh:       # the logs grow to megabytes: read the end only
-                fh.seek(max(0, f.stat().st_size - 8192))
-                errors = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines()
-                          if ln.startswith("ERROR")]
-            if errors:
-                return f, errors[-1]
+        errors = [ln for ln in _last_lines(f, 8192) if ln.startswith("ERROR")] if f.exists() else []
+        if errors:
+            return f, errors[-1]
     log = build_dir / "build.log"
-    return log, " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+    return log, " | ".join(_last_lines(log, 8192)[-3:])
+
+
+def _last_lines(path: Path, nbytes: int) -> list[str]:
+    """The non-blank lines, stripped, of the last `nbytes` of a log (the tools' logs grow
+    to megabytes: only their end is read)."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - nbytes))
+        return [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
 
 
 def build_bitstream(board: Board, progress: bool = True, use_cache: bool = True,
