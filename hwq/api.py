@@ -36,12 +36,14 @@ atexit.register(_remove_scratch)
 def compile(model: torch.nn.Module | str | Path, input_shape, calib: np.ndarray | str = "digits",
             hw: str = "default", quant: str | None = None, board: str | None = None,
             out: str | Path | None = None, n_ref: int = REFERENCE_IMAGES,
-            progress: bool = False) -> Package:
+            progress: bool = False, batch: int = 1) -> Package:
     """Quantize and compile `model` (an nn.Module, a `path/to/model.onnx`, or a spec
     `file.py:Name` / `module:Name`) for inputs of `input_shape` (C, H, W),
     calibrated on `calib` (an array (N, C, H, W) of float inputs, a .npy path, or
     "digits"); `hw` names a hardware config (or a YAML path), `quant` a quantization
-    config, `board` a board (its config, and a bitstream in the package). The package is
+    config, `board` a board (its config, and a bitstream in the package); `batch` the
+    inputs one run of the program takes (a Linear's weight tiles then serve `batch`
+    vectors each; predict and the host driver run inputs `batch` at a time). The package is
     written to `out`, or to a temporary directory removed at exit (keep it with
     Package.save)."""
     if board is not None and hw != "default":
@@ -53,7 +55,7 @@ def compile(model: torch.nn.Module | str | Path, input_shape, calib: np.ndarray 
             Path(str(model).rpartition(":")[2]).stem
         out = scratch / f"{name}.hwq"
     path = compile_package(model if isinstance(model, torch.nn.Module) else str(model), tuple(input_shape), calib, out, hw=hw, quant=quant,
-                           n_ref=n_ref, progress=progress, board=board)
+                           n_ref=n_ref, progress=progress, board=board, batch=batch)
     return open_package(path)
 
 

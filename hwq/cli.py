@@ -17,7 +17,8 @@ def _compile(a) -> None:
         raise HwqError("give --board or --hw, not both (a board file carries its hardware config)")
     out = compile_package(a.model, parse_shape(a.input_shape), a.calib, a.output,
                           hw=a.hw or "default", quant=a.quant_config, weights=a.weights,
-                          n_ref=a.ref_images, zip_too=a.zip, progress=not a.quiet, board=a.board)
+                          n_ref=a.ref_images, zip_too=a.zip, progress=not a.quiet, board=a.board,
+                          batch=a.batch)
     print(f"wrote {out}")
 
 
@@ -82,8 +83,9 @@ def _simulate(a) -> None:
               f"in {a.outputs}")
         return
     result = pkg.simulate(a.sim, progress=not a.quiet)
-    cycles = sum(result.cycles) / len(result.cycles)
-    print(f"{a.sim}: {len(result.status)} images, status {', '.join(sorted(set(result.status)))}, "
+    cycles = sum(result.cycles) / len(result.cycles) / result.batch
+    images = len(next(iter(result.activations.values())))
+    print(f"{a.sim}: {images} images, status {', '.join(sorted(set(result.status)))}, "
           f"{cycles:.0f} cycles/inference; results in {pkg.path / 'runs'}; "
           f"check them with 'hwq compare {a.package}'")
 
@@ -113,12 +115,12 @@ def _run(a) -> None:
         run = run_inputs(pkg, link, x_q, progress=not a.quiet,
                          golden=pkg.predict(x_q, "golden", raw=True))
         _save_outputs(target, run.outputs if a.raw else qmodel.dequantize_output(run.outputs))
-    n = len(run.cycles)
+    n = len(run.outputs)
     if run.mismatches:
         raise MismatchError(f"{len(run.mismatches)}/{n} inputs differ from the golden outputs "
                             f"on {board.name} (first: input {run.mismatches[0]})")
     print(f"{board.name}: {n}/{n} inputs bit-exact with the golden model; "
-          f"{sum(run.cycles) / n:.0f} cycles/inference"
+          f"{sum(run.cycles) / (len(run.cycles) * pkg.batch):.0f} cycles/inference"
           f"{f'; outputs in {a.outputs}' if x is not None else ''}")
 
 
@@ -233,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
                    "and a bitstream in the package")
     c.add_argument("--ref-images", type=_count, default=32,
                    help="sample inputs carried in the package (at least 1; default 32)")
+    c.add_argument("--batch", type=_count, default=1,
+                   help="inputs one run of the program takes (default 1): a Linear's weight "
+                        "tiles then serve that many vectors each")
     c.add_argument("--zip", action="store_true", help="also write PACKAGE.zip")
     c.set_defaults(run=_compile)
 

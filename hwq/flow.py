@@ -236,15 +236,18 @@ class Build:
 def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray,
           hw: str | HwConfig = "default", quant: str | QuantConfig | None = None,
           weights: str | None = None, n_ref: int = REFERENCE_IMAGES, progress: bool = True,
-          board: str | None = None) -> Build:
+          board: str | None = None, batch: int = 1) -> Build:
     """`model` is a spec (`file.py:Name`, `module:Name`; `weights` a state_dict file for
     it) or an nn.Module; `calib` "digits", a .npy path or an array of float inputs; `hw`
     and `quant` a config's name or path, or the config itself. With `board`, its file's
-    `hardware:` section is the config (and `hw` is unused)."""
+    `hardware:` section is the config (and `hw` is unused). `batch`: the inputs one run
+    of the program takes."""
     from hwq.board.spec import load_board
     if n_ref < 1:
         raise HwqError(f"reference images: {n_ref} must be at least 1 (the package proves "
                        "itself on them)")
+    if batch < 1:
+        raise HwqError(f"batch {batch}: a program runs at least one input")
     brd = load_board(board) if board is not None else None
     cfg = brd.cfg if brd is not None else hw if isinstance(hw, HwConfig) else load_hw_config(hw)
     qcfg = quant if isinstance(quant, QuantConfig) else load_quant_config(quant)
@@ -257,7 +260,7 @@ def build(model: str | torch.nn.Module, input_shape, calib: str | np.ndarray,
         model, name, model_hash = load_model(spec, weights, input_shape)
     graph = trace(model, input_shape, name)
     qmodel = quantize(graph, calibration_set(calib, input_shape), qcfg, progress=progress)
-    compiled = compile_model(qmodel, cfg)
+    compiled = compile_model(qmodel, cfg, batch=batch)
     x, labels = reference_inputs(calib, input_shape, n_ref)
     x_q = qmodel.quantize_input(x)
     golden = run_golden(qmodel, x_q)
@@ -298,7 +301,7 @@ def manifest_of(qmodel: QModel, compiled: Compiled, meta: dict, iss: SimResult) 
         "output": {"tensor": qmodel.layers[-1].name, "shape": list(qmodel.output_shape),
                    "fix": qmodel.f_output},
         "program": {"instructions": len(compiled.program), "useful_macs": compiled.useful_macs,
-                    "iss_cycles": int(iss.cycles[0])},
+                    "iss_cycles": int(iss.cycles[0]), "batch": compiled.batch},
         "tools": tool_versions(),
     }
 
@@ -335,9 +338,9 @@ def compile_package(model: str | torch.nn.Module, input_shape, calib: str | np.n
                     out: str | Path, hw: str = "default", quant: str | None = None,
                     weights: str | None = None, n_ref: int = REFERENCE_IMAGES,
                     zip_too: bool = False, progress: bool = True,
-                    board: str | None = None) -> Path:
+                    board: str | None = None, batch: int = 1) -> Path:
     check_target(Path(out))         # before the work: a path hwq must not replace is refused now
-    return write(build(model, input_shape, calib, hw, quant, weights, n_ref, progress, board),
+    return write(build(model, input_shape, calib, hw, quant, weights, n_ref, progress, board, batch),
                  out, zip_too, progress)
 
 

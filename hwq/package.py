@@ -39,7 +39,7 @@ from hwq.arch.config import HwConfig
 from hwq.compiler.ir import QModel, qmodel_from_npz
 from hwq.compiler.layout import TensorLayout
 from hwq.errors import HwqError, MismatchError
-from hwq.sim.runner import SIMULATORS, SimResult, first_mismatch, simulate
+from hwq.sim.runner import SIMULATORS, SimResult, batches, first_mismatch, simulate
 
 FORMAT_VERSION = 2
 MANIFEST, DIGEST = "manifest.yaml", "manifest.sha256"
@@ -205,6 +205,11 @@ class Package:
     def output_name(self) -> str:
         return self.manifest["output"]["tensor"]
 
+    @property
+    def batch(self) -> int:
+        """The inputs one run of the program takes."""
+        return self.manifest["program"].get("batch", 1)
+
     def image(self) -> bytes:
         """The whole DRAM image the accelerator starts from: data, then the program."""
         return (self.path / "dram.bin").read_bytes() + self.program()
@@ -266,7 +271,8 @@ class Package:
     def run(self, x_int8: np.ndarray, sim: str, every_layer: bool = True,
             progress: bool = False) -> SimResult:
         """The int8 inputs `x_int8` (N, C, H, W) run on simulator `sim` (iss, verilator,
-        icarus): every stored tensor's values, or the input's and output's alone."""
+        icarus), `batch` per run: every stored tensor's values, or the input's and
+        output's alone."""
         if sim not in SIMULATORS:
             raise HwqError(f"unknown simulator '{sim}'; choose one of {', '.join(SIMULATORS)}")
         board = self.manifest.get("board") or {}
@@ -297,8 +303,8 @@ class Package:
             result = self.run(x_q, sim, every_layer=False, progress=progress)
             bad = [(i, s) for i, s in enumerate(result.status) if s != "ok"]
             if bad:
-                raise HwqError(f"{sim}: input {bad[0][0]}: the accelerator stopped with status "
-                               f"{bad[0][1]}")
+                raise HwqError(f"{sim}: {result.inputs_of(bad[0][0])}: the accelerator stopped "
+                               f"with status {bad[0][1]}")
             y = result.activations[self.output_name]
         y = y if raw else qmodel.dequantize_output(y)
         return y[0] if one else y
@@ -331,8 +337,9 @@ class Package:
         cfg = self.cfg
         useful = self.manifest["program"]["useful_macs"]
         cycles = float(np.mean(result.cycles))
+        # status and cycles per run of the program, a batch of `batch` images
         meta = {"sim": sim, "status": result.status, "cycles": [int(c) for c in result.cycles],
-                "images": len(result.status),
+                "images": len(result.activations["input"]), "batch": result.batch,
                 "mac_utilization": useful / (cfg.rows * cfg.cols * cycles) if cycles else 0.0,
                 # performance counters (hwq/arch/perf.py), summed over the images
                 "counters": {k: int(sum(c[k] for c in result.counters)) for k in
@@ -354,7 +361,7 @@ class Package:
             if bad_status:
                 failures.append(f"{sim}: the accelerator stopped with status {bad_status[0]}")
                 continue
-            result = SimResult(sim, meta["status"], meta["cycles"], acts)
+            result = SimResult(sim, meta["status"], meta["cycles"], acts, batch=meta.get("batch", 1))
             where = first_mismatch(result, golden, self.layer_order(), self.cfg.cols)
             if where:
                 hint = (f"; find the first diverging instruction with 'hwq debug {self.path} "
@@ -363,16 +370,17 @@ class Package:
             else:
                 n = meta["images"]
                 lines.append(f"{sim}: {n}/{n} images bit-exact with the golden model on all "
-                             f"{len(self.layer_order())} layers; {np.mean(meta['cycles']):.0f} "
-                             f"cycles/inference, MAC utilization {100 * meta['mac_utilization']:.1f}%")
+                             f"{len(self.layer_order())} layers; "
+                             f"{np.mean(meta['cycles']) / result.batch:.0f} cycles/inference, MAC utilization {100 * meta['mac_utilization']:.1f}%")
         if failures:
             raise MismatchError("; ".join(failures))
         return lines
 
     def debug(self, sim: str = "verilator", image: int = 0, waves: bool = True):
-        """Run reference image `image` on the ISS and the RTL side by side, comparing every
-        buffer and DRAM after each instruction; the first divergence (a
-        hwq.sim.difftest.Divergence, with a waveform of that instruction) or None."""
+        """Run reference image `image` (with the rest of its batch) on the ISS and the RTL
+        side by side, comparing every buffer and DRAM after each instruction; the first
+        divergence (a hwq.sim.difftest.Divergence, with a waveform of that instruction) or
+        None."""
         from hwq.sim.difftest import first_divergence
 
         if sim not in SIMULATORS[1:]:
@@ -384,7 +392,7 @@ class Package:
         inp = self.tensors()["input"]
         notes = isa.disassembly_notes((self.path / "program.asm").read_text())
         return first_divergence(self.cfg, self.image(), self.start_pc,
-                                [(inp.region.word, inp.pack(x[image:image + 1]))], sim=sim,
+                                [(inp.region.word, inp.pack(batches(x, self.batch)[image // self.batch]))], sim=sim,
                                 notes=notes, waves=waves)
 
     # ---- recorded runs ----

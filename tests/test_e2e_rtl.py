@@ -45,6 +45,27 @@ def test_lenet_cli_on_rtl(tmp_path, capsys, sim):
     assert f"{sim}: 32/32 images bit-exact" in out
 
 
+@pytest.mark.parametrize("name", ["default", "tall"])
+def test_every_layer_kind_batched_on_rtl(name):
+    """A program for 3 inputs a run, given 5 (the second run's batch filled up with
+    zeros): the flatten + linear stacked, the rest image by image."""
+    cfg, qmodel = CONFIGS[name], every_kind()
+    x = np.random.default_rng(8).integers(-128, 128, (5, *qmodel.input_shape)).astype(np.int8)
+    _golden_iss_rtl(qmodel, cfg, x, batch=3)
+
+
+def test_batched_lenet_cli_on_rtl(tmp_path, capsys):
+    pkg = tmp_path / "lenet.hwq"
+    assert main(["compile", f"{LENET}:LeNet", "--input-shape", "1x8x8", "--calib", "digits",
+                 "--batch", "4", "--ref-images", "10", "-o", str(pkg), "-q"]) == 0
+    assert main(["simulate", str(pkg), "--sim", "verilator", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(pkg)]) == 0
+    assert "verilator: 10/10 images bit-exact" in capsys.readouterr().out
+    assert main(["debug", str(pkg), "--sim", "verilator", "--image", "9", "--no-waves"]) == 0
+    assert "agree after every instruction" in capsys.readouterr().out
+
+
 def test_debug_steps_a_package_on_rtl(tmp_path, capsys):
     """`hwq debug` compares ISS and RTL state after every instruction of a real package."""
     pkg = tmp_path / "lenet.hwq"
@@ -57,10 +78,11 @@ def test_debug_steps_a_package_on_rtl(tmp_path, capsys):
     assert "carries 2 reference images" in capsys.readouterr().err
 
 
-def _golden_iss_rtl(qmodel, cfg, x, sim="verilator"):
-    """Compile `qmodel`, run `x` on the ISS and the RTL: both bit-exact with the golden
-    model on every layer, cycles and counters equal. The compiled program."""
-    compiled = compile_model(qmodel, cfg)
+def _golden_iss_rtl(qmodel, cfg, x, sim="verilator", batch=1):
+    """Compile `qmodel` (for `batch` inputs a run), run `x` on the ISS and the RTL: both
+    bit-exact with the golden model on every layer, cycles and counters equal. The
+    compiled program."""
+    compiled = compile_model(qmodel, cfg, batch=batch)
     shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
     golden = run_golden(qmodel, x)
     iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")

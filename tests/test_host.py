@@ -111,3 +111,25 @@ def test_run_refuses_a_board_of_other_hardware(cli, board_package, monkeypatch):
     _plug(monkeypatch, IssBoard(hwq.load(board_package).cfg, fingerprint_of=load_hw_config("small")))
     code, _, err = cli("run", board_package, "--port", "fake", "--board", "icebreaker", "-q")
     assert code == 2 and "the board's bitstream is hardware" in err and err.count("\n") == 1
+
+
+def test_run_a_batched_package(cli, monkeypatch, tmp_path):
+    """A package for 2 inputs a run: 3 reference inputs take two runs, the second's batch
+    filled up with a zero image; 5 of the user's take three."""
+    out = tmp_path / "batched.hwq"
+    assert main(["compile", LENET, "--input-shape", "1x8x8", "--calib", "digits", "-q",
+                 "--ref-images", "3", "--batch", "2", "--hw", str(BOARDS / "icebreaker.yaml"),
+                 "-o", str(out)]) == 0
+    pkg = hwq.load(out)
+    board = IssBoard(pkg.cfg)
+    _plug(monkeypatch, board)
+    code, stdout, err = cli("run", out, "--port", "fake", "--board", "icebreaker", "-q")
+    assert code == 0, err
+    assert "icebreaker: 3/3 inputs bit-exact" in stdout and board.runs == 2
+    x = np.random.default_rng(2).uniform(0, 1, size=(5, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, stdout, err = cli("run", out, "--port", "fake", "--board", "icebreaker",
+                            "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy", "-q")
+    assert code == 0, err
+    assert "5/5 inputs bit-exact" in stdout and board.runs == 2 + 3
+    assert np.array_equal(np.load(tmp_path / "y.npy"), pkg.predict(x))

@@ -29,6 +29,7 @@ import numpy as np
 
 from hwq.errors import HwqError
 from hwq.package import Package
+from hwq.sim.runner import batches
 from hwq.arch.host_protocol import (ACK, BLOCK_BYTES, CMD_IDENT, CMD_READ, CMD_START,
                                     CMD_STATUS, IDENT_BYTES, IDENT_MAGIC, NAK, STATUS_BYTES,
                                     block_frame, ident_bytes)
@@ -182,7 +183,7 @@ def check_ident(pkg: Package, got: bytes) -> None:
 @dataclass
 class HostRun:
     outputs: np.ndarray          # (N, C, H, W) int8, read back from the board
-    cycles: list[int]
+    cycles: list[int]            # per run of the program (a batch of inputs)
     mismatches: list[int]        # indices of the images whose output differs from golden
 
 
@@ -197,25 +198,27 @@ def load_package(pkg: Package, link: Link, progress: bool = False) -> None:
 
 def run_inputs(pkg: Package, link: Link, x_int8: np.ndarray, progress: bool = False,
                timeout: float = 10.0, golden: np.ndarray | None = None) -> HostRun:
-    """Run int8 inputs (N, C, H, W) one after the other on a board loaded with the
-    package; with `golden`, the outputs each input must give."""
+    """Run int8 inputs (N, C, H, W) on a board loaded with the package, a batch of the
+    package's `batch` after the other; with `golden`, the outputs each input must give."""
     tensors, shapes = pkg.tensors(), pkg.shapes()
     inp, out = tensors["input"], tensors[pkg.output_name]
     outputs, cycles, bad = [], [], []
-    for i in range(len(x_int8)):
-        link.write(inp.region.word, inp.pack(x_int8[i:i + 1]))
+    i = 0
+    for run, x in enumerate(batches(x_int8, pkg.batch)):
+        link.write(inp.region.word, inp.pack(x))
         st = link.run(pkg.start_pc, timeout)
         if st.status != 0:
-            raise HwqError(f"input {i}: the accelerator stopped with status {st.status} "
-                           f"at pc {st.pc}")
-        y = out.unpack(link.read(out.region.word, out.nbytes), 1, shapes[pkg.output_name])
+            which = f"input {i}" if pkg.batch == 1 else f"inputs {i}..{i + len(x) - 1}"
+            raise HwqError(f"{which}: the accelerator stopped with status {st.status} at pc {st.pc}")
+        y = out.unpack(link.read(out.region.word, out.nbytes), shapes[pkg.output_name])[:len(x)]
         outputs.append(y)
         cycles.append(st.cycles)
-        if golden is not None and not np.array_equal(y, golden[i:i + 1]):
-            bad.append(i)
+        if golden is not None:
+            bad += [i + k for k in range(len(x)) if not np.array_equal(y[k], golden[i + k])]
+        i += len(x)
         if progress:
-            print(f"\r  input {i + 1}/{len(x_int8)}: {st.cycles} cycles"
-                  f"{'' if golden is None else ', ok' if i not in bad else ', MISMATCH'}",
+            print(f"\r  input {i}/{len(x_int8)}: {st.cycles} cycles"
+                  f"{'' if golden is None else ', MISMATCH' if bad else ', ok'}",
                   end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)

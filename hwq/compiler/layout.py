@@ -9,6 +9,11 @@ pads each of its parts to whole blocks; `channel_index` records where each logic
 (torch-order) channel sits, so the next layer's weights are permuted to match instead of
 moving any data. The model's input, when only flattens read it, is stored flat: one
 pixel of C*H*W channels in torch's order.
+
+A package compiled for a batch of N inputs stores every tensor N times, image after
+image, so that N images of a pixel-major tensor are one tensor N times as tall: a layer
+whose windows are single pixels (a Linear, a 1x1 conv, an add) runs once over all of
+them, streaming N vectors per weight tile.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class TensorLayout:
     stored_channels: int          # Cs: bytes per pixel
     channel_index: np.ndarray     # logical channel -> byte offset within the pixel
     unsigned: bool = False        # the bytes are uint8 codes, not int8 ones
+    batch: int = 1                # images stored one after the other
 
     @property
     def dtype(self):
@@ -48,22 +54,41 @@ class TensorLayout:
         return self.stored_channels // cfg.bus_bytes
 
     def pack(self, x: np.ndarray) -> bytes:
-        """(N, C, H, W) int8 or uint8 -> N images of stored bytes, concatenated (a flat
-        layout, one pixel of C*H*W channels, takes the tensor in torch's flatten order)."""
+        """(N, C, H, W) int8 or uint8, N <= batch -> the stored bytes of all `batch`
+        images, the ones x leaves out zero (a flat layout, one pixel of C*H*W channels,
+        takes the tensor in torch's flatten order)."""
         n = x.shape[0]
-        out = np.zeros((n, self.nbytes), self.dtype)
+        assert n <= self.batch, (n, self.batch)
+        out = np.zeros((self.batch, self.image_bytes), self.dtype)
         pixels = x.reshape(n, -1, self.h * self.w).transpose(0, 2, 1)   # (N, HW, C)
-        out.reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
+        out[:n].reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
         return out.tobytes()
 
-    def unpack(self, blob: bytes, n: int, shape: tuple[int, int, int]) -> np.ndarray:
-        """Inverse of pack: stored bytes of n images -> (N, C, H, W) int8 or uint8."""
-        raw = np.frombuffer(blob, self.dtype).reshape(n, self.h * self.w, self.stored_channels)
-        return raw[:, :, self.channel_index].transpose(0, 2, 1).reshape(n, *shape)
+    def unpack(self, blob: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """Inverse of pack: the stored bytes of the batch -> (batch, C, H, W) int8 or uint8."""
+        raw = np.frombuffer(blob, self.dtype).reshape(self.batch, self.h * self.w, self.stored_channels)
+        return raw[:, :, self.channel_index].transpose(0, 2, 1).reshape(self.batch, *shape)
+
+    @property
+    def image_bytes(self) -> int:
+        return self.h * self.w * self.stored_channels
 
     @property
     def nbytes(self) -> int:
-        return self.h * self.w * self.stored_channels
+        """The bytes of the whole batch."""
+        return self.image_bytes * self.batch
+
+    def image(self, n: int, cfg: HwConfig) -> "TensorLayout":
+        """Image n of the batch alone."""
+        words = self.image_bytes // cfg.bus_bytes
+        region = Region(self.region.name, self.region.kind, self.region.word + n * words, words)
+        return TensorLayout(region, self.h, self.w, self.stored_channels, self.channel_index,
+                            self.unsigned)
+
+    def stacked(self) -> "TensorLayout":
+        """The batch as one image, its images one below the other (the same bytes)."""
+        return TensorLayout(self.region, self.h * self.batch, self.w, self.stored_channels,
+                            self.channel_index, self.unsigned)
 
     def to_dict(self) -> dict:
         index = self.channel_index
@@ -71,14 +96,15 @@ class TensorLayout:
         return {"region": self.region.to_dict(), "h": self.h, "w": self.w,
                 "stored_channels": self.stored_channels,
                 "channels": int(index.size) if identity else index.tolist(),
-                **({"unsigned": True} if self.unsigned else {})}
+                **({"unsigned": True} if self.unsigned else {}),
+                **({"batch": self.batch} if self.batch > 1 else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorLayout":
         ch = d["channels"]
         index = np.arange(ch) if isinstance(ch, int) else np.asarray(ch, np.int64)
         return cls(Region(**d["region"]), d["h"], d["w"], d["stored_channels"], index,
-                   d.get("unsigned", False))
+                   d.get("unsigned", False), d.get("batch", 1))
 
 
 def padded_channels(c: int, cfg: HwConfig) -> int:
@@ -89,9 +115,11 @@ def padded_channels(c: int, cfg: HwConfig) -> int:
 @dataclass
 class MemoryMap:
     """Allocator over DRAM words: a bump pointer, and the extents of released activations
-    (dead tensors, compile_model's liveness reuse), which later activations take first fit."""
+    (dead tensors, compile_model's liveness reuse), which later activations take first fit.
+    Activations hold `batch` images each."""
 
     cfg: HwConfig
+    batch: int = 1
     regions: list[Region] = field(default_factory=list)
     next_word: int = 0
     free: list[tuple[int, int]] = field(default_factory=list)   # (first word, words)
@@ -127,8 +155,9 @@ class MemoryMap:
         region = Region(name, kind, self.next_word, words)
         self.next_word += words
         if self.next_word > self.cfg.dram_words:
+            fewer = f" or a batch smaller than {self.batch}" if self.batch > 1 else ""
             raise HwqError(f"the model needs more than dram_words={self.cfg.dram_words} words of "
-                           f"DRAM (at '{name}'); use a hardware config with a larger dram_words")
+                           f"DRAM (at '{name}'); use a hardware config with a larger dram_words{fewer}")
         self.regions.append(region)
         return region
 
@@ -137,12 +166,13 @@ class MemoryMap:
         """A tensor of `shape`, its channels padded as one run -- or arranged `like` another
         tensor's (max-pool keeps its input's arrangement)."""
         c, h, w = shape
+        n = self.batch
         if like is not None:
-            region = self.allocate(name, kind, h * w * like.stored_channels)
-            return TensorLayout(region, h, w, like.stored_channels, like.channel_index.copy())
+            region = self.allocate(name, kind, n * h * w * like.stored_channels)
+            return TensorLayout(region, h, w, like.stored_channels, like.channel_index.copy(), batch=n)
         cs = padded_channels(c, self.cfg)
-        region = self.allocate(name, kind, h * w * cs)
-        return TensorLayout(region, h, w, cs, np.arange(c))
+        region = self.allocate(name, kind, n * h * w * cs)
+        return TensorLayout(region, h, w, cs, np.arange(c), batch=n)
 
     def concatenation(self, name: str, kind: str, channels: list[int], h: int, w: int) -> TensorLayout:
         """A channel concatenation whose every part starts a channel block of its own (its
@@ -151,8 +181,8 @@ class MemoryMap:
         runs = [padded_channels(c, self.cfg) for c in channels]
         starts = np.cumsum([0] + runs[:-1])
         index = np.concatenate([np.arange(c) + s for c, s in zip(channels, starts)])
-        region = self.allocate(name, kind, h * w * sum(runs))
-        return TensorLayout(region, h, w, sum(runs), index)
+        region = self.allocate(name, kind, self.batch * h * w * sum(runs))
+        return TensorLayout(region, h, w, sum(runs), index, batch=self.batch)
 
     def by_name(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)

@@ -18,44 +18,60 @@ SIMULATORS = ("iss", "verilator", "icarus")
 @dataclass
 class SimResult:
     sim: str
-    status: list[str]
-    cycles: list[int]
-    activations: dict[str, np.ndarray]    # layer name -> (N, C, H, W) int8
-    counters: list[dict[str, int]] = field(default_factory=list)   # per image (hwq/arch/perf.py)
+    status: list[str]                     # per run of the program (a batch of inputs)
+    cycles: list[int]                     # per run
+    activations: dict[str, np.ndarray]    # layer name -> (N, C, H, W) int8, per input
+    counters: list[dict[str, int]] = field(default_factory=list)   # per run (hwq/arch/perf.py)
+    batch: int = 1                        # inputs per run
 
     @property
     def ok(self) -> bool:
         return all(s == "ok" for s in self.status)
+
+    def inputs_of(self, run: int) -> str:
+        """Which inputs run `run` took, for a message."""
+        if self.batch == 1:
+            return f"input {run}"
+        return f"batch {run} (inputs {run * self.batch}..{(run + 1) * self.batch - 1})"
+
+
+def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """The inputs of each run of a program compiled for `batch` inputs: x in order,
+    `batch` at a time (the last run takes the rest)."""
+    return [x[i:i + batch] for i in range(0, len(x), batch)]
 
 
 def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, TensorLayout],
              shapes: dict[str, tuple[int, int, int]], x: np.ndarray, sim: str = "iss",
              progress: bool = False) -> SimResult:
     """`tensors` maps every stored activation (the input included) to its layout; the
-    input slot is written with each image of `x` (N, C, H, W int8) in turn."""
+    input slot is written with the images of `x` (N, C, H, W int8), as many per run as
+    the layouts' batch (the last run's batch filled up with zero images, whose results
+    are dropped)."""
     if sim not in SIMULATORS:
         raise HwqError(f"unknown simulator '{sim}'; choose one of {', '.join(SIMULATORS)}")
     inp = tensors["input"]
-    n = x.shape[0]
-    blobs = np.frombuffer(inp.pack(x), np.uint8).reshape(n, -1)
+    n, batch = x.shape[0], inp.batch
     bus = cfg.bus_bytes
     reads = [(t.region.word, t.nbytes) for t in tensors.values()]
-    jobs = [{"writes": [(inp.region.word, blobs[i].tobytes())], "reads": reads} for i in range(n)]
+    jobs = [{"writes": [(inp.region.word, inp.pack(xb))], "reads": reads} for xb in batches(x, batch)]
+    described = SimResult(sim, [], [], {}, batch=batch)
     if sim == "iss":
-        # One machine for the batch, as the RTL keeps its buffers and DRAM between jobs.
+        # One machine for all runs, as the RTL keeps its buffers and DRAM between jobs.
         try:
             m = Machine(cfg, image)
         except IssError as e:
             raise HwqError(f"iss: {e}") from None
         runs = []
-        bar = Progress("iss", n, "images", enabled=progress)
+        bar = Progress("iss", len(jobs), "runs" if batch > 1 else "images", enabled=progress)
         for i, job in enumerate(jobs):
             for word, blob in job["writes"]:
                 m.dram[word * bus: word * bus + len(blob)] = np.frombuffer(blob, np.uint8)
             try:
                 r = m.run(start_pc)
             except IssError as e:          # a program that breaks a rule the ISA states
-                raise HwqError(f"iss: input {i}: {e}; the program is not one hwq compiles") from None
+                raise HwqError(f"iss: {described.inputs_of(i)}: {e}; the program is not one hwq "
+                               "compiles") from None
             runs.append((r.status, r.cycles, [m.read_dram(w, nb) for w, nb in reads], r.counters))
             bar.update(i + 1)
     else:
@@ -65,9 +81,9 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
     activations = {}
     for k, name in enumerate(tensors):
         activations[name] = np.concatenate(
-            [tensors[name].unpack(run[2][k], 1, shapes[name]) for run in runs]) if runs else None
+            [tensors[name].unpack(run[2][k], shapes[name]) for run in runs])[:n] if runs else None
     return SimResult(sim, [r[0] for r in runs], [r[1] for r in runs], activations,
-                     [r[3] for r in runs])
+                     [r[3] for r in runs], batch)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,18 @@ in the way of the GEMMs behind it, and each STORE among the next block's GEMMs o
 POST is done. Max-pool gains nothing from slots: its LOAD, MAXPOOL and STORE share obuf
 ports or the DRAM port.
 
+A batch of N inputs (`compile_model(batch=N)`) runs in one go: a layer whose windows are
+single pixels (a Linear, a 1x1 conv, an add, a concat) runs once over the N images
+stacked into one tall image, so that every weight tile streams N times as many vectors;
+any other layer runs image by image, its weights stored once.
+
 The modules, each importing only those after it: kinds (the lowering of each layer
 kind), conv (a conv onto the array), plan (how a conv is cut), schedule (where its
 LOADs and STOREs go among the GEMMs), emit (the program and the DRAM image).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hwq.arch import isa
@@ -52,7 +58,8 @@ class Compiled:
     memmap: MemoryMap
     layouts: dict[str, TensorLayout]      # "input" and every layer's output
     start_pc: int
-    layer_macs: dict[str, int]            # real MACs of one inference (no padding lanes)
+    layer_macs: dict[str, int]            # real MACs of one run, the batch's (no padding lanes)
+    batch: int = 1                        # inputs per run
 
     @property
     def useful_macs(self) -> int:
@@ -78,11 +85,38 @@ def _owners(qmodel: QModel) -> tuple[dict[str, str], dict[str, int]]:
     return owner, last
 
 
-def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False) -> Compiled:
+def _single_pixel(layer) -> bool:
+    """Whether each output pixel reads the input pixel where it lies, and that alone (so
+    that images stacked one below the other are one image to the layer)."""
+    return layer.window == (1, 1) and layer.stride == (1, 1) and not any(layer.pads)
+
+
+def _lower(layer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig, image: Image,
+           emit: Emitter, batch: int) -> int:
+    """Lower `layer` for the batch: once over its images stacked where its windows are
+    single pixels, else image by image. The real MACs of the batch."""
+    lower = LOWERINGS[layer.kind]
+    if batch == 1 or _single_pixel(layer):
+        (ci, h, w), (co, oh, ow) = layer.in_shape, layer.out_shape
+        tall = dataclasses.replace(layer, in_shape=(ci, h * batch, w), out_shape=(co, oh * batch, ow))
+        return lower(tall, [t.stacked() for t in srcs], dst.stacked(), cfg, image, emit)
+    macs = 0
+    for n in range(batch):
+        emit.image = n
+        macs += lower(layer, [t.image(n, cfg) for t in srcs], dst.image(n, cfg), cfg, image, emit)
+    emit.image = None
+    return macs
+
+
+def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False,
+                  batch: int = 1) -> Compiled:
     """`reuse_activations`: a tensor's DRAM is given to later activations once its last
     reader is lowered (liveness), so only the input and the output survive the run: the
-    layouts then hold just those two, and per-layer checks of the run are not possible."""
-    memmap = MemoryMap(cfg)
+    layouts then hold just those two, and per-layer checks of the run are not possible.
+    `batch`: the inputs one run of the program takes."""
+    if batch < 1:
+        raise HwqError(f"batch {batch}: a program runs at least one input")
+    memmap = MemoryMap(cfg, batch)
     image = Image(memmap)
     emit = Emitter(cfg)
     # an input that only flattens read is stored flat, its channels not padded pixel by pixel
@@ -117,7 +151,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
                                     like=srcs[0] if layer.kind == "maxpool" else None)
         dst.unsigned = layer.unsigned
         layouts[layer.name] = dst
-        macs[layer.name] = LOWERINGS[layer.kind](layer, srcs, dst, cfg, image, emit)
+        macs[layer.name] = _lower(layer, srcs, dst, cfg, image, emit, batch)
         if reuse_activations:
             for name in dies_after.get(index, []):
                 if name not in keep:
@@ -133,4 +167,4 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
     data = image.assemble(memmap.next_word)
     data[code.word * cfg.bus_bytes:] = program
     return Compiled(cfg, emit.program, emit.notes, emit.layer_of, bytes(data), memmap, layouts,
-                    code.word, macs)
+                    code.word, macs, batch)

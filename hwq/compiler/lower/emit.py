@@ -16,12 +16,14 @@ from hwq.errors import HwqError
 
 @dataclass
 class Emitter:
-    """The program so far: `emit(op, note, **fields)` appends an instruction of `layer`."""
+    """The program so far: `emit(op, note, **fields)` appends an instruction of `layer`
+    (of image `image` of a batch, when a layer runs image by image)."""
     cfg: HwConfig
     program: list[isa.Instr] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)
     layer_of: list[str] = field(default_factory=list)
     layer: str = ""
+    image: int | None = None
 
     def __call__(self, op: str, note: str = "", **fields: int) -> None:
         try:
@@ -30,7 +32,8 @@ class Emitter:
             raise HwqError(f"layer '{self.layer}' does not fit the ISA: {e}; "
                            "use smaller tiles or a larger hardware config") from None
         if note:
-            self.notes[len(self.program)] = f"{self.layer}: {note}"
+            where = self.layer if self.image is None else f"{self.layer} image {self.image}"
+            self.notes[len(self.program)] = f"{where}: {note}"
         self.layer_of.append(self.layer)
         self.program.append(instr)
 
@@ -46,10 +49,19 @@ class Image:
 
     def __init__(self, memmap: MemoryMap):
         self.memmap, self.chunks = memmap, []
+        self.named: dict[str, tuple[Region, bytes]] = {}
 
     def put(self, name: str, kind: str, data: np.ndarray) -> Region:
+        """The region holding `data` under `name`: put once, however many images of a
+        batch a layer is lowered for."""
+        blob = data.tobytes()
+        if name in self.named:
+            region, held = self.named[name]
+            assert held == blob, f"{name} put twice with different bytes"
+            return region
         region = self.memmap.allocate(name, kind, data.nbytes)
-        self.chunks.append((region, data.tobytes()))
+        self.chunks.append((region, blob))
+        self.named[name] = (region, blob)
         return region
 
     def assemble(self, total_words: int) -> bytearray:

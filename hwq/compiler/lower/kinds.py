@@ -115,7 +115,7 @@ def channel_view(src: TensorLayout, channels: list[int]) -> TensorLayout:
     shuffle) moves no data: its channels are where the input's are, and whatever reads
     it takes them from there (a conv's weights are permuted to match)."""
     return TensorLayout(src.region, src.h, src.w, src.stored_channels, src.channel_index[channels],
-                        src.unsigned)
+                        src.unsigned, src.batch)
 
 
 def flatten_view(src: TensorLayout) -> TensorLayout:
@@ -125,4 +125,5 @@ def flatten_view(src: TensorLayout) -> TensorLayout:
     yx = np.arange(src.h * src.w)
     index = (yx[None, :] * src.stored_channels + src.channel_index[:, None]).ravel()
     assert index.size == c * src.h * src.w
-    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index, src.unsigned)
+    return TensorLayout(src.region, 1, 1, src.h * src.w * src.stored_channels, index, src.unsigned,
+                        src.batch)
