@@ -84,6 +84,8 @@ def test_a_linear_streams_the_batch_through_each_weight_tile():
 
 
 def test_a_conv_runs_image_by_image_with_its_weights_stored_once(lenet_package):
+    """LeNet's convs keep their weights on chip: stored once, loaded once a run; the
+    images' bands follow each other."""
     pkg = hwq.load(lenet_package)
     qmodel = pkg.qmodel()
     one, three = compile_model(qmodel, pkg.cfg), compile_model(qmodel, pkg.cfg, batch=3)
@@ -93,9 +95,12 @@ def test_a_conv_runs_image_by_image_with_its_weights_stored_once(lenet_package):
                           for k in ("weights", "bias", "activation", "output")}
     assert kinds[3]["weights"] == kinds[1]["weights"] and kinds[3]["bias"] == kinds[1]["bias"]
     assert kinds[3]["activation"] == 3 * kinds[1]["activation"]
+    loads = [sum(i.op == "LOAD" and i.fields["buf"] == 1 for i in c.program) for c in (one, three)]
+    assert loads[0] == loads[1]
     asm = isa.disassemble(three.program_bytes, three.notes)
-    conv = qmodel.layers[0].name
-    assert f"{conv} image 2:" in asm and f"{conv} image 3:" not in asm
+    conv = next(l.name for l in qmodel.layers
+                if l.kind == "conv" and l.window != (1, 1) and "input" not in l.sources)
+    assert f"{conv}: image 2 rows" in asm and f"{conv}: image 3 " not in asm
 
 
 def test_predict_runs_any_number_of_inputs_batch_at_a_time(tmp_path, cli):

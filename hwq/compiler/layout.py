@@ -8,7 +8,10 @@ the same bytes with some of the channels in another order, and a channel concate
 pads each of its parts to whole blocks; `channel_index` records where each logical
 (torch-order) channel sits, so the next layer's weights are permuted to match instead of
 moving any data. The model's input, when only flattens read it, is stored flat: one
-pixel of C*H*W channels in torch's order.
+pixel of C*H*W channels in torch's order; when one conv over fewer channels than a block
+reads it, unfolded (`Unfold`): each of the conv's windows is a pixel whose channels are
+the window's C*kh*kw values, so that the conv is a 1x1 conv over whole channel blocks
+(the host, which writes the input, unfolds it).
 
 A package compiled for a batch of N inputs stores every tensor N times, image after
 image, so that N images of a pixel-major tensor are one tensor N times as tall: a layer
@@ -17,6 +20,7 @@ them, streaming N vectors per weight tile.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +40,48 @@ class Region:
         return {"name": self.name, "kind": self.kind, "word": self.word, "words": self.words}
 
 
+@dataclass(frozen=True)
+class Unfold:
+    """An input stored as the windows of the conv that reads it: pixel (oy, ox) holds the
+    window of output pixel (oy, ox), its channels in torch's (c, ky, kx) order; the
+    zero padding the windows read is in the bytes."""
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    top: int
+    left: int
+    out_h: int
+    out_w: int
+
+    def _padded(self) -> tuple[int, int]:
+        return (max(self.top + self.h, (self.out_h - 1) * self.sh + self.kh),
+                max(self.left + self.w, (self.out_w - 1) * self.sw + self.kw))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> (N, C*kh*kw, out_h, out_w): the windows."""
+        hp, wp = self._padded()
+        xp = np.zeros((len(x), self.c, hp, wp), x.dtype)
+        xp[:, :, self.top:self.top + self.h, self.left:self.left + self.w] = x
+        win = np.lib.stride_tricks.sliding_window_view(xp, (self.kh, self.kw), axis=(2, 3))
+        win = win[:, :, ::self.sh, ::self.sw][:, :, :self.out_h, :self.out_w]   # N C OH OW kh kw
+        return win.transpose(0, 1, 4, 5, 2, 3).reshape(len(x), -1, self.out_h, self.out_w)
+
+    def invert(self, u: np.ndarray) -> np.ndarray:
+        """The windows back to (N, C, H, W); an input value no window reads is 0."""
+        hp, wp = self._padded()
+        xp = np.zeros((len(u), self.c, hp, wp), u.dtype)
+        u = u.reshape(len(u), self.c, self.kh, self.kw, self.out_h, self.out_w)
+        for ky in range(self.kh):
+            for kx in range(self.kw):
+                xp[:, :, ky:ky + (self.out_h - 1) * self.sh + 1:self.sh,
+                   kx:kx + (self.out_w - 1) * self.sw + 1:self.sw] = u[:, :, ky, kx]
+        return xp[:, :, self.top:self.top + self.h, self.left:self.left + self.w]
+
+
 @dataclass
 class TensorLayout:
     region: Region
@@ -45,6 +91,7 @@ class TensorLayout:
     channel_index: np.ndarray     # logical channel -> byte offset within the pixel
     unsigned: bool = False        # the bytes are uint8 codes, not int8 ones
     batch: int = 1                # images stored one after the other
+    unfold: Unfold | None = None  # the model's input, stored as a conv's windows
 
     @property
     def dtype(self):
@@ -59,6 +106,8 @@ class TensorLayout:
         takes the tensor in torch's flatten order)."""
         n = x.shape[0]
         assert n <= self.batch, (n, self.batch)
+        if self.unfold is not None:
+            x = self.unfold.apply(x)
         out = np.zeros((self.batch, self.image_bytes), self.dtype)
         pixels = x.reshape(n, -1, self.h * self.w).transpose(0, 2, 1)   # (N, HW, C)
         out[:n].reshape(n, self.h * self.w, -1)[:, :, self.channel_index] = pixels
@@ -67,7 +116,10 @@ class TensorLayout:
     def unpack(self, blob: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of pack: the stored bytes of the batch -> (batch, C, H, W) int8 or uint8."""
         raw = np.frombuffer(blob, self.dtype).reshape(self.batch, self.h * self.w, self.stored_channels)
-        return raw[:, :, self.channel_index].transpose(0, 2, 1).reshape(self.batch, *shape)
+        values = raw[:, :, self.channel_index].transpose(0, 2, 1)
+        if self.unfold is not None:
+            return self.unfold.invert(values.reshape(self.batch, -1, self.h, self.w))
+        return values.reshape(self.batch, *shape)
 
     @property
     def image_bytes(self) -> int:
@@ -97,14 +149,16 @@ class TensorLayout:
                 "stored_channels": self.stored_channels,
                 "channels": int(index.size) if identity else index.tolist(),
                 **({"unsigned": True} if self.unsigned else {}),
-                **({"batch": self.batch} if self.batch > 1 else {})}
+                **({"batch": self.batch} if self.batch > 1 else {}),
+                **({"unfold": dataclasses.asdict(self.unfold)} if self.unfold else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorLayout":
         ch = d["channels"]
         index = np.arange(ch) if isinstance(ch, int) else np.asarray(ch, np.int64)
+        unfold = Unfold(**d["unfold"]) if "unfold" in d else None
         return cls(Region(**d["region"]), d["h"], d["w"], d["stored_channels"], index,
-                   d.get("unsigned", False), d.get("batch", 1))
+                   d.get("unsigned", False), d.get("batch", 1), unfold)
 
 
 def padded_channels(c: int, cfg: HwConfig) -> int:

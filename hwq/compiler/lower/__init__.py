@@ -26,7 +26,8 @@ ports or the DRAM port.
 A batch of N inputs (`compile_model(batch=N)`) runs in one go: a layer whose windows are
 single pixels (a Linear, a 1x1 conv, an add, a concat) runs once over the N images
 stacked into one tall image, so that every weight tile streams N times as many vectors;
-any other layer runs image by image, its weights stored once.
+any other layer runs image by image (a conv's bands of each image after the other's, so
+that weights that stay on chip load once for all of them), its weights stored once.
 
 The modules, each importing only those after it: kinds (the lowering of each layer
 kind), conv (a conv onto the array), plan (how a conv is cut), schedule (where its
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from hwq.arch import isa
 from hwq.arch.config import HwConfig
 from hwq.compiler.ir import QModel
-from hwq.compiler.layout import MemoryMap, TensorLayout
+from hwq.compiler.layout import MemoryMap, TensorLayout, Unfold, padded_channels
 from hwq.compiler.lower.emit import Emitter, Image
 from hwq.compiler.lower.kinds import LOWERINGS, channel_view, flatten_view
 from hwq.errors import HwqError
@@ -91,21 +92,36 @@ def _single_pixel(layer) -> bool:
     return layer.window == (1, 1) and layer.stride == (1, 1) and not any(layer.pads)
 
 
+def _unfolding(qmodel: QModel, cfg: HwConfig):
+    """(Unfold, the conv as a 1x1 conv over it) when one dense conv alone reads the model's
+    input and its windows, stored as pixels of C*kh*kw channels, take fewer channel
+    blocks than its taps over the input's padded channels do (a 1- or 3-channel image:
+    fewer weight tiles stored and streamed); else None."""
+    readers = [layer for layer in qmodel.layers if "input" in layer.sources]
+    if len(readers) != 1 or readers[0].kind != "conv" or readers[0].groups != 1:
+        return None
+    conv = readers[0]
+    (c, h, w), (kh, kw) = qmodel.input_shape, conv.window
+    if padded_channels(c * kh * kw, cfg) >= padded_channels(c, cfg) * kh * kw:
+        return None
+    cout, oh, ow = conv.out_shape
+    top, _, left, _ = conv.pads
+    unfold = Unfold(c, h, w, kh, kw, *conv.stride, top, left, oh, ow)
+    return unfold, dataclasses.replace(conv, weight=conv.weight.reshape(cout, c * kh * kw, 1, 1),
+                                       in_shape=(c * kh * kw, oh, ow), stride=1, padding=0)
+
+
 def _lower(layer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig, image: Image,
-           emit: Emitter, batch: int) -> int:
+           emit: Emitter) -> int:
     """Lower `layer` for the batch: once over its images stacked where its windows are
-    single pixels, else image by image. The real MACs of the batch."""
+    single pixels, else image by image (the lowerings take the batch's layouts). The
+    real MACs of the batch."""
     lower = LOWERINGS[layer.kind]
-    if batch == 1 or _single_pixel(layer):
-        (ci, h, w), (co, oh, ow) = layer.in_shape, layer.out_shape
-        tall = dataclasses.replace(layer, in_shape=(ci, h * batch, w), out_shape=(co, oh * batch, ow))
-        return lower(tall, [t.stacked() for t in srcs], dst.stacked(), cfg, image, emit)
-    macs = 0
-    for n in range(batch):
-        emit.image = n
-        macs += lower(layer, [t.image(n, cfg) for t in srcs], dst.image(n, cfg), cfg, image, emit)
-    emit.image = None
-    return macs
+    if dst.batch == 1 or not _single_pixel(layer):
+        return lower(layer, srcs, dst, cfg, image, emit)
+    (ci, h, w), (co, oh, ow) = layer.in_shape, layer.out_shape
+    tall = dataclasses.replace(layer, in_shape=(ci, h * dst.batch, w), out_shape=(co, oh * dst.batch, ow))
+    return lower(tall, [t.stacked() for t in srcs], dst.stacked(), cfg, image, emit)
 
 
 def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False,
@@ -122,7 +138,13 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
     # an input that only flattens read is stored flat, its channels not padded pixel by pixel
     flat = all(layer.kind == "flatten" for layer in qmodel.layers if "input" in layer.sources)
     c, h, w = qmodel.input_shape
-    layouts = {"input": memmap.activation("input", "input", (c * h * w, 1, 1) if flat else (c, h, w))}
+    first = _unfolding(qmodel, cfg)
+    if first is not None:
+        unfold, first = first
+        layouts = {"input": memmap.activation("input", "input", first.in_shape)}
+        layouts["input"].unfold = unfold
+    else:
+        layouts = {"input": memmap.activation("input", "input", (c * h * w, 1, 1) if flat else (c, h, w))}
     macs = {}
     last = qmodel.layers[-1].name
     owner, last_uses = _owners(qmodel)
@@ -133,6 +155,8 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
     dead = set()
     for index, layer in enumerate(qmodel.layers):
         emit.layer = layer.name
+        if first is not None and layer.name == first.name:
+            layer = first
         srcs = [layouts[s] for s in layer.sources]
         if layer.kind == "flatten":
             layouts[layer.name] = flatten_view(srcs[0])
@@ -151,7 +175,7 @@ def compile_model(qmodel: QModel, cfg: HwConfig, reuse_activations: bool = False
                                     like=srcs[0] if layer.kind == "maxpool" else None)
         dst.unsigned = layer.unsigned
         layouts[layer.name] = dst
-        macs[layer.name] = _lower(layer, srcs, dst, cfg, image, emit, batch)
+        macs[layer.name] = _lower(layer, srcs, dst, cfg, image, emit)
         if reuse_activations:
             for name in dies_after.get(index, []):
                 if name not in keep:

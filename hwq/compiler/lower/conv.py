@@ -50,10 +50,12 @@ def _stored_tiles(tiles: np.ndarray, live: np.ndarray, cfg: HwConfig):
 
 @dataclass
 class _Step:
-    """The GEMMs of output rows r0..r0+rows-1, output block co, over the non-zero weight
-    tiles among t0..t1-1 (tiles run over (input block, ky, kx)): those of input blocks
+    """The GEMMs of output rows r0..r0+rows-1 of the batch's image `image`, output block
+    co, over the non-zero weight tiles among t0..t1-1 (tiles run over (input block, ky,
+    kx)): those of input blocks
     ci0..ci1-1, which ibuf holds, with wbuf holding the block's stored tiles w0..w1-1
     (_stored_tiles)."""
+    image: int
     r0: int
     rows: int
     co: int
@@ -102,13 +104,16 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     """Lower conv `layer` (grouped: with zero tiles across groups, which no GEMM streams)
     reading the concatenation of the channels of `srcs` (one input block after the
     other; all of one size), writing output blocks co0.. of `dst`. `tag` names this
-    part's weights when a layer lowers to several convs. The real MACs."""
+    part's weights when a layer lowers to several convs. The images of a batch are bands
+    after bands: weights that stay on chip load once for all of them. The real MACs."""
     r, c, bus = cfg.rows, cfg.cols, cfg.bus_bytes
     cout, cin_g, kh, kw = layer.weight.shape
     pads = layer.pads
     require(max(pads) <= 7, layer, f"padding {max(pads)} exceeds the DMA's 7")
-    src = srcs[0]
-    assert all((t.h, t.w) == (src.h, src.w) for t in srcs)
+    src, images = srcs[0], dst.batch
+    assert all((t.h, t.w, t.batch) == (src.h, src.w, images) for t in srcs)
+    inputs_of = [[t.image(n, cfg) for t in srcs] for n in range(images)]
+    outputs_of = [dst.image(n, cfg) for n in range(images)]
     firsts = np.cumsum([0] + [t.stored_channels for t in srcs])     # stored channel offsets
     n_ci, n_co = int(firsts[-1]) // r, -(-cout // cfg.channel_block) * cfg.channel_block // c
     g = Geometry(kh, kw, *layer.stride, *pads, n_ci, n_co, src.h, src.w, dst.h, dst.w)
@@ -152,7 +157,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
 
     def input_block(st: _Step, ci: int) -> dict:
         """LOAD fields of input block ci for the band of `st`, zero padding included."""
-        t = srcs[block_src[ci]]
+        t = inputs_of[st.image][block_src[ci]]
         pin, local = t.pixel_words(cfg), ci - firsts[block_src[ci]] // r
         y0, y1, pad_top, pad_bottom = band_rows_read(st.r0, st.rows, g)
         return dict(buf=0, sram=st.inp + (ci - st.ci0) * g.in_rows(st.rows) * wp,
@@ -163,11 +168,12 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     # Pass 1: give every step its slots, and queue the loads that fill them.
     heights = {}
     steps = []
-    for r0 in range(0, out_h, plan.band):
-        rows = min(plan.band, out_h - r0)
-        if rows not in heights:
-            heights[rows] = band_parts(plan, g.kk, live)
-        steps += [_Step(r0, rows, *part) for part in heights[rows]]
+    for n in range(images):
+        for r0 in range(0, out_h, plan.band):
+            rows = min(plan.band, out_h - r0)
+            if rows not in heights:
+                heights[rows] = band_parts(plan, g.kk, live)
+            steps += [_Step(n, r0, rows, *part) for part in heights[rows]]
     prefetch = Prefetch(emit, cfg)
     stores = Stores(emit, cfg, prefetch)
     inputs = Slots(cfg.ibuf_depth // plan.inputs, plan.inputs)
@@ -175,8 +181,8 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     biases = Slots(plan.bias_run * per, plan.biases)
     accs = Slots(cfg.abuf_depth // plan.accs, plan.accs)
     for i, st in enumerate(steps):
-        rows = f"rows {st.r0}..{st.r0 + st.rows - 1}"
-        st.inp, ready = inputs.use((st.r0, st.ci0), i)
+        rows = f"{_image(st, images)}rows {st.r0}..{st.r0 + st.rows - 1}"
+        st.inp, ready = inputs.use((st.image, st.r0, st.ci0), i)
         if ready:
             prefetch.add(ready, (i, BEFORE), f"{rows} input blocks {st.ci0}..{st.ci1 - 1}",
                          [input_block(st, ci) for ci in range(st.ci0, st.ci1)])
@@ -186,7 +192,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
             prefetch.add(ready, (i, BEFORE), note,
                          _runs(1, st.wgt, w_region.word + (starts[st.co] + st.w0) * r * ew,
                                (st.w1 - st.w0) * r, ew))
-        st.acc = accs.use((st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
+        st.acc = accs.use((st.image, st.r0, st.run), i)[0] + (st.co - st.run * plan.blocks) * st.rows * out_w
         if st.last:
             first = st.co - st.co % plan.bias_run     # the slot holds blocks first.. biases
             base, ready = biases.use(first, i)
@@ -200,7 +206,7 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
     out_slot = cfg.obuf_depth // plan.outputs
     blocks = 0
     for i, st in enumerate(steps):
-        tile = f"rows {st.r0}..{st.r0 + st.rows - 1} output block {co0 + st.co}"
+        tile = f"{_image(st, images)}rows {st.r0}..{st.r0 + st.rows - 1} output block {co0 + st.co}"
         span = g.in_rows(st.rows) * wp
         prefetch.due((i, BEFORE))
         for t in np.flatnonzero(live[st.co, st.t0:st.t1]) + st.t0:
@@ -222,8 +228,14 @@ def lower_conv(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: 
                                     shift=int(shift[st.co]), round=ROUND_MODES[layer.round_mode],
                                     lo=layer.lo, hi=layer.hi, lane_shifts=int(per == 2),
                                     slope=_post_slope(layer, cfg)),
-                         dict(sram=out, dram=dst.region.word + st.r0 * out_w * pout + (co0 + st.co) * ew,
+                         dict(sram=out, dram=outputs_of[st.image].region.word + st.r0 * out_w * pout
+                              + (co0 + st.co) * ew,
                               y_size=st.rows, x_size=out_w, y_stride=out_w * pout, x_stride=pout))
             blocks += 1
     stores.flush()
-    return out_h * out_w * cout * cin_g * g.kk
+    return images * out_h * out_w * cout * cin_g * g.kk
+
+
+def _image(st: _Step, images: int) -> str:
+    """A note's prefix naming the step's image, in a batch."""
+    return f"image {st.image} " if images > 1 else ""

@@ -16,14 +16,12 @@ from hwq.errors import HwqError
 
 @dataclass
 class Emitter:
-    """The program so far: `emit(op, note, **fields)` appends an instruction of `layer`
-    (of image `image` of a batch, when a layer runs image by image)."""
+    """The program so far: `emit(op, note, **fields)` appends an instruction of `layer`."""
     cfg: HwConfig
     program: list[isa.Instr] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)
     layer_of: list[str] = field(default_factory=list)
     layer: str = ""
-    image: int | None = None
 
     def __call__(self, op: str, note: str = "", **fields: int) -> None:
         try:
@@ -32,8 +30,7 @@ class Emitter:
             raise HwqError(f"layer '{self.layer}' does not fit the ISA: {e}; "
                            "use smaller tiles or a larger hardware config") from None
         if note:
-            where = self.layer if self.image is None else f"{self.layer} image {self.image}"
-            self.notes[len(self.program)] = f"{where}: {note}"
+            self.notes[len(self.program)] = f"{self.layer}: {note}"
         self.layer_of.append(self.layer)
         self.program.append(instr)
 

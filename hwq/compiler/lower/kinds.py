@@ -19,11 +19,18 @@ from hwq.errors import HwqError
 
 def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
                   image: Image, emit: Emitter) -> int:
-    """Max pool, per channel block and band of output rows: LOAD the band's input rows into
-    obuf with the zero padding the windows read, MAXPOOL them into the entries after them,
-    STORE those. No slots: the three share obuf's ports or the DRAM port, so none runs
-    beside another."""
-    src = srcs[0]
+    """Max pool, per image of the batch, channel block and band of output rows: LOAD the
+    band's input rows into obuf with the zero padding the windows read, MAXPOOL them into
+    the entries after them, STORE those. No slots: the three share obuf's ports or the
+    DRAM port, so none runs beside another."""
+    for n in range(dst.batch):
+        _maxpool_image(layer, srcs[0].image(n, cfg), dst.image(n, cfg), cfg, emit,
+                       f"image {n} " if dst.batch > 1 else "")
+    return 0
+
+
+def _maxpool_image(layer: QLayer, src: TensorLayout, dst: TensorLayout, cfg: HwConfig,
+                   emit: Emitter, where: str) -> None:
     (kh, kw), (sh, sw), pads = layer.kernel, layer.stride, layer.pads
     require(sh == sw, layer, f"max pool stride {layer.stride} is not square; the MAXPOOL "
             "unit steps its windows alike in both directions")
@@ -37,7 +44,7 @@ def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
     for cb in range(src.stored_channels // c):
         for r0 in range(0, out_h, band):
             rows = min(band, out_h - r0)
-            tile = f"rows {r0}..{r0 + rows - 1} channel block {cb}"
+            tile = f"{where}rows {r0}..{r0 + rows - 1} channel block {cb}"
             y0, y1, pad_top, pad_bottom = band_rows_read(r0, rows, g)
             out = g.in_rows(rows) * wp
             emit("LOAD", tile, buf=3, sram=0, dram=src.region.word + y0 * src.w * pix + cb * (c // bus),
@@ -47,7 +54,6 @@ def lower_maxpool(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cf
                  stride=sh, unsigned=int(src.unsigned))
             emit("STORE", tile, sram=out, dram=dst.region.word + r0 * out_w * pix + cb * (c // bus),
                  y_size=rows, x_size=out_w, y_stride=out_w * pix, x_stride=pix)
-    return 0
 
 
 def _conv_like(layer: QLayer, weight: np.ndarray, **changes) -> QLayer:
@@ -87,7 +93,7 @@ def lower_add(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: H
         weight[np.arange(c), i * c + np.arange(c)] = 1 << (top - f)
     conv = _conv_like(layer, weight, f_in=top, f_w=0, stride=1, padding=0)
     lower_conv(conv, srcs, dst, cfg, image, emit)
-    return dst.h * dst.w * c * len(srcs)                 # one product per input element
+    return dst.batch * dst.h * dst.w * c * len(srcs)     # one product per input element
 
 
 def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg: HwConfig,
@@ -102,7 +108,7 @@ def lower_concat(layer: QLayer, srcs: list[TensorLayout], dst: TensorLayout, cfg
                           stride=1, padding=0, out_shape=(c, dst.h, dst.w))
         lower_conv(conv, [src], dst, cfg, image, emit, co0=co0, tag=f".{i}")
         co0 += padded_channels(c, cfg) // cfg.cols
-        macs += dst.h * dst.w * c                           # one product per input element
+        macs += dst.batch * dst.h * dst.w * c               # one product per input element
     return macs
 
 
