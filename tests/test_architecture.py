@@ -59,6 +59,25 @@ def test_hardware_configs_are_deltas_of_one_default(tmp_path, monkeypatch):
     assert (b.name, b.rows, b.cols, b.obuf_depth) == ("b", 4, 8, 2048)
 
 
+def test_a_field_added_at_its_old_value_keeps_the_fingerprint():
+    """dram_reads came after configs were in use: at 1 (the port they were built with) it
+    is left out of the dict the fingerprint hashes, at any other value it is in it; out
+    of its range it is refused."""
+    import dataclasses
+
+    import pytest
+
+    from hwq.arch.config import HwConfig
+    from hwq.errors import HwqError
+    cfg = HwConfig()
+    assert "dram_reads" not in cfg.to_dict() and HwConfig.from_dict(cfg.to_dict()) == cfg
+    queued = dataclasses.replace(cfg, dram_reads=8)
+    assert queued.to_dict()["dram_reads"] == 8 and queued.fingerprint != cfg.fingerprint
+    assert HwConfig.from_dict(queued.to_dict()) == queued
+    with pytest.raises(HwqError, match="dram_reads=0 must be 1..64"):
+        HwConfig(dram_reads=0)
+
+
 def test_build_key_follows_the_cocotb_library(monkeypatch):
     """The simulator links cocotb's VPI library by path: a build made in another
     environment (another venv, the library elsewhere) is a different build."""

@@ -54,6 +54,25 @@ def test_every_layer_kind_batched_on_rtl(name):
     _golden_iss_rtl(qmodel, cfg, x, batch=3)
 
 
+@pytest.mark.parametrize("name", ["default", "small"])
+def test_every_layer_kind_from_a_late_memory(name):
+    """A config keeping 8 DRAM reads in flight, its memory answering 1-8 cycles late and
+    dropping `ready`: every layer bit-exact, in more cycles than the model's (which a
+    next-cycle memory meets: test_rtl_accel.py::test_reads_in_flight)."""
+    import dataclasses
+    cfg = dataclasses.replace(CONFIGS[name], name=f"{name}-reads8", dram_reads=8)
+    qmodel = every_kind()
+    x = np.random.default_rng(9).integers(-128, 128, (2, *qmodel.input_shape)).astype(np.int8)
+    compiled = compile_model(qmodel, cfg, batch=2)
+    shapes = {"input": qmodel.input_shape, **{l.name: l.out_shape for l in qmodel.layers}}
+    golden = run_golden(qmodel, x)
+    iss = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x, "iss")
+    rtl = simulate(cfg, compiled.image, compiled.start_pc, compiled.layouts, shapes, x,
+                   "verilator", late_memory=True)
+    assert rtl.ok and first_mismatch(rtl, golden, list(golden), cfg.cols) is None
+    assert rtl.cycles[0] > iss.cycles[0]
+
+
 def test_batched_lenet_cli_on_rtl(tmp_path, capsys):
     pkg = tmp_path / "lenet.hwq"
     assert main(["compile", f"{LENET}:LeNet", "--input-shape", "1x8x8", "--calib", "digits",

@@ -422,6 +422,28 @@ def test_address_range_stops():
         assert g.pc == PROG + (2 if fits else 1) * cfg.instr_words
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["next-cycle", "late"])
+def test_reads_in_flight(late):
+    """A config that keeps 4 DRAM reads in flight (dram_reads: 4): from a memory that
+    answers in the next cycle, the cycles and counters the model says (_compare); from
+    one that answers 1-8 cycles later, in order, and drops `ready` a quarter of the
+    cycles, the same results."""
+    import dataclasses
+    cfg = dataclasses.replace(load_hw_config("tall"), name="tall-reads4", dram_reads=4)
+    rng = random.Random(41)
+    prog, data = conv_program(cfg, 4, 4, 7, "half_even", -128, 127)
+    jobs = [_job(cfg, prog, data), _job(cfg, dma_program(cfg), _random_data(cfg, 3)),
+            _job(cfg, random_program(cfg, rng)), _job(cfg, random_program(cfg, rng))]
+    got, want = _compare(cfg, jobs, "verilator", stall=late, latency=late)
+    if late:
+        assert all(g.cycles > w.cycles for g, (w, _) in zip(got, want))
+
+
+def test_a_next_cycle_config_refuses_a_late_memory():
+    with pytest.raises(Exception, match="dram_reads: 1"):
+        run_rtl(load_hw_config("tall"), b"", [], latency=True)
+
+
 def test_backpressure_and_timeout():
     """A DRAM that stalls a quarter of the cycles changes the timing, not the results;
     the watchdog reports a timeout and the next job runs cleanly."""

@@ -487,9 +487,9 @@ DMA_CFG = dict(name="dma", rows=4, cols=8, bus_bytes=2, ibuf_depth=256, wbuf_dep
                bbuf_depth=64, abuf_depth=64, obuf_depth=256, dram_words=1024)
 
 
-def _dma_cfg():
+def _dma_cfg(**changes):
     from hwq.arch.config import HwConfig
-    return HwConfig(**DMA_CFG)
+    return HwConfig(**{**DMA_CFG, **changes})
 
 
 def _random_load(cfg, rng):
@@ -534,15 +534,19 @@ def _dma_verdict(cfg, ins, same: bool, cycles: int, stall: bool, failures: list)
         failures.append((isa.format_instr(ins), cycles, expect))
 
 
+@pytest.mark.parametrize("reads,late", [(1, False), (4, False), (4, True), (2, True)],
+                         ids=["next-cycle", "queued", "queued-late", "queued-2-late"])
 @pytest.mark.parametrize("stall", [False, True], ids=["ready", "backpressure"])
-def test_load_unit(stall):
+def test_load_unit(stall, reads, late):
     """LoadUnit: strides (0 included), every padding, entries of 1..16 bus words, with the
-    memory dropping `ready` on random cycles; the buffer contents equal the ISS's and,
-    without back-pressure, the cycle count equals the cycle model's."""
+    memory dropping `ready` on random cycles; with reads in flight, a memory answering
+    each read in the next cycle or 1..5 cycles later (in order). The buffer contents equal
+    the ISS's and, from a memory that neither stalls nor lags, the cycle count equals the
+    cycle model's."""
     from hwq.rtl.dma import LoadUnit
     from hwq.sim.iss import Machine
-    cfg = _dma_cfg()
-    rng = random.Random(11 + stall)
+    cfg = _dma_cfg(dram_reads=reads)
+    rng = random.Random(11 + stall + 2 * late + reads)
     dram = np.random.default_rng(5).integers(0, 256, cfg.dram_words * cfg.bus_bytes, dtype=np.uint8)
     dut = LoadUnit(cfg)
     B = cfg.bus_bytes
@@ -555,9 +559,17 @@ def test_load_unit(stall):
             m = Machine(cfg, dram.tobytes())
             model = m.buf[name].copy().view(np.uint8).reshape(m.buf[name].shape[0], -1)
             pending = [0]
+            answers, clock = [], [0]            # reads in flight: [cycle due, data]
 
             def memory(ready):
-                ctx.set(dut.dram.rdata, pending[0])
+                clock[0] += 1
+                if reads == 1:
+                    ctx.set(dut.dram.rdata, pending[0])
+                else:
+                    now = bool(answers) and answers[0][0] <= clock[0]
+                    ctx.set(dut.dram.rvalid, int(now))
+                    if now:
+                        ctx.set(dut.dram.rdata, answers.pop(0)[1])
                 en, addr, data = ctx.get(dut.wr.en), ctx.get(dut.wr.addr), ctx.get(dut.wr.data)
                 for k in range(cfg.entry_words(name)):
                     if en >> k & 1:
@@ -566,11 +578,13 @@ def test_load_unit(stall):
                 if ctx.get(dut.dram.re) and ready:
                     a = ctx.get(dut.dram.addr)
                     pending[0] = int.from_bytes(dram[a * B:(a + 1) * B].tobytes(), "little")
+                    due = clock[0] + 1 + (rng.randrange(5) if late else 0)
+                    answers.append([max([due] + [d for d, _ in answers[-1:]]), pending[0]])
 
             cycles = await _run_dma(ctx, dut, ins, rng, stall, memory)
             m.LOAD(**ins.fields)
             want = m.buf[name].view(np.uint8).reshape(model.shape)
-            _dma_verdict(cfg, ins, np.array_equal(model, want), cycles, stall, failures)
+            _dma_verdict(cfg, ins, np.array_equal(model, want), cycles, stall or late, failures)
     _run(dut, bench, clock=True)
     assert not failures, failures[:5]
 

@@ -51,6 +51,11 @@ class HwConfig:
     # leaves the multipliers out, for FPGAs without the DSPs, and such a POST stops the
     # run with status `unsupported`
     leaky_relu: bool = True
+    # DRAM reads the memory port keeps in flight. 1: a memory that answers every read in
+    # the next cycle (on-chip block RAM), the port a plain one-cycle read; more: a memory
+    # of any latency (an SDRAM controller), each read's destination queued until its data
+    # comes back with `rvalid` (hwq/rtl/ports.py), as many at once as this says
+    dram_reads: int = 1
 
     def __post_init__(self):
         def need(cond, what):
@@ -64,6 +69,7 @@ class HwConfig:
              f"bus_bytes={self.bus_bytes} must divide rows={self.rows} and cols={self.cols} "
              "(a buffer entry is a whole number of bus words)")
         need(self.acc_bits == 32, "acc_bits must be 32 (int32 accumulators)")
+        need(1 <= self.dram_reads <= 64, f"dram_reads={self.dram_reads} must be 1..64")
         for buf in isa.BUFFERS:
             depth = getattr(self, f"{buf}_depth")
             need(depth >= 1 and depth & (depth - 1) == 0, f"{buf}_depth={depth} must be a power of two")
@@ -93,7 +99,9 @@ class HwConfig:
         return isa.INSTR_BITS // (8 * self.bus_bytes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, but those added since at the value that keeps what configs were
+        before them (so their fingerprints, and the boards' identities, stay as they were)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _ADDED or v != _ADDED[k]}
 
     @property
     def fingerprint(self) -> str:
@@ -106,6 +114,8 @@ class HwConfig:
         return cls(**check_fields(data, FIELDS, source, defaults=False))
 
 
+# Fields added after configs were in use, with the value that keeps their hardware as it was.
+_ADDED = {"dram_reads": 1}
 # The keys a config file may give: every field, by its type.
 FIELDS = {f.name: Rule({"bool": bool, "int": int, "str": str}[str(f.type)], default=f.default)
           for f in dataclasses.fields(HwConfig)}

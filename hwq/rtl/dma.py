@@ -11,6 +11,10 @@ cycle with `ready` high (the top lowers it while it fetches an instruction) -- a
 is written into the buffer 1 + o cycles later (the read latency; o =
 hwq.arch.timing.read_regs: 1 where the write is from registers), so cycle I + 1 + o writes
 the last one and raises done. I = y_size * x_size * entry_words + padding entries.
+With `dram_reads` > 1 a read's destination waits in a queue until `rvalid` brings its
+data, and a padding entry in a register of its own until a cycle without read data
+(none is issued while one waits so); done follows the last write. A memory that
+answers in the next cycle keeps the timeline above.
 
 StoreUnit timeline: cycle 1 reads obuf entry 0; cycles 2..n*E+1 write the words, each
 element's last word overlapping the obuf read of the next element; done with the last
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -27,7 +32,7 @@ from hwq.arch import isa
 from hwq.arch.config import HwConfig
 from hwq.errors import HwqError
 from hwq.rtl.decode import args_layout
-from hwq.rtl.ports import DramPort, SramRead, SramWrite, held_args, unit_members
+from hwq.rtl.ports import DramPort, SramRead, SramWrite, dram_port, held_args, unit_members
 from hwq.arch.timing import read_regs
 
 
@@ -52,7 +57,7 @@ class LoadUnit(wiring.Component):
         self.lanes = load_lanes(cfg)
         super().__init__({
             **unit_members(args_layout("LOAD")),
-            "dram": Out(DramPort(self.A, self.B)),
+            "dram": Out(dram_port(cfg, self.A)),
             "wr": Out(SramWrite(isa.SRAM_ADDR_BITS, self.lanes * self.B, self.lanes)),
             "target": Out(2),          # the `buf` field of the LOAD running (LOAD_TARGETS)
         })
@@ -86,18 +91,35 @@ class LoadUnit(wiring.Component):
         inside_x = Signal(name="inside_x")
         inside = Signal()
         m.d.comb += inside.eq(inside_y & inside_x)
-        # write stage: the item issued last cycle
-        s_valid, s_pad = Signal(), Signal()
-        s_ptr = Signal(isa.SRAM_ADDR_BITS)
-        s_k = Signal.like(k)
-        m.d.sync += s_valid.eq(0)
-        en = Mux(s_valid, Mux(s_pad, (1 << self.lanes) - 1, 1 << s_k), 0)
-        addr_w, pad, data = s_ptr, s_pad, self.dram.rdata
+        queued = self.cfg.dram_reads > 1
+        every = (1 << self.lanes) - 1
+        if queued:
+            # write stage: the oldest read's data as `rvalid` brings it, else the padding
+            # entry waiting in its register
+            m.submodules.reads = reads = SyncFIFO(width=len(ptr) + len(k), depth=self.cfg.dram_reads)
+            rvalid = self.dram.rvalid
+            head_ptr, head_k = reads.r_data[:len(ptr)], reads.r_data[len(ptr):]
+            p_valid, p_ptr = Signal(), Signal.like(ptr)
+            m.d.comb += reads.r_en.eq(rvalid)
+            m.d.sync += p_valid.eq(p_valid & rvalid)        # written unless read data comes
+            en = Mux(rvalid, 1 << head_k, Mux(p_valid, every, 0))
+            addr_w, pad, data = Mux(rvalid, head_ptr, p_ptr), ~rvalid, self.dram.rdata
+            # every item written once this cycle's write is done
+            drained = (((reads.r_level == 0) | ((reads.r_level == 1) & rvalid))
+                       & ~(p_valid & rvalid))
+        else:
+            # write stage: the item issued last cycle
+            s_valid, s_pad = Signal(), Signal()
+            s_ptr = Signal(isa.SRAM_ADDR_BITS)
+            s_k = Signal.like(k)
+            m.d.sync += s_valid.eq(0)
+            en = Mux(s_valid, Mux(s_pad, every, 1 << s_k), 0)
+            addr_w, pad, data = s_ptr, s_pad, self.dram.rdata
         if read_regs(self.cfg):
             # the write a cycle later, from registers: the DRAM's block RAMs' read data
             # would otherwise run on into the buffers' block RAMs (the padding's zero is
             # chosen after the register, off the path from the DRAM)
-            regs = (Signal.like(self.wr.en), Signal.like(s_ptr), Signal.like(s_pad),
+            regs = (Signal.like(self.wr.en), Signal.like(addr_w), Signal.like(pad),
                     Signal.like(self.dram.rdata))
             m.d.sync += [r.eq(v) for r, v in zip(regs, (en, addr_w, pad, data))]
             en, addr_w, pad, data = regs
@@ -127,13 +149,24 @@ class LoadUnit(wiring.Component):
                         m.next = "RUN"
             with m.State("RUN"):
                 accepted = Signal()
-                with m.If(inside):
-                    m.d.comb += [self.dram.re.eq(1), accepted.eq(self.dram.ready)]
-                with m.Else():
-                    # a padding entry waits for a granted cycle too: the instruction fetch
-                    # has priority on the port, and the cycle model counts granted cycles
-                    m.d.comb += accepted.eq(self.dram.ready)
-                m.d.sync += [s_valid.eq(accepted), s_pad.eq(~inside), s_ptr.eq(ptr), s_k.eq(k)]
+                if queued:
+                    # a read waits for room in the queue, a padding entry for its register
+                    with m.If(inside):
+                        m.d.comb += [self.dram.re.eq(reads.w_rdy),
+                                     accepted.eq(self.dram.ready & reads.w_rdy)]
+                    with m.Else():
+                        m.d.comb += accepted.eq(self.dram.ready & ~(p_valid & rvalid))
+                    m.d.comb += [reads.w_en.eq(accepted & inside), reads.w_data.eq(Cat(ptr, k))]
+                    with m.If(accepted & ~inside):
+                        m.d.sync += [p_valid.eq(1), p_ptr.eq(ptr)]
+                else:
+                    with m.If(inside):
+                        m.d.comb += [self.dram.re.eq(1), accepted.eq(self.dram.ready)]
+                    with m.Else():
+                        # a padding entry waits for a granted cycle too: the instruction fetch
+                        # has priority on the port, and the cycle model counts granted cycles
+                        m.d.comb += accepted.eq(self.dram.ready)
+                    m.d.sync += [s_valid.eq(accepted), s_pad.eq(~inside), s_ptr.eq(ptr), s_k.eq(k)]
                 with m.If(accepted):
                     with m.If(inside & (k != k_last)):
                         m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
@@ -156,12 +189,26 @@ class LoadUnit(wiring.Component):
                             with m.If(inside):
                                 m.d.sync += [elem.eq(elem + a.x_stride),
                                              addr.eq(elem + a.x_stride)]
-            if read_regs(self.cfg):
-                with m.State("LAST"):           # the registered write of the last item
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+            if queued:
+                if read_regs(self.cfg):
+                    with m.State("LAST"):       # until the last item is in the write register
+                        with m.If(drained):
+                            m.next = "DRAIN"
+                    with m.State("DRAIN"):
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+                else:
+                    with m.State("DRAIN"):      # until the last item is written
+                        with m.If(drained):
+                            m.d.comb += self.done.eq(1)
+                            m.next = "IDLE"
+            else:
+                if read_regs(self.cfg):
+                    with m.State("LAST"):       # the registered write of the last item
+                        m.next = "DRAIN"
+                with m.State("DRAIN"):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
 
@@ -174,7 +221,7 @@ class StoreUnit(wiring.Component):
         self.E = cfg.entry_words("obuf")
         super().__init__({
             **unit_members(args_layout("STORE")),
-            "dram": Out(DramPort(self.A, self.B)),
+            "dram": Out(dram_port(cfg, self.A)),
             "rd": Out(SramRead(isa.SRAM_ADDR_BITS, 8 * cfg.entry_bytes("obuf"))),
         })
 
@@ -248,10 +295,15 @@ class DramArbiter(wiring.Component):
 
     The address is STORE's while it writes (`we` is a state of its FSM), else LOAD's,
     not chosen by LOAD's request: that depends on its padding comparisons, which would
-    otherwise run on into the RAM's address (the iCE40's longest path)."""
+    otherwise run on into the RAM's address (the iCE40's longest path).
 
-    def __init__(self, addr_bits: int, data_bits: int):
-        port = DramPort(addr_bits, data_bits)
+    With `reads` > 1 reads in flight, which of the two readers made each read is queued
+    (as many as `reads`; reads wait while the queue is full), so that `rvalid` reaches
+    the one the data is for."""
+
+    def __init__(self, addr_bits: int, data_bits: int, reads: int = 1):
+        self.reads = reads
+        port = DramPort(addr_bits, data_bits, rvalid=reads > 1)
         super().__init__({"fetch": In(port), "load": In(port), "store": In(port),
                           "mem": Out(port)})
 
@@ -264,9 +316,23 @@ class DramArbiter(wiring.Component):
             m.d.comb += [mem.re.eq(load.re), mem.we.eq(store.we),
                          mem.addr.eq(Mux(store.we, store.addr, load.addr)),
                          mem.wdata.eq(store.wdata)]
-        m.d.comb += fetch.ready.eq(mem.ready)
+        if self.reads == 1:
+            m.d.comb += fetch.ready.eq(mem.ready)
+            for u in (fetch, load, store):
+                m.d.comb += u.rdata.eq(mem.rdata)
+            for u in (load, store):
+                m.d.comb += u.ready.eq(mem.ready & ~fetch.re)
+            return m
+        m.submodules.readers = readers = SyncFIFO(width=1, depth=self.reads)
+        m.d.comb += [readers.w_en.eq(mem.re & mem.ready), readers.w_data.eq(fetch.re),
+                     readers.r_en.eq(mem.rvalid),
+                     fetch.rvalid.eq(mem.rvalid & readers.r_data),
+                     load.rvalid.eq(mem.rvalid & ~readers.r_data)]
+        with m.If(~readers.w_rdy):              # no read while the queue is full
+            m.d.comb += mem.re.eq(0)
         for u in (fetch, load, store):
             m.d.comb += u.rdata.eq(mem.rdata)
-        for u in (load, store):
-            m.d.comb += u.ready.eq(mem.ready & ~fetch.re)
+        m.d.comb += [fetch.ready.eq(mem.ready & readers.w_rdy),
+                     load.ready.eq(mem.ready & ~fetch.re & readers.w_rdy),
+                     store.ready.eq(mem.ready & ~fetch.re)]
         return m

@@ -5,10 +5,14 @@ DRAM port protocol (`DramPort`, the accelerator is the initiator):
     address) and, for writes, `wdata`;
   * the request is accepted at a rising edge where `ready` is high; while `ready` is low
     the initiator holds the request unchanged (back-pressure);
-  * read data is returned on `rdata` in the cycle right after the acceptance (fixed
-    latency 1) -- the memory must drive it then, and the initiator samples it only then.
-A memory that never stalls ties `ready` high; the cycle model (hwq/sim/cycles.py)
-assumes it does.
+  * read data comes back on `rdata` with `rvalid` high, one cycle after the read's
+    acceptance or later, the reads answered in the order they were accepted. A config
+    with `dram_reads` = 1 is built for a memory that answers in the very next cycle (on-
+    chip block RAM): its units take the data then and look at no `rvalid`. With more,
+    the units queue each read's destination (as many reads in flight as `dram_reads`)
+    and take the data whenever `rvalid` brings it.
+A memory that never stalls ties `ready` high and answers every read in the next cycle;
+the cycle model (hwq/sim/cycles.py) assumes it does, whatever `dram_reads`.
 
 Buffer ports follow amaranth.lib.memory: synchronous reads (data the cycle after `en`,
 held while `en` is low), writes with one enable bit per `granularity` chunk.
@@ -27,7 +31,10 @@ UNITS = tuple(UNIT_OF_OP)
 
 
 class DramPort(wiring.Signature):
-    def __init__(self, addr_bits: int, data_bits: int):
+    """The port (above); `rvalid` only where the config keeps reads in flight
+    (`dram_reads` > 1): a next-cycle memory's port has none."""
+
+    def __init__(self, addr_bits: int, data_bits: int, rvalid: bool = False):
         self.addr_bits, self.data_bits = addr_bits, data_bits
         super().__init__({
             "addr": Out(unsigned(addr_bits)),
@@ -35,8 +42,14 @@ class DramPort(wiring.Signature):
             "we": Out(1),
             "wdata": Out(unsigned(data_bits)),
             "rdata": In(unsigned(data_bits)),
+            **({"rvalid": In(1)} if rvalid else {}),
             "ready": In(1),
         })
+
+
+def dram_port(cfg, addr_bits: int) -> DramPort:
+    """The DRAM port of `cfg`'s accelerator and of its units."""
+    return DramPort(addr_bits, 8 * cfg.bus_bytes, rvalid=cfg.dram_reads > 1)
 
 
 class SramRead(wiring.Signature):

@@ -128,6 +128,8 @@ class Soc(wiring.Component):
         # accelerator's ready into its DMA units)
         host_busy = Signal()
         m.d.comb += [acc.mem.ready.eq(~host_busy), acc.mem.rdata.eq(dram.rdata)]
+        if cfg.dram_reads > 1:              # the block RAM answers every read in the next cycle
+            m.d.sync += acc.mem.rvalid.eq(acc.mem.re & acc.mem.ready)
         with m.If(host_busy):
             m.d.comb += [dram.addr.eq(Mux(stage.busy, stage.dram_addr, addr)),
                          dram.we.eq(stage.dram_we), dram.wdata.eq(stage.dram_wdata)]

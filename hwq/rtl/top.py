@@ -55,7 +55,7 @@ from hwq.rtl.dma import DramArbiter, LoadUnit, StoreUnit, dram_addr_bits
 from hwq.rtl.gemm import GemmUnit
 from hwq.rtl.perf import PerfCounters, perf_layout
 from hwq.rtl.pool import PoolUnit
-from hwq.rtl.ports import UNITS, DramPort
+from hwq.rtl.ports import UNITS, dram_port
 from hwq.rtl.post import PostUnit
 from hwq.rtl.scoreboard import Scoreboard
 
@@ -87,7 +87,7 @@ class Accelerator(wiring.Component):
             "pc": Out(PC_BITS),
             "cycles": Out(COUNTER_BITS),
             "macs": Out(COUNTER_BITS),
-            "mem": Out(DramPort(self.A, self.B)),
+            "mem": Out(dram_port(cfg, self.A)),
             "perf": Out(perf_layout()),
             "trace": Out(TraceSignature(cfg)),
         })
@@ -104,7 +104,7 @@ class Accelerator(wiring.Component):
         load, gemm = units["LOAD"], units["GEMM"]
         m.submodules.buffers = buffers = BufferCrossbar(cfg)
         m.submodules.scoreboard = scoreboard = Scoreboard(cfg)
-        m.submodules.dram = dram = DramArbiter(self.A, B)
+        m.submodules.dram = dram = DramArbiter(self.A, B, cfg.dram_reads)
         m.submodules.counters = counters = PerfCounters(cfg)
 
         # ---- the instruction register, decoded, to the check, the units and the
@@ -163,7 +163,16 @@ class Accelerator(wiring.Component):
         go = Const(1) if cfg.overlap else scoreboard.all_idle
         m.d.comb += [dram.fetch.addr.eq(f_addr), dram.fetch.re.eq(fetching & go),
                      self.pc.eq(pc), self.busy.eq(0)]
-        m.d.sync += f_valid.eq(dram.fetch.re & dram.fetch.ready)
+        if cfg.dram_reads > 1:
+            # the words come back when `rvalid` says; the instruction is in once N have
+            got = Signal(range(max(2, N + 1)))
+            m.d.comb += f_valid.eq(dram.fetch.rvalid)
+            with m.If(f_valid):
+                m.d.sync += got.eq(Mux(got == N - 1, 0, got + 1))
+            fetched = f_valid & (got == N - 1)
+        else:
+            m.d.sync += f_valid.eq(dram.fetch.re & dram.fetch.ready)
+            fetched = f_valid
         with m.If(f_valid):
             m.d.sync += ir.eq(Cat(ir[B:], dram.fetch.rdata))
 
@@ -184,7 +193,7 @@ class Accelerator(wiring.Component):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
                 m.d.comb += [self.busy.eq(1), events.fetch.eq(1)]
-                with m.If(f_valid):
+                with m.If(fetched):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += [self.busy.eq(1), events.fetch.eq(1), chk.run.eq(1)]

@@ -260,13 +260,14 @@ def _image_hex(image: bytes, bus: int) -> str:
 
 def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "verilator",
             start_pc: int = 0, max_cycles: int = 50_000_000, work_dir: Path | None = None,
-            progress: bool = False, stall: bool = False, waves: bool = False,
-            trace: bool = False, wave_window: tuple[int, int] | None = None,
+            progress: bool = False, stall: bool = False, latency: bool = False,
+            waves: bool = False, trace: bool = False, wave_window: tuple[int, int] | None = None,
             wave_unit: str | None = None, fault: str | None = None) -> list[RtlRun]:
     """Run `jobs` one after the other on one simulated accelerator (see module doc).
 
     stall=True makes the DRAM model drop `ready` on a pseudo-random quarter of the
-    cycles (results must not change; cycle counts do). waves=True (debugging) uses a
+    cycles (results must not change; cycle counts do). latency=True answers each read 1
+    to 8 cycles later than the next cycle (a config with `dram_reads` > 1 only). waves=True (debugging) uses a
     tracing build and leaves the trace (dump.vcd for Verilator, hwq_tb_top.fst for
     Icarus) in the run directory, which is then kept (pass work_dir to choose it).
     trace=True runs the trace build and leaves `trace.txt` (every write and issue) in
@@ -274,6 +275,9 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     waveform of instructions a..b of a job, until `wave_unit` (an op name; default every
     unit) is idle after b. fault: see hwq/rtl/faults.py FAULTS."""
     image = bytes(dram_image)
+    if latency and cfg.dram_reads == 1:
+        raise HwqError(f"hardware config '{cfg.name}' is built for a memory that answers in "
+                       "the next cycle (dram_reads: 1); a slower one needs dram_reads > 1")
     if len(image) > cfg.dram_words * cfg.bus_bytes:
         raise HwqError(f"DRAM image of {len(image)} bytes exceeds dram_words={cfg.dram_words} "
                        f"x {cfg.bus_bytes} bytes")
@@ -327,6 +331,8 @@ def run_rtl(cfg: HwConfig, dram_image: bytes, jobs: list[dict], *, sim: str = "v
     plusargs = [f"+HWQ_DIR={work}", f"+HWQ_IMAGE={work / 'image.hex'}"]
     if stall:
         plusargs.append("+HWQ_STALL")
+    if latency:
+        plusargs.append("+HWQ_LATENCY")
     if trace:
         plusargs.append("+HWQ_TRACE")
     if wave_window is not None:

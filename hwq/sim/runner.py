@@ -43,13 +43,17 @@ def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
 
 def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, TensorLayout],
              shapes: dict[str, tuple[int, int, int]], x: np.ndarray, sim: str = "iss",
-             progress: bool = False) -> SimResult:
+             progress: bool = False, late_memory: bool = False) -> SimResult:
     """`tensors` maps every stored activation (the input included) to its layout; the
     input slot is written with the images of `x` (N, C, H, W int8), as many per run as
     the layouts' batch (the last run's batch filled up with zero images, whose results
-    are dropped)."""
+    are dropped). `late_memory`: the RTL's DRAM answers reads 1-8 cycles late and drops
+    `ready` a quarter of the cycles (hwq/rtl/export.py; a config with dram_reads > 1)."""
     if sim not in SIMULATORS:
         raise HwqError(f"unknown simulator '{sim}'; choose one of {', '.join(SIMULATORS)}")
+    if late_memory and sim == "iss":
+        raise HwqError("the ISS's memory answers every read in the next cycle; a late one "
+                       "is the RTL simulators'")
     inp = tensors["input"]
     n, batch = x.shape[0], inp.batch
     bus = cfg.bus_bytes
@@ -77,7 +81,8 @@ def simulate(cfg: HwConfig, image: bytes, start_pc: int, tensors: dict[str, Tens
     else:
         from hwq.sim.rtl_sim import run_rtl
         runs = [(r.status, r.cycles, r.reads, r.counters)
-                for r in run_rtl(cfg, image, jobs, sim=sim, start_pc=start_pc, progress=progress)]
+                for r in run_rtl(cfg, image, jobs, sim=sim, start_pc=start_pc, progress=progress,
+                                 stall=late_memory, latency=late_memory)]
     activations = {}
     for k, name in enumerate(tensors):
         activations[name] = np.concatenate(
