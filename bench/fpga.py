@@ -38,7 +38,10 @@ def bench(name: str, seeds: list[int]) -> None:
     cycles = int(b.iss.cycles[0])
     fmax = []
     for seed in seeds:
-        bs = build_bitstream(dataclasses.replace(board, seed=seed), progress=True)
+        # another seed than the board file's is measured, not shipped: nextpnr may miss
+        # the clock there and still report (the board file's own seed is the cached build)
+        bs = build_bitstream(dataclasses.replace(board, seed=seed), progress=True,
+                             timing_allow_fail=seed != board.seed)
         if bs.report is None:
             print(f"{name} seed {seed}: {bs.message}")
             continue

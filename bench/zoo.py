@@ -28,6 +28,12 @@ throughput of their submission's `results/<board>/<task>/<model>/performance/
 results.txt`, one inference at a time, so latency = 1 / throughput). Their models are
 their own co-designed variants of each task, not the reference architectures hwq runs.
 
+Then what each MLPerf Tiny model needs of the ULX3S-85F's memory for a board run (its
+board config, activations' DRAM reused once dead: only the input and the output must
+survive a run), against the 64 KiB of block RAM its board file gives the DRAM and the
+most the chip's block RAM could give it: 208 EBR of 2 KiB (as 36-bit x 512 blocks) less
+those of the buffers, rounded down to a power of two of words.
+
 Targets (the issue's, for the whole of it): every model golden == ISS; weights in
 dram.bin within 1.1x of the weights; program bytes at most 1/4 of the weight bytes on the
 MLPerf Tiny models; compile under 10 s (MLPerf Tiny) or 30 s (the others). The issue's
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import time
 
 import numpy as np
@@ -162,7 +169,25 @@ def measure(name: str, cls, images: int) -> dict:
     row["least"] = row["weights"] + biases + peak_activations(qmodel) + row["program"]
     row["cycles"] = int(result.cycles[0])
     row["util"] = 100 * compiled.useful_macs / (cfg.rows * cfg.cols * row["cycles"])
+    if name in TINY:
+        board = load_board(LATENCY_BOARD).cfg
+        onboard = compile_model(qmodel, dataclasses.replace(board, dram_words=1 << 22),
+                                reuse_activations=True)
+        row["board_bytes"] = onboard.memmap.next_word * board.bus_bytes
     return row
+
+
+ECP5_85F_EBR, EBR_WIDTH, EBR_DEPTH = 208, 36, 512
+
+
+def onchip_dram_limit(cfg) -> int:
+    """The largest DRAM (bytes, a power of two of words) the ECP5-85F's block RAM holds
+    beside the config's buffers, each buffer in whole 36-bit x 512-entry blocks."""
+    used = sum(-(-8 * cfg.entry_bytes(b) // EBR_WIDTH) * -(-getattr(cfg, f"{b}_depth") // EBR_DEPTH)
+               for b in isa.BUFFERS)
+    per_word = -(-8 * cfg.bus_bytes // EBR_WIDTH)          # blocks side by side for a word
+    words = (ECP5_85F_EBR - used) // per_word * EBR_DEPTH
+    return (1 << (words.bit_length() - 1)) * cfg.bus_bytes
 
 
 CAUSES = {"depthwise": "a depthwise tile holds one weight per row: needs the vector unit",
@@ -227,6 +252,24 @@ def main() -> None:
           "program <= 1/4 of the weight bytes (MLPerf Tiny); compile < 10 s (MLPerf Tiny), "
           "< 30 s (the others)")
     print_latency([r for r in rows if r["name"] in PUBLISHED and "cycles" in r])
+    print_board_fit([r for r in rows if "board_bytes" in r])
+
+
+def print_board_fit(rows: list[dict]) -> None:
+    """What each model needs of the latency board's memory, against what it has and what
+    its chip's block RAM could give it."""
+    if not rows:
+        return
+    board = load_board(LATENCY_BOARD)
+    has, most = board.memory.bytes, onchip_dram_limit(board.cfg)
+    print(f"\n{LATENCY_BOARD}'s memory for a board run (activations reused): its board file "
+          f"gives the DRAM {has / KIB:,.0f} KiB of block RAM; the chip's could give it "
+          f"{most / KIB:,.0f} KiB")
+    for row in rows:
+        need = row["board_bytes"]
+        verdict = ("fits now" if need <= has else f"fits {most / KIB:,.0f} KiB" if need <= most
+                   else f"short by {(need - most) / KIB:,.0f} KiB even then: needs the SDRAM")
+        print(f"  {row['name']:<14}{need / KIB:>9,.1f} KiB   {verdict}")
 
 
 def print_latency(rows: list[dict]) -> None:
