@@ -3,7 +3,7 @@
     .venv/bin/python bench/sim_speed.py [--images N] [--sims verilator,icarus]
 
 Compiles two networks for the default 8x8 array -- the digits LeNet and a VGG-style
-32x32 net (conv/relu/maxpool/linear, 202 k cycles: ResNet-18's 9.3 M would take hours on
+32x32 net (conv/relu/maxpool/linear, 196 k cycles: ResNet-18's 9.3 M would take hours on
 Icarus) -- and runs each on Verilator and Icarus in this one process. Build time is
 shown apart (a cache hit shows 0); the rate counts the accelerator's own cycle counter
 over the wall time of the simulator run minus its start-up (measured with a one-

@@ -484,3 +484,14 @@ def test_rtl_and_bitstream_stages(tmp_path, models, scheduler):
     assert row["inferences_s"] == pytest.approx(
         min(row["fmax_mhz"], row["clock_mhz"]) * 1e6 / row["cycles"])
     assert json.loads(next((tmp_path / "out" / "points").glob("*.json")).read_text())["lut"] == row["lut"]
+
+
+def test_a_points_config_has_every_hardware_field():
+    """Every hardware field is a column, those a config leaves at the value of before
+    they existed (HwConfig.to_dict drops them) included."""
+    from hwq.arch.config import HwConfig
+    from hwq.sweeps.point import HARDWARE_FIELDS
+    from hwq.sweeps.spec import config_fields
+    fields = config_fields(HwConfig(), "x", {"rows": 4})
+    assert set(HARDWARE_FIELDS) <= set(fields) and fields["dram_reads"] == 1
+    assert HwConfig(**fields).rows == 4

@@ -137,7 +137,7 @@ def config_fields(base: HwConfig, name: str, combo: tuple) -> dict:
     as many bytes as the base's: varying the array alone sweeps arrays on the base's
     memory rather than refusing every one its bus does not fit."""
     given = dict(combo)
-    fields = {**base.to_dict(), "name": name, **given}
+    fields = {**dataclasses.asdict(base), "name": name, **given}
     if "bus_bytes" in given:
         return fields
     bus = fields["bus_bytes"]
