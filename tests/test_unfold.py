@@ -72,14 +72,22 @@ def test_a_three_channel_image_is_unfolded_and_its_conv_streams_fewer_tiles():
 
 def test_unfolding_lifts_the_dma_padding_limit():
     """The host writes the windows' zero padding: 9 rows of it, past the DMA's 7."""
-    qmodel = _first_conv(1, 6, 6, 19, 1, 9, 8)
+    qmodel = _first_conv(1, 6, 6, 3, 3, 9, 8)
     compiled = compile_model(qmodel, CFG)
+    assert compiled.layouts["input"].unfold is not None
     x = np.random.default_rng(2).integers(-128, 128, (2, 1, 6, 6)).astype(np.int8)
     result = simulate(CFG, compiled.image, compiled.start_pc, compiled.layouts,
-                      {"input": (1, 6, 6), "conv": (8, 6, 6)}, x)
+                      {"input": (1, 6, 6), "conv": (8, 8, 8)}, x)
     assert first_mismatch(result, run_golden(qmodel, x), ["conv"], CFG.cols) is None
 
 
 def test_a_full_block_of_channels_is_not_unfolded():
     compiled = compile_model(_first_conv(8, 6, 6, 3, 1, 1, 8), CFG)
     assert compiled.layouts["input"].unfold is None
+
+
+def test_windows_much_larger_than_the_image_are_not_unfolded():
+    """A 1-channel image under 7x7 windows at stride 1 would take 7 times its bytes."""
+    compiled = compile_model(_first_conv(1, 16, 16, 7, 1, 3, 8), CFG)
+    assert compiled.layouts["input"].unfold is None
+    assert compile_model(_first_conv(1, 16, 16, 3, 1, 1, 8), CFG).layouts["input"].unfold is not None

@@ -92,19 +92,28 @@ def _single_pixel(layer) -> bool:
     return layer.window == (1, 1) and layer.stride == (1, 1) and not any(layer.pads)
 
 
+# How many times the input's bytes its unfolded windows may take (ResNet-8's 3x3 windows
+# over a 3-channel image: 4; DS-CNN's 10x4 windows at stride 2 over one channel: 1.3).
+UNFOLD_GROWTH = 4
+
+
 def _unfolding(qmodel: QModel, cfg: HwConfig):
     """(Unfold, the conv as a 1x1 conv over it) when one dense conv alone reads the model's
-    input and its windows, stored as pixels of C*kh*kw channels, take fewer channel
-    blocks than its taps over the input's padded channels do (a 1- or 3-channel image:
-    fewer weight tiles stored and streamed); else None."""
+    input, which has fewer channels than a block (a 1- or 3-channel image), and its
+    windows, stored as pixels of C*kh*kw channels, take fewer channel blocks than its
+    taps over the input's padded channels do (fewer weight tiles stored and streamed)
+    and at most UNFOLD_GROWTH times the input's bytes (overlapping windows repeat it);
+    else None."""
     readers = [layer for layer in qmodel.layers if "input" in layer.sources]
     if len(readers) != 1 or readers[0].kind != "conv" or readers[0].groups != 1:
         return None
     conv = readers[0]
     (c, h, w), (kh, kw) = qmodel.input_shape, conv.window
-    if padded_channels(c * kh * kw, cfg) >= padded_channels(c, cfg) * kh * kw:
-        return None
     cout, oh, ow = conv.out_shape
+    unfolded = padded_channels(c * kh * kw, cfg)
+    if (c >= cfg.channel_block or unfolded >= padded_channels(c, cfg) * kh * kw
+            or oh * ow * unfolded > UNFOLD_GROWTH * h * w * padded_channels(c, cfg)):
+        return None
     top, _, left, _ = conv.pads
     unfold = Unfold(c, h, w, kh, kw, *conv.stride, top, left, oh, ow)
     return unfold, dataclasses.replace(conv, weight=conv.weight.reshape(cout, c * kh * kw, 1, 1),
