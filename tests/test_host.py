@@ -93,17 +93,23 @@ def test_run_reference_inputs(cli, board_package, monkeypatch):
     assert "icebreaker: 3/3 inputs bit-exact with the golden model" in out and board.runs == 3
 
 
-def test_run_inputs_of_the_users(cli, board_package, monkeypatch, tmp_path):
-    pkg = hwq.load(board_package)
-    board = IssBoard(pkg.cfg)
-    _plug(monkeypatch, board)
-    x = np.random.default_rng(1).uniform(0, 1, size=(4, 1, 8, 8)).astype(np.float32)
+def _run_users_inputs(cli, path, tmp_path, n: int, seed: int) -> str:
+    """`hwq run` of n random inputs of the user's on the icebreaker (plugged in): its
+    outputs are the golden model's; what it prints."""
+    x = np.random.default_rng(seed).uniform(0, 1, size=(n, 1, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    code, out, err = cli("run", board_package, "--port", "fake", "--board", "icebreaker",
+    code, out, err = cli("run", path, "--port", "fake", "--board", "icebreaker",
                          "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy", "-q")
     assert code == 0, err
+    assert np.array_equal(np.load(tmp_path / "y.npy"), hwq.load(path).predict(x))
+    return out
+
+
+def test_run_inputs_of_the_users(cli, board_package, monkeypatch, tmp_path):
+    board = IssBoard(hwq.load(board_package).cfg)
+    _plug(monkeypatch, board)
+    out = _run_users_inputs(cli, board_package, tmp_path, 4, seed=1)
     assert "4/4 inputs bit-exact" in out and board.runs == 4
-    assert np.array_equal(np.load(tmp_path / "y.npy"), pkg.predict(x))
 
 
 def test_run_refuses_a_board_of_other_hardware(cli, board_package, monkeypatch):
@@ -126,10 +132,5 @@ def test_run_a_batched_package(cli, monkeypatch, tmp_path):
     code, stdout, err = cli("run", out, "--port", "fake", "--board", "icebreaker", "-q")
     assert code == 0, err
     assert "icebreaker: 3/3 inputs bit-exact" in stdout and board.runs == 2
-    x = np.random.default_rng(2).uniform(0, 1, size=(5, 1, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    code, stdout, err = cli("run", out, "--port", "fake", "--board", "icebreaker",
-                            "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy", "-q")
-    assert code == 0, err
+    stdout = _run_users_inputs(cli, out, tmp_path, 5, seed=2)
     assert "5/5 inputs bit-exact" in stdout and board.runs == 2 + 3
-    assert np.array_equal(np.load(tmp_path / "y.npy"), pkg.predict(x))

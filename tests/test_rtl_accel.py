@@ -440,7 +440,8 @@ def test_reads_in_flight(late):
 
 
 def test_a_next_cycle_config_refuses_a_late_memory():
-    with pytest.raises(Exception, match="dram_reads: 1"):
+    from hwq.errors import HwqError
+    with pytest.raises(HwqError, match="dram_reads: 1"):
         run_rtl(load_hw_config("tall"), b"", [], latency=True)
 
 
