@@ -103,6 +103,9 @@ def _run(a) -> None:
     board = load_board(name)
     check_fits(pkg, board)
     check_hardware(pkg, board.cfg)
+    if a.sim:
+        _run_simulated(a, pkg, board)
+        return
     target = _outputs_path(a.outputs) if a.inputs is not None else None
     x = _inputs(a) if a.inputs is not None else None
     link = Link(SerialTransport(a.port, a.baud or board.baud), pkg.cfg.bus_bytes)
@@ -122,6 +125,27 @@ def _run(a) -> None:
     print(f"{board.name}: {n}/{n} inputs bit-exact with the golden model; "
           f"{sum(run.cycles) / (len(run.cycles) * pkg.batch):.0f} cycles/inference"
           f"{f'; outputs in {a.outputs}' if x is not None else ''}")
+
+
+def _run_simulated(a, pkg, board) -> None:
+    from hwq.board.host_sim import run_host_sim
+    from hwq.errors import MismatchError
+
+    if a.inputs is not None:
+        raise HwqError("--sim runs the package's reference inputs; run other inputs with "
+                       "'hwq simulate' (the accelerator alone) or on the board with --port")
+    r = run_host_sim(a.package, board=board.path)
+    if "error" in r:
+        raise HwqError(f"{board.name} (simulated): {r['error']}")
+    n = len(r["outputs"])
+    if r["mismatches"]:
+        raise MismatchError(f"{len(r['mismatches'])}/{n} inputs differ from the golden outputs "
+                            f"on {board.name} (simulated; first: input {r['mismatches'][0]})")
+    memory = (f"; SDRAM model: {r['sdram']['refreshes']} refreshes, {r['sdram']['activates']} "
+              f"row activations, no timing violated" if "sdram" in r else "")
+    print(f"{board.name} (SoC simulated on {a.sim}): {n}/{n} inputs bit-exact with the golden "
+          f"model; {sum(r['cycles']) / (len(r['cycles']) * pkg.batch):.0f} cycles/inference; "
+          f"{r['sent']} bytes over the link{memory}")
 
 
 def _compare(a) -> None:
@@ -258,7 +282,11 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a package's reference inputs (or --inputs) on a board over its UART")
     r.add_argument("package")
-    r.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
+    where.add_argument("--sim", choices=SIMS[:1], help="no board: the SoC's RTL on this "
+                       "simulator, its memory the board's (an SDRAM as a model of the chip), "
+                       "the reference inputs through a simulated UART")
     r.add_argument("--board", help="board: a name in hwq/boards/ or a board YAML (default: the one the package was built for)")
     r.add_argument("--baud", type=_count, help="override the board file's baud rate")
     _io_arguments(r, "on the board")

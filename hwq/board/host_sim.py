@@ -2,7 +2,10 @@
 flow without a board): hwq/board/host_tb.py is the testbench.
 
 The SoC (hwq/rtl/soc.py) is built for the package's hardware config with a UART of
-`divisor` clocks per bit; builds are cached in hwq's cache directory keyed by its Verilog.
+`divisor` clocks per bit and the board's memory: where that is an SDRAM, the SoC's
+controller drives the pins of a model of the chip (hwq/sim/sdram.py) that fails the run
+at any timing its datasheet forbids. Builds are cached in hwq's cache directory keyed by
+the Verilog.
 """
 from __future__ import annotations
 
@@ -21,19 +24,32 @@ from hwq.package import open_package
 SOC_MODULE = "hwq_soc"
 
 
-def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...] = ()) -> dict:
+def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...] = (),
+                 board: str | Path | None = None) -> dict:
     """The driver's results ({outputs, cycles, mismatches} or {error}, with the link's
-    `sent` bytes, `retries` and block `frames`); `corrupt`: the ordinals of the block
-    frames to corrupt on the wire (one data bit each)."""
+    `sent` bytes, `retries` and block `frames`, and where the memory is an SDRAM the
+    model's command counts, `sdram`); `corrupt`: the ordinals of the block frames to
+    corrupt on the wire (one data bit each); `board`: whose memory the SoC has (default:
+    the package's board, else its DRAM on chip)."""
     from amaranth.back import verilog
     from cocotb_tools import runner as cocotb_runner
 
+    from hwq.board.spec import check_fits, load_board
+    from hwq.package import check_hardware
     from hwq.rtl.soc import Soc
     from hwq.sim.rtl_sim import VERILATOR_ARGS, VERILATOR_MAKE_VARS, _check_sim, cache_root
 
     pkg = open_package(package)
     _check_sim("verilator")
-    text = verilog.convert(Soc(pkg.cfg, divisor), name=SOC_MODULE, emit_src=False)
+    recorded = pkg.manifest.get("board") or {}
+    board = board or recorded.get("name")
+    sdram = None
+    if board is not None:
+        b = load_board(board)
+        check_fits(pkg, b)
+        check_hardware(pkg, b.cfg)
+        sdram = b.memory.sdram(pkg.cfg, recorded.get("clock_mhz", b.clock_hz / 1e6) * 1e6)
+    text = verilog.convert(Soc(pkg.cfg, divisor, sdram), name=SOC_MODULE, emit_src=False)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     build = cache_root() / f"soc-{pkg.cfg.name}-{key}"
     if str(PACKAGE_ROOT.parent) not in sys.path:   # the simulator's Python imports hwq.board.host_tb
@@ -54,7 +70,8 @@ def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...]
             (build / "BUILD_OK").write_text("ok\n")
         work = Path(tempfile.mkdtemp(prefix="soc-run-", dir=build))
         spec = {"package": str(Path(package).resolve()), "divisor": divisor,
-                "corrupt": list(corrupt), "results": str(work / "results.json")}
+                "corrupt": list(corrupt), "results": str(work / "results.json"),
+                "sdram_mhz": sdram and sdram.clock_mhz}
         (work / "spec.json").write_text(json.dumps(spec))
         runner.test(test_module="hwq.board.host_tb", hdl_toplevel=SOC_MODULE,
                     hdl_toplevel_lang="verilog", build_dir=build / "sim", test_dir=work,

@@ -4,9 +4,11 @@ driver (hwq/board/host.py) talking to it through a simulated UART.
 The driver runs unchanged in a thread, on a `QueueTransport`; this coroutine side turns
 the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends on
 `uart_tx` back into bytes for it. Started by hwq/board/host_sim.py, which passes the package,
-the UART divisor and the block frames to corrupt on the wire (`corrupt`: their ordinals
-among the driver's 'B' frames; one data bit flipped in each) in the JSON file named by
-$HWQ_SOC_SPEC and reads the results from the file the spec names.
+the UART divisor, the block frames to corrupt on the wire (`corrupt`: their ordinals
+among the driver's 'B' frames; one data bit flipped in each) and, for an SoC with its DRAM
+in SDRAM, the clock the chip's timings are taken at (`sdram_mhz`; hwq/sim/sdram.py's model
+serves the SoC's `sdram` pins) in the JSON file named by $HWQ_SOC_SPEC, and reads the
+results from the file the spec names.
 """
 from __future__ import annotations
 
@@ -66,6 +68,27 @@ async def _receive(dut, out: queue.Queue, bit_ns: int) -> None:
         out.put(bytes([byte]))                           # now in the stop bit
 
 
+def _serve_sdram(dut, spec: dict, fault: dict):
+    """The chip model on the SoC's `sdram` pins, where the spec gives its clock; a
+    timing violation lands in `fault` and ends the run."""
+    if not spec.get("sdram_mhz"):
+        return None
+    from hwq.arch.sdram import MT48LC16M16A2, SdramTiming
+    from hwq.package import open_package
+    from hwq.sim.sdram import SdramModel, SdramViolation, serve_cocotb
+
+    model = SdramModel(SdramTiming(MT48LC16M16A2, spec["sdram_mhz"],
+                                   open_package(spec["package"]).cfg.bus_bytes))
+
+    async def chip():
+        try:
+            await serve_cocotb(dut, model)
+        except SdramViolation as e:
+            fault["error"] = f"SdramViolation: {e}"
+    cocotb.start_soon(chip())
+    return model
+
+
 @cocotb.test()
 async def host_link(dut):
     from hwq.arch.host_protocol import BLOCK_FRAME, CMD_BLOCK
@@ -82,6 +105,8 @@ async def host_link(dut):
 
     transport = QueueTransport()
     result: dict = {}
+    fault: dict = {}
+    model = _serve_sdram(dut, spec, fault)
 
     def driver():
         try:
@@ -100,7 +125,7 @@ async def host_link(dut):
     thread = threading.Thread(target=driver, daemon=True)
     thread.start()
     corrupt, frames = set(spec.get("corrupt", ())), 0
-    while True:
+    while not fault:
         try:
             data = transport.to_dev.get_nowait()
         except queue.Empty:
@@ -115,7 +140,18 @@ async def host_link(dut):
                 data = bytes(data)
             frames += 1
         await _send(dut, data, bit_ns)
+    if fault:                           # the driver waits on a SoC that broke the chip's rules
+        Path(spec["results"]).write_text(json.dumps(fault))
+        return
     thread.join()
     link = result.pop("link", {})
     result.update(sent=link.get("sent"), retries=link.get("retries"), frames=frames)
+    if model is not None:
+        from hwq.sim.sdram import SdramViolation
+        try:
+            model.finish()
+        except SdramViolation as e:
+            result["error"] = f"SdramViolation: {e}"
+        result["sdram"] = {k: getattr(model, k) for k in
+                           ("cycle", "refreshes", "activates", "reads", "writes", "precharges")}
     Path(spec["results"]).write_text(json.dumps(result))

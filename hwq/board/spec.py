@@ -6,11 +6,12 @@ nextpnr seed, optional `uart_pins` for a board without a UART, optional `synth_o
 yosys, the `memory` that holds the accelerator's DRAM -- and a `hardware:` section, the
 board's hardware config as a delta of the default (hwq/arch/config.py).
 
-`memory: {kind, bytes}`: the SoC's memory for the accelerator's DRAM and its size. Today
-every kind is on chip (`block_ram`; `spram`, the iCE40UP's single-port RAM), built as the
+`memory: {kind, bytes}`: the SoC's memory for the accelerator's DRAM and its size, the
 hardware config's whole DRAM, so its bytes are dram_words x bus_bytes (the default when
-the key is absent). A package compiled for the board records it, and `hwq run` refuses a
-package whose DRAM image it does not hold.
+the key is absent). On chip: `block_ram`, or `spram` (the iCE40UP's single-port RAM). Off
+chip: `sdram`, the board's `sdram` resource, an MT48LC16M16A2 (hwq/arch/sdram.py) behind
+hwq/rtl/sdram.py's controller. A package compiled for the board records it, and `hwq
+run` refuses a package whose DRAM image it does not hold.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from importlib import resources
 from pathlib import Path
 
 from hwq.arch.config import HwConfig, available, hardware_fields, named_file
+from hwq.arch.sdram import MT48LC16M16A2, SdramTiming
 from hwq.errors import HwqError
 from hwq.package import MEMORY_KINDS, Package
+from hwq.rtl.soc import sdram_fits
 from hwq.rtl.uart import MAX_BAUD_ERROR, baud_error, uart_divisor
 from hwq.schema import Rule, check_fields, read_yaml
 
@@ -56,6 +59,14 @@ class BoardMemory:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "bytes": self.bytes}
+
+    def sdram(self, cfg: HwConfig, clock_hz: float) -> SdramTiming | None:
+        """The SDRAM's timing at the SoC's clock, where the memory is one."""
+        if self.kind != "sdram":
+            return None
+        timing = SdramTiming(MT48LC16M16A2, clock_hz / 1e6, cfg.bus_bytes)
+        sdram_fits(cfg, timing)
+        return timing
 
 
 @dataclass(frozen=True)
@@ -124,10 +135,14 @@ def load_board(name_or_path: str | Path) -> Board:
         raise HwqError(f"{path}: board.memory.bytes {mem['bytes']} is not the hardware's DRAM "
                        f"(dram_words x bus_bytes = {on_chip}), which the SoC builds in "
                        f"{MEMORY_KINDS[mem['kind']]}; make them equal")
+    memory = BoardMemory(mem["kind"], mem["bytes"])
+    try:
+        memory.sdram(cfg, clock_hz)
+    except HwqError as e:
+        raise HwqError(f"{path}: {e}") from None
     return Board(name=name, path=Path(str(path)), platform_ref=b["platform"],
                  clock_hz=clock_hz, baud=b["baud"], seed=b["seed"],
-                 uart_pins=b["uart_pins"], synth_opts=b["synth_opts"],
-                 memory=BoardMemory(mem["kind"], mem["bytes"]), cfg=cfg)
+                 uart_pins=b["uart_pins"], synth_opts=b["synth_opts"], memory=memory, cfg=cfg)
 
 
 def check_fits(pkg: Package, board: Board) -> None:

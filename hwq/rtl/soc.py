@@ -18,6 +18,9 @@ from hwq.arch.config import HwConfig
 from hwq.arch.host_protocol import (ACK, ARG_BYTES, CMD_BLOCK, CMD_IDENT, CMD_READ, CMD_START,
                                     CMD_STATUS, CRC_BYTES, CRC_INIT, CRC_POLY, IDENT_BYTES,
                                     NAK, STATUS_BYTES, block_words, ident_bytes)
+from hwq.arch.sdram import SdramTiming
+from hwq.errors import HwqError
+from hwq.rtl.sdram import SdramController, SdramPins
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
 
@@ -67,15 +70,17 @@ class BlockWriter(wiring.Component):
     (`w_en`, `w_index`, `w_data`) as they arrive, and once its checksum holds `commit`
     copies the first `commit_n` of them to DRAM from word `commit_addr`, one word a cycle
     on the `dram_*` outputs while `busy` (a block whose checksum fails is never
-    committed, so DRAM never sees it). `addr_bits`: DRAM address width."""
+    committed, so DRAM never sees it). `addr_bits`: DRAM address width. `stall`: the
+    memory may hold a write off (`dram_ready` low: the write waits), as an SDRAM
+    controller does; block RAM takes one every cycle."""
 
-    def __init__(self, width: int, words: int, addr_bits: int):
-        self.width, self.words = width, words
+    def __init__(self, width: int, words: int, addr_bits: int, stall: bool = False):
+        self.width, self.words, self.stall = width, words, stall
         super().__init__({
             "w_en": In(1), "w_index": In(range(words)), "w_data": In(width),
             "commit": In(1), "commit_addr": In(addr_bits), "commit_n": In(range(words + 1)),
             "busy": Out(1), "dram_addr": Out(addr_bits), "dram_we": Out(1),
-            "dram_wdata": Out(width)})
+            "dram_wdata": Out(width), **({"dram_ready": In(1)} if stall else {})})
 
     def elaborate(self, platform):
         m = Module()
@@ -87,10 +92,14 @@ class BlockWriter(wiring.Component):
         primed = Signal()                          # the read port holds a word to write
         m.d.comb += [rp.addr.eq(index), self.dram_we.eq(self.busy & primed),
                      self.dram_wdata.eq(rp.data)]
+        go = self.busy
+        if self.stall:         # a word waiting for the memory holds the staging read port
+            go = self.busy & (~primed | self.dram_ready)
+            m.d.comb += rp.en.eq(~primed | self.dram_ready)
         with m.If(self.commit & (self.commit_n != 0)):
             m.d.sync += [self.busy.eq(1), index.eq(0), left.eq(self.commit_n), primed.eq(0),
                          self.dram_addr.eq(self.commit_addr)]
-        with m.Elif(self.busy):
+        with m.Elif(go):
             m.d.sync += [index.eq(index + 1), primed.eq(1)]
             with m.If(primed):
                 m.d.sync += [self.dram_addr.eq(self.dram_addr + 1), left.eq(left - 1)]
@@ -100,13 +109,19 @@ class BlockWriter(wiring.Component):
 
 
 class Soc(wiring.Component):
-    """`divisor`: clock cycles per UART bit (clock frequency / baud rate)."""
+    """`divisor`: clock cycles per UART bit (clock frequency / baud rate); `sdram`: the
+    SDRAM chip at this clock, for a DRAM there behind hwq/rtl/sdram.py's controller (its
+    pins the `sdram` port; `io_delay` its read round trip's cycles in the board's I/O),
+    else the DRAM is on chip."""
 
-    def __init__(self, cfg: HwConfig, divisor: int):
-        self.cfg = cfg
-        self.divisor = divisor
+    def __init__(self, cfg: HwConfig, divisor: int, sdram: SdramTiming | None = None,
+                 io_delay: int = 0):
+        self.cfg, self.divisor, self.chip, self.io_delay = cfg, divisor, sdram, io_delay
+        if sdram is not None:
+            sdram_fits(cfg, sdram)
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1),
-                          "leds": Out(LEDS)})
+                          "leds": Out(LEDS),
+                          **({"sdram": Out(SdramPins(sdram))} if sdram else {})})
 
     def elaborate(self, platform):
         m = Module()
@@ -118,24 +133,29 @@ class Soc(wiring.Component):
         m.submodules.tx = tx = UartTx(self.divisor)
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
 
-        # ---- DRAM: one port (the host or the accelerator); a read holds its data
-        # through a write ----
-        m.submodules.dram = dram = SinglePortRam(B, cfg.dram_words)
-        m.submodules.stage = stage = BlockWriter(B, BW, acc.A)
+        # ---- DRAM: one port (the host or the accelerator) ----
+        m.submodules.stage = stage = BlockWriter(B, BW, acc.A, stall=self.chip is not None)
         addr = Signal(32)                          # the host's word address
         # the host holds the port in READ and while a block is committed: a register set
         # on the way into them (a decode of the FSM state would run on through the
         # accelerator's ready into its DMA units)
         host_busy = Signal()
-        m.d.comb += [acc.mem.ready.eq(~host_busy), acc.mem.rdata.eq(dram.rdata)]
-        if cfg.dram_reads > 1:              # the block RAM answers every read in the next cycle
-            m.d.sync += acc.mem.rvalid.eq(acc.mem.re & acc.mem.ready)
-        with m.If(host_busy):
-            m.d.comb += [dram.addr.eq(Mux(stage.busy, stage.dram_addr, addr)),
-                         dram.we.eq(stage.dram_we), dram.wdata.eq(stage.dram_wdata)]
-        with m.Else():
-            m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
-                         dram.wdata.eq(acc.mem.wdata)]
+        host_re = Signal()                         # READ's request (SDRAM)
+        host_addr = Mux(stage.busy, stage.dram_addr, addr)
+        if self.chip is None:                      # a read holds its data through a write
+            m.submodules.dram = dram = SinglePortRam(B, cfg.dram_words)
+            m.d.comb += [acc.mem.ready.eq(~host_busy), acc.mem.rdata.eq(dram.rdata)]
+            if cfg.dram_reads > 1:          # the block RAM answers every read in the next cycle
+                m.d.sync += acc.mem.rvalid.eq(acc.mem.re & acc.mem.ready)
+            with m.If(host_busy):
+                m.d.comb += [dram.addr.eq(host_addr), dram.we.eq(stage.dram_we),
+                             dram.wdata.eq(stage.dram_wdata)]
+            with m.Else():
+                m.d.comb += [dram.addr.eq(acc.mem.addr), dram.we.eq(acc.mem.we),
+                             dram.wdata.eq(acc.mem.wdata)]
+            host_rdata, host_rvalid, host_ready = dram.rdata, None, None
+        else:
+            host_rdata, host_rvalid, host_ready = self._sdram(m, acc, stage, host_busy, host_re, host_addr)
         # the word read, registered (READ_DATA) before it joins `out`'s other sources:
         # the block RAMs' outputs into that multiplexer were one of the ECP5-85F's
         # longest paths
@@ -253,11 +273,24 @@ class Soc(wiring.Component):
                 with m.Else():
                     send(m, "nak", 1)
             with m.State("READ"):
-                m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
-                m.next = "READ_DATA"
+                if host_rvalid is None:
+                    m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
+                    m.next = "READ_DATA"
+                else:                       # the port holds the host's until its answer
+                    m.d.sync += host_busy.eq(1)
+                    m.d.comb += host_re.eq(1)
+                    with m.If(host_ready):
+                        m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
+                        m.next = "READ_DATA"
             with m.State("READ_DATA"):
-                m.d.sync += rd.eq(dram.rdata)
-                send(m, "word", cfg.bus_bytes, then=TO_READ)
+                if host_rvalid is None:
+                    m.d.sync += rd.eq(host_rdata)
+                    send(m, "word", cfg.bus_bytes, then=TO_READ)
+                else:
+                    m.d.sync += host_busy.eq(1)
+                    with m.If(host_rvalid):
+                        m.d.sync += rd.eq(host_rdata)
+                        send(m, "word", cfg.bus_bytes, then=TO_READ)
             with m.State("LOAD_OUT"):
                 with m.Switch(answer):
                     for k, value in enumerate(answers.values()):
@@ -276,3 +309,38 @@ class Soc(wiring.Component):
                 with m.Elif(tx.data.ready):
                     m.d.sync += [out.eq(out >> 8), nout.eq(nout - 1)]
         return m
+
+    def _sdram(self, m, acc, stage, host_busy, host_re, host_addr):
+        """The DRAM in SDRAM: the controller's one port shared by the accelerator and the
+        host. Answers come back in the order of the reads, so a count of the
+        accelerator's reads still unanswered tells whose each answer is: the host reads
+        only while the accelerator cannot (`host_busy`), after the accelerator's earlier
+        reads. The host's side of the port: (rdata, rvalid, ready)."""
+        cfg = self.cfg
+        m.submodules.sdram = ctrl = SdramController(self.chip, acc.A, self.io_delay)
+        wiring.connect(m, wiring.flipped(self.sdram), ctrl.sdram)
+        unanswered = Signal(range(cfg.dram_reads + 1))
+        asked = acc.mem.re & acc.mem.ready
+        answered = ctrl.port.rvalid & (unanswered != 0)
+        m.d.sync += unanswered.eq(unanswered + asked - answered)
+        m.d.comb += [acc.mem.ready.eq(ctrl.port.ready & ~host_busy),
+                     acc.mem.rdata.eq(ctrl.port.rdata), acc.mem.rvalid.eq(answered),
+                     stage.dram_ready.eq(ctrl.port.ready)]
+        with m.If(host_busy):
+            m.d.comb += [ctrl.port.addr.eq(host_addr), ctrl.port.re.eq(host_re),
+                         ctrl.port.we.eq(stage.dram_we), ctrl.port.wdata.eq(stage.dram_wdata)]
+        with m.Else():
+            m.d.comb += [ctrl.port.addr.eq(acc.mem.addr), ctrl.port.re.eq(acc.mem.re),
+                         ctrl.port.we.eq(acc.mem.we), ctrl.port.wdata.eq(acc.mem.wdata)]
+        return ctrl.port.rdata, ctrl.port.rvalid & (unanswered == 0), ctrl.port.ready
+
+
+def sdram_fits(cfg: HwConfig, sdram: SdramTiming) -> None:
+    """Refuse a hardware config the SDRAM cannot serve, in one line."""
+    if cfg.dram_reads < 2:
+        raise HwqError(f"hardware config '{cfg.name}': an SDRAM answers reads late; set "
+                       "dram_reads to 2 or more (8 keeps its bursts streaming)")
+    if cfg.dram_words * cfg.bus_bytes > sdram.chip.nbytes:
+        raise HwqError(f"hardware config '{cfg.name}': its DRAM of {cfg.dram_words} x "
+                       f"{cfg.bus_bytes} bytes is larger than the {sdram.chip.name}'s "
+                       f"{sdram.chip.nbytes}; lower dram_words")
