@@ -51,7 +51,8 @@ def bench(name: str, seeds: list[int]) -> None:
         util = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in s["utilization"].items())
         print(f"{name} seed {seed}: {cfg.rows}x{cfg.cols} array; {util}")
         print(f"  Fmax {s['fmax_mhz']:.1f} MHz (clock {s['target_mhz']:.1f} MHz); peak "
-              f"{s['peak_gops']:.2f} GOPS; LeNet {cycles} cycles = {f / cycles:.0f} inferences/s; "
+              f"{s['peak_gops']:.2f} GOPS; LeNet {cycles} cycles = {f / cycles:.0f} inferences/s"
+              f"{' (a memory that never stalls: from SDRAM, bench/sdram.py)' if board.memory.kind == 'sdram' else ''}; "
               f"P&R {bs.seconds:.0f} s{' (cached)' if bs.cached else ''}")
         print(f"  critical path: {s['critical_path'] or 'not reported'}")
     if not fmax:

@@ -134,6 +134,10 @@ def _run_simulated(a, pkg, board) -> None:
     if a.inputs is not None:
         raise HwqError("--sim runs the package's reference inputs; run other inputs with "
                        "'hwq simulate' (the accelerator alone) or on the board with --port")
+    if not a.quiet:
+        print(f"  {board.name} simulated on {a.sim}: the driver loads {len(pkg.image()):,} bytes "
+              f"through a simulated UART and runs {len(pkg.reference()['input_int8'])} inputs "
+              "(about a minute per 40 KiB)", file=sys.stderr, flush=True)
     r = run_host_sim(a.package, board=board.path)
     if "error" in r:
         raise HwqError(f"{board.name} (simulated): {r['error']}")

@@ -22,15 +22,20 @@ from hwq.errors import HwqError
 from hwq.package import open_package
 
 SOC_MODULE = "hwq_soc"
+# the accelerator's `pc` readable from the testbench (the run's timeline, `pc_trace`)
+SOC_VERILATOR_ARGS = ["--public-depth", "2"]
 
 
 def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...] = (),
-                 board: str | Path | None = None) -> dict:
+                 board: str | Path | None = None, preload: bool = False) -> dict:
     """The driver's results ({outputs, cycles, mismatches} or {error}, with the link's
-    `sent` bytes, `retries` and block `frames`, and where the memory is an SDRAM the
-    model's command counts, `sdram`); `corrupt`: the ordinals of the block frames to
+    `sent` bytes, `retries` and block `frames`, `pc_trace`: [cycle, pc] at each change of
+    the accelerator's pc, the cycle counted from the SoC's reset, and where the memory is
+    an SDRAM the model's command counts, `sdram`); `corrupt`: the ordinals of the block frames to
     corrupt on the wire (one data bit each); `board`: whose memory the SoC has (default:
-    the package's board, else its DRAM on chip)."""
+    the package's board, else its DRAM on chip); `preload`: the DRAM image is in the
+    SDRAM before the run starts (as a board's earlier load leaves it), and the driver
+    sends only the inputs -- for an image the simulated UART would take long over."""
     from amaranth.back import verilog
     from cocotb_tools import runner as cocotb_runner
 
@@ -49,8 +54,12 @@ def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...]
         check_fits(pkg, b)
         check_hardware(pkg, b.cfg)
         sdram = b.memory.sdram(pkg.cfg, recorded.get("clock_mhz", b.clock_hz / 1e6) * 1e6)
+    if preload and sdram is None:
+        raise HwqError("only an SoC with its DRAM in SDRAM can start with the image "
+                       "preloaded (the chip's model holds it); name an SDRAM board")
     text = verilog.convert(Soc(pkg.cfg, divisor, sdram), name=SOC_MODULE, emit_src=False)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    args = VERILATOR_ARGS + SOC_VERILATOR_ARGS
+    key = hashlib.sha256("\n".join([text, *args]).encode()).hexdigest()[:16]
     build = cache_root() / f"soc-{pkg.cfg.name}-{key}"
     if str(PACKAGE_ROOT.parent) not in sys.path:   # the simulator's Python imports hwq.board.host_tb
         sys.path.append(str(PACKAGE_ROOT.parent))
@@ -65,13 +74,13 @@ def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...]
             src = build / "src" / f"{SOC_MODULE}.v"
             src.write_text(text)
             runner.build(sources=[src], hdl_toplevel=SOC_MODULE, build_dir=build / "sim",
-                         build_args=VERILATOR_ARGS, timescale=("1ns", "1ps"), always=True,
+                         build_args=args, timescale=("1ns", "1ps"), always=True,
                          log_file=build / "build.log")
             (build / "BUILD_OK").write_text("ok\n")
         work = Path(tempfile.mkdtemp(prefix="soc-run-", dir=build))
         spec = {"package": str(Path(package).resolve()), "divisor": divisor,
                 "corrupt": list(corrupt), "results": str(work / "results.json"),
-                "sdram_mhz": sdram and sdram.clock_mhz}
+                "sdram_mhz": sdram and sdram.clock_mhz, "preload": preload}
         (work / "spec.json").write_text(json.dumps(spec))
         runner.test(test_module="hwq.board.host_tb", hdl_toplevel=SOC_MODULE,
                     hdl_toplevel_lang="verilog", build_dir=build / "sim", test_dir=work,

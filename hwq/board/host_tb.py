@@ -7,8 +7,9 @@ the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends o
 the UART divisor, the block frames to corrupt on the wire (`corrupt`: their ordinals
 among the driver's 'B' frames; one data bit flipped in each) and, for an SoC with its DRAM
 in SDRAM, the clock the chip's timings are taken at (`sdram_mhz`; hwq/sim/sdram.py's model
-serves the SoC's `sdram` pins) in the JSON file named by $HWQ_SOC_SPEC, and reads the
-results from the file the spec names.
+serves the SoC's `sdram` pins; with `preload` the package's DRAM image is in the model
+before the run, and the driver sends only the inputs) in the JSON file named by
+$HWQ_SOC_SPEC, and reads the results from the file the spec names.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
 CLOCK_PERIOD_NS = 10
 REPLY_TIMEOUT_S = 120      # wall clock: the simulated SoC answers far slower than a board
+RUN_TIMEOUT_S = 1800       # ... and runs a model of a million cycles for minutes
 
 
 class QueueTransport:
@@ -68,6 +70,16 @@ async def _receive(dut, out: queue.Queue, bit_ns: int) -> None:
         out.put(bytes([byte]))                           # now in the stop bit
 
 
+async def _trace_pc(dut, out: list) -> None:
+    """[cycle, pc] at each change of the accelerator's pc (the instruction in its front
+    end), the cycle counted from the start of the simulation."""
+    from cocotb.simtime import get_sim_time
+    pc = dut.accel.pc
+    while True:
+        await pc.value_change
+        out.append([get_sim_time("ns") // CLOCK_PERIOD_NS, int(pc.value)])
+
+
 def _serve_sdram(dut, spec: dict, fault: dict):
     """The chip model on the SoC's `sdram` pins, where the spec gives its clock; a
     timing violation lands in `fault` and ends the run."""
@@ -92,7 +104,7 @@ def _serve_sdram(dut, spec: dict, fault: dict):
 @cocotb.test()
 async def host_link(dut):
     from hwq.arch.host_protocol import BLOCK_FRAME, CMD_BLOCK
-    from hwq.board.host import Link, run_package
+    from hwq.board.host import Link, check_ident, run_inputs, run_package
     from hwq.package import open_package
 
     spec = json.loads(Path(os.environ["HWQ_SOC_SPEC"]).read_text())
@@ -107,13 +119,20 @@ async def host_link(dut):
     result: dict = {}
     fault: dict = {}
     model = _serve_sdram(dut, spec, fault)
+    if spec.get("preload"):
+        model.load(open_package(spec["package"]).image())
 
     def driver():
         try:
             pkg = open_package(spec["package"])
             link = Link(transport, pkg.cfg.bus_bytes)
             result["link"] = link.__dict__       # updated as the driver goes
-            run = run_package(pkg, link, timeout=REPLY_TIMEOUT_S)
+            if spec.get("preload"):
+                check_ident(pkg, link.ident())
+                run = run_inputs(pkg, link, pkg.reference()["input_int8"], timeout=RUN_TIMEOUT_S,
+                                 golden=pkg.golden()[pkg.output_name])
+            else:
+                run = run_package(pkg, link, timeout=RUN_TIMEOUT_S)
             result.update(outputs=run.outputs.tolist(), cycles=run.cycles,
                           mismatches=run.mismatches)
         except Exception as e:  # reported to the caller through the results file
@@ -121,6 +140,8 @@ async def host_link(dut):
         finally:
             transport.to_dev.put(None)
 
+    pc_trace: list[list[int]] = []
+    cocotb.start_soon(_trace_pc(dut, pc_trace))
     cocotb.start_soon(_receive(dut, transport.from_dev, bit_ns))
     thread = threading.Thread(target=driver, daemon=True)
     thread.start()
@@ -145,7 +166,8 @@ async def host_link(dut):
         return
     thread.join()
     link = result.pop("link", {})
-    result.update(sent=link.get("sent"), retries=link.get("retries"), frames=frames)
+    result.update(sent=link.get("sent"), retries=link.get("retries"), frames=frames,
+                  pc_trace=pc_trace)
     if model is not None:
         from hwq.sim.sdram import SdramViolation
         try:

@@ -88,8 +88,13 @@ class SdramController(wiring.Component):
         col = Signal(chip.col_bits)
         wdata = Signal(8 * t.word_bytes)
         m.d.comb += port.ready.eq(~pending & self.ready_for_use)
+        # the request against its bank's open row, registered: `settled` once it is of
+        # this request and this state (the compare through a 4-way row select was the
+        # ECP5-85F's longest path); a stream of words keeps its READ every burst
+        settled, bank_open, hit = Signal(), Signal(), Signal()
+        m.d.sync += settled.eq(1)
         with m.If(port.ready & (port.re | port.we)):
-            m.d.sync += [pending.eq(1), is_write.eq(port.we), wdata.eq(port.wdata),
+            m.d.sync += [pending.eq(1), is_write.eq(port.we), wdata.eq(port.wdata), settled.eq(0),
                          col.eq(Cat(Const(0, BL.bit_length() - 1), port.addr[:wc])),
                          bank.eq(port.addr[wc:wc + bb]),
                          row.eq(port.addr[wc + bb:wc + bb + chip.row_bits])]
@@ -105,6 +110,10 @@ class SdramController(wiring.Component):
         write_wait = _Countdown("write_wait", t.cas_latency + BL + 1)
         for c in (*precharge_wait, row_wait, access_wait, write_wait):
             c.tick(m)
+
+        opened = is_open.bit_select(bank, 1)
+        m.d.sync += [bank_open.eq(opened),
+                     hit.eq(opened & (Cat(*open_row).word_select(bank, chip.row_bits) == row))]
 
         # ---- commands: registered onto the pins ----
         m.d.comb += pins.cke.eq(1)
@@ -174,14 +183,14 @@ class SdramController(wiring.Component):
                     m.d.sync += self.ready_for_use.eq(1)
                     m.next = "IDLE"
             with m.State("IDLE"):
-                bank_open = is_open.bit_select(bank, 1)
-                hit = bank_open & (Cat(*open_row).word_select(bank, chip.row_bits) == row)
                 with m.If(refresh_due):
                     with m.If(Cat(*(c.done for c in precharge_wait)).all()):
                         command("PRECHARGE", a=1 << ALL_BANKS_BIT)
                         row_wait.start(m, t.rp)
-                        m.d.sync += is_open.eq(0)
+                        m.d.sync += [is_open.eq(0), settled.eq(0)]
                         m.next = "REFRESH"
+                with m.Elif(~settled):
+                    pass                        # `hit` and `bank_open` are of the last cycle
                 with m.Elif(pending & hit):
                     with m.If(access_wait.done & (~is_write | write_wait.done)):
                         m.d.sync += pending.eq(0)
@@ -206,7 +215,7 @@ class SdramController(wiring.Component):
                         with m.If((bank == b) & precharge_wait[b].done):
                             command("PRECHARGE", ba=b)
                             row_wait.start(m, t.rp)
-                            m.d.sync += is_open[b].eq(0)
+                            m.d.sync += [is_open[b].eq(0), settled.eq(0)]
                 with m.Elif(pending):
                     with m.If(row_wait.done):
                         command("ACTIVE", ba=bank, a=row)
@@ -215,7 +224,8 @@ class SdramController(wiring.Component):
                         for b in range(NB):
                             with m.If(bank == b):
                                 precharge_wait[b].start(m, t.ras)
-                                m.d.sync += [is_open[b].eq(1), open_row[b].eq(row)]
+                                m.d.sync += [is_open[b].eq(1), open_row[b].eq(row),
+                                             settled.eq(0)]
             with m.State("REFRESH"):
                 with m.If(row_wait.done):
                     refresh()
