@@ -13,6 +13,7 @@ from hwq.cli import main
 from hwq.errors import HwqError
 from hwq.rtl.clocking import ecp5_pll, ice40_pll
 from hwq.arch.host_protocol import IDENT_BYTES, ident_bytes
+from hwq.arch.isa import INSTR_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = [f"{ROOT / 'hwq' / 'examples' / 'lenet_digits.py'}:LeNet", "--input-shape", "1x8x8",
@@ -206,6 +207,21 @@ def test_host_driver_on_soc_rtl_with_sdram(capsys, tmp_path):
     code, _, err = run(capsys, "run", pkg, "--board", board, "--sim", "verilator",
                        "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy")
     assert code == 2 and err.count("\n") == 1 and "reference inputs" in err
+    # the image already in the SDRAM: the driver sends the inputs alone, and the run's
+    # timeline (the accelerator's pc) ends at the program's END
+    from hwq.board.host_sim import run_host_sim
+    from hwq.package import open_package
+    r = run_host_sim(pkg, board=board, preload=True)
+    p = open_package(pkg)
+    assert "error" not in r and r["mismatches"] == [] and r["sent"] < len(p.image()) / 2
+    end = p.start_pc + (len(p.program()) // INSTR_BYTES - 1) * p.cfg.instr_words
+    assert r["pc_trace"][-1][1] == end
+
+
+def test_preload_needs_an_sdram(ice_package):
+    from hwq.board.host_sim import run_host_sim
+    with pytest.raises(HwqError, match="only an SoC with its DRAM in SDRAM"):
+        run_host_sim(ice_package, board="icebreaker", preload=True)
 
 
 def test_vendor_board_gets_a_build_plan():
