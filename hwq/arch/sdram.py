@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from hwq.errors import HwqError
+
 # Commands: (ras_n, cas_n, we_n) with cs_n low; a deselected chip (cs_n high) and NOP
 # both do nothing.
 COMMANDS = {
@@ -83,7 +85,6 @@ class SdramTiming:
     word_bytes: int
 
     def __post_init__(self):
-        from hwq.errors import HwqError
         beats, rest = divmod(8 * self.word_bytes, self.chip.data_bits)
         if rest or beats not in (1, 2, 4, 8):
             raise HwqError(f"a DRAM word of {self.word_bytes} bytes is not a burst of 1, 2, 4 "
