@@ -29,6 +29,17 @@ COMMANDS = {
 }
 COMMAND_OF = {pins: name for name, pins in COMMANDS.items()}
 ALL_BANKS_BIT = 10                      # PRECHARGE's address bit for every bank
+# The mode register (LOAD MODE's address bits): field -> (lowest bit, width). Burst length
+# 2**code beats; burst type 0 sequential; CAS latency in cycles; the rest (operating mode,
+# write burst mode, reserved) 0 for standard operation with programmed write bursts.
+MODE_FIELDS = {"burst_code": (0, 3), "interleaved": (3, 1), "cas_latency": (4, 3),
+               "rest": (7, 6)}
+
+
+def mode_field(mode: int, name: str) -> int:
+    """Field `name` of mode register value `mode`."""
+    low, width = MODE_FIELDS[name]
+    return mode >> low & ((1 << width) - 1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,16 @@ class SdramChip:
 MT48LC16M16A2 = SdramChip()
 
 
+class _InCycles:
+    """An SdramTiming attribute named x: the chip's t_x in cycles of the timing's clock."""
+
+    def __set_name__(self, owner, name: str):
+        self.field = "t_" + name
+
+    def __get__(self, timing, owner=None) -> int:
+        return timing.cycles(getattr(timing.chip, self.field))
+
+
 @dataclass(frozen=True)
 class SdramTiming:
     """`chip` driven at `clock_mhz` with DRAM words of `word_bytes`: every timing as the
@@ -111,38 +132,13 @@ class SdramTiming:
         """Beats of one word (the mode register's burst length)."""
         return 8 * self.word_bytes // self.chip.data_bits
 
-    @property
-    def rcd(self) -> int:
-        return self.cycles(self.chip.t_rcd)
-
-    @property
-    def rp(self) -> int:
-        return self.cycles(self.chip.t_rp)
-
-    @property
-    def ras(self) -> int:
-        return self.cycles(self.chip.t_ras)
+    # the datasheet's timings in cycles; wr: a WRITE's last beat (edge k + burst - 1) to
+    # PRECHARGE (edge k + burst - 1 + wr)
+    rcd, rp, ras, rc, rrd, rfc, wr = (_InCycles() for _ in range(7))
 
     @property
     def ras_max(self) -> int:
         return int(self.chip.t_ras_max / self.period_ns)
-
-    @property
-    def rc(self) -> int:
-        return self.cycles(self.chip.t_rc)
-
-    @property
-    def rrd(self) -> int:
-        return self.cycles(self.chip.t_rrd)
-
-    @property
-    def rfc(self) -> int:
-        return self.cycles(self.chip.t_rfc)
-
-    @property
-    def wr(self) -> int:
-        """A WRITE's last beat (edge k + burst - 1) to PRECHARGE: edge k + burst - 1 + wr."""
-        return self.cycles(self.chip.t_wr)
 
     @property
     def mrd(self) -> int:
@@ -160,9 +156,9 @@ class SdramTiming:
 
     @property
     def mode(self) -> int:
-        """The mode register: burst length (A2:A0), sequential bursts (A3 = 0), CAS
-        latency (A6:A4), standard operation (A8:A7 = 0), programmed write bursts (A9 = 0)."""
-        return (self.burst.bit_length() - 1) | self.cas_latency << 4
+        """The mode register (MODE_FIELDS): this burst, sequential, this CAS latency."""
+        fields = {"burst_code": self.burst.bit_length() - 1, "cas_latency": self.cas_latency}
+        return sum(v << MODE_FIELDS[k][0] for k, v in fields.items())
 
     # ---- where a word lives: its column's low bits are the beat, then the word within
     # the row, then the bank, then the row, so a stream of words fills a row of every
@@ -183,3 +179,15 @@ class SdramTiming:
         bank = (word >> wc) & ((1 << bb) - 1)
         row = word >> (wc + bb)
         return bank, row, col
+
+
+def check_serves(cfg, timing: SdramTiming) -> None:
+    """Refuse, in one line, a hardware config (hwq/arch/config.py) that an SDRAM at
+    `timing` cannot be the DRAM of."""
+    if cfg.dram_reads < 2:
+        raise HwqError(f"hardware config '{cfg.name}': an SDRAM answers reads late; set "
+                       "dram_reads to 2 or more (8 keeps its bursts streaming)")
+    if cfg.dram_words * cfg.bus_bytes > timing.chip.nbytes:
+        raise HwqError(f"hardware config '{cfg.name}': its DRAM of {cfg.dram_words} x "
+                       f"{cfg.bus_bytes} bytes is larger than the {timing.chip.name}'s "
+                       f"{timing.chip.nbytes}; lower dram_words")

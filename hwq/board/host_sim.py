@@ -80,6 +80,7 @@ def run_host_sim(package: str | Path, divisor: int = 4, corrupt: tuple[int, ...]
         work = Path(tempfile.mkdtemp(prefix="soc-run-", dir=build))
         spec = {"package": str(Path(package).resolve()), "divisor": divisor,
                 "corrupt": list(corrupt), "results": str(work / "results.json"),
+                "board": None if board is None else str(b.path),
                 "sdram_mhz": sdram and sdram.clock_mhz, "preload": preload}
         (work / "spec.json").write_text(json.dumps(spec))
         runner.test(test_module="hwq.board.host_tb", hdl_toplevel=SOC_MODULE,

@@ -6,10 +6,11 @@ the bytes it writes into 8N1 frames on `uart_rx`, and the frames the SoC sends o
 `uart_tx` back into bytes for it. Started by hwq/board/host_sim.py, which passes the package,
 the UART divisor, the block frames to corrupt on the wire (`corrupt`: their ordinals
 among the driver's 'B' frames; one data bit flipped in each) and, for an SoC with its DRAM
-in SDRAM, the clock the chip's timings are taken at (`sdram_mhz`; hwq/sim/sdram.py's model
-serves the SoC's `sdram` pins; with `preload` the package's DRAM image is in the model
-before the run, and the driver sends only the inputs) in the JSON file named by
-$HWQ_SOC_SPEC, and reads the results from the file the spec names.
+in SDRAM, that board and the clock its chip's timings are taken at (`board`,
+`sdram_mhz`; hwq/sim/sdram.py's model serves the SoC's `sdram` pins; with `preload` the
+package's DRAM image is in the model before the run, and the driver sends only the
+inputs) in the JSON file named by $HWQ_SOC_SPEC, and reads the results from the file the
+spec names.
 """
 from __future__ import annotations
 
@@ -81,16 +82,17 @@ async def _trace_pc(dut, out: list) -> None:
 
 
 def _serve_sdram(dut, spec: dict, fault: dict):
-    """The chip model on the SoC's `sdram` pins, where the spec gives its clock; a
-    timing violation lands in `fault` and ends the run."""
+    """The chip model on the SoC's `sdram` pins, where the spec names the board with its
+    memory there and the clock; a timing violation lands in `fault` and ends the run."""
     if not spec.get("sdram_mhz"):
         return None
-    from hwq.arch.sdram import MT48LC16M16A2, SdramTiming
+    from hwq.board.spec import load_board
     from hwq.package import open_package
     from hwq.sim.sdram import SdramModel, SdramViolation, serve_cocotb
 
-    model = SdramModel(SdramTiming(MT48LC16M16A2, spec["sdram_mhz"],
-                                   open_package(spec["package"]).cfg.bus_bytes))
+    timing = load_board(spec["board"]).memory.sdram(open_package(spec["package"]).cfg,
+                                                    spec["sdram_mhz"] * 1e6)
+    model = SdramModel(timing)
 
     async def chip():
         try:
@@ -104,7 +106,7 @@ def _serve_sdram(dut, spec: dict, fault: dict):
 @cocotb.test()
 async def host_link(dut):
     from hwq.arch.host_protocol import BLOCK_FRAME, CMD_BLOCK
-    from hwq.board.host import Link, check_ident, run_inputs, run_package
+    from hwq.board.host import Link, run_package
     from hwq.package import open_package
 
     spec = json.loads(Path(os.environ["HWQ_SOC_SPEC"]).read_text())
@@ -127,12 +129,7 @@ async def host_link(dut):
             pkg = open_package(spec["package"])
             link = Link(transport, pkg.cfg.bus_bytes)
             result["link"] = link.__dict__       # updated as the driver goes
-            if spec.get("preload"):
-                check_ident(pkg, link.ident())
-                run = run_inputs(pkg, link, pkg.reference()["input_int8"], timeout=RUN_TIMEOUT_S,
-                                 golden=pkg.golden()[pkg.output_name])
-            else:
-                run = run_package(pkg, link, timeout=RUN_TIMEOUT_S)
+            run = run_package(pkg, link, timeout=RUN_TIMEOUT_S, load=not spec.get("preload"))
             result.update(outputs=run.outputs.tolist(), cycles=run.cycles,
                           mismatches=run.mismatches)
         except Exception as e:  # reported to the caller through the results file

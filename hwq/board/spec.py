@@ -21,10 +21,9 @@ from importlib import resources
 from pathlib import Path
 
 from hwq.arch.config import HwConfig, available, hardware_fields, named_file
-from hwq.arch.sdram import MT48LC16M16A2, SdramTiming
+from hwq.arch.sdram import MT48LC16M16A2, SdramTiming, check_serves
 from hwq.errors import HwqError
 from hwq.package import MEMORY_KINDS, Package
-from hwq.rtl.soc import sdram_fits
 from hwq.rtl.uart import MAX_BAUD_ERROR, baud_error, uart_divisor
 from hwq.schema import Rule, check_fields, read_yaml
 
@@ -65,7 +64,7 @@ class BoardMemory:
         if self.kind != "sdram":
             return None
         timing = SdramTiming(MT48LC16M16A2, clock_hz / 1e6, cfg.bus_bytes)
-        sdram_fits(cfg, timing)
+        check_serves(cfg, timing)
         return timing
 
 

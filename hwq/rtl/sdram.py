@@ -107,7 +107,8 @@ class SdramController(wiring.Component):
         row_wait = _Countdown("row_wait", max(t.rp, t.rfc, t.rrd, t.mrd))  # ACTIVE, REFRESH, MODE
         access_wait = _Countdown("access_wait", max(t.rcd, BL))            # READ, WRITE
         # WRITE after READ: the bus turned round a cycle after the chip's last beat
-        write_wait = _Countdown("write_wait", t.cas_latency + BL + 1)
+        turnaround = t.cas_latency + BL + 1
+        write_wait = _Countdown("write_wait", turnaround)
         for c in (*precharge_wait, row_wait, access_wait, write_wait):
             c.tick(m)
 
@@ -206,7 +207,7 @@ class SdramController(wiring.Component):
                         with m.Else():
                             command("READ", ba=bank, a=col)
                             m.d.comb += issue_read.eq(1)
-                            write_wait.start(m, t.cas_latency + BL + 1)
+                            write_wait.start(m, turnaround)
                             for b in range(NB):
                                 with m.If(bank == b):
                                     precharge_wait[b].start(m, BL)

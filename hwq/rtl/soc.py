@@ -18,8 +18,7 @@ from hwq.arch.config import HwConfig
 from hwq.arch.host_protocol import (ACK, ARG_BYTES, CMD_BLOCK, CMD_IDENT, CMD_READ, CMD_START,
                                     CMD_STATUS, CRC_BYTES, CRC_INIT, CRC_POLY, IDENT_BYTES,
                                     NAK, STATUS_BYTES, block_words, ident_bytes)
-from hwq.arch.sdram import SdramTiming
-from hwq.errors import HwqError
+from hwq.arch.sdram import SdramTiming, check_serves
 from hwq.rtl.sdram import SdramController, SdramPins
 from hwq.rtl.top import Accelerator
 from hwq.rtl.uart import UartRx, UartTx
@@ -118,7 +117,7 @@ class Soc(wiring.Component):
                  io_delay: int = 0):
         self.cfg, self.divisor, self.chip, self.io_delay = cfg, divisor, sdram, io_delay
         if sdram is not None:
-            sdram_fits(cfg, sdram)
+            check_serves(cfg, sdram)
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1),
                           "leds": Out(LEDS),
                           **({"sdram": Out(SdramPins(sdram))} if sdram else {})})
@@ -334,13 +333,3 @@ class Soc(wiring.Component):
                          ctrl.port.we.eq(acc.mem.we), ctrl.port.wdata.eq(acc.mem.wdata)]
         return ctrl.port.rdata, ctrl.port.rvalid & (unanswered == 0), ctrl.port.ready
 
-
-def sdram_fits(cfg: HwConfig, sdram: SdramTiming) -> None:
-    """Refuse a hardware config the SDRAM cannot serve, in one line."""
-    if cfg.dram_reads < 2:
-        raise HwqError(f"hardware config '{cfg.name}': an SDRAM answers reads late; set "
-                       "dram_reads to 2 or more (8 keeps its bursts streaming)")
-    if cfg.dram_words * cfg.bus_bytes > sdram.chip.nbytes:
-        raise HwqError(f"hardware config '{cfg.name}': its DRAM of {cfg.dram_words} x "
-                       f"{cfg.bus_bytes} bytes is larger than the {sdram.chip.name}'s "
-                       f"{sdram.chip.nbytes}; lower dram_words")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.arch.sdram import ALL_BANKS_BIT, COMMAND_OF, SdramTiming
+from hwq.arch.sdram import ALL_BANKS_BIT, COMMAND_OF, SdramTiming, mode_field
 
 # The controller's pins, as the adapters read them: dq_o / dq_oe are its DQ output and
 # output enable, dq_i its DQ input, which the adapters drive.
@@ -225,20 +225,20 @@ class SdramModel:
         self._need_idle(e, what)
         if self._drive or self._take:
             self._fail(e, f"{what} with a burst in flight")
-        cl = a >> 4 & 7
-        if a & 7 > 3:
-            self._fail(e, f"{what}: burst length code {a & 7} (1, 2, 4, 8 only)")
-        if a >> 3 & 1:
+        code, cl = mode_field(a, "burst_code"), mode_field(a, "cas_latency")
+        if code > 3:
+            self._fail(e, f"{what}: burst length code {code} (1, 2, 4, 8 only)")
+        if mode_field(a, "interleaved"):
             self._fail(e, f"{what}: interleaved bursts (not modelled)")
         if cl not in (2, 3):
             self._fail(e, f"{what}: CAS latency {cl} (2 or 3 only)")
-        if a >> 7 or ba:
-            self._fail(e, f"{what}: A12:A7 {a >> 7:#x}, BA {ba} (reserved, test mode or "
-                          "single-location write bursts; 0 only)")
+        if mode_field(a, "rest") or ba:
+            self._fail(e, f"{what}: A12:A7 {mode_field(a, 'rest'):#x}, BA {ba} (reserved, "
+                          "test mode or single-location write bursts; 0 only)")
         if cl == 2 and t.period_ns < chip.t_ck_cl2:
             self._fail(e, f"{what}: CAS latency 2 at a {t.period_ns:.3g} ns clock "
                           f"({chip.t_ck_cl2} ns at least)")
-        self.burst, self.cas_latency = 1 << (a & 7), cl
+        self.burst, self.cas_latency = 1 << code, cl
         self._stage, self._last_mode = "ready", e
 
     def _burst_terminate(self, e: int, ba: int, a: int) -> None:
